@@ -1,0 +1,5 @@
+"""python -m localmoa"""
+
+from localmoa.cli import main
+
+main()

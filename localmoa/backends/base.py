@@ -1,0 +1,110 @@
+"""The Backend / LoadedModel protocol every backend implements.
+
+A backend turns a model entry into a LoadedModel; a LoadedModel answers a chat
+with a ChatStream: iterate it to receive text pieces as they are generated;
+once it is exhausted, ``stats`` holds what the call cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypedDict
+
+from ..config import ModelSpec
+
+
+class Message(TypedDict):
+    """One chat message, as OpenAI-style APIs and llama.cpp chat templates expect."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """Sampling and execution settings of one chat call."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 512
+    seed: int | None = None
+    n_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """What one chat call cost. Times in seconds, counts in tokens.
+
+    ``prompt_s`` runs from the call to the first sampled token (prefill);
+    ``decode_s`` from the first to the last sampled token, over which
+    ``decode_tokens`` (= completion tokens after the first) were generated.
+    ``cached_tokens`` of the prompt were reused from the model's KV cache and
+    not evaluated again.
+    """
+
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float
+    prompt_s: float
+    decode_s: float
+    decode_tokens: int
+    cached_tokens: int = 0
+    finish_reason: str | None = None
+
+    @property
+    def prompt_tok_per_s(self) -> float:
+        evaluated = self.prompt_tokens - self.cached_tokens
+        return evaluated / self.prompt_s if self.prompt_s > 0 else 0.0
+
+    @property
+    def decode_tok_per_s(self) -> float:
+        return self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+
+class ChatStream:
+    """A lazy answer: iterating streams text pieces; ``text()`` forces it once.
+
+    ``stats`` is set when the stream is exhausted.
+    """
+
+    def __init__(self, pieces: Callable[[ChatStream], Iterator[str]]) -> None:
+        self._pieces = pieces(self)
+        self._chunks: list[str] = []
+        self._done = False
+        self.stats: GenerationStats | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        if self._done:
+            yield from self._chunks
+            return
+        for piece in self._pieces:
+            self._chunks.append(piece)
+            yield piece
+        self._done = True
+
+    def text(self) -> str:
+        """The whole answer (generates it if not done yet)."""
+        for _ in self:
+            pass
+        return "".join(self._chunks)
+
+
+class LoadedModel(Protocol):
+    """A model held in memory by a backend. Not thread-safe: one chat at a time."""
+
+    name: str
+    load_s: float
+
+    def chat(self, messages: Sequence[Message], options: GenerateOptions) -> ChatStream: ...
+
+    def unload(self) -> None: ...
+
+
+class Backend(Protocol):
+    """Loads models. ``name`` is what models.yaml writes under ``backend:``."""
+
+    name: str
+
+    def load(self, name: str, spec: ModelSpec, path: Path, n_threads: int) -> LoadedModel: ...

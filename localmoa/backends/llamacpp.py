@@ -1,0 +1,147 @@
+"""In-process llama.cpp through llama-cpp-python.
+
+Timings are measured here, not read from llama.cpp's private perf counters: a
+pass-through logits processor is called once per sampled token with the whole
+token sequence, which gives the exact prompt length, the end of prefill and the
+time of every decoded token.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..config import ModelSpec
+from ..errors import GenerationError, ModelLoadError
+from .base import ChatStream, GenerateOptions, GenerationStats, Message
+
+# llama.cpp's ggml_type numbers for the KV cache element types models.yaml accepts.
+_GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+               "bf16": 30}
+
+
+class _TokenClock:
+    """A logits processor that only watches: counts sampled tokens and times them."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.sampled = 0
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        now = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = now
+            self.prompt_tokens = len(input_ids)
+        self.last_at = now
+        self.sampled += 1
+        return scores
+
+
+class LlamaCppModel:
+    """One llama.cpp model instance (model + context). One chat at a time."""
+
+    def __init__(self, name: str, llm: Any, load_s: float) -> None:
+        self.name = name
+        self.llm = llm
+        self.load_s = load_s
+        self._busy = threading.Lock()
+
+    def chat(self, messages: Sequence[Message], options: GenerateOptions) -> ChatStream:
+        return ChatStream(lambda stream: self._generate(stream, messages, options))
+
+    def _generate(self, stream: ChatStream, messages: Sequence[Message],
+                  options: GenerateOptions) -> Iterator[str]:
+        from llama_cpp import LogitsProcessorList, llama_cpp
+
+        if not self._busy.acquire(blocking=False):
+            raise GenerationError(f"model instance {self.name!r} is already generating; "
+                                  "a llama.cpp context serves one request at a time")
+        try:
+            llm = self.llm
+            if options.n_threads:
+                llama_cpp.llama_set_n_threads(llm.ctx, options.n_threads, options.n_threads)
+            previous = list(llm.input_ids[: llm.n_tokens])
+            clock = _TokenClock()
+            started = time.perf_counter()
+            first_text_at: float | None = None
+            finish: str | None = None
+            try:
+                chunks = llm.create_chat_completion(
+                    messages=[dict(m) for m in messages], temperature=options.temperature,
+                    top_p=options.top_p, max_tokens=options.max_tokens, seed=options.seed,
+                    stream=True, logits_processor=LogitsProcessorList([clock]))
+                for chunk in chunks:
+                    choice = chunk["choices"][0]
+                    text = choice.get("delta", {}).get("content")
+                    if text:
+                        if first_text_at is None:
+                            first_text_at = time.perf_counter()
+                        yield text
+                    finish = choice.get("finish_reason") or finish
+            except (RuntimeError, ValueError) as exc:
+                raise GenerationError(f"{self.name}: {exc}") from exc
+            ended = time.perf_counter()
+            prefill_end = clock.first_at or ended
+            # A final end-of-generation token is sampled but never part of the answer.
+            completion = max(0, clock.sampled - (1 if finish == "stop" else 0))
+            prompt_ids = list(llm.input_ids[: clock.prompt_tokens])
+            stream.stats = GenerationStats(
+                prompt_tokens=clock.prompt_tokens,
+                completion_tokens=completion,
+                ttft_s=(first_text_at or ended) - started,
+                prompt_s=prefill_end - started,
+                decode_s=(clock.last_at or prefill_end) - prefill_end,
+                decode_tokens=max(0, clock.sampled - 1),
+                cached_tokens=_reused_prefix(previous, prompt_ids),
+                finish_reason=finish,
+            )
+        finally:
+            self._busy.release()
+
+    def unload(self) -> None:
+        """Free the weights and the context now, not whenever the GC runs."""
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            llm.close()
+
+
+def _reused_prefix(previous: list[int], prompt: list[int]) -> int:
+    """Tokens llama-cpp-python keeps from the last call (it re-evaluates at least one)."""
+    n = 0
+    for a, b in zip(previous, prompt, strict=False):
+        if a != b:
+            break
+        n += 1
+    return min(n, max(0, len(prompt) - 1))
+
+
+class LlamaCppBackend:
+    """Loads GGUF models in this process with llama-cpp-python."""
+
+    name = "llamacpp"
+
+    def load(self, name: str, spec: ModelSpec, path: Path, n_threads: int) -> LlamaCppModel:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:  # pragma: no cover - a broken install
+            raise ModelLoadError(f"llama-cpp-python is not importable ({exc}); "
+                                 "reinstall localmoa: pip install --force-reinstall "
+                                 "llama-cpp-python") from None
+        kv = _GGML_TYPES[spec.kv_type]
+        started = time.perf_counter()
+        try:
+            llm = Llama(
+                model_path=str(path), n_ctx=spec.n_ctx, n_batch=min(spec.n_batch, spec.n_ctx),
+                n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=spec.n_gpu_layers,
+                type_k=kv, type_v=kv, flash_attn=spec.kv_type not in ("f16", "f32", "bf16"),
+                use_mmap=spec.use_mmap, verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(
+                f"model {name!r}: llama.cpp could not load {path}: {exc} (is it a complete "
+                f"GGUF file? is there enough memory for n_ctx={spec.n_ctx}?)") from None
+        return LlamaCppModel(name, llm, time.perf_counter() - started)

@@ -1,0 +1,60 @@
+"""The `localmoa` command. This module only wires the commands together."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ._errors import run_guarded
+from .profiles import profiles
+from .run import EPILOG as RUN_EPILOG
+from .run import run
+
+app = typer.Typer(
+    name="localmoa",
+    help=(
+        "Several open models answer together, on your machine, offline.\n\n"
+        "localmoa runs a Mixture-of-Agents: proposer models answer your prompt, "
+        "aggregation layers read all previous answers and write better ones, and a "
+        "final aggregator writes the answer. Models are GGUF files served by llama.cpp "
+        "in-process. Nothing is downloaded at run time.\n\n"
+        "Start with:  localmoa run \"Which is larger, 9.11 or 9.9?\"  (the offline `tiny` "
+        "profile; pip install \"localmoa[tiny]\")"
+    ),
+    epilog="Config: the shipped models.yaml, extended by --config, $LOCALMOA_CONFIG or "
+    "~/.config/localmoa/models.yaml. Set LOCALMOA_DEBUG=1 for tracebacks.",
+    invoke_without_command=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("run", epilog=RUN_EPILOG)(run)
+app.command("profiles")(profiles)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"localmoa {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Several open models answer together, on your machine, offline."""
+    if ctx.invoked_subcommand is None:  # bare `localmoa`: teach, do not complain
+        sys.stdout.write(ctx.get_help() + "\n")
+        raise typer.Exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: run the app, turning failures into one line and a code."""
+    code = run_guarded(lambda: app(args=argv, prog_name="localmoa", standalone_mode=False))
+    sys.exit(code)

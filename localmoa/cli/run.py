@@ -1,0 +1,132 @@
+"""`localmoa run`: one prompt through a Mixture-of-Agents, the answer streamed."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ..backends.base import Message
+from ..config import load_config
+from ..engine import RunEvents, run_moa
+from ..errors import RunFailedError, UsageError
+from ..metrics import AgentRun, RunReport
+from ..recipe import Agent, Overrides, build_graph
+from ._errors import EXIT_RUNTIME
+from ._options import ConfigOpt, JsonOpt, ProfileOpt
+from ._output import Output
+
+EPILOG = """\
+Examples:
+
+  localmoa run "Which is larger, 9.11 or 9.9?"
+
+  echo "Write a haiku about RAM" | localmoa run - --layers 2 --show-layers
+
+  localmoa run "Explain mmap" --temperature 0 --seed 7 --json > run.json
+"""
+
+
+def read_prompt(prompt: str) -> str:
+    """The prompt argument, or standard input for ``-``; refuse empty or non-UTF-8 input."""
+    if prompt == "-":
+        data = sys.stdin.buffer.read()
+        try:
+            prompt = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"the prompt on standard input is not UTF-8 text (bad byte at "
+                             f"offset {exc.start}); convert it, e.g. with iconv -t UTF-8") from None
+    if not prompt.strip():
+        raise UsageError("the prompt is empty; give it as an argument or pipe it in with `-`")
+    return prompt.strip()
+
+
+def run(
+    prompt: Annotated[str, typer.Argument(help="The question or instruction; `-` reads stdin.",
+                                          show_default=False)],
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    layers: Annotated[int | None, typer.Option(
+        "--layers", "-l", help="Number of proposer layers: the profile's are truncated or its "
+        "last one repeated.", show_default=False)] = None,
+    proposer: Annotated[list[str] | None, typer.Option(
+        "--proposer", help="Model of a proposer (repeat the option for several); replaces the "
+        "profile's proposers in every layer.", show_default=False)] = None,
+    aggregator: Annotated[str | None, typer.Option(
+        "--aggregator", help="Model of the final aggregator.", show_default=False)] = None,
+    temperature: Annotated[float | None, typer.Option(
+        "--temperature", "-t", help="Sampling temperature for every agent (0 = greedy).",
+        show_default=False)] = None,
+    max_tokens: Annotated[int | None, typer.Option(
+        "--max-tokens", "-n", help="Most tokens each agent may generate.",
+        show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Random seed; agent k gets seed+k, so a run is reproducible while "
+        "agents on one model still differ.", show_default=False)] = None,
+    show_layers: Annotated[bool, typer.Option(
+        "--show-layers", help="Print each layer's answers to stderr as the layer finishes.")
+    ] = False,
+    json_out: JsonOpt = False,
+    no_stats: Annotated[bool, typer.Option(
+        "--no-stats", help="Do not print the metrics tables after the answer.")] = False,
+) -> int:
+    """Answer PROMPT with a Mixture-of-Agents: proposers, aggregation layers, a final aggregator.
+
+    The final answer streams to stdout; progress, per-layer answers (--show-layers)
+    and the metrics tables go to stderr, so `localmoa run ... > answer.txt` keeps
+    only the answer. Everything runs locally; nothing is downloaded.
+    """
+    out = Output(json_mode=json_out)
+    text = read_prompt(prompt)
+    cfg = load_config(config)
+    graph = build_graph(cfg, profile, Overrides(
+        layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
+        temperature=temperature, max_tokens=max_tokens, seed=seed))
+    conversation = [Message(role="user", content=text)]
+
+    with out.status(f"[bold]{graph.profile}[/]: layer 1 of {len(graph.layers)} "
+                    f"({len(graph.layers[0])} agents)") as status:
+
+        def on_layer_done(layer: int, runs: list[AgentRun]) -> None:
+            if show_layers and not json_out:
+                out.layer_answers(layer, runs)
+            if status is not None:
+                nxt = layer + 1
+                status.update(f"[bold]{graph.profile}[/]: layer {nxt} of {len(graph.layers)}"
+                              if nxt <= len(graph.layers) else "aggregating")
+
+        def on_agent_start(agent: Agent) -> None:
+            if agent.is_aggregator and status is not None:
+                status.stop()
+
+        def on_text(agent: Agent, piece: str) -> None:
+            if agent.is_aggregator:
+                out.stream(piece)
+
+        events = RunEvents(on_agent_start=on_agent_start, on_text=on_text,
+                           on_layer_done=on_layer_done)
+        try:
+            report = run_moa(cfg, graph, conversation, events=events)
+        except RunFailedError as exc:
+            if isinstance(exc.report, RunReport):
+                _finish(out, exc.report, json_out, no_stats, show_layers)
+            raise
+    _finish(out, report, json_out, no_stats, show_layers)
+    return 0 if report.ok else EXIT_RUNTIME
+
+
+def _finish(out: Output, report: RunReport, json_out: bool, no_stats: bool,
+            show_layers: bool) -> None:
+    if json_out:
+        out.document(report.to_dict())
+        return
+    if report.answer:
+        out.end_stream()
+    elif not show_layers:
+        # The run failed before an answer: nothing the user waited for is lost.
+        for run in report.agents:
+            if run.ok:
+                out.note(f"[bold]{run.agent}[/] ({run.model}):\n{run.answer}\n")
+    if not no_stats:
+        out.report(report)

@@ -1,0 +1,315 @@
+"""models.yaml -> a validated Config.
+
+The shipped models.yaml is read first; a user config (``--config FILE``,
+``LOCALMOA_CONFIG`` or ``LOCALMOA_HOME/models.yaml``) then adds models and
+profiles or replaces them by name. Every error names the file, the line and the
+field, on one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from . import constants
+from .errors import ConfigError
+
+KvType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
+
+
+class _Strict(BaseModel):
+    # strict: "512" is not an int; extra=forbid: a typo is an error, not ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Source(_Strict):
+    """Where a model's GGUF comes from. Exactly one form:
+
+    - ``path``: a local GGUF file;
+    - ``repo`` + ``file``: a file of a Hugging Face repo, from the local cache only;
+    - ``repo: org/name:QUANT``: the GGUF of that quant in a cached Hugging Face repo;
+    - ``package`` + ``file``: a GGUF shipped inside an installed Python package.
+    """
+
+    path: str | None = Field(None, description="Local GGUF path (~ expanded).")
+    repo: str | None = Field(None, description="Hugging Face repo id, optionally ':QUANT'.")
+    file: str | None = Field(None, description="File inside the repo or the package.")
+    package: str | None = Field(None, description="Importable Python package holding the GGUF.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Source:
+        if self.path is not None:
+            if self.repo or self.package or self.file:
+                raise ValueError("give either path, repo (+ file) or package + file, not several")
+        elif self.package is not None:
+            if self.repo:
+                raise ValueError("give either repo or package, not both")
+            if not self.file:
+                raise ValueError("package needs file: the GGUF's name inside the package")
+        elif self.repo is not None:
+            if ":" not in self.repo and not self.file:
+                raise ValueError("repo needs file, or write it as repo: org/name:QUANT")
+        else:
+            raise ValueError("give one of path, repo (+ file) or package + file")
+        return self
+
+    def describe(self) -> str:
+        """Short human form: the path, hf:repo/file or pkg:package/file."""
+        if self.path is not None:
+            return self.path
+        if self.package is not None:
+            return f"pkg:{self.package}/{self.file}"
+        return f"hf:{self.repo}" + (f"/{self.file}" if self.file else "")
+
+
+class ModelSpec(_Strict):
+    """A named model: which backend serves it, where its weights are, how to load it."""
+
+    backend: Literal["llamacpp"] = Field(description="Which backend serves the model.")
+    source: Source
+    description: str = ""
+    n_ctx: int = Field(2048, ge=64, le=1_048_576, description="Context length in tokens.")
+    n_batch: int = Field(512, ge=1, le=65_536, description="Prompt batch size in tokens.")
+    n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
+    kv_type: KvType = Field("f16", description="KV cache element type (q8_0 halves it).")
+    use_mmap: bool = True
+
+
+class AgentSpec(_Strict):
+    """One agent of a profile: a model with its own prompt and sampling."""
+
+    model: str
+    system: str | None = Field(None, description="The agent's own system prompt.")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=1, le=131_072)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+
+
+class Profile(_Strict):
+    """A MoA recipe: proposer layers, then the final aggregator."""
+
+    description: str = ""
+    layers: list[list[AgentSpec]] = Field(min_length=1)
+    aggregator: AgentSpec
+
+    @model_validator(mode="after")
+    def _no_empty_layer(self) -> Profile:
+        for i, layer in enumerate(self.layers):
+            if not layer:
+                raise ValueError(f"layer {i + 1} has no agents")
+        return self
+
+
+class ConfigFile(_Strict):
+    """The shape of one models.yaml."""
+
+    default_profile: str | None = None
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    profiles: dict[str, Profile] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a config entry was written, for error messages."""
+
+    file: str
+    line: int | None
+
+
+@dataclass
+class Config:
+    """The merged configuration: shipped models.yaml, then the user's."""
+
+    models: dict[str, ModelSpec]
+    profiles: dict[str, Profile]
+    default_profile: str
+    files: list[str] = field(default_factory=list)
+    # (kind, name, field path) -> Origin, e.g. ("models", "smollm2", ("source",))
+    _origins: dict[tuple[str, str], tuple[Origin, _NodeIndex]] = field(default_factory=dict)
+
+    def origin(self, kind: str, name: str, *path: str | int) -> Origin:
+        """File and line of ``kind.name[.path...]`` in whichever file defined it."""
+        entry = self._origins.get((kind, name))
+        if entry is None:
+            return Origin("<built-in>", None)
+        origin, index = entry
+        return Origin(origin.file, index.line_of((kind, name, *path)))
+
+    def profile(self, name: str | None) -> tuple[str, Profile]:
+        """The named profile (or the default), with a helpful error when unknown."""
+        name = name or self.default_profile
+        if name not in self.profiles:
+            known = ", ".join(sorted(self.profiles)) or "none"
+            raise ConfigError(f"no profile named {name!r}; known profiles: {known} "
+                              "(add one under profiles: in your models.yaml)")
+        return name, self.profiles[name]
+
+
+class _NodeIndex:
+    """Finds the line of a field path in a composed YAML node tree."""
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self.root = root
+
+    def line_of(self, loc: tuple[Any, ...]) -> int | None:
+        """Line of the deepest key (or list item) of ``loc`` present in the file."""
+        node = self.root
+        if node is None:
+            return None
+        line = node.start_mark.line + 1
+        for key in loc:
+            if isinstance(node, yaml.MappingNode):
+                match = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+                if match is None:
+                    break  # a missing field: the line of the entry that lacks it
+                line, node = match[0].start_mark.line + 1, match[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) \
+                    and key < len(node.value):
+                node = node.value[key]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+
+def shipped_config_path() -> Path:
+    """The models.yaml that ships with localmoa."""
+    packaged = Path(str(resources.files("localmoa") / "models.yaml"))
+    if packaged.is_file():
+        return packaged
+    # Running from a source checkout (editable install): the repo-root file.
+    return Path(__file__).resolve().parent.parent / "models.yaml"
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _find_duplicate_key(node: yaml.Node | None) -> tuple[str, int] | None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            if k.value in seen:
+                return k.value, k.start_mark.line + 1
+            seen.add(k.value)
+            found = _find_duplicate_key(v)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found = _find_duplicate_key(item)
+            if found:
+                return found
+    return None
+
+
+def _pydantic_message(err: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see models.yaml in the README)"
+    if kind == "missing":
+        return "required field is missing"
+    msg = str(err["msg"])
+    msg = msg.removeprefix("Value error, ")
+    if kind.endswith("_type") or kind in ("literal_error", "enum"):
+        msg += f" (got {err.get('input')!r})"
+    return msg
+
+
+def read_config_file(path: Path) -> tuple[ConfigFile, _NodeIndex]:
+    """Parse and validate one models.yaml."""
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found (check --config / LOCALMOA_CONFIG)",
+                          file=name) from None
+    except UnicodeDecodeError:
+        raise ConfigError("config file is not UTF-8 text", file=name) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", file=name) from None
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"malformed YAML: {problem}", file=name,
+                          line=mark.line + 1 if mark else None) from None
+    index = _NodeIndex(root)
+    dup = _find_duplicate_key(root)
+    if dup:
+        raise ConfigError("key appears twice in the same mapping", file=name, line=dup[1],
+                          field=dup[0])
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping with models: and profiles:", file=name, line=1)
+    try:
+        parsed = ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        loc = tuple(first["loc"])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(_pydantic_message(first) + more, file=name,
+                          line=index.line_of(loc), field=_format_loc(loc)) from None
+    return parsed, index
+
+
+def load_config(user_config: Path | None = None) -> Config:
+    """The shipped config merged with the user's.
+
+    ``user_config`` (``--config``) wins over LOCALMOA_CONFIG, which wins over
+    LOCALMOA_HOME/models.yaml. A named user config that does not exist is an
+    error; the default location may simply be absent.
+    """
+    paths = [shipped_config_path()]
+    explicit = user_config is not None
+    user = user_config or constants.user_config_path()
+    if explicit or user.exists():
+        paths.append(user)
+
+    merged = Config(models={}, profiles={}, default_profile="tiny")
+    for path in paths:
+        parsed, index = read_config_file(path)
+        merged.files.append(str(path))
+        origin = Origin(str(path), None)
+        for name, spec in parsed.models.items():
+            merged.models[name] = spec
+            merged._origins[("models", name)] = (origin, index)
+        for name, prof in parsed.profiles.items():
+            merged.profiles[name] = prof
+            merged._origins[("profiles", name)] = (origin, index)
+        if parsed.default_profile:
+            merged.default_profile = parsed.default_profile
+    _check_references(merged)
+    return merged
+
+
+def _check_references(config: Config) -> None:
+    for pname, prof in config.profiles.items():
+        agents: list[tuple[tuple[str | int, ...], AgentSpec]] = [
+            (("layers", i, j), a) for i, layer in enumerate(prof.layers)
+            for j, a in enumerate(layer)]
+        agents.append((("aggregator",), prof.aggregator))
+        for path, agent in agents:
+            if agent.model not in config.models:
+                origin = config.origin("profiles", pname, *path, "model")
+                known = ", ".join(sorted(config.models)) or "none"
+                raise ConfigError(
+                    f"no model named {agent.model!r} (define it under models:; known: {known})",
+                    file=origin.file, line=origin.line,
+                    field=_format_loc(("profiles", pname, *path, "model")))
+    if config.default_profile not in config.profiles:
+        raise ConfigError(f"default_profile {config.default_profile!r} is not a profile",
+                          file=config.files[-1])

@@ -1,0 +1,79 @@
+"""Every failure a user can cause or meet is a LocalMoaError.
+
+The CLI turns each one into a single line on stderr and an exit code: 2 for
+usage and configuration errors (fix the input and run again), 1 for runtime
+failures (something went wrong while running).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LocalMoaError(Exception):
+    """Base class. ``str(err)`` is the one-line message shown to the user."""
+
+    exit_code = 1
+
+
+class UsageError(LocalMoaError):
+    """A command-line argument or its combination is wrong."""
+
+    exit_code = 2
+
+
+class ConfigError(LocalMoaError):
+    """models.yaml (shipped or user) is malformed or inconsistent.
+
+    The message names the file, the line and the field.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 field: str | None = None) -> None:
+        where = ""
+        if file:
+            where = f"{file}:{line}: " if line else f"{file}: "
+        if field:
+            where += f"{field}: "
+        super().__init__(where + message)
+        self.file = file
+        self.line = line
+        self.field = field
+
+
+class ModelNotFoundError(LocalMoaError):
+    """A model's weights are not on this machine (nothing is downloaded at run time)."""
+
+    exit_code = 2
+
+
+class InvalidModelFileError(LocalMoaError):
+    """A model file exists but is not a usable GGUF."""
+
+    exit_code = 2
+
+
+class ModelLoadError(LocalMoaError):
+    """A backend could not load a model (bad file, out of memory ...)."""
+
+
+class GenerationError(LocalMoaError):
+    """A backend failed while generating."""
+
+
+class RunFailedError(LocalMoaError):
+    """A run stopped part-way. ``report`` (a RunReport) holds everything produced."""
+
+    def __init__(self, message: str, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class LayerFailedError(RunFailedError):
+    """Every agent of a layer failed: there is nothing to pass on."""
+
+
+class AggregatorFailedError(RunFailedError):
+    """The final aggregator failed; the proposers' answers are still reported."""

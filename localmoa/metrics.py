@@ -1,0 +1,140 @@
+"""What a run cost: per agent, per layer, in total. Plain values, JSON in and out.
+
+Times are seconds; ``start_s``/``end_s`` are measured from the start of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class AgentRun:
+    """One agent's call: its answer, or its error, and its timings."""
+
+    agent: str
+    model: str
+    layer: int
+    role: str  # "proposer" | "aggregator"
+    ok: bool
+    answer: str = ""
+    error: str | None = None
+    threads: int = 0
+    load_s: float = 0.0  # loading the model instance this agent used; 0 when reused
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float = 0.0
+    prompt_tok_per_s: float = 0.0
+    decode_tok_per_s: float = 0.0
+    start_s: float = 0.0
+    end_s: float = 0.0
+    finish_reason: str | None = None
+
+    @property
+    def wall_s(self) -> float:
+        return max(0.0, self.end_s - self.start_s)
+
+
+@dataclass
+class LayerStats:
+    """One layer: its agents ran concurrently between ``start_s`` and ``end_s``."""
+
+    layer: int
+    role: str
+    agents: int
+    failed: int
+    load_s: float
+    wall_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    agg_tok_per_s: float  # all completion tokens / layer wall time
+    start_s: float
+    end_s: float
+
+    @classmethod
+    def of(cls, layer: int, runs: list[AgentRun]) -> LayerStats:
+        started = [r.start_s for r in runs]
+        ended = [r.end_s for r in runs]
+        start = min(started) if started else 0.0
+        end = max(ended) if ended else 0.0
+        wall = max(0.0, end - start)
+        completion = sum(r.completion_tokens for r in runs)
+        return cls(
+            layer=layer,
+            role=runs[0].role if runs else "proposer",
+            agents=len(runs),
+            failed=sum(not r.ok for r in runs),
+            load_s=round(sum(r.load_s for r in runs), 4),
+            wall_s=round(wall, 4),
+            prompt_tokens=sum(r.prompt_tokens for r in runs),
+            completion_tokens=completion,
+            agg_tok_per_s=round(completion / wall, 2) if wall > 0 else 0.0,
+            start_s=round(start, 4),
+            end_s=round(end, 4),
+        )
+
+
+@dataclass
+class Totals:
+    wall_s: float
+    load_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    agents: int
+    failed: int
+    tok_per_s: float  # all completion tokens / run wall time
+
+
+@dataclass
+class RunReport:
+    """A whole run: the answer, every intermediate answer, and the metrics."""
+
+    profile: str
+    prompt: str
+    answer: str
+    agents: list[AgentRun]
+    layers: list[LayerStats]
+    totals: Totals
+    cores: int
+    schema_version: int = SCHEMA_VERSION
+    ok: bool = True
+    error: str | None = None
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, *, profile: str, prompt: str, answer: str, runs: list[AgentRun],
+              wall_s: float, cores: int, models: dict[str, dict[str, Any]],
+              error: str | None = None) -> RunReport:
+        by_layer: dict[int, list[AgentRun]] = {}
+        for run in runs:
+            by_layer.setdefault(run.layer, []).append(run)
+        layers = [LayerStats.of(n, by_layer[n]) for n in sorted(by_layer)]
+        completion = sum(r.completion_tokens for r in runs)
+        totals = Totals(
+            wall_s=round(wall_s, 4),
+            load_s=round(sum(r.load_s for r in runs), 4),
+            prompt_tokens=sum(r.prompt_tokens for r in runs),
+            completion_tokens=completion,
+            agents=len(runs),
+            failed=sum(not r.ok for r in runs),
+            tok_per_s=round(completion / wall_s, 2) if wall_s > 0 else 0.0,
+        )
+        return cls(profile=profile, prompt=prompt, answer=answer, agents=runs, layers=layers,
+                   totals=totals, cores=cores, models=models, ok=error is None, error=error)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunReport:
+        return cls(
+            profile=data["profile"], prompt=data["prompt"], answer=data["answer"],
+            agents=[AgentRun(**a) for a in data["agents"]],
+            layers=[LayerStats(**s) for s in data["layers"]],
+            totals=Totals(**data["totals"]), cores=data["cores"],
+            schema_version=data.get("schema_version", SCHEMA_VERSION),
+            ok=data.get("ok", True), error=data.get("error"), models=data.get("models", {}),
+        )

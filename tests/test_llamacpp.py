@@ -1,0 +1,82 @@
+"""The llama.cpp backend on the real SmolLM2-135M GGUF (no fake on this path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from localmoa.backends.base import GenerateOptions
+from localmoa.backends.llamacpp import LlamaCppBackend
+from localmoa.config import ModelSpec, Source
+from localmoa.errors import GenerationError, ModelLoadError
+
+
+@pytest.fixture(scope="module")
+def model(smollm2_path: Path):
+    spec = ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=512)
+    loaded = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=2)
+    yield loaded
+    loaded.unload()
+
+
+QUESTION = [{"role": "user", "content": "Name three colours."}]
+
+
+def test_load_is_timed(model) -> None:
+    assert 0 < model.load_s < 30
+
+
+def test_streaming_chat_and_stats(model) -> None:
+    stream = model.chat(QUESTION, GenerateOptions(temperature=0.0, max_tokens=24, seed=1))
+    pieces = list(stream)
+    assert len(pieces) > 1, "the answer arrives in several pieces"
+    text = stream.text()
+    assert text == "".join(pieces) and text.strip()
+    st = stream.stats
+    assert st is not None
+    assert st.prompt_tokens > 5  # the chat template wraps the question
+    assert 1 <= st.completion_tokens <= 24
+    assert st.finish_reason in ("stop", "length")
+    if st.finish_reason == "length":
+        assert st.completion_tokens == 24
+    assert 0 < st.prompt_s <= st.ttft_s
+    assert st.decode_tokens == st.completion_tokens - 1 + (st.finish_reason == "stop")
+    assert st.prompt_tok_per_s > 0 and st.decode_tok_per_s > 0
+
+
+def test_greedy_is_deterministic_and_prefix_is_reused(model) -> None:
+    opts = GenerateOptions(temperature=0.0, max_tokens=16, seed=3)
+    first = model.chat(QUESTION, opts)
+    a = first.text()
+    second = model.chat(QUESTION, opts)
+    assert second.text() == a
+    assert second.stats is not None
+    # the same prompt again: llama-cpp-python keeps the prefix in the KV cache
+    assert second.stats.cached_tokens == second.stats.prompt_tokens - 1
+
+
+def test_one_instance_refuses_two_generations_at_once(model) -> None:
+    opts = GenerateOptions(temperature=0.0, max_tokens=8)
+    first = iter(model.chat(QUESTION, opts))
+    next(first)
+    with pytest.raises(GenerationError, match="already generating"):
+        model.chat(QUESTION, opts).text()
+    for _ in first:
+        pass
+
+
+def test_unload_frees(smollm2_path: Path) -> None:
+    spec = ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=256)
+    loaded = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=1)
+    loaded.unload()
+    assert loaded.llm is None
+    loaded.unload()  # twice is harmless
+
+
+def test_truncated_gguf_is_a_load_error(tmp_path: Path, smollm2_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(smollm2_path.read_bytes()[: 4 * 1024 * 1024])
+    spec = ModelSpec(backend="llamacpp", source=Source(path=str(cut)), n_ctx=256)
+    with pytest.raises(ModelLoadError, match="could not load"):
+        LlamaCppBackend().load("cut", spec, cut, n_threads=1)

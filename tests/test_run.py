@@ -1,0 +1,234 @@
+"""`localmoa run` end to end on the real SmolLM2-135M GGUF (the `tiny` profile)."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from localmoa import backends
+from localmoa.backends.llamacpp import LlamaCppBackend
+from localmoa.config import load_config
+from localmoa.engine import run_moa
+from localmoa.prompts import AGGREGATE_PROMPT
+from localmoa.recipe import Overrides, build_graph
+
+from .conftest import cli, run_json
+
+SCHEMA = json.loads(
+    (resources.files("localmoa") / "schemas" / "run-report.schema.json").read_text())
+QUESTION = "Which is larger, 9.11 or 9.9?"
+
+
+def check_report(doc: dict, layers: int) -> None:
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["ok"] and doc["answer"].strip()
+    assert len(doc["layers"]) == layers + 1  # proposer layers + the aggregator
+    assert len(doc["agents"]) == 3 * layers + 1
+    for agent in doc["agents"]:
+        assert agent["ok"], agent
+        assert agent["completion_tokens"] > 0, agent
+        assert agent["prompt_tokens"] > 0
+        assert agent["decode_tok_per_s"] > 0 and agent["prompt_tok_per_s"] > 0
+        assert agent["end_s"] >= agent["start_s"] + agent["ttft_s"] * 0.99
+    for stats in doc["layers"]:
+        members = [a for a in doc["agents"] if a["layer"] == stats["layer"]]
+        assert stats["completion_tokens"] == sum(a["completion_tokens"] for a in members)
+        assert stats["agents"] == len(members)
+        assert stats["wall_s"] > 0
+        assert stats["agg_tok_per_s"] == pytest.approx(
+            stats["completion_tokens"] / stats["wall_s"], rel=0.01)
+    assert doc["answer"] == doc["agents"][-1]["answer"]
+    totals = doc["totals"]
+    assert totals["completion_tokens"] == sum(a["completion_tokens"] for a in doc["agents"])
+    assert totals["load_s"] > 0  # at least one model instance was loaded
+
+
+def test_run_tiny_streams_an_answer_and_the_tables() -> None:
+    proc = cli("run", QUESTION, "--max-tokens", "48")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip(), "the final answer goes to stdout"
+    assert "agents" in proc.stderr and "layers" in proc.stderr
+    assert "out tok/s" in proc.stderr and "agg tok/s" in proc.stderr
+    assert "L1.3" in proc.stderr and "AGG" in proc.stderr
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_run_json_validates_and_adds_up(layers: int) -> None:
+    doc = run_json(QUESTION, "--layers", str(layers), "--max-tokens", "32")
+    check_report(doc, layers)
+
+
+def test_proposers_of_a_layer_run_concurrently() -> None:
+    doc = run_json(QUESTION, "--max-tokens", "48", "--temperature", "0", "--seed", "1")
+    layer1 = [a for a in doc["agents"] if a["layer"] == 1]
+    latest_start = max(a["start_s"] for a in layer1)
+    earliest_end = min(a["end_s"] for a in layer1)
+    assert latest_start < earliest_end, "all three proposers were generating at once"
+    assert {a["threads"] for a in layer1} == {1} or doc["cores"] >= 3
+    assert doc["agents"][-1]["threads"] == doc["cores"]  # the aggregator gets every core
+
+
+def test_temperature_zero_and_seed_reproduce_the_run() -> None:
+    args = (QUESTION, "--temperature", "0", "--seed", "11", "--max-tokens", "32")
+    a, b = run_json(*args), run_json(*args)
+    assert a["answer"] == b["answer"]
+    assert [x["answer"] for x in a["agents"]] == [x["answer"] for x in b["agents"]]
+
+
+def test_prompt_from_stdin() -> None:
+    proc = cli("run", "-", "--max-tokens", "16", "--json",
+               stdin=b"What is 2 + 2?")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["prompt"] == "What is 2 + 2?"
+
+
+def test_show_layers_prints_intermediate_answers_to_stderr() -> None:
+    proc = cli("run", QUESTION, "--max-tokens", "16", "--show-layers", "--no-stats")
+    assert proc.returncode == 0, proc.stderr
+    assert "layer 1" in proc.stderr
+    assert proc.stderr.count("smollm2-135m") >= 3
+    assert "agents" not in proc.stderr  # --no-stats
+
+
+class Recorder:
+    """The real llama.cpp backend, recording every message list it is asked."""
+
+    name = "llamacpp"
+
+    def __init__(self) -> None:
+        self.real = LlamaCppBackend()
+        self.calls: list[tuple[str, list[dict]]] = []
+
+    def load(self, name, spec, path, n_threads):
+        model = self.real.load(name, spec, path, n_threads)
+        recorder = self
+        original_chat = model.chat
+
+        def chat(messages, options):
+            recorder.calls.append((name, [dict(m) for m in messages]))
+            return original_chat(messages, options)
+
+        model.chat = chat  # type: ignore[method-assign]
+        return model
+
+
+def test_layer_two_sees_whole_numbered_answers_of_layer_one() -> None:
+    recorder = Recorder()
+    backends.register("llamacpp", lambda: recorder)
+    try:
+        config = load_config()
+        graph = build_graph(config, "tiny", Overrides(layers=2, max_tokens=24, temperature=0.0,
+                                                      seed=5))
+        report = run_moa(config, graph, [{"role": "user", "content": QUESTION}])
+    finally:
+        backends.register("llamacpp", LlamaCppBackend)
+    layer1 = [r.answer for r in report.agents if r.layer == 1]
+    layer2 = [r.answer for r in report.agents if r.layer == 2]
+    assert len(recorder.calls) == 7
+    later = recorder.calls[3:]  # three layer-2 proposers, then the aggregator
+    for i, (_, messages) in enumerate(later):
+        system = messages[0]
+        assert system["role"] == "system"
+        refs = layer1 if i < 3 else layer2
+        expected = AGGREGATE_PROMPT + "".join(f"\n{n}. {r}" for n, r in enumerate(refs, 1))
+        assert system["content"].endswith(expected)
+        assert all(len(r) > 1 for r in refs)  # whole answers, not characters
+    for _, messages in recorder.calls[:3]:
+        assert AGGREGATE_PROMPT not in messages[0]["content"]
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "user.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_failing_proposer_is_dropped_and_reported(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)  # right magic, nonsense inside
+    cfg = write_config(tmp_path, f"""\
+models:
+  broken:
+    backend: llamacpp
+    source: {{path: {broken}}}
+profiles:
+  mixed:
+    layers: [[{{model: smollm2-135m}}, {{model: broken}}, {{model: smollm2-135m}}]]
+    aggregator: {{model: smollm2-135m}}
+""")
+    proc = cli("run", QUESTION, "--config", str(cfg), "--profile", "mixed",
+               "--max-tokens", "16", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    jsonschema.validate(doc, SCHEMA)
+    bad = [a for a in doc["agents"] if a["model"] == "broken"]
+    assert len(bad) == 1 and not bad[0]["ok"] and "could not load" in bad[0]["error"]
+    assert doc["layers"][0]["failed"] == 1
+    assert doc["answer"].strip()
+
+
+def test_a_layer_with_no_answer_fails_but_keeps_the_report(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    cfg = write_config(tmp_path, f"""\
+models:
+  broken:
+    backend: llamacpp
+    source: {{path: {broken}}}
+profiles:
+  doomed:
+    layers: [[{{model: broken}}, {{model: broken}}]]
+    aggregator: {{model: smollm2-135m}}
+""")
+    proc = cli("run", QUESTION, "--config", str(cfg), "--profile", "doomed", "--json")
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False and "every agent of layer 1 failed" in doc["error"]
+    assert len(doc["agents"]) == 2
+    err_lines = proc.stderr.strip().splitlines()
+    assert len(err_lines) == 1 and err_lines[0].startswith("localmoa: error:")
+
+
+@pytest.mark.parametrize(("args", "stdin", "fragment"), [
+    (["run", ""], None, "the prompt is empty"),
+    (["run", "-"], b"   \n", "the prompt is empty"),
+    (["run", "-"], b"caf\xe9", "not UTF-8"),
+    (["run", "hi", "--layers", "0"], None, "--layers 0"),
+    (["run", "hi", "--temperature", "-1"], None, "--temperature -1"),
+    (["run", "hi", "--max-tokens", "1000000000"], None, "--max-tokens 1000000000"),
+    (["run", "hi", "--proposer", "ghost"], None, "no model named 'ghost'"),
+    (["run", "hi", "--layers", "two"], None, "Invalid value for '--layers'"),
+    (["run"], None, "Missing argument 'prompt'"),
+    (["run", "hi", "--bogus"], None, "No such option: --bogus"),
+    (["run", "hi", "--profile", "laptop"], None, "not in the local Hugging Face cache"),
+])
+def test_bad_input_is_one_line_exit_2(args: list[str], stdin: bytes | None,
+                                      fragment: str) -> None:
+    proc = cli(*args, stdin=stdin)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("localmoa: error:") and fragment in lines[0], lines[0]
+    assert proc.stdout == ""
+
+
+def test_help_teaches() -> None:
+    root = cli("--help")
+    assert root.returncode == 0
+    assert "Mixture-of-Agents" in root.stdout and "run" in root.stdout
+    sub = cli("run", "--help")
+    assert sub.returncode == 0
+    for option in ("--profile", "--layers", "--proposer", "--aggregator", "--temperature",
+                   "--max-tokens", "--seed", "--show-layers", "--json", "Examples"):
+        assert option in sub.stdout, option
+
+
+def test_profiles_lists_the_shipped_profiles() -> None:
+    proc = cli("profiles", "--json")
+    assert proc.returncode == 0
+    names = {p["name"] for p in json.loads(proc.stdout)["profiles"]}
+    assert {"tiny", "laptop", "workstation"} <= names
