@@ -39,6 +39,25 @@ class RunEvents:
 
 
 @dataclass
+class _RunContext:
+    """What every layer and agent of one run shares."""
+
+    conversation: Sequence[Message]
+    cores: int
+    parallel: int | None
+    t0: float
+    events: RunEvents
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+class Interrupted(Exception):
+    """Raised inside an agent when the run is being stopped (Ctrl-C)."""
+
+
+@dataclass
 class _Instance:
     model: LoadedModel
     fresh: bool = True  # its load time not yet charged to an agent
@@ -76,14 +95,17 @@ class ModelPool:
 
 
 def run_moa(config: Config, graph: MoaGraph, conversation: Sequence[Message], *,
-            events: RunEvents | None = None, cores: int | None = None) -> RunReport:
+            events: RunEvents | None = None, cores: int | None = None,
+            parallel: int | None = None) -> RunReport:
     """Run ``graph`` on ``conversation`` and return the report.
+
+    ``parallel`` caps how many agents of a layer run at once (None: all of
+    them); the cores are split among those that run together.
 
     Raises LayerFailedError when a whole layer produced nothing and
     AggregatorFailedError when the aggregator failed; both carry ``report``
     with everything produced so far.
     """
-    events = events or RunEvents()
     cores = cores or cpu_cores()
     prompt = conversation[-1]["content"] if conversation else ""
     # Every model's file is checked before anything is loaded: a missing GGUF is
@@ -91,28 +113,28 @@ def run_moa(config: Config, graph: MoaGraph, conversation: Sequence[Message], *,
     paths = {name: resolve_model_path(config, name) for name in graph.models}
     pool = ModelPool(config, paths)
     runs: list[AgentRun] = []
-    t0 = time.perf_counter()
+    ctx = _RunContext(conversation=conversation, cores=cores, parallel=parallel,
+                      t0=time.perf_counter(), events=events or RunEvents())
 
     def report(answer: str = "", error: str | None = None) -> RunReport:
         return RunReport.build(profile=graph.profile, prompt=prompt, answer=answer, runs=runs,
-                               wall_s=time.perf_counter() - t0, cores=cores,
+                               wall_s=ctx.now(), cores=cores,
                                models=_model_facts(config, graph), error=error)
 
     try:
         references: list[str] | None = None
         for number, layer in enumerate(graph.layers, start=1):
-            layer_runs = _run_layer(pool, layer, conversation, references, cores, t0, events)
+            layer_runs = _run_layer(pool, layer, references, ctx)
             runs.extend(layer_runs)
-            if events.on_layer_done:
-                events.on_layer_done(number, layer_runs)
+            if ctx.events.on_layer_done:
+                ctx.events.on_layer_done(number, layer_runs)
             answers = [r.answer for r in layer_runs if r.ok]
             if not answers:
                 reasons = "; ".join(f"{r.agent}: {r.error}" for r in layer_runs)
                 message = f"every agent of layer {number} failed ({reasons})"
                 raise LayerFailedError(message, report(error=message))
             references = answers
-        agg_runs = _run_layer(pool, [graph.aggregator], conversation, references, cores, t0,
-                              events)
+        agg_runs = _run_layer(pool, [graph.aggregator], references, ctx)
         runs.extend(agg_runs)
         final = agg_runs[0]
         if not final.ok:
@@ -123,23 +145,24 @@ def run_moa(config: Config, graph: MoaGraph, conversation: Sequence[Message], *,
         pool.close()
 
 
-def _run_layer(pool: ModelPool, agents: list[Agent], conversation: Sequence[Message],
-               references: list[str] | None, cores: int, t0: float,
-               events: RunEvents) -> list[AgentRun]:
-    threads = split_threads(cores, len(agents))
-    # Hand each agent its own instance of its model; load what is missing first.
+def _run_layer(pool: ModelPool, agents: list[Agent], references: list[str] | None,
+               ctx: _RunContext) -> list[AgentRun]:
+    width = max(1, min(len(agents), ctx.parallel or len(agents)))
+    threads = split_threads(ctx.cores, width)
+    # Each agent running at the same time needs its own instance of its model.
     per_model = Counter(a.model for a in agents)
     assigned: dict[str, list[_Instance]] = {}
     failed_load: dict[str, str] = {}
     for model, count in per_model.items():
         try:
-            assigned[model] = pool.ensure(model, count, threads[0])
+            assigned[model] = pool.ensure(model, min(count, width), threads[0])
         except LocalMoaError as exc:
             failed_load[model] = str(exc)
     seen: Counter[str] = Counter()
     jobs: list[tuple[Agent, _Instance | None, int, threading.Lock | None]] = []
     locks = {id(i): threading.Lock() for group in assigned.values() for i in group}
-    for agent, n_threads in zip(agents, threads, strict=True):
+    for i, agent in enumerate(agents):
+        n_threads = threads[i % width]
         group = assigned.get(agent.model)
         inst = group[seen[agent.model] % len(group)] if group else None
         seen[agent.model] += 1
@@ -149,41 +172,48 @@ def _run_layer(pool: ModelPool, agents: list[Agent], conversation: Sequence[Mess
         agent, inst, n_threads, lock = job
         role = "aggregator" if agent.is_aggregator else "proposer"
         if inst is None or lock is None:
-            now = time.perf_counter() - t0
+            now = round(ctx.now(), 4)
             run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=role,
                            ok=False, error=failed_load.get(agent.model, "model not loaded"),
                            threads=n_threads, start_s=now, end_s=now)
-            if events.on_agent_done:
-                events.on_agent_done(agent, run)
+            if ctx.events.on_agent_done:
+                ctx.events.on_agent_done(agent, run)
             return run
         with lock:  # an instance is not thread-safe: one agent at a time
             load_s = 0.0
             if inst.fresh:
                 load_s, inst.fresh = inst.model.load_s, False
-            return _run_agent(agent, inst.model, conversation, references, n_threads, load_s,
-                              t0, events)
+            return _run_agent(agent, inst.model, references, n_threads, load_s, ctx)
 
-    if len(jobs) == 1:
-        return [work(jobs[0])]
-    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="localmoa-agent") as ex:
-        return list(ex.map(work, jobs))
+    if width == 1:
+        return [work(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="localmoa-agent") as ex:
+        try:
+            return list(ex.map(work, jobs))
+        except KeyboardInterrupt:
+            # Inside the `with`: its exit waits for the workers, so tell them first.
+            # Each stops at its next token; then the pool frees the models.
+            ctx.stop.set()
+            raise
 
 
-def _run_agent(agent: Agent, model: LoadedModel, conversation: Sequence[Message],
-               references: list[str] | None, n_threads: int, load_s: float, t0: float,
-               events: RunEvents) -> AgentRun:
+def _run_agent(agent: Agent, model: LoadedModel, references: list[str] | None,
+               n_threads: int, load_s: float, ctx: _RunContext) -> AgentRun:
+    events = ctx.events
     role = "aggregator" if agent.is_aggregator else "proposer"
     run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=role, ok=False,
                    threads=n_threads, load_s=round(load_s, 4))
     if events.on_agent_start:
         events.on_agent_start(agent)
-    messages = agent_messages(conversation, agent.system, references)
+    messages = agent_messages(ctx.conversation, agent.system, references)
     options = GenerateOptions(temperature=agent.temperature, top_p=agent.top_p,
                               max_tokens=agent.max_tokens, seed=agent.seed, n_threads=n_threads)
-    run.start_s = time.perf_counter() - t0
+    run.start_s = ctx.now()
     try:
         stream = model.chat(messages, options)
         for piece in stream:
+            if ctx.stop.is_set():
+                raise Interrupted("interrupted")
             if events.on_text:
                 events.on_text(agent, piece)
         text = stream.text().strip()
@@ -201,7 +231,7 @@ def _run_agent(agent: Agent, model: LoadedModel, conversation: Sequence[Message]
             run.error = "empty answer"
     except Exception as exc:  # noqa: BLE001 - any agent failure is reported, not fatal
         run.error = str(exc) or type(exc).__name__
-    run.end_s = round(time.perf_counter() - t0, 4)
+    run.end_s = round(ctx.now(), 4)
     run.start_s = round(run.start_s, 4)
     if events.on_agent_done:
         events.on_agent_done(agent, run)

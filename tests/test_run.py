@@ -90,7 +90,8 @@ def test_show_layers_prints_intermediate_answers_to_stderr() -> None:
     proc = cli("run", QUESTION, "--max-tokens", "16", "--show-layers", "--no-stats")
     assert proc.returncode == 0, proc.stderr
     assert "layer 1" in proc.stderr
-    assert proc.stderr.count("smollm2-135m") >= 3
+    assert proc.stderr.count("smollm2-135m") >= 4
+    assert "answer (smollm2-135m)" in proc.stderr  # the final answer is set apart
     assert "agents" not in proc.stderr  # --no-stats
 
 
@@ -232,3 +233,24 @@ def test_profiles_lists_the_shipped_profiles() -> None:
     assert proc.returncode == 0
     names = {p["name"] for p in json.loads(proc.stdout)["profiles"]}
     assert {"tiny", "laptop", "workstation"} <= names
+
+
+def test_ctrl_c_during_proposers_exits_130_promptly() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localmoa", "run", "Write a very long story about a dragon.",
+         "--max-tokens", "2000", "--layers", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    time.sleep(4)  # models loaded, layer 1 generating 2000 tokens each
+    assert proc.poll() is None
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert time.monotonic() - sent < 5, "agents stop at their next token"
+    assert err.decode().strip().splitlines()[-1] == "localmoa: error: interrupted"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TypeVar
 
 import typer
 
@@ -19,9 +18,6 @@ EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-T = TypeVar("T")
-
-
 def error_line(message: str) -> None:
     """Write ``localmoa: error: MESSAGE`` as one line on stderr."""
     one_line = " ".join(message.split())
@@ -29,8 +25,9 @@ def error_line(message: str) -> None:
     sys.stderr.flush()
 
 
-def run_guarded(call: Callable[[], T]) -> int:
+def run_guarded(call: Callable[[], object]) -> int:
     """Run the CLI, mapping every failure to one line and an exit code."""
+    result: object
     try:
         result = call()
     except LocalMoaError as exc:
@@ -39,7 +36,7 @@ def run_guarded(call: Callable[[], T]) -> int:
         error_line(str(exc))
         return exc.exit_code
     except typer.Exit as exc:
-        return exc.exit_code
+        result = exc.exit_code
     except typer.Abort:
         error_line("interrupted")
         return EXIT_INTERRUPTED
@@ -62,4 +59,7 @@ def run_guarded(call: Callable[[], T]) -> int:
         error_line(f"internal error: {type(exc).__name__}: {exc} "
                    "(run again with LOCALMOA_DEBUG=1 for the traceback, and report it)")
         return EXIT_RUNTIME
-    return result if isinstance(result, int) else EXIT_OK
+    code = result if isinstance(result, int) else EXIT_OK
+    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a silent Exit(130)
+        error_line("interrupted")
+    return code

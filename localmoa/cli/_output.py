@@ -63,6 +63,12 @@ class Output:
         if not self.json_mode:
             self.err.print(message)
 
+    def rule(self, title: str) -> None:
+        """A titled separator on stderr (between layers and the final answer)."""
+        if not self.json_mode:
+            with self._lock:
+                self.err.rule(escape(title), style="cyan")
+
     @contextmanager
     def status(self, message: str) -> Iterator[Any]:
         """A spinner on an interactive stderr; nothing otherwise."""

@@ -97,8 +97,12 @@ def run(
                               if nxt <= len(graph.layers) else "aggregating")
 
         def on_agent_start(agent: Agent) -> None:
-            if agent.is_aggregator and status is not None:
+            if not agent.is_aggregator:
+                return
+            if status is not None:
                 status.stop()
+            if show_layers:
+                out.rule(f"answer ({agent.model})")
 
         def on_text(agent: Agent, piece: str) -> None:
             if agent.is_aggregator:
