@@ -85,31 +85,45 @@ def run(
         temperature=temperature, max_tokens=max_tokens, seed=seed))
     conversation = [Message(role="user", content=text)]
 
-    with out.status(f"[bold]{graph.profile}[/]: layer 1 of {len(graph.layers)} "
-                    f"({len(graph.layers[0])} agents)") as status:
+    total_layers = len(graph.layers)
+    with out.status(f"[bold]{graph.profile}[/]: layer 1 of {total_layers}") as status:
+        done: list[str] = []
+        streaming = False
+
+        def show(message: str) -> None:
+            if status is not None and not streaming:
+                status.update(f"[bold]{graph.profile}[/]: {message}")
+
+        def on_agent_done(agent: Agent, run: AgentRun) -> None:
+            if agent.is_aggregator:
+                return
+            done.append(agent.id)
+            size = len(graph.layers[agent.layer - 1])
+            finished = sum(1 for a in graph.layers[agent.layer - 1] if a.id in done)
+            show(f"layer {agent.layer} of {total_layers}: {finished}/{size} agents done")
 
         def on_layer_done(layer: int, runs: list[AgentRun]) -> None:
             if show_layers and not json_out:
                 out.layer_answers(layer, runs)
-            if status is not None:
-                nxt = layer + 1
-                status.update(f"[bold]{graph.profile}[/]: layer {nxt} of {len(graph.layers)}"
-                              if nxt <= len(graph.layers) else "aggregating")
+            show(f"layer {layer + 1} of {total_layers}" if layer < total_layers
+                 else "aggregating (reading the references)")
 
         def on_agent_start(agent: Agent) -> None:
-            if not agent.is_aggregator:
-                return
-            if status is not None:
-                status.stop()
-            if show_layers:
+            if agent.is_aggregator and show_layers:
                 out.rule(f"answer ({agent.model})")
 
         def on_text(agent: Agent, piece: str) -> None:
-            if agent.is_aggregator:
-                out.stream(piece)
+            nonlocal streaming
+            if not agent.is_aggregator:
+                return
+            if not streaming:
+                streaming = True
+                if status is not None:
+                    status.stop()  # the answer takes the terminal from here
+            out.stream(piece)
 
         events = RunEvents(on_agent_start=on_agent_start, on_text=on_text,
-                           on_layer_done=on_layer_done)
+                           on_agent_done=on_agent_done, on_layer_done=on_layer_done)
         try:
             report = run_moa(cfg, graph, conversation, events=events)
         except RunFailedError as exc:
