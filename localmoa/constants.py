@@ -44,3 +44,8 @@ def hf_hub_cache() -> Path:
     hf_home = _env_path("HF_HOME") or (
         (_env_path("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
     return hf_home / "hub"
+
+
+def memory_budget() -> str | None:
+    """LOCALMOA_MEMORY_BUDGET, e.g. ``1.5GiB``: the RAM models may use (default: what is free)."""
+    return os.environ.get("LOCALMOA_MEMORY_BUDGET") or None

@@ -1,15 +1,15 @@
-"""Runs a MoA graph: layers of concurrent proposers, then the streamed aggregator.
+"""Executes a Plan: for each wave, load, run its agents at once, unload.
 
-A llama.cpp model instance serves one agent at a time, so a layer with three
-agents on the same model uses three instances (with mmap they share the weight
-pages). Instances stay loaded across layers and are freed at the end.
+The engine decides nothing about memory or order: the Plan says which instance
+of which model serves each agent, with how many threads, and when instances are
+loaded and freed. Between layers it passes the references on; the aggregator's
+text is streamed through the events.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,12 +20,12 @@ from .backends import get_backend
 from .backends.base import GenerateOptions, LoadedModel, Message
 from .config import Config
 from .errors import AggregatorFailedError, LayerFailedError, LocalMoaError
-from .memory.planner import split_threads
-from .memory.probe import cpu_cores
+from .memory.planner import Instance, Plan, Task, Wave
+from .memory.probe import MemorySampler
 from .metrics import AgentRun, RunReport
+from .preflight import Preflight, preflight
 from .prompts import agent_messages
 from .recipe import Agent, MoaGraph
-from .sources import resolve_model_path
 
 
 @dataclass
@@ -38,181 +38,183 @@ class RunEvents:
     on_layer_done: Callable[[int, list[AgentRun]], None] | None = None
 
 
-@dataclass
-class _RunContext:
-    """What every layer and agent of one run shares."""
-
-    conversation: Sequence[Message]
-    cores: int
-    parallel: int | None
-    t0: float
-    events: RunEvents
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def now(self) -> float:
-        return time.perf_counter() - self.t0
-
-
 class Interrupted(Exception):
     """Raised inside an agent when the run is being stopped (Ctrl-C)."""
 
 
 @dataclass
-class _Instance:
+class _Loaded:
     model: LoadedModel
-    fresh: bool = True  # its load time not yet charged to an agent
+    charged: bool = False  # its load time already reported on an agent
 
 
 @dataclass
-class ModelPool:
-    """Loaded instances by model name. Loads on demand; ``close()`` frees all."""
+class _Execution:
+    """The state of one run of a Plan."""
 
     config: Config
     paths: dict[str, Path]
-    instances: dict[str, list[_Instance]] = field(default_factory=dict)
-    load_errors: dict[str, str] = field(default_factory=dict)
+    conversation: Sequence[Message]
+    events: RunEvents
+    t0: float = field(default_factory=time.perf_counter)
+    stop: threading.Event = field(default_factory=threading.Event)
+    loaded: dict[Instance, _Loaded] = field(default_factory=dict)
+    load_errors: dict[Instance, str] = field(default_factory=dict)
+    loads: int = 0
+    unloads: int = 0
+    load_s: float = 0.0
 
-    def ensure(self, model: str, count: int, n_threads: int) -> list[_Instance]:
-        """At least ``count`` instances of ``model``; fewer if loading fails."""
-        have = self.instances.setdefault(model, [])
-        while len(have) < count and model not in self.load_errors:
-            spec = self.config.models[model]
-            try:
-                loaded = get_backend(spec.backend).load(model, spec, self.paths[model], n_threads)
-            except LocalMoaError as exc:
-                if not have:
-                    self.load_errors[model] = str(exc)
-                    raise
-                break  # use the instances we have; agents will take turns
-            have.append(_Instance(loaded))
-        return have
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def load(self, inst: Instance, n_threads: int) -> None:
+        spec = self.config.models[inst.model]
+        try:
+            model = get_backend(spec.backend).load(inst.model, spec, self.paths[inst.model],
+                                                   n_threads)
+        except LocalMoaError as exc:
+            self.load_errors[inst] = str(exc)
+            return
+        self.loaded[inst] = _Loaded(model)
+        self.loads += 1
+        self.load_s += model.load_s
+
+    def unload(self, inst: Instance) -> None:
+        entry = self.loaded.pop(inst, None)
+        if entry is not None:
+            entry.model.unload()
+            self.unloads += 1
 
     def close(self) -> None:
-        for group in self.instances.values():
-            for inst in group:
-                inst.model.unload()
-        self.instances.clear()
+        for inst in list(self.loaded):
+            self.unload(inst)
 
 
 def run_moa(config: Config, graph: MoaGraph, conversation: Sequence[Message], *,
-            events: RunEvents | None = None, cores: int | None = None,
-            parallel: int | None = None) -> RunReport:
-    """Run ``graph`` on ``conversation`` and return the report.
+            memory_budget: str | None = None, prepared: Preflight | None = None,
+            events: RunEvents | None = None) -> RunReport:
+    """Plan ``graph`` for this machine (unless ``prepared`` is given) and run it."""
+    prepared = prepared or preflight(config, graph, memory_budget)
+    return execute_plan(config, graph, conversation, prepared.plan, prepared.paths,
+                        events=events)
 
-    ``parallel`` caps how many agents of a layer run at once (None: all of
-    them); the cores are split among those that run together.
+
+def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message], plan: Plan,
+                 paths: dict[str, Path], *, events: RunEvents | None = None) -> RunReport:
+    """Run ``graph`` on ``conversation`` exactly as ``plan`` says and return the report.
 
     Raises LayerFailedError when a whole layer produced nothing and
     AggregatorFailedError when the aggregator failed; both carry ``report``
     with everything produced so far.
     """
-    cores = cores or cpu_cores()
+    ex = _Execution(config=config, paths=paths, conversation=conversation,
+                    events=events or RunEvents())
+    agents = {a.id: a for a in graph.all_agents()}
+    runs: dict[str, AgentRun] = {}
     prompt = conversation[-1]["content"] if conversation else ""
-    # Every model's file is checked before anything is loaded: a missing GGUF is
-    # a configuration error, not a fault to discover halfway through a run.
-    paths = {name: resolve_model_path(config, name) for name in graph.models}
-    pool = ModelPool(config, paths)
-    runs: list[AgentRun] = []
-    ctx = _RunContext(conversation=conversation, cores=cores, parallel=parallel,
-                      t0=time.perf_counter(), events=events or RunEvents())
+    layers = [*graph.layers, [graph.aggregator]]
 
-    def report(answer: str = "", error: str | None = None) -> RunReport:
-        return RunReport.build(profile=graph.profile, prompt=prompt, answer=answer, runs=runs,
-                               wall_s=ctx.now(), cores=cores,
-                               models=_model_facts(config, graph), error=error)
+    with MemorySampler() as memory:
 
-    try:
-        references: list[str] | None = None
-        for number, layer in enumerate(graph.layers, start=1):
-            layer_runs = _run_layer(pool, layer, references, ctx)
-            runs.extend(layer_runs)
-            if ctx.events.on_layer_done:
-                ctx.events.on_layer_done(number, layer_runs)
-            answers = [r.answer for r in layer_runs if r.ok]
-            if not answers:
-                reasons = "; ".join(f"{r.agent}: {r.error}" for r in layer_runs)
-                message = f"every agent of layer {number} failed ({reasons})"
-                raise LayerFailedError(message, report(error=message))
-            references = answers
-        agg_runs = _run_layer(pool, [graph.aggregator], references, ctx)
-        runs.extend(agg_runs)
-        final = agg_runs[0]
-        if not final.ok:
-            message = f"the aggregator ({final.model}) failed: {final.error}"
-            raise AggregatorFailedError(message, report(error=message))
-        return report(answer=final.answer)
-    finally:
-        pool.close()
+        def report(answer: str = "", error: str | None = None) -> RunReport:
+            memory.sample()
+            ordered = [runs[a.id] for layer in layers for a in layer if a.id in runs]
+            return RunReport.build(
+                profile=graph.profile, prompt=prompt, answer=answer, runs=ordered,
+                wall_s=ex.now(), cores=plan.cores, models=_model_facts(config, graph),
+                error=error, plan=_plan_summary(plan),
+                actual={"loads": ex.loads, "unloads": ex.unloads, "load_s": round(ex.load_s, 4),
+                        "peak_rss_growth_bytes": memory.peak_rss,
+                        "peak_pss_growth_bytes": memory.peak_pss})
 
-
-def _run_layer(pool: ModelPool, agents: list[Agent], references: list[str] | None,
-               ctx: _RunContext) -> list[AgentRun]:
-    width = max(1, min(len(agents), ctx.parallel or len(agents)))
-    threads = split_threads(ctx.cores, width)
-    # Each agent running at the same time needs its own instance of its model.
-    per_model = Counter(a.model for a in agents)
-    assigned: dict[str, list[_Instance]] = {}
-    failed_load: dict[str, str] = {}
-    for model, count in per_model.items():
         try:
-            assigned[model] = pool.ensure(model, min(count, width), threads[0])
-        except LocalMoaError as exc:
-            failed_load[model] = str(exc)
-    seen: Counter[str] = Counter()
-    jobs: list[tuple[Agent, _Instance | None, int, threading.Lock | None]] = []
-    locks = {id(i): threading.Lock() for group in assigned.values() for i in group}
-    for i, agent in enumerate(agents):
-        n_threads = threads[i % width]
-        group = assigned.get(agent.model)
-        inst = group[seen[agent.model] % len(group)] if group else None
-        seen[agent.model] += 1
-        jobs.append((agent, inst, n_threads, locks[id(inst)] if inst else None))
+            references: list[str] | None = None
+            for number, layer in enumerate(layers, start=1):
+                for wave in plan.waves_of_layer(number):
+                    for inst, task in _loads_with_tasks(wave):
+                        ex.load(inst, task.threads if task else plan.cores)
+                    for run in _run_wave(ex, wave, agents, references):
+                        runs[run.agent] = run
+                    for inst in wave.unloads:
+                        ex.unload(inst)
+                layer_runs = [runs[a.id] for a in layer]
+                if number == len(layers):
+                    final = layer_runs[0]
+                    if not final.ok:
+                        message = f"the aggregator ({final.model}) failed: {final.error}"
+                        raise AggregatorFailedError(message, report(error=message))
+                    return report(answer=final.answer)
+                if ex.events.on_layer_done:
+                    ex.events.on_layer_done(number, layer_runs)
+                answers = [r.answer for r in layer_runs if r.ok]
+                if not answers:
+                    reasons = "; ".join(f"{r.agent}: {r.error}" for r in layer_runs)
+                    message = f"every agent of layer {number} failed ({reasons})"
+                    raise LayerFailedError(message, report(error=message))
+                references = answers
+            raise AssertionError("unreachable: the plan has no aggregator layer")
+        finally:
+            ex.close()
 
-    def work(job: tuple[Agent, _Instance | None, int, threading.Lock | None]) -> AgentRun:
-        agent, inst, n_threads, lock = job
-        role = "aggregator" if agent.is_aggregator else "proposer"
-        if inst is None or lock is None:
-            now = round(ctx.now(), 4)
-            run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=role,
-                           ok=False, error=failed_load.get(agent.model, "model not loaded"),
-                           threads=n_threads, start_s=now, end_s=now)
-            if ctx.events.on_agent_done:
-                ctx.events.on_agent_done(agent, run)
+
+def _loads_with_tasks(wave: Wave) -> list[tuple[Instance, Task | None]]:
+    """Each instance to load, with the task it is loaded for (its thread count)."""
+    by_instance = {Instance(t.model, t.slot): t for t in wave.tasks}
+    return [(inst, by_instance.get(inst)) for inst in wave.loads]
+
+
+def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
+              references: list[str] | None) -> list[AgentRun]:
+    def work(task: Task) -> AgentRun:
+        agent = agents[task.agent]
+        inst = Instance(task.model, task.slot)
+        entry = ex.loaded.get(inst)
+        if entry is None:
+            now = round(ex.now(), 4)
+            run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer,
+                           role=_role(agent), ok=False, threads=task.threads, wave=wave.index,
+                           error=ex.load_errors.get(inst, f"{inst} is not loaded"),
+                           start_s=now, end_s=now)
+            if ex.events.on_agent_done:
+                ex.events.on_agent_done(agent, run)
             return run
-        with lock:  # an instance is not thread-safe: one agent at a time
-            load_s = 0.0
-            if inst.fresh:
-                load_s, inst.fresh = inst.model.load_s, False
-            return _run_agent(agent, inst.model, references, n_threads, load_s, ctx)
+        load_s = 0.0
+        if not entry.charged:
+            load_s, entry.charged = entry.model.load_s, True
+        return _run_agent(ex, agent, entry.model, task, wave.index, references, load_s)
 
-    if width == 1:
-        return [work(job) for job in jobs]
-    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="localmoa-agent") as ex:
+    if len(wave.tasks) == 1:
+        return [work(wave.tasks[0])]
+    with ThreadPoolExecutor(max_workers=len(wave.tasks), thread_name_prefix="localmoa") as pool:
         try:
-            return list(ex.map(work, jobs))
+            return list(pool.map(work, wave.tasks))
         except KeyboardInterrupt:
             # Inside the `with`: its exit waits for the workers, so tell them first.
-            # Each stops at its next token; then the pool frees the models.
-            ctx.stop.set()
+            # Each stops at its next token; then the models are freed.
+            ex.stop.set()
             raise
 
 
-def _run_agent(agent: Agent, model: LoadedModel, references: list[str] | None,
-               n_threads: int, load_s: float, ctx: _RunContext) -> AgentRun:
-    events = ctx.events
-    role = "aggregator" if agent.is_aggregator else "proposer"
-    run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=role, ok=False,
-                   threads=n_threads, load_s=round(load_s, 4))
+def _role(agent: Agent) -> str:
+    return "aggregator" if agent.is_aggregator else "proposer"
+
+
+def _run_agent(ex: _Execution, agent: Agent, model: LoadedModel, task: Task, wave: int,
+               references: list[str] | None, load_s: float) -> AgentRun:
+    events = ex.events
+    run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=_role(agent),
+                   ok=False, threads=task.threads, wave=wave, load_s=round(load_s, 4))
     if events.on_agent_start:
         events.on_agent_start(agent)
-    messages = agent_messages(ctx.conversation, agent.system, references)
+    messages = agent_messages(ex.conversation, agent.system, references)
     options = GenerateOptions(temperature=agent.temperature, top_p=agent.top_p,
-                              max_tokens=agent.max_tokens, seed=agent.seed, n_threads=n_threads)
-    run.start_s = ctx.now()
+                              max_tokens=agent.max_tokens, seed=agent.seed,
+                              n_threads=task.threads)
+    run.start_s = ex.now()
     try:
         stream = model.chat(messages, options)
         for piece in stream:
-            if ctx.stop.is_set():
+            if ex.stop.is_set():
                 raise Interrupted("interrupted")
             if events.on_text:
                 events.on_text(agent, piece)
@@ -231,11 +233,16 @@ def _run_agent(agent: Agent, model: LoadedModel, references: list[str] | None,
             run.error = "empty answer"
     except Exception as exc:  # noqa: BLE001 - any agent failure is reported, not fatal
         run.error = str(exc) or type(exc).__name__
-    run.end_s = round(ctx.now(), 4)
+    run.end_s = round(ex.now(), 4)
     run.start_s = round(run.start_s, 4)
     if events.on_agent_done:
         events.on_agent_done(agent, run)
     return run
+
+
+def _plan_summary(plan: Plan) -> dict[str, Any]:
+    return {"waves": len(plan.waves), "loads": plan.loads, "unloads": plan.unloads,
+            "predicted_peak_bytes": plan.peak_bytes, "budget_bytes": plan.budgets}
 
 
 def _model_facts(config: Config, graph: MoaGraph) -> dict[str, dict[str, Any]]:

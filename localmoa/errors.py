@@ -55,6 +55,12 @@ class InvalidModelFileError(LocalMoaError):
     exit_code = 2
 
 
+class InsufficientMemoryError(LocalMoaError):
+    """A model cannot fit in the memory budget; said before anything is loaded."""
+
+    exit_code = 2
+
+
 class ModelLoadError(LocalMoaError):
     """A backend could not load a model (bad file, out of memory ...)."""
 

@@ -23,6 +23,7 @@ class AgentRun:
     answer: str = ""
     error: str | None = None
     threads: int = 0
+    wave: int = 0  # the plan's wave this agent ran in
     load_s: float = 0.0  # loading the model instance this agent used; 0 when reused
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -103,11 +104,16 @@ class RunReport:
     ok: bool = True
     error: str | None = None
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: What the planner predicted: waves, loads, unloads, peak bytes and budget per pool.
+    plan: dict[str, Any] = field(default_factory=dict)
+    #: What happened: loads, unloads, load seconds, peak RSS / PSS growth in bytes.
+    actual: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, *, profile: str, prompt: str, answer: str, runs: list[AgentRun],
               wall_s: float, cores: int, models: dict[str, dict[str, Any]],
-              error: str | None = None) -> RunReport:
+              error: str | None = None, plan: dict[str, Any] | None = None,
+              actual: dict[str, Any] | None = None) -> RunReport:
         by_layer: dict[int, list[AgentRun]] = {}
         for run in runs:
             by_layer.setdefault(run.layer, []).append(run)
@@ -123,7 +129,8 @@ class RunReport:
             tok_per_s=round(completion / wall_s, 2) if wall_s > 0 else 0.0,
         )
         return cls(profile=profile, prompt=prompt, answer=answer, agents=runs, layers=layers,
-                   totals=totals, cores=cores, models=models, ok=error is None, error=error)
+                   totals=totals, cores=cores, models=models, ok=error is None, error=error,
+                   plan=plan or {}, actual=actual or {})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,4 +144,5 @@ class RunReport:
             totals=Totals(**data["totals"]), cores=data["cores"],
             schema_version=data.get("schema_version", SCHEMA_VERSION),
             ok=data.get("ok", True), error=data.get("error"), models=data.get("models", {}),
+            plan=data.get("plan", {}), actual=data.get("actual", {}),
         )

@@ -148,14 +148,27 @@ def write_config(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_a_failing_proposer_is_dropped_and_reported(tmp_path: Path) -> None:
-    broken = tmp_path / "broken.gguf"
-    broken.write_bytes(b"GGUF" + b"\0" * 64)  # right magic, nonsense inside
+@pytest.fixture(scope="module")
+def unknown_arch_gguf(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real GGUF whose architecture llama.cpp does not know: the header reads fine,
+    the load fails (as with a model made for a newer llama.cpp)."""
+    data = bytearray(smollm2_path.read_bytes())
+    key = b"general.architecture"
+    at = data.index(key) + len(key) + 4 + 8  # value type (u32) + string length (u64)
+    assert data[at:at + 5] == b"llama"
+    data[at:at + 5] = b"llamx"
+    path = tmp_path_factory.mktemp("models") / "unknown-arch.gguf"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_failing_proposer_is_dropped_and_reported(tmp_path: Path,
+                                                    unknown_arch_gguf: Path) -> None:
     cfg = write_config(tmp_path, f"""\
 models:
   broken:
     backend: llamacpp
-    source: {{path: {broken}}}
+    source: {{path: {unknown_arch_gguf}}}
 profiles:
   mixed:
     layers: [[{{model: smollm2-135m}}, {{model: broken}}, {{model: smollm2-135m}}]]
@@ -172,14 +185,13 @@ profiles:
     assert doc["answer"].strip()
 
 
-def test_a_layer_with_no_answer_fails_but_keeps_the_report(tmp_path: Path) -> None:
-    broken = tmp_path / "broken.gguf"
-    broken.write_bytes(b"GGUF" + b"\0" * 64)
+def test_a_layer_with_no_answer_fails_but_keeps_the_report(tmp_path: Path,
+                                                          unknown_arch_gguf: Path) -> None:
     cfg = write_config(tmp_path, f"""\
 models:
   broken:
     backend: llamacpp
-    source: {{path: {broken}}}
+    source: {{path: {unknown_arch_gguf}}}
 profiles:
   doomed:
     layers: [[{{model: broken}}, {{model: broken}}]]

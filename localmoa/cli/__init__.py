@@ -9,6 +9,8 @@ import typer
 
 from .. import __version__
 from ._errors import run_guarded
+from .plan import EPILOG as PLAN_EPILOG
+from .plan import plan
 from .profiles import profiles
 from .run import EPILOG as RUN_EPILOG
 from .run import run
@@ -33,6 +35,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("run", epilog=RUN_EPILOG)(run)
+app.command("plan", epilog=PLAN_EPILOG)(plan)
 app.command("profiles")(profiles)
 
 

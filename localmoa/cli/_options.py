@@ -22,3 +22,23 @@ JsonOpt = Annotated[
     bool,
     typer.Option("--json", help="Print one JSON document on stdout instead of text and tables."),
 ]
+MemoryBudgetOpt = Annotated[
+    str | None,
+    typer.Option("--memory-budget", "-m", help="RAM the models may use, e.g. 1.5GiB, 800MiB, "
+                 "2GB. Default: $LOCALMOA_MEMORY_BUDGET, else 90% of the RAM available now.",
+                 show_default=False),
+]
+LayersOpt = Annotated[
+    int | None,
+    typer.Option("--layers", "-l", help="Number of proposer layers: the profile's are truncated "
+                 "or its last one repeated.", show_default=False),
+]
+ProposerOpt = Annotated[
+    list[str] | None,
+    typer.Option("--proposer", help="Model of a proposer (repeat the option for several); "
+                 "replaces the profile's proposers in every layer.", show_default=False),
+]
+AggregatorOpt = Annotated[
+    str | None,
+    typer.Option("--aggregator", help="Model of the final aggregator.", show_default=False),
+]

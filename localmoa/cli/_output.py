@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..memory.probe import format_bytes
 from ..metrics import AgentRun, RunReport
 
 
@@ -95,6 +96,14 @@ class Output:
             return
         self.err.print(agent_table(report))
         self.err.print(layer_table(report))
+        if report.plan and report.actual:
+            p, a = report.plan, report.actual
+            ram_peak = p["predicted_peak_bytes"].get("ram", 0)
+            self.err.print(
+                f"[bold]memory[/] planned {p['waves']} waves, {p['loads']} loads, peak "
+                f"{format_bytes(ram_peak)} (budget {format_bytes(p['budget_bytes'].get('ram', 0))})"
+                f"; measured {a['loads']} loads in {a['load_s']:.2f} s, peak "
+                f"+{format_bytes(a['peak_pss_growth_bytes'])} PSS")
         t = report.totals
         self.err.print(
             f"[bold]total[/] {t.wall_s:.2f} s wall, {t.load_s:.2f} s loading, "

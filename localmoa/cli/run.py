@@ -12,9 +12,18 @@ from ..config import load_config
 from ..engine import RunEvents, run_moa
 from ..errors import RunFailedError, UsageError
 from ..metrics import AgentRun, RunReport
+from ..preflight import preflight
 from ..recipe import Agent, Overrides, build_graph
 from ._errors import EXIT_RUNTIME
-from ._options import ConfigOpt, JsonOpt, ProfileOpt
+from ._options import (
+    AggregatorOpt,
+    ConfigOpt,
+    JsonOpt,
+    LayersOpt,
+    MemoryBudgetOpt,
+    ProfileOpt,
+    ProposerOpt,
+)
 from ._output import Output
 
 EPILOG = """\
@@ -47,14 +56,9 @@ def run(
                                           show_default=False)],
     profile: ProfileOpt = None,
     config: ConfigOpt = None,
-    layers: Annotated[int | None, typer.Option(
-        "--layers", "-l", help="Number of proposer layers: the profile's are truncated or its "
-        "last one repeated.", show_default=False)] = None,
-    proposer: Annotated[list[str] | None, typer.Option(
-        "--proposer", help="Model of a proposer (repeat the option for several); replaces the "
-        "profile's proposers in every layer.", show_default=False)] = None,
-    aggregator: Annotated[str | None, typer.Option(
-        "--aggregator", help="Model of the final aggregator.", show_default=False)] = None,
+    layers: LayersOpt = None,
+    proposer: ProposerOpt = None,
+    aggregator: AggregatorOpt = None,
     temperature: Annotated[float | None, typer.Option(
         "--temperature", "-t", help="Sampling temperature for every agent (0 = greedy).",
         show_default=False)] = None,
@@ -67,6 +71,7 @@ def run(
     show_layers: Annotated[bool, typer.Option(
         "--show-layers", help="Print each layer's answers to stderr as the layer finishes.")
     ] = False,
+    memory_budget: MemoryBudgetOpt = None,
     json_out: JsonOpt = False,
     no_stats: Annotated[bool, typer.Option(
         "--no-stats", help="Do not print the metrics tables after the answer.")] = False,
@@ -76,6 +81,10 @@ def run(
     The final answer streams to stdout; progress, per-layer answers (--show-layers)
     and the metrics tables go to stderr, so `localmoa run ... > answer.txt` keeps
     only the answer. Everything runs locally; nothing is downloaded.
+
+    The run follows a memory plan (see `localmoa plan`): agents of a layer run
+    together when their models fit in the budget, else one after another with
+    models swapped in and out; a model that cannot fit is refused before loading.
     """
     out = Output(json_mode=json_out)
     text = read_prompt(prompt)
@@ -84,6 +93,7 @@ def run(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
         temperature=temperature, max_tokens=max_tokens, seed=seed))
     conversation = [Message(role="user", content=text)]
+    prepared = preflight(cfg, graph, memory_budget)  # refuses here, before any load
 
     total_layers = len(graph.layers)
     with out.status(f"[bold]{graph.profile}[/]: layer 1 of {total_layers}") as status:
@@ -125,7 +135,7 @@ def run(
         events = RunEvents(on_agent_start=on_agent_start, on_text=on_text,
                            on_agent_done=on_agent_done, on_layer_done=on_layer_done)
         try:
-            report = run_moa(cfg, graph, conversation, events=events)
+            report = run_moa(cfg, graph, conversation, prepared=prepared, events=events)
         except RunFailedError as exc:
             if isinstance(exc.report, RunReport):
                 _finish(out, exc.report, json_out, no_stats, show_layers)

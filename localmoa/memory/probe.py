@@ -3,8 +3,78 @@
 from __future__ import annotations
 
 import os
+import platform
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
+
+from ..errors import UsageError
+
+#: Without --memory-budget, keep this share of available RAM for everything else.
+RAM_HEADROOM = 0.10
+
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+          "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str, what: str = "--memory-budget") -> int:
+    """``1.5GiB`` -> bytes. Accepts B, KB, MB, GB, TB (powers of 10) and KiB, MiB, GiB, TiB."""
+    match = _SIZE.match(text or "")
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS and unit != "":
+        raise UsageError(f"{what} {text!r}: write a size such as 1.5GiB, 800MiB or 2GB "
+                         "(units: B, KB, MB, GB, KiB, MiB, GiB)")
+    value = float(match.group(1)) * _UNITS.get(unit or "b", 1)
+    if value < 1:
+        raise UsageError(f"{what} {text!r}: the budget must be more than 0 bytes")
+    return int(value)
+
+
+def format_bytes(n: float) -> str:
+    """Bytes in binary units, 3 significant figures: 1.46 GiB, 812 MiB."""
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            value = n / size
+            return f"{sign}{value:.3g} {unit}" if value < 100 else f"{sign}{value:.0f} {unit}"
+    return f"{sign}{int(n)} B"
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class Resources:
+    """A snapshot of what runs can use. ``pools``: budget in bytes per memory pool."""
+
+    pools: dict[str, int]
+    ram_available_bytes: int
+    ram_total_bytes: int
+    cgroup_limit_bytes: int | None
+    physical_cores: int
+    logical_cores: int
+    usable_cores: int
+    gpus: tuple[Gpu, ...] = ()
+    unified_memory: bool = False
+    budget_source: str = "available"  # "available" | "--memory-budget" | LOCALMOA_MEMORY_BUDGET
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def gpu_pool(self) -> str | None:
+        """The pool offloaded layers go to: the first GPU, or RAM on unified memory."""
+        if self.unified_memory:
+            return "ram"
+        return "gpu0" if self.gpus else None
 
 
 def cpu_cores() -> int:
@@ -20,3 +90,126 @@ def cpu_cores() -> int:
         allowed = physical
     return max(1, min(physical, allowed))
 
+
+def cgroup_memory_left() -> int | None:
+    """cgroup v2 ``memory.max - memory.current`` of this process's cgroup, if limited."""
+    try:
+        line = Path("/proc/self/cgroup").read_text().strip().splitlines()
+    except OSError:
+        return None
+    for entry in line:
+        if entry.startswith("0::"):
+            base = Path("/sys/fs/cgroup") / entry[3:].lstrip("/")
+            try:
+                limit = (base / "memory.max").read_text().strip()
+                current = int((base / "memory.current").read_text().strip())
+            except (OSError, ValueError):
+                return None
+            if limit == "max":
+                return None
+            return max(0, int(limit) - current)
+    return None
+
+
+def nvidia_gpus() -> tuple[Gpu, ...]:
+    """NVIDIA GPUs through nvidia-ml-py, when it is installed and a driver answers."""
+    try:
+        import pynvml
+    except ImportError:
+        return ()
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver, no GPU: not an error
+        return ()
+    gpus = []
+    try:
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            gpus.append(Gpu(i, name.decode() if isinstance(name, bytes) else str(name),
+                            int(mem.total), int(mem.free)))
+    finally:
+        pynvml.nvmlShutdown()
+    return tuple(gpus)
+
+
+def probe(memory_budget: str | None = None) -> Resources:
+    """The machine now. ``memory_budget`` (or LOCALMOA_MEMORY_BUDGET) replaces the RAM pool."""
+    from .. import constants
+
+    vm = psutil.virtual_memory()
+    available = int(vm.available)
+    cgroup = cgroup_memory_left()
+    if cgroup is not None:
+        available = min(available, cgroup)
+    unified = platform.system() == "Darwin" and platform.machine() == "arm64"
+    gpus = () if unified else nvidia_gpus()
+    source = "available"
+    budget_text = memory_budget
+    if budget_text is None and constants.memory_budget() is not None:
+        budget_text, source = constants.memory_budget(), "LOCALMOA_MEMORY_BUDGET"
+    elif budget_text is not None:
+        source = "--memory-budget"
+    if budget_text is not None:
+        ram_budget = parse_size(budget_text, "--memory-budget" if source[0] == "-"
+                                else "LOCALMOA_MEMORY_BUDGET")
+    else:
+        ram_budget = int(available * (1 - RAM_HEADROOM))
+    pools = {"ram": ram_budget}
+    for gpu in gpus:
+        pools[f"gpu{gpu.index}"] = int(gpu.free_bytes * (1 - RAM_HEADROOM))
+    return Resources(
+        pools=pools, ram_available_bytes=available, ram_total_bytes=int(vm.total),
+        cgroup_limit_bytes=cgroup, physical_cores=psutil.cpu_count(logical=False) or 1,
+        logical_cores=psutil.cpu_count(logical=True) or 1, usable_cores=cpu_cores(),
+        gpus=gpus, unified_memory=unified, budget_source=source)
+
+
+def process_memory() -> tuple[int, int]:
+    """(RSS, PSS) of this process in bytes. PSS counts pages shared by two mappings
+    of one GGUF once; RSS counts them twice. Without smaps_rollup, PSS = RSS."""
+    try:
+        text = Path("/proc/self/smaps_rollup").read_text()
+    except OSError:
+        rss = int(psutil.Process().memory_info().rss)
+        return rss, rss
+    values = {}
+    for line in text.splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            values[key] = int(parts[0]) * 1024
+    rss = values.get("Rss", 0)
+    return rss, values.get("Pss", rss)
+
+
+class MemorySampler:
+    """Samples this process's RSS and PSS in a thread; ``peak_*`` are growth over the start."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        import threading
+
+        self.interval_s = interval_s
+        self.base_rss, self.base_pss = process_memory()
+        self.peak_rss = self.peak_pss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="localmoa-memory", daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def sample(self) -> None:
+        rss, pss = process_memory()
+        self.peak_rss = max(self.peak_rss, rss - self.base_rss)
+        self.peak_pss = max(self.peak_pss, pss - self.base_pss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()

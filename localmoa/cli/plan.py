@@ -1,0 +1,144 @@
+"""`localmoa plan`: the memory plan of a profile, without loading any weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from ..config import load_config
+from ..memory.planner import Plan
+from ..memory.probe import Resources, format_bytes
+from ..preflight import Preflight, preflight
+from ..recipe import Overrides, build_graph
+from ._options import (
+    AggregatorOpt,
+    ConfigOpt,
+    JsonOpt,
+    LayersOpt,
+    MemoryBudgetOpt,
+    ProfileOpt,
+    ProposerOpt,
+)
+from ._output import Output
+
+EPILOG = """\
+Examples:
+
+  localmoa plan                               # the tiny profile on this machine
+
+  localmoa plan --memory-budget 300MiB        # what happens when only one model fits
+
+  localmoa plan --profile workstation --json  # needs the profile's GGUFs on disk
+"""
+
+
+def plan(
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    memory_budget: MemoryBudgetOpt = None,
+    layers: LayersOpt = None,
+    proposer: ProposerOpt = None,
+    aggregator: AggregatorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show how a profile would run here: model footprints and the wave plan.
+
+    Reads only the GGUF headers (no weights are loaded). Each model's footprint
+    is its weights, KV cache at its n_ctx, compute scratch and overhead; a second
+    instance of a model shares the mapped weights. The plan runs a layer's agents
+    together when their models fit in the budget, else one after another with
+    models swapped (the one needed farthest in the future is evicted first).
+    """
+    cfg = load_config(config)
+    graph = build_graph(cfg, profile, Overrides(layers=layers, proposers=tuple(proposer or ()),
+                                                aggregator=aggregator))
+    pre = preflight(cfg, graph, memory_budget)
+    out = Output(json_mode=json_out)
+    if json_out:
+        out.document(plan_document(pre))
+        return
+    out.show(resources_line(pre.resources))
+    out.show(footprint_table(pre))
+    out.show(wave_table(pre.plan))
+    out.show(summary_line(pre.plan))
+
+
+def plan_document(pre: Preflight) -> dict[str, Any]:
+    r = pre.resources
+    return {
+        "profile": pre.graph.profile,
+        "resources": {"pools_bytes": r.pools, "ram_available_bytes": r.ram_available_bytes,
+                      "ram_total_bytes": r.ram_total_bytes,
+                      "cgroup_limit_bytes": r.cgroup_limit_bytes,
+                      "budget_source": r.budget_source, "physical_cores": r.physical_cores,
+                      "logical_cores": r.logical_cores, "usable_cores": r.usable_cores,
+                      "gpus": [g.__dict__ for g in r.gpus], "unified_memory": r.unified_memory},
+        "footprints": {name: {"weights_bytes": fp.weights_bytes, "kv_bytes": fp.kv_bytes,
+                              "compute_bytes": fp.compute_bytes,
+                              "overhead_bytes": fp.overhead_bytes,
+                              "total_bytes": fp.total_bytes,
+                              "extra_instance_bytes": fp.extra_instance_bytes,
+                              "pools_bytes": fp.pools, "n_ctx": fp.n_ctx,
+                              "kv_type": fp.kv_type, "quant": pre.facts[name].quant,
+                              "parameters": pre.facts[name].parameters,
+                              "path": str(pre.paths[name])}
+                       for name, fp in pre.footprints.items()},
+        "plan": pre.plan.to_dict(),
+    }
+
+
+def resources_line(r: Resources) -> str:
+    budget = r.pools.get("ram", 0)
+    source = {"available": "90% of available RAM"}.get(r.budget_source, r.budget_source)
+    gpus = ", ".join(f"GPU{g.index} {escape(g.name)} {format_bytes(g.free_bytes)} free"
+                     for g in r.gpus) or ("unified memory" if r.unified_memory else "no GPU")
+    return (f"[bold]machine[/] RAM budget {format_bytes(budget)} ({source}; "
+            f"{format_bytes(r.ram_available_bytes)} available of "
+            f"{format_bytes(r.ram_total_bytes)}), {r.usable_cores} cores, {gpus}")
+
+
+def footprint_table(pre: Preflight) -> Table:
+    table = Table(title="footprints (one instance)", title_justify="left", header_style="bold")
+    for col in ("model", "quant", "params", "n_ctx", "kv", "weights", "KV cache", "compute",
+                "overhead", "total", "+instance"):
+        table.add_column(col, justify="left" if col in ("model", "quant", "kv") else "right")
+    for name, fp in pre.footprints.items():
+        facts = pre.facts[name]
+        table.add_row(escape(name), facts.quant, f"{facts.parameters / 1e6:.0f}M",
+                      str(fp.n_ctx), fp.kv_type, format_bytes(fp.weights_bytes),
+                      format_bytes(fp.kv_bytes), format_bytes(fp.compute_bytes),
+                      format_bytes(fp.overhead_bytes), format_bytes(fp.total_bytes),
+                      format_bytes(fp.extra_instance_bytes))
+    table.caption = "+instance: what one more concurrent instance adds (mapped weights shared)"
+    table.caption_justify = "left"
+    return table
+
+
+def wave_table(the_plan: Plan) -> Table:
+    table = Table(title="plan", title_justify="left", header_style="bold")
+    for col in ("wave", "layer", "agents (instance, threads)", "load before", "unload after",
+                "resident"):
+        table.add_column(col, justify="right" if col in ("wave", "layer", "resident")
+                         else "left")
+    budget = the_plan.budgets.get("ram", 0)
+    for w in the_plan.waves:
+        agents = ", ".join(f"{t.agent} {t.model}#{t.slot} x{t.threads}" for t in w.tasks)
+        resident = format_bytes(w.resident_bytes.get("ram", 0))
+        if budget:
+            resident += f" ({100 * w.resident_bytes.get('ram', 0) / budget:.0f}%)"
+        table.add_row(str(w.index), str(w.layer), escape(agents),
+                      escape(", ".join(map(str, w.loads)) or "-"),
+                      escape(", ".join(map(str, w.unloads)) or "-"), resident)
+    return table
+
+
+def summary_line(the_plan: Plan) -> str:
+    widest = max(len(w.tasks) for w in the_plan.waves)
+    peak = the_plan.peak_bytes.get("ram", 0)
+    mode = "concurrent" if widest > 1 else "sequential"
+    agents = "agent" if widest == 1 else "agents"
+    return (f"[bold]{len(the_plan.waves)} waves[/] ({mode}, up to {widest} {agents} at once), "
+            f"{the_plan.loads} loads, {the_plan.unloads} unloads, predicted peak "
+            f"{format_bytes(peak)} of {format_bytes(the_plan.budgets.get('ram', 0))} RAM budget")

@@ -1,0 +1,284 @@
+"""How much memory a model instance takes, from its GGUF header alone.
+
+``footprint(header, settings)`` is pure; ``read_header`` is the only I/O.
+
+What llama.cpp (through llama-cpp-python 0.3.x, CPU) was measured to hold, on
+SmolLM2-135M Q4_1 and Gemma-3-270M Q4_K_M at n_ctx 512..8192 (PSS after
+loading and filling the context; see docs/architecture.md, "Memory model"):
+
+- weights: the tensor bytes, memory-mapped. A second instance of the same file
+  shares those pages, except tensors llama.cpp *repacks* into its own buffer
+  for faster CPU matmuls (Q4_0, Q4_K, IQ4_NL on x86 AVX2 / ARM): each instance
+  holds its own copy of those. Gemma-3's 27 Q4_K tensors (12.7 MiB) were
+  repacked; SmolLM2's Q4_1 tensors were not.
+- KV cache: sum over layers of (n_embd_k_gqa + n_embd_v_gqa) x cells x bytes per
+  element, cells = n_ctx (x parallel) padded to 256. llama-cpp-python keeps
+  sliding-window layers at full size (swa_full), as measured on Gemma-3.
+- compute: llama.cpp reserves a buffer sized for n_vocab x n_ubatch logits
+  (98 MiB SmolLM2, 515 MiB Gemma-3) but a chat touches only the attention
+  scratch, which grows with the context: fitted below.
+- overhead: context, vocabulary tables and the like, fitted below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .gguf_header import ArraySummary, GgufHeader
+
+MiB = 1 << 20
+
+#: Bytes per element of each KV cache type.
+KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32,
+                 "q5_0": 22 / 32, "q4_1": 20 / 32, "q4_0": 18 / 32}
+#: Tensor types llama.cpp's CPU backend repacks (so they are not shared via mmap).
+REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})
+#: Sliding-window layer pattern by architecture when the GGUF does not say.
+#: A layer il is sliding-window when (il + 1) % n != 0 (gemma2: every other layer).
+SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4}
+
+# Fitted on the measurements above (2 models x 5 context sizes, f16 and q8_0 KV).
+ATTN_SCRATCH_PER_HEAD = 1.45  # x n_kv x n_ubatch x 4 B, per attention head (no flash attn)
+ATTN_SCRATCH_PER_MASK = 1.32  # x n_kv x n_ubatch x 4 B, per KQ mask (2 with sliding windows)
+FLASH_SCRATCH_PER_MASK = 1.4  # x n_kv x n_ubatch x 2 B with flash attention
+FLASH_FIXED_BYTES = 7 * MiB
+OVERHEAD_FIXED_BYTES = 18 * MiB
+OVERHEAD_PER_VOCAB_TOKEN = 226  # bytes per vocabulary entry (tokenizer tables)
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How a model will be loaded: what changes its footprint."""
+
+    n_ctx: int
+    kv_type: str = "f16"
+    parallel: int = 1
+    n_gpu_layers: int = 0
+    n_batch: int = 512
+    flash_attn: bool | None = None  # None: on for a quantised KV cache (llama.cpp needs it)
+    use_mmap: bool = True
+    swa_full: bool = True
+    gpu_pool: str | None = None  # the pool offloaded layers go to; None: no usable GPU
+
+    @property
+    def uses_flash_attn(self) -> bool:
+        if self.flash_attn is not None:
+            return self.flash_attn
+        return self.kv_type not in ("f16", "f32", "bf16")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the header says that matters for memory."""
+
+    architecture: str
+    n_layers: int
+    n_embd: int
+    n_head: int
+    n_head_kv: tuple[int, ...]  # per layer
+    key_length: int
+    value_length: int
+    sliding_window: int | None
+    swa_layers: tuple[bool, ...]  # per layer
+    context_length: int
+    n_vocab: int
+    weights_bytes: int
+    layer_bytes: tuple[int, ...]  # weights of each block
+    repacked_bytes: int  # weights llama.cpp repacks on the CPU
+    output_bytes: int  # non-block weights (embeddings, output)
+    parameters: int
+    quant: str
+    has_chat_template: bool
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Memory of one model instance, by component, and how it splits over pools."""
+
+    model: str
+    n_ctx: int
+    kv_type: str
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    #: Weights every further instance of the same file shares (mmap, not repacked, on CPU).
+    shared_weights_bytes: int
+    #: Bytes of the first instance in each pool ("ram", "gpu0", ...).
+    pools: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
+
+    @property
+    def extra_instance_bytes(self) -> int:
+        """What a second instance of the same model adds (it shares the mapped weights)."""
+        return self.total_bytes - self.shared_weights_bytes
+
+    def cost(self, instances: int) -> dict[str, int]:
+        """Bytes per pool of ``instances`` instances loaded at once."""
+        if instances <= 0:
+            return {}
+        out = dict(self.pools)
+        out["ram"] = out.get("ram", 0) + (instances - 1) * (
+            self.pools.get("ram", 0) - self.shared_weights_bytes)
+        for pool, amount in self.pools.items():
+            if pool != "ram":
+                out[pool] = amount * instances  # VRAM copies are never shared
+        return out
+
+
+def model_facts(header: GgufHeader) -> ModelFacts:
+    """Extract the memory-relevant facts of a GGUF header."""
+    md = header.metadata
+    arch = header.architecture
+    n_layers = int(header.arch_value("block_count", 0))
+    n_embd = int(header.arch_value("embedding_length", 0))
+    n_head = _max_int(header.arch_value("attention.head_count", 1))
+    heads_kv = _per_layer(header.arch_value("attention.head_count_kv", n_head), n_layers)
+    key_length = int(header.arch_value("attention.key_length", 0) or (n_embd // max(n_head, 1)))
+    value_length = int(header.arch_value("attention.value_length", 0) or key_length)
+    window = header.arch_value("attention.sliding_window")
+    swa = _swa_layers(arch, n_layers, window, header.arch_value("attention.sliding_window_pattern"))
+    vocab = header.arch_value("vocab_size")
+    if vocab is None:
+        tokens = md.get("tokenizer.ggml.tokens")
+        vocab = tokens.count if isinstance(tokens, ArraySummary) else len(tokens or [])
+    layer_bytes = [0] * n_layers
+    other = 0
+    repacked = 0
+    params = 0
+    type_bytes: dict[str, int] = {}
+    for t in header.tensors:
+        elements = 1
+        for d in t.shape:
+            elements *= d
+        params += elements
+        type_bytes[t.type_name] = type_bytes.get(t.type_name, 0) + t.n_bytes
+        block = _block_index(t.name)
+        if block is not None and block < n_layers:
+            layer_bytes[block] += t.n_bytes
+        else:
+            other += t.n_bytes
+        if t.type_name in REPACKED_TYPES and len(t.shape) >= 2 and t.name != "token_embd.weight":
+            repacked += t.n_bytes
+    quant = _quant_name(md.get("general.file_type"), type_bytes)
+    return ModelFacts(
+        architecture=arch, n_layers=n_layers, n_embd=n_embd, n_head=n_head,
+        n_head_kv=tuple(heads_kv), key_length=key_length, value_length=value_length,
+        sliding_window=int(window) if window else None, swa_layers=tuple(swa),
+        context_length=int(header.arch_value("context_length", 0)), n_vocab=int(vocab or 0),
+        weights_bytes=sum(t.n_bytes for t in header.tensors), layer_bytes=tuple(layer_bytes),
+        repacked_bytes=repacked, output_bytes=other, parameters=params, quant=quant,
+        has_chat_template="tokenizer.chat_template" in md)
+
+
+def kv_cells(facts: ModelFacts, settings: LoadSettings, sliding: bool) -> int:
+    """KV cells of one layer: the context (x parallel) padded to 256, or the window."""
+    full = _pad(settings.n_ctx * settings.parallel, 256)
+    if not sliding or settings.swa_full or not facts.sliding_window:
+        return full
+    n_ubatch = min(settings.n_batch, settings.n_ctx, 512)
+    return min(full, _pad(facts.sliding_window * settings.parallel + n_ubatch, 256))
+
+
+def kv_bytes(facts: ModelFacts, settings: LoadSettings) -> int:
+    """Sum over layers of (n_embd_k_gqa + n_embd_v_gqa) x cells x bytes per element."""
+    per_elem = KV_TYPE_BYTES[settings.kv_type]
+    total = 0.0
+    for il in range(facts.n_layers):
+        width = facts.n_head_kv[il] * (facts.key_length + facts.value_length)
+        total += width * kv_cells(facts, settings, facts.swa_layers[il]) * per_elem
+    return int(total)
+
+
+def compute_bytes(facts: ModelFacts, settings: LoadSettings) -> int:
+    """Resident attention scratch while prefilling a full context (fitted, see module doc)."""
+    n_kv = _pad(settings.n_ctx * settings.parallel, 256)
+    n_ubatch = min(settings.n_batch, settings.n_ctx, 512)
+    masks = 2 if any(facts.swa_layers) else 1
+    if settings.uses_flash_attn:
+        return int(n_kv * n_ubatch * 2 * FLASH_SCRATCH_PER_MASK * masks + FLASH_FIXED_BYTES)
+    per_token = 4 * n_ubatch * (ATTN_SCRATCH_PER_HEAD * facts.n_head
+                                + ATTN_SCRATCH_PER_MASK * masks)
+    return int(n_kv * per_token)
+
+
+def footprint(name: str, facts: ModelFacts, settings: LoadSettings) -> Footprint:
+    """The Footprint of one instance of a model under ``settings`` (pure)."""
+    kv = kv_bytes(facts, settings)
+    compute = compute_bytes(facts, settings)
+    overhead = OVERHEAD_FIXED_BYTES + OVERHEAD_PER_VOCAB_TOKEN * facts.n_vocab
+    weights = facts.weights_bytes
+    offloaded = 0
+    if settings.gpu_pool and settings.n_gpu_layers:
+        offloaded = facts.n_layers if settings.n_gpu_layers < 0 else min(
+            settings.n_gpu_layers, facts.n_layers)
+    # llama.cpp offloads the last n_gpu_layers blocks, and the output layer with all of them.
+    on_gpu = sum(facts.layer_bytes[facts.n_layers - offloaded:]) if offloaded else 0
+    if offloaded == facts.n_layers and offloaded:
+        on_gpu += facts.output_bytes // 2  # the output matrix; the embeddings stay on the CPU
+    fraction = offloaded / facts.n_layers if facts.n_layers else 0.0
+    kv_gpu = int(kv * fraction)
+    cpu_weights = weights - on_gpu
+    repacked_cpu = int(facts.repacked_bytes * (1 - fraction))
+    shared = max(0, cpu_weights - repacked_cpu) if settings.use_mmap else 0
+    pools = {"ram": cpu_weights + (kv - kv_gpu) + overhead + (0 if offloaded else compute)}
+    if offloaded and settings.gpu_pool:
+        # A GPU compute buffer is allocated for real (not touched lazily): full logits.
+        gpu_compute = max(compute, 4 * facts.n_vocab * min(settings.n_batch, 512))
+        pools[settings.gpu_pool] = on_gpu + kv_gpu + gpu_compute
+        compute = gpu_compute
+    return Footprint(model=name, n_ctx=settings.n_ctx, kv_type=settings.kv_type,
+                     weights_bytes=weights, kv_bytes=kv, compute_bytes=compute,
+                     overhead_bytes=overhead, shared_weights_bytes=shared, pools=pools)
+
+
+def _pad(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def _max_int(value: Any) -> int:
+    if isinstance(value, list):
+        return max(int(v) for v in value) if value else 0
+    return int(value or 0)
+
+
+def _per_layer(value: Any, n_layers: int) -> list[int]:
+    if isinstance(value, list):
+        return [int(v) for v in value[:n_layers]] + [0] * max(0, n_layers - len(value))
+    return [int(value or 0)] * n_layers
+
+
+def _swa_layers(arch: str, n_layers: int, window: Any, pattern: Any) -> list[bool]:
+    if not window:
+        return [False] * n_layers
+    if isinstance(pattern, list):  # newer GGUFs: one bool per layer
+        return [bool(p) for p in pattern[:n_layers]] + [False] * max(0, n_layers - len(pattern))
+    period = int(pattern) if isinstance(pattern, int) and pattern > 0 else SWA_PATTERN.get(arch)
+    if not period:
+        return [True] * n_layers  # every layer windowed (e.g. Mistral v0.1)
+    return [(il + 1) % period != 0 for il in range(n_layers)]
+
+
+def _block_index(name: str) -> int | None:
+    if not name.startswith("blk."):
+        return None
+    part = name.split(".", 2)[1]
+    return int(part) if part.isdigit() else None
+
+
+# general.file_type -> the quant name llama.cpp prints (the common ones)
+_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
+               10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S",
+               15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS",
+               20: "IQ2_XS", 23: "IQ3_XXS", 25: "IQ4_NL", 26: "IQ3_S", 28: "IQ2_S",
+               29: "IQ4_XS", 30: "IQ1_M", 32: "BF16"}
+
+
+def _quant_name(file_type: Any, type_bytes: dict[str, int]) -> str:
+    if isinstance(file_type, int) and file_type in _FILE_TYPES:
+        return _FILE_TYPES[file_type]
+    return max(type_bytes, key=lambda k: type_bytes[k]) if type_bytes else "unknown"
