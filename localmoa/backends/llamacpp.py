@@ -23,6 +23,35 @@ _GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "
                "bf16": 30}
 
 
+_LOG_CALLBACK: Any = None
+
+
+def _quiet_llama_logs() -> None:
+    """llama.cpp prints some notices even with verbose=False; keep stderr ours.
+
+    With LOCALMOA_DEBUG=1 everything llama.cpp logs is shown.
+    """
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+    import ctypes
+    import sys
+
+    import llama_cpp
+
+    from .. import constants
+
+    show = constants.debug()
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if show:
+            sys.stderr.write(text.decode("utf-8", "replace"))
+
+    _LOG_CALLBACK = callback  # keep a reference: ctypes must not free it
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 class _TokenClock:
     """A logits processor that only watches: counts sampled tokens and times them."""
 
@@ -132,6 +161,7 @@ class LlamaCppBackend:
             raise ModelLoadError(f"llama-cpp-python is not importable ({exc}); "
                                  "reinstall localmoa: pip install --force-reinstall "
                                  "llama-cpp-python") from None
+        _quiet_llama_logs()
         kv = _GGML_TYPES[spec.kv_type]
         started = time.perf_counter()
         try:
@@ -139,7 +169,7 @@ class LlamaCppBackend:
                 model_path=str(path), n_ctx=spec.n_ctx, n_batch=min(spec.n_batch, spec.n_ctx),
                 n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=spec.n_gpu_layers,
                 type_k=kv, type_v=kv, flash_attn=spec.kv_type not in ("f16", "f32", "bf16"),
-                use_mmap=spec.use_mmap, verbose=False)
+                use_mmap=spec.use_mmap, chat_format=spec.chat_format, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(
                 f"model {name!r}: llama.cpp could not load {path}: {exc} (is it a complete "

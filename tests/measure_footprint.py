@@ -1,0 +1,19 @@
+"""Run in a fresh process by the tests: load a model through localmoa's backend,
+fill its context, print the PSS and RSS growth in bytes as JSON."""
+
+import json
+import sys
+from pathlib import Path
+
+from localmoa.backends.llamacpp import LlamaCppBackend
+from localmoa.config import ModelSpec, Source
+from localmoa.memory.probe import process_memory
+
+path, n_ctx, kv_type = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+spec = ModelSpec(backend="llamacpp", source=Source(path=str(path)), n_ctx=n_ctx, kv_type=kv_type)
+rss0, pss0 = process_memory()
+model = LlamaCppBackend().load("m", spec, path, n_threads=2)
+llm = model.llm
+llm.eval([llm.token_bos()] + [1000 + i % 5000 for i in range(n_ctx - 8)])
+rss1, pss1 = process_memory()
+print(json.dumps({"pss": pss1 - pss0, "rss": rss1 - rss0}))
