@@ -33,17 +33,24 @@ class Source(_Strict):
     - ``path``: a local GGUF file;
     - ``repo`` + ``file``: a file of a Hugging Face repo, from the local cache only;
     - ``repo: org/name:QUANT``: the GGUF of that quant in a cached Hugging Face repo;
-    - ``package`` + ``file``: a GGUF shipped inside an installed Python package.
+    - ``package`` + ``file``: a GGUF shipped inside an installed Python package;
+    - ``ollama: TAG``: a model pulled into an Ollama daemon (backend: ollama).
     """
 
     path: str | None = Field(None, description="Local GGUF path (~ expanded).")
     repo: str | None = Field(None, description="Hugging Face repo id, optionally ':QUANT'.")
     file: str | None = Field(None, description="File inside the repo or the package.")
     package: str | None = Field(None, description="Importable Python package holding the GGUF.")
+    ollama: str | None = Field(None, description="Ollama tag, e.g. qwen2.5:7b-instruct.")
 
     @model_validator(mode="after")
     def _one_form(self) -> Source:
-        if self.path is not None:
+        if self.ollama is not None:
+            if self.path or self.repo or self.package or self.file:
+                raise ValueError("ollama: TAG stands alone; remove path/repo/package/file")
+            if not self.ollama.strip():
+                raise ValueError("ollama needs a tag such as qwen2.5:7b-instruct")
+        elif self.path is not None:
             if self.repo or self.package or self.file:
                 raise ValueError("give either path, repo (+ file) or package + file, not several")
         elif self.package is not None:
@@ -55,11 +62,13 @@ class Source(_Strict):
             if ":" not in self.repo and not self.file:
                 raise ValueError("repo needs file, or write it as repo: org/name:QUANT")
         else:
-            raise ValueError("give one of path, repo (+ file) or package + file")
+            raise ValueError("give one of path, repo (+ file), package + file, or ollama")
         return self
 
     def describe(self) -> str:
-        """Short human form: the path, hf:repo/file or pkg:package/file."""
+        """Short human form: the path, hf:repo/file, pkg:package/file or ollama:tag."""
+        if self.ollama is not None:
+            return f"ollama:{self.ollama}"
         if self.path is not None:
             return self.path
         if self.package is not None:
@@ -70,9 +79,12 @@ class Source(_Strict):
 class ModelSpec(_Strict):
     """A named model: which backend serves it, where its weights are, how to load it."""
 
-    backend: Literal["llamacpp"] = Field(description="Which backend serves the model.")
+    backend: Literal["llamacpp", "ollama"] = Field(description="Which backend serves it.")
     source: Source
     description: str = ""
+    host: str | None = Field(None, description="Ollama daemon URL; default $OLLAMA_HOST or "
+                             "http://127.0.0.1:11434.")
+    allow_remote: bool = Field(False, description="Allow a host that is not this machine.")
     n_ctx: int = Field(2048, ge=64, le=1_048_576, description="Context length in tokens.")
     n_batch: int = Field(512, ge=1, le=65_536, description="Prompt batch size in tokens.")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
@@ -81,6 +93,42 @@ class ModelSpec(_Strict):
     chat_format: str | None = Field(
         None, description="llama-cpp-python chat format (e.g. chatml, gemma, llama-3) for a "
         "GGUF without a chat template; default: the template in the GGUF.")
+
+    @model_validator(mode="after")
+    def _backend_matches_source(self) -> ModelSpec:
+        if self.backend == "ollama":
+            if self.source.ollama is None:
+                raise ValueError("backend ollama needs source: {ollama: TAG}")
+            if self.host is not None and not self.allow_remote and not is_loopback(self.host):
+                raise ValueError(
+                    f"host {self.host} is not this machine; localmoa only talks to loopback "
+                    "unless you add allow_remote: true to this model")
+        else:
+            if self.source.ollama is not None:
+                raise ValueError("source ollama needs backend: ollama")
+            if self.host is not None:
+                raise ValueError("host applies to backend: ollama only")
+        return self
+
+
+def is_loopback(url: str) -> bool:
+    """Whether an http(s) URL or host[:port] names this machine (localhost, 127/8, ::1)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HostSpec(_Strict):
+    """An Ollama daemon on another machine: how much the planner may place on it."""
+
+    memory_budget: str | None = Field(None, description="e.g. 20GiB; default: no limit.")
 
 
 class AgentSpec(_Strict):
@@ -115,6 +163,7 @@ class ConfigFile(_Strict):
     default_profile: str | None = None
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     profiles: dict[str, Profile] = Field(default_factory=dict)
+    ollama_hosts: dict[str, HostSpec] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -133,6 +182,7 @@ class Config:
     profiles: dict[str, Profile]
     default_profile: str
     files: list[str] = field(default_factory=list)
+    ollama_hosts: dict[str, HostSpec] = field(default_factory=dict)
     # (kind, name, field path) -> Origin, e.g. ("models", "smollm2", ("source",))
     _origins: dict[tuple[str, str], tuple[Origin, _NodeIndex]] = field(default_factory=dict)
 
@@ -293,6 +343,7 @@ def load_config(user_config: Path | None = None) -> Config:
         for name, prof in parsed.profiles.items():
             merged.profiles[name] = prof
             merged._origins[("profiles", name)] = (origin, index)
+        merged.ollama_hosts.update(parsed.ollama_hosts)
         if parsed.default_profile:
             merged.default_profile = parsed.default_profile
     _check_references(merged)

@@ -49,3 +49,15 @@ def hf_hub_cache() -> Path:
 def memory_budget() -> str | None:
     """LOCALMOA_MEMORY_BUDGET, e.g. ``1.5GiB``: the RAM models may use (default: what is free)."""
     return os.environ.get("LOCALMOA_MEMORY_BUDGET") or None
+
+
+def ollama_host() -> str:
+    """OLLAMA_HOST as the official client reads it, else the local daemon."""
+    value = os.environ.get("OLLAMA_HOST", "").strip()
+    if not value:
+        return "http://127.0.0.1:11434"
+    if "://" not in value:
+        value = "http://" + value
+    if value.count(":") < 2:  # no port
+        value += ":11434"
+    return value.rstrip("/")

@@ -60,6 +60,7 @@ class _Execution:
     stop: threading.Event = field(default_factory=threading.Event)
     loaded: dict[Instance, _Loaded] = field(default_factory=dict)
     load_errors: dict[Instance, str] = field(default_factory=dict)
+    runtime: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. Ollama's /api/ps
     loads: int = 0
     unloads: int = 0
     load_s: float = 0.0
@@ -70,12 +71,15 @@ class _Execution:
     def load(self, inst: Instance, n_threads: int) -> None:
         spec = self.config.models[inst.model]
         try:
-            model = get_backend(spec.backend).load(inst.model, spec, self.paths[inst.model],
+            model = get_backend(spec.backend).load(inst.model, spec, self.paths.get(inst.model),
                                                    n_threads)
         except LocalMoaError as exc:
             self.load_errors[inst] = str(exc)
             return
         self.loaded[inst] = _Loaded(model)
+        facts = getattr(model, "runtime_facts", None)
+        if facts:
+            self.runtime[inst.model] = dict(facts)
         self.loads += 1
         self.load_s += model.load_s
 
@@ -121,7 +125,7 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
             ordered = [runs[a.id] for layer in layers for a in layer if a.id in runs]
             return RunReport.build(
                 profile=graph.profile, prompt=prompt, answer=answer, runs=ordered,
-                wall_s=ex.now(), cores=plan.cores, models=_model_facts(config, graph),
+                wall_s=ex.now(), cores=plan.cores, models=_model_facts(config, graph, ex.runtime),
                 error=error, plan=_plan_summary(plan),
                 actual={"loads": ex.loads, "unloads": ex.unloads, "load_s": round(ex.load_s, 4),
                         "peak_rss_growth_bytes": memory.peak_rss,
@@ -245,11 +249,12 @@ def _plan_summary(plan: Plan) -> dict[str, Any]:
             "predicted_peak_bytes": plan.peak_bytes, "budget_bytes": plan.budgets}
 
 
-def _model_facts(config: Config, graph: MoaGraph) -> dict[str, dict[str, Any]]:
+def _model_facts(config: Config, graph: MoaGraph,
+                 runtime: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     facts: dict[str, dict[str, Any]] = {}
     for name in graph.models:
         spec = config.models[name]
         facts[name] = {"backend": spec.backend, "source": spec.source.describe(),
                        "n_ctx": spec.n_ctx, "kv_type": spec.kv_type,
-                       "n_gpu_layers": spec.n_gpu_layers}
+                       "n_gpu_layers": spec.n_gpu_layers, **runtime.get(name, {})}
     return facts

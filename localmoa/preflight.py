@@ -1,22 +1,34 @@
 """Everything decided before a run loads a byte of weights.
 
-Resolve each model's file, read its GGUF header, estimate its Footprint, probe
-the machine, and plan. `localmoa plan` stops here; `localmoa run` goes on to
-the engine.
+Resolve each model (a GGUF file, or a model pulled into an Ollama daemon), read
+its header (or ask the daemon), estimate its Footprint, probe the machine, and
+plan. `localmoa plan` stops here; `localmoa run` goes on to the engine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, ModelSpec
-from .memory.estimate import Footprint, LoadSettings, ModelFacts, footprint, model_facts
+from .backends import get_backend
+from .config import Config, ModelSpec, is_loopback
+from .memory.estimate import (
+    Footprint,
+    LoadSettings,
+    ModelFacts,
+    facts_from_model_info,
+    footprint,
+    model_facts,
+)
 from .memory.gguf_header import read_header
 from .memory.planner import Plan, plan
-from .memory.probe import Resources, probe
+from .memory.probe import Resources, parse_size, probe
 from .recipe import MoaGraph
 from .sources import resolve_model_path
+
+#: The budget of a remote Ollama daemon nobody gave one for: Ollama manages it.
+UNLIMITED = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -27,31 +39,70 @@ class Preflight:
     footprints: dict[str, Footprint]
     resources: Resources
     plan: Plan
+    budgets: dict[str, int]
 
 
 def load_settings(spec: ModelSpec, resources: Resources) -> LoadSettings:
-    """How the llama.cpp backend will load ``spec`` on this machine."""
+    """How the backend will load ``spec`` on this machine."""
     return LoadSettings(n_ctx=spec.n_ctx, kv_type=spec.kv_type, n_gpu_layers=spec.n_gpu_layers,
                         n_batch=spec.n_batch, use_mmap=spec.use_mmap,
                         gpu_pool=resources.gpu_pool)
 
 
-def estimate_models(config: Config, names: list[str],
-                    resources: Resources) -> tuple[dict[str, Path], dict[str, ModelFacts],
-                                                   dict[str, Footprint]]:
-    """Path, header facts and Footprint of each model (headers only, no weights)."""
-    paths = {name: resolve_model_path(config, name) for name in names}
-    facts = {name: model_facts(read_header(paths[name])) for name in names}
-    footprints = {name: footprint(name, facts[name], load_settings(config.models[name], resources))
-                  for name in names}
-    return paths, facts, footprints
+def ollama_pool(spec: ModelSpec) -> str:
+    """A daemon on this machine uses this machine's RAM; another one is its own pool."""
+    from .backends.ollama import host_of
+
+    host = host_of(spec)
+    return "ram" if is_loopback(host) else f"ollama@{host}"
+
+
+def estimate_model(config: Config, name: str,
+                   resources: Resources) -> tuple[Path | None, ModelFacts, Footprint]:
+    """Path (llama.cpp), facts and Footprint of one model; no weights are loaded."""
+    spec = config.models[name]
+    if spec.backend == "ollama":
+        from .backends.ollama import OllamaBackend
+
+        backend = get_backend("ollama")
+        assert isinstance(backend, OllamaBackend)
+        info = backend.describe(name, spec)
+        facts = facts_from_model_info(info.model_info, info.size_bytes, info.quant)
+        fp = footprint(name, facts, LoadSettings(n_ctx=spec.n_ctx, kv_type=spec.kv_type))
+        # The daemon holds one copy, whatever number of agents use it at once.
+        fp = dataclasses.replace(fp, pools={ollama_pool(spec): fp.total_bytes},
+                                 shared_weights_bytes=fp.total_bytes, local=False)
+        return None, facts, fp
+    path = resolve_model_path(config, name)
+    facts = model_facts(read_header(path))
+    return path, facts, footprint(name, facts, load_settings(spec, resources))
+
+
+def pool_budgets(config: Config, resources: Resources,
+                 footprints: dict[str, Footprint]) -> dict[str, int]:
+    """The machine's pools, plus one per remote Ollama daemon the models use."""
+    budgets = dict(resources.pools)
+    for fp in footprints.values():
+        for pool in fp.pools:
+            if pool.startswith("ollama@") and pool not in budgets:
+                host = config.ollama_hosts.get(pool.removeprefix("ollama@"))
+                budgets[pool] = (parse_size(host.memory_budget, "ollama_hosts memory_budget")
+                                 if host and host.memory_budget else UNLIMITED)
+    return budgets
 
 
 def preflight(config: Config, graph: MoaGraph, memory_budget: str | None = None,
               resources: Resources | None = None) -> Preflight:
     """Plan ``graph`` on this machine; raises before loading anything if it cannot fit."""
     resources = resources or probe(memory_budget)
-    paths, facts, footprints = estimate_models(config, graph.models, resources)
-    the_plan = plan(graph, footprints, resources.pools, resources.usable_cores)
+    paths: dict[str, Path] = {}
+    facts: dict[str, ModelFacts] = {}
+    footprints: dict[str, Footprint] = {}
+    for name in graph.models:
+        path, facts[name], footprints[name] = estimate_model(config, name, resources)
+        if path is not None:
+            paths[name] = path
+    budgets = pool_budgets(config, resources, footprints)
+    the_plan = plan(graph, footprints, budgets, resources.usable_cores)
     return Preflight(graph=graph, paths=paths, facts=facts, footprints=footprints,
-                     resources=resources, plan=the_plan)
+                     resources=resources, plan=the_plan, budgets=budgets)

@@ -32,4 +32,11 @@ def _llamacpp() -> Backend:
     return LlamaCppBackend()
 
 
+def _ollama() -> Backend:
+    from .ollama import OllamaBackend
+
+    return OllamaBackend()
+
+
 register("llamacpp", _llamacpp)
+register("ollama", _ollama)

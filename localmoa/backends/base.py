@@ -107,4 +107,5 @@ class Backend(Protocol):
 
     name: str
 
-    def load(self, name: str, spec: ModelSpec, path: Path, n_threads: int) -> LoadedModel: ...
+    def load(self, name: str, spec: ModelSpec, path: Path | None,
+             n_threads: int) -> LoadedModel: ...

@@ -154,7 +154,10 @@ class LlamaCppBackend:
 
     name = "llamacpp"
 
-    def load(self, name: str, spec: ModelSpec, path: Path, n_threads: int) -> LlamaCppModel:
+    def load(self, name: str, spec: ModelSpec, path: Path | None,
+             n_threads: int) -> LlamaCppModel:
+        if path is None:
+            raise ModelLoadError(f"model {name!r}: llama.cpp needs a GGUF file")
         try:
             from llama_cpp import Llama
         except ImportError as exc:  # pragma: no cover - a broken install

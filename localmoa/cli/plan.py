@@ -83,7 +83,8 @@ def plan_document(pre: Preflight) -> dict[str, Any]:
                               "pools_bytes": fp.pools, "n_ctx": fp.n_ctx,
                               "kv_type": fp.kv_type, "quant": pre.facts[name].quant,
                               "parameters": pre.facts[name].parameters,
-                              "path": str(pre.paths[name])}
+                              "path": str(pre.paths[name]) if name in pre.paths else None,
+                              "backend": "ollama" if not fp.local else "llamacpp"}
                        for name, fp in pre.footprints.items()},
         "plan": pre.plan.to_dict(),
     }

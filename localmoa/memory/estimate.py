@@ -22,7 +22,8 @@ loading and filling the context; see docs/architecture.md, "Memory model"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from .gguf_header import ArraySummary, GgufHeader
@@ -105,8 +106,10 @@ class Footprint:
     overhead_bytes: int
     #: Weights every further instance of the same file shares (mmap, not repacked, on CPU).
     shared_weights_bytes: int
-    #: Bytes of the first instance in each pool ("ram", "gpu0", ...).
+    #: Bytes of the first instance in each pool ("ram", "gpu0", "ollama@host" ...).
     pools: dict[str, int] = field(default_factory=dict)
+    #: Runs in this process on this machine's cores (not in an Ollama daemon).
+    local: bool = True
 
     @property
     def total_bytes(self) -> int:
@@ -173,6 +176,19 @@ def model_facts(header: GgufHeader) -> ModelFacts:
         weights_bytes=sum(t.n_bytes for t in header.tensors), layer_bytes=tuple(layer_bytes),
         repacked_bytes=repacked, output_bytes=other, parameters=params, quant=quant,
         has_chat_template="tokenizer.chat_template" in md)
+
+
+def facts_from_model_info(model_info: dict[str, Any], size_bytes: int, quant: str,
+                          has_template: bool = True) -> ModelFacts:
+    """ModelFacts from Ollama's ``/api/show`` ``model_info`` (the GGUF metadata keys)
+    and the model's size (no tensor table: the weights are spread evenly)."""
+    header = GgufHeader(path=Path("-"), version=3, metadata=dict(model_info))
+    facts = model_facts(header)
+    n = max(facts.n_layers, 1)
+    return replace(facts, weights_bytes=size_bytes, layer_bytes=(size_bytes // n,) * n,
+                   output_bytes=0, repacked_bytes=0,
+                   parameters=int(model_info.get("general.parameter_count", 0) or 0),
+                   quant=quant or facts.quant, has_chat_template=has_template)
 
 
 def kv_cells(facts: ModelFacts, settings: LoadSettings, sliding: bool) -> int:

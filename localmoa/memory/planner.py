@@ -180,10 +180,14 @@ def plan(graph: MoaGraph, footprints: Mapping[str, Footprint], budgets: Mapping[
             for m in need:
                 resident[m] = max(resident[m], need[m])
             slot_of: Counter[str] = Counter()
-            threads = split_threads(cores, len(members))
+            # Only agents running in this process share its cores; a daemon has its own.
+            local = [a for a in members if footprints[a.model].local]
+            threads = dict(zip((a.id for a in local), split_threads(cores, len(local)),
+                               strict=True))
             tasks = []
-            for agent, n_threads in zip(members, threads, strict=True):
-                tasks.append(Task(agent.id, agent.model, slot_of[agent.model], n_threads))
+            for agent in members:
+                tasks.append(Task(agent.id, agent.model, slot_of[agent.model],
+                                  threads.get(agent.id, 0)))
                 slot_of[agent.model] += 1
             in_use = cost(footprints, resident)
             waves.append(Wave(index=len(waves) + 1, layer=layer_no, tasks=tasks, loads=loads,
