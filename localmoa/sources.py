@@ -107,7 +107,7 @@ def _from_hf_cache(repo: str, file: str | None, quant: str | None, name: str) ->
     fetch = f"hf download {repo}" + (f" {file}" if file else f" --include '*{quant}*'")
     raise ModelNotFoundError(
         f"model {name!r}: {what} of {repo} is not in the local Hugging Face cache "
-        f"({hf_cache_dir()}); download it once with: {fetch}")
+        f"({hf_cache_dir()}); fetch it once with `localmoa models pull {name}` (or {fetch})")
 
 
 def _match_quant(snapshot: Path, quant: str) -> Path | None:

@@ -9,6 +9,7 @@ import typer
 
 from .. import __version__
 from ._errors import run_guarded
+from .models import app as models_app
 from .plan import EPILOG as PLAN_EPILOG
 from .plan import plan
 from .profiles import profiles
@@ -37,6 +38,7 @@ app = typer.Typer(
 app.command("run", epilog=RUN_EPILOG)(run)
 app.command("plan", epilog=PLAN_EPILOG)(plan)
 app.command("profiles")(profiles)
+app.add_typer(models_app, name="models")
 
 
 def _version(value: bool) -> None:

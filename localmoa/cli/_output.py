@@ -61,8 +61,9 @@ class Output:
 
     # --- stderr -----------------------------------------------------------
     def note(self, message: str) -> None:
+        """A message on stderr; never hard-wrapped, so paths and commands copy whole."""
         if not self.json_mode:
-            self.err.print(message)
+            self.err.print(message, soft_wrap=True)
 
     def rule(self, title: str) -> None:
         """A titled separator on stderr (between layers and the final answer)."""

@@ -1,0 +1,213 @@
+"""`localmoa models ...`: what models the config names, what they are, getting them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from .. import constants
+from ..config import Config, ModelSpec, load_config, read_config_file
+from ..errors import ConfigError, LocalMoaError, UsageError
+from ..memory.estimate import Footprint, ModelFacts
+from ..memory.gguf_header import read_header
+from ..memory.probe import format_bytes, probe
+from ..preflight import estimate_model
+from ..pull import Progress as PullProgress
+from ..pull import pull as pull_model
+from ._options import ConfigOpt, JsonOpt
+from ._output import Output
+
+app = typer.Typer(
+    help="The models of the config: list them, inspect one, pull or add one.\n\n"
+    "Only `localmoa models pull` uses the network.",
+    no_args_is_help=True, rich_markup_mode=None)
+
+
+def _describe(config: Config, name: str) -> dict[str, Any]:
+    """Facts of one model for list/show; errors become a `problem` string, not a failure."""
+    spec = config.models[name]
+    row: dict[str, Any] = {"name": name, "backend": spec.backend,
+                           "source": spec.source.describe(), "n_ctx": spec.n_ctx,
+                           "present": False, "problem": None}
+    try:
+        path, facts, fp = estimate_model(config, name, probe())
+    except LocalMoaError as exc:
+        row["problem"] = str(exc)
+        return row
+    row.update(present=True, path=str(path) if path else None,
+               file_bytes=path.stat().st_size if path else fp.weights_bytes,
+               **_facts_dict(facts), footprint=_footprint_dict(fp))
+    return row
+
+
+def _facts_dict(facts: ModelFacts) -> dict[str, Any]:
+    return {"architecture": facts.architecture, "quant": facts.quant,
+            "parameters": facts.parameters, "layers": facts.n_layers,
+            "heads": facts.n_head, "kv_heads": max(facts.n_head_kv, default=0),
+            "key_length": facts.key_length, "value_length": facts.value_length,
+            "context_length": facts.context_length, "vocab": facts.n_vocab,
+            "sliding_window": facts.sliding_window,
+            "sliding_window_layers": sum(facts.swa_layers),
+            "chat_template": facts.has_chat_template}
+
+
+def _footprint_dict(fp: Footprint) -> dict[str, Any]:
+    return {"weights_bytes": fp.weights_bytes, "kv_bytes": fp.kv_bytes,
+            "compute_bytes": fp.compute_bytes, "overhead_bytes": fp.overhead_bytes,
+            "total_bytes": fp.total_bytes, "extra_instance_bytes": fp.extra_instance_bytes,
+            "pools_bytes": fp.pools}
+
+
+@app.command("list")
+def list_models(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """Every model of the config: backend, source, whether it is here, size, quant,
+    parameters, context length and its estimated footprint at its n_ctx."""
+    cfg = load_config(config)
+    rows = [_describe(cfg, name) for name in sorted(cfg.models)]
+    out = Output(json_mode=json_out)
+    if json_out:
+        out.document({"models": rows})
+        return
+    table = Table(header_style="bold")
+    for col in ("model", "backend", "source", "here", "size", "quant", "params", "context",
+                "n_ctx", "footprint"):
+        table.add_column(col, justify="right" if col in ("size", "params", "context", "n_ctx",
+                                                         "footprint") else "left")
+    for r in rows:
+        here = "[green]yes[/]" if r["present"] else "[red]no[/]"
+        table.add_row(escape(r["name"]), r["backend"], escape(r["source"]), here,
+                      format_bytes(r["file_bytes"]) if r["present"] else "-",
+                      r.get("quant", "-"),
+                      f"{r['parameters'] / 1e9:.2f}B" if r.get("parameters") else "-",
+                      str(r.get("context_length", "-")), str(r["n_ctx"]),
+                      format_bytes(r["footprint"]["total_bytes"]) if r["present"] else "-")
+    out.show(table)
+    missing = [r["name"] for r in rows if not r["present"]]
+    if missing:
+        out.show(f"not here: {', '.join(missing)}; `localmoa models show NAME` says why, "
+                 "`localmoa models pull NAME` fetches it")
+
+
+@app.command("show")
+def show(name: Annotated[str, typer.Argument(help="A model name from the config.")],
+         config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """The GGUF header facts of a model (architecture, layers, heads, KV heads, context,
+    chat template) and its memory footprint at its configured n_ctx."""
+    cfg = load_config(config)
+    if name not in cfg.models:
+        raise UsageError(f"no model named {name!r}; known models: {', '.join(sorted(cfg.models))}")
+    estimate_model(cfg, name, probe())  # a missing model raises its own one-line error
+    row = _describe(cfg, name)
+    out = Output(json_mode=json_out)
+    if json_out:
+        out.document(row)
+        return
+    facts = Table(show_header=False, title=escape(name), title_justify="left")
+    for key in ("backend", "source", "path", "architecture", "quant", "parameters", "layers",
+                "heads", "kv_heads", "key_length", "value_length", "context_length", "vocab",
+                "sliding_window", "sliding_window_layers", "chat_template", "n_ctx"):
+        value = row.get(key)
+        if key == "parameters" and value:
+            value = f"{value:,}"
+        facts.add_row(key, escape(str(value)))
+    out.show(facts)
+    fp = row["footprint"]
+    parts = Table(title=f"footprint at n_ctx {row['n_ctx']}", title_justify="left",
+                  header_style="bold")
+    for col in ("weights", "KV cache", "compute", "overhead", "total", "+instance"):
+        parts.add_column(col, justify="right")
+    parts.add_row(*(format_bytes(fp[k]) for k in ("weights_bytes", "kv_bytes", "compute_bytes",
+                                                   "overhead_bytes", "total_bytes",
+                                                   "extra_instance_bytes")))
+    out.show(parts)
+
+
+@app.command("pull")
+def pull(name: Annotated[str, typer.Argument(help="A model name from the config.")],
+         config: ConfigOpt = None) -> None:
+    """Download a model: Hugging Face files into the standard huggingface_hub cache
+    (resumable, sha256 checked), Ollama tags through the daemon. The only command
+    that uses the network."""
+    cfg = load_config(config)
+    out = Output()
+    out.note(f"[dim]localmoa models pull uses the network to fetch {escape(name)}[/]")
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=out.err, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(p: PullProgress) -> None:
+            if p.status not in tasks:
+                tasks[p.status] = bar.add_task(escape(p.status[:60]), total=p.total or None)
+            bar.update(tasks[p.status], completed=p.completed, total=p.total or None)
+
+        result = pull_model(cfg, name, report)
+    out.note(result)
+
+
+@app.command("add")
+def add(
+    source: Annotated[str, typer.Argument(help="A GGUF path, a Hugging Face org/repo:QUANT, "
+                                          "or ollama:TAG.", show_default=False)],
+    name: Annotated[str, typer.Option("--name", help="The name profiles will use.",
+                                      show_default=False)],
+    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context length in tokens.")] = 4096,
+    force: Annotated[bool, typer.Option("--force", help="Replace an entry of that name.")
+                     ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Add a model entry to your user config (--config, $LOCALMOA_CONFIG or
+    ~/.config/localmoa/models.yaml). The file is checked after writing; the previous
+    version is kept as .bak."""
+    entry = _entry_for(source, n_ctx)
+    ModelSpec.model_validate(entry)  # the same rules as models.yaml
+    target = config or constants.user_config_path()
+    data: dict[str, Any] = {}
+    if target.exists():
+        read_config_file(target)  # refuse to edit a file that is already broken
+        data = yaml.safe_load(target.read_text(encoding="utf-8")) or {}
+    models = data.setdefault("models", {})
+    if name in models and not force:
+        raise UsageError(f"{target} already has a model {name!r}; pick another --name or "
+                         "add --force to replace it")
+    if name in load_config(target if config else None).models and not force and \
+            name not in models:
+        raise UsageError(f"{name!r} is a shipped model name; pick another --name or add --force")
+    models[name] = entry
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        target.with_suffix(target.suffix + ".bak").write_bytes(target.read_bytes())
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        read_config_file(tmp)
+    except ConfigError:
+        tmp.unlink()
+        raise
+    tmp.replace(target)
+    Output().note(f"added model {escape(name)!r} to {escape(str(target))}"
+                  + ("" if entry["backend"] == "ollama" or "path" in entry["source"]
+                     else f"; fetch it with `localmoa models pull {escape(name)}`"))
+
+
+def _entry_for(source: str, n_ctx: int) -> dict[str, Any]:
+    if source.startswith("ollama:"):
+        return {"backend": "ollama", "source": {"ollama": source.removeprefix("ollama:")},
+                "n_ctx": n_ctx}
+    path = Path(source).expanduser()
+    if path.exists() or source.endswith(".gguf") or source.startswith((".", "/", "~")):
+        if not path.is_file():
+            raise UsageError(f"{source}: no such file; give a GGUF path, org/repo:QUANT "
+                             "or ollama:TAG")
+        read_header(path)  # it must be a readable GGUF
+        return {"backend": "llamacpp", "source": {"path": str(path.resolve())}, "n_ctx": n_ctx}
+    if source.count("/") == 1 and ":" in source:
+        return {"backend": "llamacpp", "source": {"repo": source}, "n_ctx": n_ctx}
+    raise UsageError(f"{source!r}: give a GGUF path, a Hugging Face org/repo:QUANT "
+                     "(e.g. bartowski/Qwen2.5-7B-Instruct-GGUF:Q4_K_M) or ollama:TAG")

@@ -1,0 +1,143 @@
+"""Downloading models: the only code in localmoa that uses the network.
+
+Hugging Face files go into huggingface_hub's standard cache (resumable; the
+sha256 is checked against the hub's metadata), where runs find them offline.
+Ollama tags are pulled by the daemon, whose progress is streamed back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import constants
+from .config import Config
+from .errors import LocalMoaError, ModelNotFoundError, UsageError
+from .sources import resolve_model_path
+
+_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
+
+class PullError(LocalMoaError):
+    """A download failed (network, hub, daemon)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report: what is happening, and bytes done of total when known."""
+
+    status: str
+    completed: int = 0
+    total: int = 0
+
+
+def pull(config: Config, name: str, report: Callable[[Progress], None]) -> str:
+    """Fetch model ``name``; returns a one-line description of the result."""
+    if name not in config.models:
+        known = ", ".join(sorted(config.models))
+        raise UsageError(f"no model named {name!r} in the config; known models: {known}")
+    spec = config.models[name]
+    source = spec.source
+    if spec.backend == "ollama":
+        return _pull_ollama(config, name, report)
+    if source.path is not None:
+        path = resolve_model_path(config, name)
+        return f"{name} is a local file ({path}); nothing to download"
+    if source.package is not None:
+        path = resolve_model_path(config, name)
+        return f"{name} ships in the Python package {source.package} ({path})"
+    return _pull_hf(config, name, report)
+
+
+def _hf_files(repo: str, file: str | None, quant: str | None) -> list[str]:
+    if file:
+        return [file]
+    from huggingface_hub import HfApi
+
+    wanted = (quant or "").lower()
+    names = [f for f in HfApi().list_repo_files(repo) if f.lower().endswith(".gguf")
+             and wanted in f.lower() and "mmproj" not in f.lower()]
+    if not names:
+        raise ModelNotFoundError(f"{repo} has no GGUF file matching {quant!r}; list its files "
+                                 f"on the hub and write repo + file in models.yaml")
+    # a split model: every shard of the first match's set
+    first = sorted(names)[0]
+    shard = _SHARD.search(first)
+    if shard:
+        stem = first[: shard.start()]
+        return sorted(n for n in names if n.startswith(stem) and _SHARD.search(n))
+    return [first]
+
+
+def _pull_hf(config: Config, name: str, report: Callable[[Progress], None]) -> str:
+    spec = config.models[name]
+    assert spec.source.repo is not None
+    repo, _, quant = spec.source.repo.partition(":")
+    try:
+        path = resolve_model_path(config, name)
+        return f"{name} is already in the Hugging Face cache: {path}"
+    except ModelNotFoundError:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise PullError(f"model {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is "
+                        "set; unset it to download")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        files = _hf_files(repo, spec.source.file, quant or None)
+        paths = []
+        for file in files:
+            report(Progress(f"downloading {repo}/{file} from huggingface.co"))
+            paths.append(Path(hf_hub_download(repo, file,
+                                              cache_dir=str(constants.hf_hub_cache()))))
+            report(Progress(f"checking the sha256 of {file}"))
+            _check_sha256(repo, file, paths[-1])
+    except LocalMoaError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the hub's many errors, one line
+        raise PullError(f"could not download {repo} from huggingface.co: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                        "(check the connection and the repo name, or download the file yourself "
+                        "and use `localmoa models add PATH`)") from None
+    return f"{name}: downloaded {len(paths)} file(s) into {constants.hf_hub_cache()}"
+
+
+def _check_sha256(repo: str, file: str, path: Path) -> None:
+    from huggingface_hub import HfApi
+
+    infos = HfApi().get_paths_info(repo, [file], expand=True)
+    lfs = getattr(infos[0], "lfs", None) if infos else None
+    expected = getattr(lfs, "sha256", None)
+    if not expected:
+        return  # not an LFS file: the hub publishes no sha256 for it
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        path.unlink(missing_ok=True)
+        raise PullError(f"{repo}/{file}: sha256 {digest.hexdigest()} does not match the hub's "
+                        f"{expected}; the file was removed, pull again")
+
+
+def _pull_ollama(config: Config, name: str, report: Callable[[Progress], None]) -> str:
+    from .backends import get_backend
+    from .backends.ollama import OllamaBackend, host_of, ollama_error, tag_of
+
+    spec = config.models[name]
+    backend = get_backend("ollama")
+    assert isinstance(backend, OllamaBackend)
+    client = backend.client(host_of(spec))
+    try:
+        for part in client.pull(tag_of(spec), stream=True):
+            report(Progress(str(part.status or ""), int(part.completed or 0),
+                            int(part.total or 0)))
+    except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
+        err = ollama_error(exc, spec, name, "pulling")
+        raise PullError(str(err)) from None
+    return f"{name}: Ollama at {host_of(spec)} has {tag_of(spec)}"
+
