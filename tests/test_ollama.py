@@ -122,7 +122,8 @@ def test_mixed_run_ollama_and_llamacpp(httpserver: HTTPServer, tmp_path: Path) -
                                       chat_line("", done=True, **FINAL)))
     expect_unload(httpserver)
 
-    proc = run_mixed(write_config(tmp_path, httpserver.url_for("").rstrip("/")))
+    config = write_config(tmp_path, httpserver.url_for("").rstrip("/"))
+    proc = run_mixed(config)
     assert proc.returncode == 0, proc.stderr
     httpserver.check_assertions()  # every request arrived, in order, with the exact JSON
     report = json.loads(proc.stdout)
@@ -137,6 +138,21 @@ def test_mixed_run_ollama_and_llamacpp(httpserver: HTTPServer, tmp_path: Path) -
     others = [a for a in report["agents"] if a["model"] == "smollm2-135m"]
     assert all(a["ok"] for a in others) and report["answer"].strip()
     assert {a["threads"] for a in others if a["layer"] == 1} == {1}  # 2 cores, 2 local agents
+
+
+def test_partly_on_cpu_is_flagged_in_the_terminal(httpserver: HTTPServer,
+                                                  tmp_path: Path) -> None:
+    expect_describe(httpserver)
+    expect_load(httpserver)
+    httpserver.expect_ordered_request("/api/chat", method="POST", json=chat_request(seed=1)) \
+        .respond_with_response(ndjson(*(chat_line(t) for t in STREAMED),
+                                      chat_line("", done=True, **FINAL)))
+    expect_unload(httpserver)
+    proc = cli("run", QUESTION, "--config", str(write_config(tmp_path, httpserver.url_for("")
+                                                             .rstrip("/"))),
+               "--profile", "mixed", "--temperature", "0", "--seed", "0", "--max-tokens", "16")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning llama-ollama: Ollama put only 1.4 GiB of 1.86 GiB on the GPU" in proc.stderr
 
 
 def test_not_pulled_is_one_line_before_anything_loads(httpserver: HTTPServer,

@@ -105,6 +105,13 @@ class Output:
                 f"{format_bytes(ram_peak)} (budget {format_bytes(p['budget_bytes'].get('ram', 0))})"
                 f"; measured {a['loads']} loads in {a['load_s']:.2f} s, peak "
                 f"+{format_bytes(a['peak_pss_growth_bytes'])} PSS")
+        for name, facts in report.models.items():
+            if facts.get("partly_on_cpu"):
+                self.err.print(
+                    f"[yellow]warning[/] {escape(name)}: Ollama put only "
+                    f"{format_bytes(facts['size_vram_bytes'])} of "
+                    f"{format_bytes(facts['size_bytes'])} on the GPU; the rest runs on the CPU "
+                    "(slower). A smaller num_ctx or quant would fit.", soft_wrap=True)
         t = report.totals
         self.err.print(
             f"[bold]total[/] {t.wall_s:.2f} s wall, {t.load_s:.2f} s loading, "
