@@ -140,6 +140,8 @@ class AgentSpec(_Strict):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=1, le=131_072)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    timeout_s: float | None = Field(None, gt=0, le=86_400, description="Give up on this "
+                                    "agent after this many seconds (dropped, reported).")
 
 
 class Profile(_Strict):

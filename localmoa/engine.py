@@ -11,20 +11,26 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import signals
+from .agents import Control, run_agent
 from .backends import get_backend
-from .backends.base import GenerateOptions, LoadedModel, Message
+from .backends.base import LoadedModel, Message
 from .config import Config
-from .errors import AggregatorFailedError, LayerFailedError, LocalMoaError
+from .errors import (
+    AggregatorFailedError,
+    LayerFailedError,
+    LocalMoaError,
+    RunInterrupted,
+    Terminated,
+)
 from .memory.planner import Instance, Plan, Task, Wave
 from .memory.probe import MemorySampler
 from .metrics import AgentRun, RunReport
 from .preflight import Preflight, preflight
-from .prompts import agent_messages
 from .recipe import Agent, MoaGraph
 
 
@@ -36,10 +42,6 @@ class RunEvents:
     on_text: Callable[[Agent, str], None] | None = None
     on_agent_done: Callable[[Agent, AgentRun], None] | None = None
     on_layer_done: Callable[[int, list[AgentRun]], None] | None = None
-
-
-class Interrupted(Exception):
-    """Raised inside an agent when the run is being stopped (Ctrl-C)."""
 
 
 @dataclass
@@ -57,8 +59,10 @@ class _Execution:
     conversation: Sequence[Message]
     events: RunEvents
     t0: float = field(default_factory=time.perf_counter)
-    stop: threading.Event = field(default_factory=threading.Event)
+    control: Control = field(default_factory=Control)
     loaded: dict[Instance, _Loaded] = field(default_factory=dict)
+    busy: set[Instance] = field(default_factory=set)  # an agent is generating on it
+    abandoned: set[Instance] = field(default_factory=set)  # a timed-out agent kept it
     load_errors: dict[Instance, str] = field(default_factory=dict)
     runtime: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. Ollama's /api/ps
     loads: int = 0
@@ -84,6 +88,8 @@ class _Execution:
         self.load_s += model.load_s
 
     def unload(self, inst: Instance) -> None:
+        if inst in self.busy or inst in self.abandoned:
+            return  # never free a model a thread may still be using; exit frees it
         entry = self.loaded.pop(inst, None)
         if entry is not None:
             entry.model.unload()
@@ -137,8 +143,8 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
                 for wave in plan.waves_of_layer(number):
                     for inst, task in _loads_with_tasks(wave):
                         ex.load(inst, task.threads if task else plan.cores)
-                    for run in _run_wave(ex, wave, agents, references):
-                        runs[run.agent] = run
+                        signals.check()  # a Ctrl-C during a load may have been swallowed
+                    _run_wave(ex, wave, agents, references, runs)
                     for inst in wave.unloads:
                         ex.unload(inst)
                 layer_runs = [runs[a.id] for a in layer]
@@ -157,6 +163,11 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
                     raise LayerFailedError(message, report(error=message))
                 references = answers
             raise AssertionError("unreachable: the plan has no aggregator layer")
+        except KeyboardInterrupt as exc:
+            ex.control.stop.set()
+            code = 143 if isinstance(exc, Terminated) else 130
+            what = "terminated (SIGTERM)" if code == 143 else "interrupted"
+            raise RunInterrupted(what, report(error=what), exit_code=code) from None
         finally:
             ex.close()
 
@@ -167,81 +178,92 @@ def _loads_with_tasks(wave: Wave) -> list[tuple[Instance, Task | None]]:
     return [(inst, by_instance.get(inst)) for inst in wave.loads]
 
 
+#: After its timeout, how long an agent may take to notice and stop before it is abandoned.
+GRACE_S = 5.0
+
+
 def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
-              references: list[str] | None) -> list[AgentRun]:
-    def work(task: Task) -> AgentRun:
+              references: list[str] | None, results: dict[str, AgentRun]) -> None:
+    """Run the wave's agents in threads, recording each into ``results`` as it ends;
+    enforce timeouts; on Ctrl-C stop them all (what they made is kept)."""
+    threads: dict[str, threading.Thread] = {}
+
+    def work(task: Task) -> None:
         agent = agents[task.agent]
         inst = Instance(task.model, task.slot)
+        run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=_role(agent),
+                       ok=False, threads=task.threads, wave=wave.index)
         entry = ex.loaded.get(inst)
-        if entry is None:
-            now = round(ex.now(), 4)
-            run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer,
-                           role=_role(agent), ok=False, threads=task.threads, wave=wave.index,
-                           error=ex.load_errors.get(inst, f"{inst} is not loaded"),
-                           start_s=now, end_s=now)
-            if ex.events.on_agent_done:
-                ex.events.on_agent_done(agent, run)
-            return run
-        load_s = 0.0
-        if not entry.charged:
-            load_s, entry.charged = entry.model.load_s, True
-        return _run_agent(ex, agent, entry.model, task, wave.index, references, load_s)
+        if entry is None or inst in ex.abandoned:
+            run.start_s = run.end_s = round(ex.now(), 4)
+            run.error = ex.load_errors.get(inst) or (
+                f"{inst} is still busy with an agent that timed out" if inst in ex.abandoned
+                else f"{inst} is not loaded")
+        else:
+            if not entry.charged:
+                run.load_s, entry.charged = round(entry.model.load_s, 4), True
+            with ex.control.lock:
+                ex.busy.add(inst)
+            try:
+                run_agent(agent, entry.model, ex.config.models[agent.model], task.threads,
+                          ex.conversation, references, ex.control, run, ex.t0,
+                          ex.events.on_agent_start, ex.events.on_text)
+            finally:
+                with ex.control.lock:
+                    ex.busy.discard(inst)
+        with ex.control.lock:
+            if task.agent in results:  # abandoned meanwhile: its report stands
+                return
+            results[task.agent] = run
+        if ex.events.on_agent_done:
+            ex.events.on_agent_done(agent, run)
 
-    if len(wave.tasks) == 1:
-        return [work(wave.tasks[0])]
-    with ThreadPoolExecutor(max_workers=len(wave.tasks), thread_name_prefix="localmoa") as pool:
-        try:
-            return list(pool.map(work, wave.tasks))
-        except KeyboardInterrupt:
-            # Inside the `with`: its exit waits for the workers, so tell them first.
-            # Each stops at its next token; then the models are freed.
-            ex.stop.set()
-            raise
+    started = time.monotonic()
+    for task in wave.tasks:
+        threads[task.agent] = threading.Thread(target=work, args=(task,), daemon=True,
+                                               name=f"localmoa-{task.agent}")
+        threads[task.agent].start()
+    try:
+        while True:
+            waiting = [a for a, t in threads.items() if t.is_alive() and a not in results]
+            if not waiting:
+                break
+            now = time.monotonic()
+            for agent_id in waiting:
+                timeout = agents[agent_id].timeout_s
+                if timeout is None or now < started + timeout:
+                    continue
+                ex.control.cancelled.add(agent_id)  # it stops at its next piece of text
+                if now >= started + timeout + GRACE_S:
+                    _abandon(ex, agents[agent_id], wave, results)
+            threads[waiting[0]].join(0.05)
+            signals.check()
+    except KeyboardInterrupt:
+        ex.control.stop.set()  # every agent stops at its next piece of text
+        for t in threads.values():
+            t.join(GRACE_S)
+        raise
+
+
+def _abandon(ex: _Execution, agent: Agent, wave: Wave, results: dict[str, AgentRun]) -> None:
+    """An agent's backend did not return after its timeout: report it and move on.
+    Its instance is never touched again (not reused, not freed while in use)."""
+    task = next(t for t in wave.tasks if t.agent == agent.id)
+    with ex.control.lock:
+        if agent.id in results:
+            return
+        ex.abandoned.add(Instance(task.model, task.slot))
+        now = round(ex.now(), 4)
+        results[agent.id] = AgentRun(
+            agent=agent.id, model=agent.model, layer=agent.layer, role=_role(agent), ok=False,
+            threads=task.threads, wave=wave.index, start_s=now, end_s=now,
+            error=f"timed out after {agent.timeout_s:g} s and did not stop; abandoned")
+    if ex.events.on_agent_done:
+        ex.events.on_agent_done(agent, results[agent.id])
 
 
 def _role(agent: Agent) -> str:
     return "aggregator" if agent.is_aggregator else "proposer"
-
-
-def _run_agent(ex: _Execution, agent: Agent, model: LoadedModel, task: Task, wave: int,
-               references: list[str] | None, load_s: float) -> AgentRun:
-    events = ex.events
-    run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=_role(agent),
-                   ok=False, threads=task.threads, wave=wave, load_s=round(load_s, 4))
-    if events.on_agent_start:
-        events.on_agent_start(agent)
-    messages = agent_messages(ex.conversation, agent.system, references)
-    options = GenerateOptions(temperature=agent.temperature, top_p=agent.top_p,
-                              max_tokens=agent.max_tokens, seed=agent.seed,
-                              n_threads=task.threads)
-    run.start_s = ex.now()
-    try:
-        stream = model.chat(messages, options)
-        for piece in stream:
-            if ex.stop.is_set():
-                raise Interrupted("interrupted")
-            if events.on_text:
-                events.on_text(agent, piece)
-        text = stream.text().strip()
-        stats = stream.stats
-        if stats is not None:
-            run.prompt_tokens = stats.prompt_tokens
-            run.completion_tokens = stats.completion_tokens
-            run.ttft_s = round(stats.ttft_s, 4)
-            run.prompt_tok_per_s = round(stats.prompt_tok_per_s, 2)
-            run.decode_tok_per_s = round(stats.decode_tok_per_s, 2)
-            run.finish_reason = stats.finish_reason
-        run.answer = text
-        run.ok = bool(text)
-        if not text:
-            run.error = "empty answer"
-    except Exception as exc:  # noqa: BLE001 - any agent failure is reported, not fatal
-        run.error = str(exc) or type(exc).__name__
-    run.end_s = round(ex.now(), 4)
-    run.start_s = round(run.start_s, 4)
-    if events.on_agent_done:
-        events.on_agent_done(agent, run)
-    return run
 
 
 def _plan_summary(plan: Plan) -> dict[str, Any]:

@@ -77,6 +77,18 @@ class RunFailedError(LocalMoaError):
         self.report = report
 
 
+class RunInterrupted(RunFailedError):
+    """Ctrl-C (exit 130) or SIGTERM (exit 143) during a run; ``report`` has what was made."""
+
+    def __init__(self, message: str, report: Any = None, exit_code: int = 130) -> None:
+        super().__init__(message, report)
+        self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by the SIGTERM handler the CLI installs."""
+
+
 class LayerFailedError(RunFailedError):
     """Every agent of a layer failed: there is nothing to pass on."""
 

@@ -33,6 +33,12 @@ class AgentRun:
     start_s: float = 0.0
     end_s: float = 0.0
     finish_reason: str | None = None
+    #: Set when the references were shortened to fit n_ctx: counts before and after.
+    references_trimmed: dict[str, int] | None = None
+
+    @property
+    def is_aggregator(self) -> bool:
+        return self.role == "aggregator"
 
     @property
     def wall_s(self) -> float:

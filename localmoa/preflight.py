@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import netguard
 from .backends import get_backend
 from .config import Config, ModelSpec, is_loopback
 from .memory.estimate import (
@@ -66,6 +67,8 @@ def estimate_model(config: Config, name: str,
 
         backend = get_backend("ollama")
         assert isinstance(backend, OllamaBackend)
+        if spec.allow_remote and spec.host:
+            netguard.allow_host(spec.host)  # the user configured this host explicitly
         info = backend.describe(name, spec)
         facts = facts_from_model_info(info.model_info, info.size_bytes, info.quant)
         fp = footprint(name, facts, LoadSettings(n_ctx=spec.n_ctx, kv_type=spec.kv_type))

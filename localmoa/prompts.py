@@ -7,7 +7,7 @@ iterated over characters in later rounds; here a reference is never split).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .backends.base import Message
 
@@ -54,3 +54,27 @@ def agent_messages(conversation: Sequence[Message], system: str | None,
         else:
             messages.insert(0, {"role": "system", "content": block})
     return [Message(role=m["role"], content=m["content"]) for m in messages]
+
+
+TRIM_MARK = " [...]"
+
+
+def fit_references(references: Sequence[str], budget_tokens: int,
+                   count: Callable[[str], int], cut: Callable[[str, int], str],
+                   min_tokens: int = 8) -> tuple[list[str], int, int]:
+    """Shorten references fairly so that together they take at most ``budget_tokens``.
+
+    Each reference keeps the same share of its tokens (never fewer than
+    ``min_tokens``: none is silently dropped) and is marked `` [...]`` where cut.
+    Returns the references and their token counts before and after.
+    """
+    sizes = [count(r) for r in references]
+    before = sum(sizes)
+    if before <= budget_tokens:
+        return list(references), before, before
+    share = max(0.0, budget_tokens / before)
+    kept = []
+    for ref, size in zip(references, sizes, strict=True):
+        keep = max(min_tokens, int(size * share))
+        kept.append(ref if keep >= size else cut(ref, keep).rstrip() + TRIM_MARK)
+    return kept, before, sum(min(count(r), s) for r, s in zip(kept, sizes, strict=True))

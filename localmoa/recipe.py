@@ -26,6 +26,7 @@ class Agent:
     top_p: float
     max_tokens: int
     seed: int | None
+    timeout_s: float | None = None
 
     @property
     def is_aggregator(self) -> bool:
@@ -55,6 +56,7 @@ class Overrides:
     temperature: float | None = None
     max_tokens: int | None = None
     seed: int | None = None
+    timeout_s: float | None = None
 
 
 def build_graph(config: Config, profile: str | None,
@@ -97,7 +99,8 @@ def build_graph(config: Config, profile: str | None,
         position += 1
         agent = Agent(id=agent_id, layer=layer, index=index, model=spec.model,
                       system=spec.system, temperature=spec.temperature, top_p=spec.top_p,
-                      max_tokens=spec.max_tokens, seed=seed)
+                      max_tokens=spec.max_tokens, seed=seed,
+                      timeout_s=ov.timeout_s if ov.timeout_s is not None else spec.timeout_s)
         if ov.temperature is not None:
             agent = replace(agent, temperature=ov.temperature)
         if ov.max_tokens is not None:
@@ -122,5 +125,7 @@ def _check_overrides(ov: Overrides) -> None:
         raise UsageError(f"--temperature {ov.temperature}: give a value from 0 to 2")
     if ov.max_tokens is not None and not 1 <= ov.max_tokens <= 131_072:
         raise UsageError(f"--max-tokens {ov.max_tokens}: give 1 to 131072 tokens")
+    if ov.timeout_s is not None and not 0 < ov.timeout_s <= 86_400:
+        raise UsageError(f"--agent-timeout {ov.timeout_s:g}: give seconds from 0 to 86400")
     if ov.seed is not None and not 0 <= ov.seed <= 2**31 - 1:
         raise UsageError(f"--seed {ov.seed}: give a whole number from 0 to 2147483647")

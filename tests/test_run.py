@@ -215,7 +215,7 @@ profiles:
     (["run", "hi", "--max-tokens", "1000000000"], None, "--max-tokens 1000000000"),
     (["run", "hi", "--proposer", "ghost"], None, "no model named 'ghost'"),
     (["run", "hi", "--layers", "two"], None, "Invalid value for '--layers'"),
-    (["run"], None, "Missing argument 'prompt'"),
+    (["run"], None, "no prompt: give it as an argument"),
     (["run", "hi", "--bogus"], None, "No such option: --bogus"),
     (["run", "hi", "--profile", "laptop"], None, "not in the local Hugging Face cache"),
 ])

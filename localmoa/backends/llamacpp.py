@@ -132,6 +132,15 @@ class LlamaCppModel:
         finally:
             self._busy.release()
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in this model's vocabulary."""
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def cut_tokens(self, text: str, n: int) -> str:
+        """The first ``n`` tokens of ``text``, as text."""
+        tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)[:n]
+        return self.llm.detokenize(tokens).decode("utf-8", "ignore")
+
     def unload(self) -> None:
         """Free the weights and the context now, not whenever the GC runs."""
         llm, self.llm = self.llm, None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
 import typer
 
-from .. import __version__
+from .. import __version__, netguard, signals
 from ._errors import run_guarded
 from .models import app as models_app
 from .plan import EPILOG as PLAN_EPILOG
@@ -61,5 +62,10 @@ def _root(
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app, turning failures into one line and a code."""
-    code = run_guarded(lambda: app(args=argv, prog_name="localmoa", standalone_mode=False))
+    args = sys.argv[1:] if argv is None else argv
+    if args[:2] != ["models", "pull"]:  # the one command allowed to use the network
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        netguard.install()
+    signals.install()
+    code = run_guarded(lambda: app(args=args, prog_name="localmoa", standalone_mode=False))
     sys.exit(code)

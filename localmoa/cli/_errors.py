@@ -10,13 +10,14 @@ from collections.abc import Callable
 
 import typer
 
-from .. import constants
-from ..errors import LocalMoaError
+from .. import constants, signals
+from ..errors import LocalMoaError, Terminated
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 def error_line(message: str) -> None:
     """Write ``localmoa: error: MESSAGE`` as one line on stderr."""
@@ -48,6 +49,9 @@ def run_guarded(call: Callable[[], object]) -> int:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         error_line(message + hint)
         return EXIT_USAGE
+    except Terminated:
+        error_line("terminated (SIGTERM)")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         error_line("interrupted")
         return EXIT_INTERRUPTED
@@ -60,6 +64,9 @@ def run_guarded(call: Callable[[], object]) -> int:
                    "(run again with LOCALMOA_DEBUG=1 for the traceback, and report it)")
         return EXIT_RUNTIME
     code = result if isinstance(result, int) else EXIT_OK
-    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a silent Exit(130)
+    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C (and SIGTERM) into a silent Exit(130)
+        if signals.terminated():
+            error_line("terminated (SIGTERM)")
+            return EXIT_TERMINATED
         error_line("interrupted")
     return code

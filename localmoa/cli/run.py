@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ..backends.base import Message
 from ..config import load_config
@@ -37,23 +39,39 @@ Examples:
 """
 
 
-def read_prompt(prompt: str) -> str:
-    """The prompt argument, or standard input for ``-``; refuse empty or non-UTF-8 input."""
-    if prompt == "-":
-        data = sys.stdin.buffer.read()
+def read_prompt(prompt: str | None, file: Path | None = None) -> str:
+    """The prompt argument, a file, or standard input for ``-``; refuse empty or
+    non-UTF-8 input."""
+    if file is not None:
+        if prompt is not None:
+            raise UsageError("give the prompt as an argument or with --file, not both")
+        try:
+            data, where = file.read_bytes(), str(file)
+        except OSError as exc:
+            raise UsageError(f"--file {file}: {exc.strerror}") from None
+    elif prompt == "-":
+        data, where = sys.stdin.buffer.read(), "standard input"
+    else:
+        data, where = None, ""
+    if data is not None:
         try:
             prompt = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise UsageError(f"the prompt on standard input is not UTF-8 text (bad byte at "
-                             f"offset {exc.start}); convert it, e.g. with iconv -t UTF-8") from None
+            raise UsageError(f"the prompt in {where} is not UTF-8 text (bad byte at offset "
+                             f"{exc.start}); convert it, e.g. with iconv -t UTF-8") from None
+    if prompt is None:
+        raise UsageError("no prompt: give it as an argument, `-` for stdin, or --file FILE")
     if not prompt.strip():
         raise UsageError("the prompt is empty; give it as an argument or pipe it in with `-`")
     return prompt.strip()
 
 
 def run(
-    prompt: Annotated[str, typer.Argument(help="The question or instruction; `-` reads stdin.",
-                                          show_default=False)],
+    prompt: Annotated[str | None, typer.Argument(
+        help="The question or instruction; `-` reads stdin.", show_default=False)] = None,
+    file: Annotated[Path | None, typer.Option(
+        "--file", "-f", help="Read the prompt from this UTF-8 file.", show_default=False,
+        dir_okay=False)] = None,
     profile: ProfileOpt = None,
     config: ConfigOpt = None,
     layers: LayersOpt = None,
@@ -68,6 +86,9 @@ def run(
     seed: Annotated[int | None, typer.Option(
         "--seed", help="Random seed; agent k gets seed+k, so a run is reproducible while "
         "agents on one model still differ.", show_default=False)] = None,
+    agent_timeout: Annotated[float | None, typer.Option(
+        "--agent-timeout", help="Give up on an agent after this many seconds; it is dropped "
+        "and reported like any failed proposer.", show_default=False)] = None,
     show_layers: Annotated[bool, typer.Option(
         "--show-layers", help="Print each layer's answers to stderr as the layer finishes.")
     ] = False,
@@ -87,11 +108,11 @@ def run(
     models swapped in and out; a model that cannot fit is refused before loading.
     """
     out = Output(json_mode=json_out)
-    text = read_prompt(prompt)
+    text = read_prompt(prompt, file)
     cfg = load_config(config)
     graph = build_graph(cfg, profile, Overrides(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
-        temperature=temperature, max_tokens=max_tokens, seed=seed))
+        temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout))
     conversation = [Message(role="user", content=text)]
     prepared = preflight(cfg, graph, memory_budget)  # refuses here, before any load
 
@@ -138,23 +159,25 @@ def run(
             report = run_moa(cfg, graph, conversation, prepared=prepared, events=events)
         except RunFailedError as exc:
             if isinstance(exc.report, RunReport):
-                _finish(out, exc.report, json_out, no_stats, show_layers)
+                _finish(out, exc.report, json_out, no_stats, show_layers, streaming)
             raise
-    _finish(out, report, json_out, no_stats, show_layers)
+    _finish(out, report, json_out, no_stats, show_layers, streaming)
     return 0 if report.ok else EXIT_RUNTIME
 
 
 def _finish(out: Output, report: RunReport, json_out: bool, no_stats: bool,
-            show_layers: bool) -> None:
+            show_layers: bool, streamed: bool) -> None:
     if json_out:
         out.document(report.to_dict())
         return
-    if report.answer:
+    if streamed:
         out.end_stream()
-    elif not show_layers:
-        # The run failed before an answer: nothing the user waited for is lost.
+    if not report.answer and not show_layers:
+        # The run stopped before its answer: nothing the user waited for is lost.
         for run in report.agents:
-            if run.ok:
-                out.note(f"[bold]{run.agent}[/] ({run.model}):\n{run.answer}\n")
+            if run.answer and not run.is_aggregator:
+                partial = "" if run.ok else " [partial]"
+                out.note(f"[bold]{run.agent}[/] ({escape(run.model)}){partial}:\n"
+                         f"{escape(run.answer)}\n")
     if not no_stats:
         out.report(report)

@@ -1,0 +1,113 @@
+"""One agent's call: messages (references fitted to the context), streaming, stats.
+
+Cancellation is cooperative: between two pieces of text the agent checks
+whether the run is stopping (Ctrl-C, SIGTERM) or its own time is up, and stops
+there, keeping what it produced.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .backends.base import GenerateOptions, LoadedModel, Message
+from .config import ModelSpec
+from .metrics import AgentRun
+from .prompts import agent_messages, fit_references
+from .recipe import Agent
+
+#: Tokens kept free for the chat template's own markup around the messages.
+TEMPLATE_MARGIN_TOKENS = 48
+
+
+class Stopped(Exception):
+    """The agent was told to stop (run interrupted, or its timeout passed)."""
+
+
+@dataclass
+class Control:
+    """What the engine and an agent's thread share while it runs."""
+
+    stop: threading.Event = field(default_factory=threading.Event)  # the whole run
+    cancelled: set[str] = field(default_factory=set)  # agent ids whose time is up
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check(self, agent: Agent) -> None:
+        if self.stop.is_set():
+            raise Stopped("interrupted")
+        if agent.id in self.cancelled:
+            raise Stopped(f"timed out after {agent.timeout_s:g} s (per-agent timeout)")
+
+
+def token_counter(model: LoadedModel) -> tuple[Callable[[str], int], Callable[[str, int], str]]:
+    """Count and cut text in the model's own tokens; ~3 characters a token without one."""
+    count = getattr(model, "count_tokens", None)
+    cut = getattr(model, "cut_tokens", None)
+    if callable(count) and callable(cut):
+        return count, cut
+    return (lambda text: len(text) // 3 + 1), (lambda text, n: text[: n * 3])
+
+
+def fitted_messages(agent: Agent, spec: ModelSpec, model: LoadedModel,
+                    conversation: Sequence[Message], references: list[str] | None,
+                    run: AgentRun) -> list[Message]:
+    """The agent's messages; references shortened fairly when they would overflow n_ctx."""
+    messages = agent_messages(conversation, agent.system, references)
+    if not references:
+        return messages
+    count, cut = token_counter(model)
+    limit = spec.n_ctx - agent.max_tokens - TEMPLATE_MARGIN_TOKENS
+    refs_tokens = sum(count(r) for r in references)
+    others = sum(count(m["content"]) for m in messages) - refs_tokens
+    budget = limit - others
+    if refs_tokens <= budget:
+        return messages
+    kept, before, after = fit_references(references, max(0, budget), count, cut)
+    run.references_trimmed = {"references": len(references), "tokens_before": before,
+                              "tokens_after": after, "n_ctx": spec.n_ctx}
+    return agent_messages(conversation, agent.system, kept)
+
+
+def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: int,
+              conversation: Sequence[Message], references: list[str] | None,
+              control: Control, run: AgentRun, t0: float,
+              on_start: Callable[[Agent], None] | None,
+              on_text: Callable[[Agent, str], None] | None) -> AgentRun:
+    """Run one agent to completion, failure or stop; ``run`` is filled in and returned."""
+    if on_start:
+        on_start(agent)
+    run.start_s = time.perf_counter() - t0
+    pieces: list[str] = []
+    try:
+        messages = fitted_messages(agent, spec, model, conversation, references, run)
+        options = GenerateOptions(temperature=agent.temperature, top_p=agent.top_p,
+                                  max_tokens=agent.max_tokens, seed=agent.seed,
+                                  n_threads=task_threads or None)
+        control.check(agent)
+        stream = model.chat(messages, options)
+        for piece in stream:
+            control.check(agent)
+            pieces.append(piece)
+            if on_text:
+                on_text(agent, piece)
+        stats = stream.stats
+        if stats is not None:
+            run.prompt_tokens = stats.prompt_tokens
+            run.completion_tokens = stats.completion_tokens
+            run.ttft_s = round(stats.ttft_s, 4)
+            run.prompt_tok_per_s = round(stats.prompt_tok_per_s, 2)
+            run.decode_tok_per_s = round(stats.decode_tok_per_s, 2)
+            run.finish_reason = stats.finish_reason
+        run.answer = "".join(pieces).strip()
+        run.ok = bool(run.answer)
+        if not run.ok:
+            run.error = "empty answer"
+    except Exception as exc:  # noqa: BLE001 - any agent failure is reported, not fatal
+        run.answer = "".join(pieces).strip()  # what it produced is kept
+        run.error = str(exc) or type(exc).__name__
+    run.end_s = round(time.perf_counter() - t0, 4)
+    run.start_s = round(run.start_s, 4)
+    return run
+

@@ -1,0 +1,86 @@
+"""Bad input through the real CLI: one line naming what is wrong, the right exit code.
+
+Config errors (malformed YAML, unknown keys, wrong types, n_ctx 0, temperature -1,
+absurd max_tokens, duplicate keys ...) are in test_config.py; command-line values
+(--layers 0, --temperature -1, --max-tokens 10^9, empty prompt, stdin not UTF-8,
+unknown options) in test_run.py; memory budgets in test_swapping.py. These are the
+model files and prompt files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import cli
+
+
+def config_with_path(tmp_path: Path, model_path: Path) -> Path:
+    cfg = tmp_path / "bad-model.yaml"
+    cfg.write_text(f"""\
+models:
+  m:
+    backend: llamacpp
+    source: {{path: {model_path}}}
+profiles:
+  p:
+    layers: [[{{model: m}}]]
+    aggregator: {{model: m}}
+""", encoding="utf-8")
+    return cfg
+
+
+def assert_one_line(proc, code: int, *fragments: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("localmoa: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_gguf_path_that_does_not_exist(tmp_path: Path) -> None:
+    cfg = config_with_path(tmp_path, tmp_path / "missing.gguf")
+    proc = cli("run", "hi", "--config", str(cfg), "--profile", "p")
+    assert_one_line(proc, 2, "missing.gguf does not exist", f"{cfg}:4",
+                    "fix the path in your models.yaml")
+
+
+def test_file_that_is_not_gguf(tmp_path: Path) -> None:
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"<!DOCTYPE html><html>404 Not Found</html>")
+    proc = cli("run", "hi", "--config", str(config_with_path(tmp_path, bad)), "--profile", "p")
+    assert_one_line(proc, 2, "is not a GGUF file", "starts with b'<!DO'")
+
+
+@pytest.mark.parametrize("keep_bytes", [2000, 30 << 20])  # inside the header / the weights
+def test_truncated_gguf(tmp_path: Path, smollm2_path: Path, keep_bytes: int) -> None:
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(smollm2_path.read_bytes()[:keep_bytes])
+    proc = cli("run", "hi", "--config", str(config_with_path(tmp_path, cut)), "--profile", "p")
+    assert_one_line(proc, 2, "truncated", "fetch the file again")
+
+
+def test_prompt_file_not_utf8(tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes("Qu'est-ce que la m\xe9moire ?".encode("latin-1"))
+    proc = cli("run", "--file", str(prompt))
+    assert_one_line(proc, 2, f"the prompt in {prompt} is not UTF-8", "iconv -t UTF-8")
+
+
+def test_prompt_file_missing(tmp_path: Path) -> None:
+    proc = cli("run", "--file", str(tmp_path / "nope.txt"))
+    assert_one_line(proc, 2, "--file", "nope.txt", "No such file or directory")
+
+
+def test_prompt_and_file_together(tmp_path: Path) -> None:
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("hi", encoding="utf-8")
+    proc = cli("run", "hello", "--file", str(prompt))
+    assert_one_line(proc, 2, "not both")
+
+
+def test_agent_timeout_out_of_range() -> None:
+    assert_one_line(cli("run", "hi", "--agent-timeout", "0"), 2, "--agent-timeout 0")
