@@ -38,6 +38,7 @@ from .recipe import Agent, MoaGraph
 class RunEvents:
     """Callbacks the engine calls while it runs; all optional, called from worker threads."""
 
+    on_agent_loading: Callable[[Agent], None] | None = None
     on_agent_start: Callable[[Agent], None] | None = None
     on_text: Callable[[Agent, str], None] | None = None
     on_agent_done: Callable[[Agent, AgentRun], None] | None = None
@@ -51,15 +52,12 @@ class _Loaded:
 
 
 @dataclass
-class _Execution:
-    """The state of one run of a Plan."""
+class ModelHost:
+    """The model instances loaded in this process. A run frees them at its end; a
+    chat keeps one host across turns, so models stay loaded between turns."""
 
     config: Config
-    paths: dict[str, Path]
-    conversation: Sequence[Message]
-    events: RunEvents
-    t0: float = field(default_factory=time.perf_counter)
-    control: Control = field(default_factory=Control)
+    paths: dict[str, Path] = field(default_factory=dict)
     loaded: dict[Instance, _Loaded] = field(default_factory=dict)
     busy: set[Instance] = field(default_factory=set)  # an agent is generating on it
     abandoned: set[Instance] = field(default_factory=set)  # a timed-out agent kept it
@@ -69,11 +67,18 @@ class _Execution:
     unloads: int = 0
     load_s: float = 0.0
 
-    def now(self) -> float:
-        return time.perf_counter() - self.t0
+    def resident(self) -> dict[str, int]:
+        """Instances per model loaded now (the planner's warm start)."""
+        counts: dict[str, int] = {}
+        for inst in self.loaded:
+            counts[inst.model] = counts.get(inst.model, 0) + 1
+        return counts
 
     def load(self, inst: Instance, n_threads: int) -> None:
+        if inst in self.loaded:
+            return
         spec = self.config.models[inst.model]
+        self.load_errors.pop(inst, None)
         try:
             model = get_backend(spec.backend).load(inst.model, spec, self.paths.get(inst.model),
                                                    n_threads)
@@ -96,8 +101,23 @@ class _Execution:
             self.unloads += 1
 
     def close(self) -> None:
+        """Free every model (the end of a run, or of a chat)."""
         for inst in list(self.loaded):
             self.unload(inst)
+
+
+@dataclass
+class _Execution:
+    """The state of one run of a Plan on a host."""
+
+    host: ModelHost
+    conversation: Sequence[Message]
+    events: RunEvents
+    t0: float = field(default_factory=time.perf_counter)
+    control: Control = field(default_factory=Control)
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
 
 
 def run_moa(config: Config, graph: MoaGraph, conversation: Sequence[Message], *,
@@ -110,15 +130,21 @@ def run_moa(config: Config, graph: MoaGraph, conversation: Sequence[Message], *,
 
 
 def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message], plan: Plan,
-                 paths: dict[str, Path], *, events: RunEvents | None = None) -> RunReport:
+                 paths: dict[str, Path], *, events: RunEvents | None = None,
+                 host: ModelHost | None = None) -> RunReport:
     """Run ``graph`` on ``conversation`` exactly as ``plan`` says and return the report.
 
+    With a ``host`` (a chat), models already loaded are used and whatever the
+    plan keeps stays loaded; without one, every model is freed at the end.
     Raises LayerFailedError when a whole layer produced nothing and
     AggregatorFailedError when the aggregator failed; both carry ``report``
     with everything produced so far.
     """
-    ex = _Execution(config=config, paths=paths, conversation=conversation,
-                    events=events or RunEvents())
+    own_host = host is None
+    host = host or ModelHost(config)
+    host.paths.update(paths)
+    ex = _Execution(host=host, conversation=conversation, events=events or RunEvents())
+    start_loads, start_unloads, start_load_s = host.loads, host.unloads, host.load_s
     agents = {a.id: a for a in graph.all_agents()}
     runs: dict[str, AgentRun] = {}
     prompt = conversation[-1]["content"] if conversation else ""
@@ -131,22 +157,29 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
             ordered = [runs[a.id] for layer in layers for a in layer if a.id in runs]
             return RunReport.build(
                 profile=graph.profile, prompt=prompt, answer=answer, runs=ordered,
-                wall_s=ex.now(), cores=plan.cores, models=_model_facts(config, graph, ex.runtime),
+                wall_s=ex.now(), cores=plan.cores,
+                models=_model_facts(config, graph, host.runtime),
                 error=error, plan=_plan_summary(plan),
-                actual={"loads": ex.loads, "unloads": ex.unloads, "load_s": round(ex.load_s, 4),
+                actual={"loads": host.loads - start_loads,
+                        "unloads": host.unloads - start_unloads,
+                        "load_s": round(host.load_s - start_load_s, 4),
                         "peak_rss_growth_bytes": memory.peak_rss,
                         "peak_pss_growth_bytes": memory.peak_pss})
 
         try:
+            for inst in plan.unloads_first:
+                host.unload(inst)
             references: list[str] | None = None
             for number, layer in enumerate(layers, start=1):
                 for wave in plan.waves_of_layer(number):
                     for inst, task in _loads_with_tasks(wave):
-                        ex.load(inst, task.threads if task else plan.cores)
+                        if task and ex.events.on_agent_loading:
+                            ex.events.on_agent_loading(agents[task.agent])
+                        host.load(inst, task.threads if task else plan.cores)
                         signals.check()  # a Ctrl-C during a load may have been swallowed
                     _run_wave(ex, wave, agents, references, runs)
                     for inst in wave.unloads:
-                        ex.unload(inst)
+                        host.unload(inst)
                 layer_runs = [runs[a.id] for a in layer]
                 if number == len(layers):
                     final = layer_runs[0]
@@ -169,7 +202,8 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
             what = "terminated (SIGTERM)" if code == 143 else "interrupted"
             raise RunInterrupted(what, report(error=what), exit_code=code) from None
         finally:
-            ex.close()
+            if own_host:
+                host.close()
 
 
 def _loads_with_tasks(wave: Wave) -> list[tuple[Instance, Task | None]]:
@@ -193,24 +227,24 @@ def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
         inst = Instance(task.model, task.slot)
         run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=_role(agent),
                        ok=False, threads=task.threads, wave=wave.index)
-        entry = ex.loaded.get(inst)
-        if entry is None or inst in ex.abandoned:
+        entry = ex.host.loaded.get(inst)
+        if entry is None or inst in ex.host.abandoned:
             run.start_s = run.end_s = round(ex.now(), 4)
-            run.error = ex.load_errors.get(inst) or (
-                f"{inst} is still busy with an agent that timed out" if inst in ex.abandoned
+            run.error = ex.host.load_errors.get(inst) or (
+                f"{inst} is still busy with an agent that timed out" if inst in ex.host.abandoned
                 else f"{inst} is not loaded")
         else:
             if not entry.charged:
                 run.load_s, entry.charged = round(entry.model.load_s, 4), True
             with ex.control.lock:
-                ex.busy.add(inst)
+                ex.host.busy.add(inst)
             try:
-                run_agent(agent, entry.model, ex.config.models[agent.model], task.threads,
+                run_agent(agent, entry.model, ex.host.config.models[agent.model], task.threads,
                           ex.conversation, references, ex.control, run, ex.t0,
                           ex.events.on_agent_start, ex.events.on_text)
             finally:
                 with ex.control.lock:
-                    ex.busy.discard(inst)
+                    ex.host.busy.discard(inst)
         with ex.control.lock:
             if task.agent in results:  # abandoned meanwhile: its report stands
                 return
@@ -252,7 +286,7 @@ def _abandon(ex: _Execution, agent: Agent, wave: Wave, results: dict[str, AgentR
     with ex.control.lock:
         if agent.id in results:
             return
-        ex.abandoned.add(Instance(task.model, task.slot))
+        ex.host.abandoned.add(Instance(task.model, task.slot))
         now = round(ex.now(), 4)
         results[agent.id] = AgentRun(
             agent=agent.id, model=agent.model, layer=agent.layer, role=_role(agent), ok=False,

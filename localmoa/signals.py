@@ -41,3 +41,9 @@ def check() -> None:
 def terminated() -> bool:
     """Whether SIGTERM (not Ctrl-C) was received."""
     return _terminated.is_set()
+
+
+def clear() -> None:
+    """Forget a handled Ctrl-C (a chat goes back to its prompt and continues)."""
+    _requested.clear()
+    _terminated.clear()

@@ -196,3 +196,19 @@ def test_random_graphs_never_exceed_the_budget(g: MoaGraph, footprints: dict[str
     check_invariants(g, p, footprints)
     for wave in p.waves:
         assert sum(t.threads for t in wave.tasks) == max(cores, len(wave.tasks))
+
+
+def test_warm_start_reuses_what_is_loaded_and_keep_leaves_it() -> None:
+    g = graph("AB", aggregator="A")
+    first = plan(g, FOOTPRINTS, {"ram": 10_000 * MiB}, cores=2, keep=True)
+    assert first.unloads == 0 and first.resident_at_end == {"A": 1, "B": 1}
+    second = plan(g, FOOTPRINTS, {"ram": 10_000 * MiB}, cores=2,
+                  resident=first.resident_at_end, keep=True)
+    assert second.loads == 0 and second.unloads == 0  # the next chat turn loads nothing
+
+
+def test_warm_start_evicts_before_the_first_wave_when_memory_is_short() -> None:
+    g = graph("B", aggregator="B")
+    p = plan(g, EQUAL, ONE_MODEL, cores=2, resident={"A": 1}, keep=True)
+    assert [str(i) for i in p.unloads_first] == ["A#0"]
+    assert p.peak_bytes["ram"] <= ONE_MODEL["ram"] and p.resident_at_end == {"B": 1}

@@ -10,6 +10,7 @@ import typer
 
 from .. import __version__, netguard, signals
 from ._errors import run_guarded
+from .chat import chat
 from .models import app as models_app
 from .plan import EPILOG as PLAN_EPILOG
 from .plan import plan
@@ -37,6 +38,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("run", epilog=RUN_EPILOG)(run)
+app.command("chat")(chat)
 app.command("plan", epilog=PLAN_EPILOG)(plan)
 app.command("profiles")(profiles)
 app.add_typer(models_app, name="models")

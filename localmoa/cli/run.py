@@ -11,11 +11,11 @@ from rich.markup import escape
 
 from ..backends.base import Message
 from ..config import load_config
-from ..engine import RunEvents, run_moa
+from ..engine import run_moa
 from ..errors import RunFailedError, UsageError
-from ..metrics import AgentRun, RunReport
+from ..metrics import RunReport
 from ..preflight import preflight
-from ..recipe import Agent, Overrides, build_graph
+from ..recipe import Overrides, build_graph
 from ._errors import EXIT_RUNTIME
 from ._options import (
     AggregatorOpt,
@@ -27,6 +27,7 @@ from ._options import (
     ProposerOpt,
 )
 from ._output import Output
+from ._progress import RunDisplay
 
 EPILOG = """\
 Examples:
@@ -116,52 +117,15 @@ def run(
     conversation = [Message(role="user", content=text)]
     prepared = preflight(cfg, graph, memory_budget)  # refuses here, before any load
 
-    total_layers = len(graph.layers)
-    with out.status(f"[bold]{graph.profile}[/]: layer 1 of {total_layers}") as status:
-        done: list[str] = []
-        streaming = False
-
-        def show(message: str) -> None:
-            if status is not None and not streaming:
-                status.update(f"[bold]{graph.profile}[/]: {message}")
-
-        def on_agent_done(agent: Agent, run: AgentRun) -> None:
-            if agent.is_aggregator:
-                return
-            done.append(agent.id)
-            size = len(graph.layers[agent.layer - 1])
-            finished = sum(1 for a in graph.layers[agent.layer - 1] if a.id in done)
-            show(f"layer {agent.layer} of {total_layers}: {finished}/{size} agents done")
-
-        def on_layer_done(layer: int, runs: list[AgentRun]) -> None:
-            if show_layers and not json_out:
-                out.layer_answers(layer, runs)
-            show(f"layer {layer + 1} of {total_layers}" if layer < total_layers
-                 else "aggregating (reading the references)")
-
-        def on_agent_start(agent: Agent) -> None:
-            if agent.is_aggregator and show_layers:
-                out.rule(f"answer ({agent.model})")
-
-        def on_text(agent: Agent, piece: str) -> None:
-            nonlocal streaming
-            if not agent.is_aggregator:
-                return
-            if not streaming:
-                streaming = True
-                if status is not None:
-                    status.stop()  # the answer takes the terminal from here
-            out.stream(piece)
-
-        events = RunEvents(on_agent_start=on_agent_start, on_text=on_text,
-                           on_agent_done=on_agent_done, on_layer_done=on_layer_done)
+    with RunDisplay(out, graph, show_layers=show_layers) as display:
         try:
-            report = run_moa(cfg, graph, conversation, prepared=prepared, events=events)
+            report = run_moa(cfg, graph, conversation, prepared=prepared,
+                             events=display.events())
         except RunFailedError as exc:
             if isinstance(exc.report, RunReport):
-                _finish(out, exc.report, json_out, no_stats, show_layers, streaming)
+                _finish(out, exc.report, json_out, no_stats, show_layers, display.streamed)
             raise
-    _finish(out, report, json_out, no_stats, show_layers, streaming)
+    _finish(out, report, json_out, no_stats, show_layers, display.streamed)
     return 0 if report.ok else EXIT_RUNTIME
 
 

@@ -67,6 +67,10 @@ class Plan:
     budgets: dict[str, int]
     peak_bytes: dict[str, int]
     cores: int
+    #: Instances resident from before the run that must go before the first wave.
+    unloads_first: list[Instance] = field(default_factory=list)
+    #: Instances per model still loaded after the last wave (with ``keep``).
+    resident_at_end: dict[str, int] = field(default_factory=dict)
 
     @property
     def loads(self) -> int:
@@ -74,7 +78,7 @@ class Plan:
 
     @property
     def unloads(self) -> int:
-        return sum(len(w.unloads) for w in self.waves)
+        return len(self.unloads_first) + sum(len(w.unloads) for w in self.waves)
 
     def waves_of_layer(self, layer: int) -> list[Wave]:
         return [w for w in self.waves if w.layer == layer]
@@ -84,6 +88,7 @@ class Plan:
         for wave in data["waves"]:
             for key in ("loads", "unloads", "resident"):
                 wave[key] = [f"{i['model']}#{i['slot']}" for i in wave[key]]
+        data["unloads_first"] = [str(i) for i in self.unloads_first]
         data["loads"] = self.loads
         data["unloads"] = self.unloads
         return data
@@ -147,8 +152,13 @@ def order_layers(layers: Sequence[Sequence[Agent]]) -> list[list[Agent]]:
 
 
 def plan(graph: MoaGraph, footprints: Mapping[str, Footprint], budgets: Mapping[str, int],
-         cores: int) -> Plan:
-    """The Plan for ``graph``; InsufficientMemoryError when a model can never fit."""
+         cores: int, *, resident: Mapping[str, int] | None = None, keep: bool = False) -> Plan:
+    """The Plan for ``graph``; InsufficientMemoryError when a model can never fit.
+
+    ``resident``: instances already loaded when the run starts (a chat's previous
+    turn). ``keep``: leave models loaded at the end instead of freeing them (the
+    next turn uses them); under memory pressure they are still evicted first.
+    """
     for model in graph.models:
         refuse_if_too_big(footprints[model], budgets)
     layers = order_layers([*graph.layers, [graph.aggregator]])
@@ -160,7 +170,8 @@ def plan(graph: MoaGraph, footprints: Mapping[str, Footprint], budgets: Mapping[
     def next_use(model: str, pos: int) -> float:
         return next((p for p in uses.get(model, []) if p >= pos), NEVER)
 
-    resident: Counter[str] = Counter()
+    loaded: Counter[str] = Counter({m: n for m, n in (resident or {}).items() if n > 0})
+    before: list[Instance] = []  # evictions before the first wave
     waves: list[Wave] = []
     pos = 0
     for layer_no, layer in enumerate(layers, start=1):
@@ -172,13 +183,12 @@ def plan(graph: MoaGraph, footprints: Mapping[str, Footprint], budgets: Mapping[
                 j += 1
             members = layer[i:j]
             need = Counter(a.model for a in members)
-            evicted = _make_room(resident, need, footprints, budgets,
+            evicted = _make_room(loaded, need, footprints, budgets,
                                  lambda m, at=pos: next_use(m, at))
-            if waves:
-                waves[-1].unloads.extend(evicted)
-            loads = [Instance(m, s) for m in need for s in range(resident[m], need[m])]
+            (waves[-1].unloads if waves else before).extend(evicted)
+            loads = [Instance(m, s) for m in need for s in range(loaded[m], need[m])]
             for m in need:
-                resident[m] = max(resident[m], need[m])
+                loaded[m] = max(loaded[m], need[m])
             slot_of: Counter[str] = Counter()
             # Only agents running in this process share its cores; a daemon has its own.
             local = [a for a in members if footprints[a.model].local]
@@ -189,19 +199,20 @@ def plan(graph: MoaGraph, footprints: Mapping[str, Footprint], budgets: Mapping[
                 tasks.append(Task(agent.id, agent.model, slot_of[agent.model],
                                   threads.get(agent.id, 0)))
                 slot_of[agent.model] += 1
-            in_use = cost(footprints, resident)
+            in_use = cost(footprints, loaded)
             waves.append(Wave(index=len(waves) + 1, layer=layer_no, tasks=tasks, loads=loads,
-                              resident=_instances(resident), resident_bytes=in_use))
+                              resident=_instances(loaded), resident_bytes=in_use))
             pos += len(members)
             i = j
-            # Models the rest of the run never uses are freed right away.
-            for m in [m for m in resident if next_use(m, pos) == NEVER]:
-                waves[-1].unloads.extend(Instance(m, s) for s in range(resident.pop(m)))
+            # Models the rest of the run never uses are freed right away (unless kept).
+            for m in [m for m in loaded if next_use(m, pos) == NEVER and not keep]:
+                waves[-1].unloads.extend(Instance(m, s) for s in range(loaded.pop(m)))
     peak: dict[str, int] = {}
     for wave in waves:
         for pool, amount in wave.resident_bytes.items():
             peak[pool] = max(peak.get(pool, 0), amount)
-    return Plan(waves=waves, budgets=dict(budgets), peak_bytes=peak, cores=cores)
+    return Plan(waves=waves, budgets=dict(budgets), peak_bytes=peak, cores=cores,
+                unloads_first=before, resident_at_end=dict(loaded))
 
 
 def _instances(resident: Mapping[str, int]) -> list[Instance]:

@@ -1,0 +1,193 @@
+"""`localmoa chat`: a conversation with a Mixture-of-Agents at a `>>>` prompt."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from .. import constants, signals
+from ..chat import ChatSession, Turn
+from ..config import load_config
+from ..errors import LocalMoaError, RunInterrupted
+from ..recipe import Overrides
+from ._options import (
+    AggregatorOpt,
+    ConfigOpt,
+    LayersOpt,
+    MemoryBudgetOpt,
+    ProfileOpt,
+    ProposerOpt,
+)
+from ._output import Output
+from ._progress import RunDisplay
+
+HELP = """\
+/help            this list
+/reset           start a new conversation (models stay loaded)
+/layers          show or hide every agent's answer as it is written
+/stats           the last turn's metrics
+/profile [NAME]  show the profile, or switch to another (the conversation goes on)
+/save FILE       the conversation and every intermediate answer, as JSON
+/exit            quit (or Ctrl-D); Ctrl-C stops the current answer"""
+
+
+def _line_editing() -> None:
+    """Arrow keys and a persistent history at the prompt (readline, where there is one)."""
+    try:
+        import atexit
+        import readline
+    except ImportError:  # Windows without pyreadline
+        return
+    history = constants.localmoa_home() / "chat_history"
+    try:
+        history.parent.mkdir(parents=True, exist_ok=True)
+        readline.read_history_file(history)
+    except OSError:
+        pass
+    atexit.register(lambda: _save_history(readline, history))
+
+
+def _save_history(readline: object, history: Path) -> None:
+    with contextlib.suppress(OSError):
+        readline.write_history_file(history)  # type: ignore[attr-defined]
+
+
+def chat(
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    layers: LayersOpt = None,
+    proposer: ProposerOpt = None,
+    aggregator: AggregatorOpt = None,
+    temperature: Annotated[float | None, typer.Option(
+        "--temperature", "-t", help="Sampling temperature for every agent.",
+        show_default=False)] = None,
+    max_tokens: Annotated[int | None, typer.Option(
+        "--max-tokens", "-n", help="Most tokens each agent may generate per turn.",
+        show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (agent k: seed+k).",
+                                             show_default=False)] = None,
+    agent_timeout: Annotated[float | None, typer.Option(
+        "--agent-timeout", help="Give up on an agent after this many seconds.",
+        show_default=False)] = None,
+    show_layers: Annotated[bool, typer.Option(
+        "--show-layers", help="Start with the live view of every layer on (/layers toggles).")
+    ] = False,
+    memory_budget: MemoryBudgetOpt = None,
+) -> int:
+    """Talk with a Mixture-of-Agents, turn after turn, at a `>>>` prompt.
+
+    Every agent sees the conversation so far (your turns and the final answers).
+    Models stay loaded between turns when the memory plan allows; long
+    conversations leave out their oldest turns to fit the models' context, with a
+    notice. Type /help for the commands; Ctrl-C stops an answer, Ctrl-D quits.
+    """
+    cfg = load_config(config)
+    session = ChatSession(cfg, Overrides(
+        layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
+        temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout),
+        memory_budget=memory_budget, profile=profile)
+    out = Output()
+    _line_editing()
+    out.note(f"localmoa chat: profile [bold]{escape(session.profile or '')}[/] "
+             f"({len(session.graph.layers)} layers); /help for commands, Ctrl-D to quit")
+    live = show_layers
+    last: Turn | None = None
+    try:
+        while True:
+            try:
+                line = input(">>> ")
+            except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh prompt
+                signals.clear()
+                print()
+                continue
+            except EOFError:  # Ctrl-D
+                print()
+                break
+            text = line.strip()
+            if not text:
+                continue
+            if text.startswith("/"):
+                command, _, arg = text.partition(" ")
+                if command in ("/exit", "/quit", "/bye"):
+                    break
+                live = _command(out, session, command, arg.strip(), live, last)
+                continue
+            last = _turn(out, session, text, live) or last
+    finally:
+        session.close()
+    return 0
+
+
+def _turn(out: Output, session: ChatSession, text: str, live: bool) -> Turn | None:
+    display = RunDisplay(out, session.graph, show_layers=live)
+    try:
+        with display:
+            turn = session.ask(text, events=display.events())
+    except RunInterrupted:
+        signals.clear()
+        if display.streamed:
+            out.end_stream()
+        out.note("[yellow]interrupted[/]: this answer is dropped, the conversation is as "
+                 "it was; the models stay loaded")
+        return None
+    except LocalMoaError as exc:
+        if display.streamed:
+            out.end_stream()
+        out.note(f"[red]error[/]: {escape(str(exc))}")
+        return None
+    if display.streamed:
+        out.end_stream()
+    r = turn.report
+    kept = "models kept loaded" if not r.actual.get("loads") else \
+        f"{r.actual['loads']} model loads ({r.actual['load_s']:.1f} s)"
+    out.note(f"[dim]{r.totals.agents} agents, {r.totals.wall_s:.1f} s, "
+             f"{r.totals.tok_per_s:.0f} tok/s, {kept}[/]")
+    if turn.dropped_turns:
+        out.note(f"[yellow]note[/]: the {turn.dropped_turns} oldest turn(s) were left out "
+                 "to fit the models' context")
+    return turn
+
+
+def _command(out: Output, session: ChatSession, command: str, arg: str, live: bool,
+             last: Turn | None) -> bool:
+    """Run a slash command; returns whether the live view is on."""
+    if command == "/help":
+        out.note(escape(HELP))
+    elif command == "/reset":
+        session.reset()
+        out.note("new conversation (the models stay loaded)")
+    elif command == "/layers":
+        live = not live
+        out.note(f"layers {'shown' if live else 'hidden'}")
+    elif command == "/stats":
+        if last is None:
+            out.note("no turn yet")
+        else:
+            out.report(last.report)
+    elif command == "/profile":
+        if not arg:
+            out.note(f"profile {escape(session.profile or '')}; others: "
+                     f"{escape(', '.join(sorted(session.config.profiles)))}")
+        else:
+            try:
+                session.use_profile(arg)
+                out.note(f"profile [bold]{escape(arg)}[/] (the conversation goes on)")
+            except LocalMoaError as exc:
+                out.note(f"[red]error[/]: {escape(str(exc))}")
+    elif command == "/save":
+        if not arg:
+            out.note("usage: /save FILE")
+        else:
+            try:
+                path = Path(arg).expanduser()
+                session.save(path)
+                out.note(f"saved {len(session.turns)} turns to {escape(str(path))}")
+            except OSError as exc:
+                out.note(f"[red]error[/]: cannot write {escape(arg)}: {escape(exc.strerror or '')}")
+    else:
+        out.note(f"unknown command {escape(command)}; /help lists them")
+    return live
