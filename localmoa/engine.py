@@ -8,6 +8,8 @@ text is streamed through the events.
 
 from __future__ import annotations
 
+import functools
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,7 +50,57 @@ class RunEvents:
 @dataclass
 class _Loaded:
     model: LoadedModel
+    started_at: float = 0.0  # perf_counter when its load began
     charged: bool = False  # its load time already reported on an agent
+
+
+class _Worker(threading.Thread):
+    """A long-lived thread that runs one agent at a time."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(name=f"localmoa-worker-{index}", daemon=True)
+        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.start()
+
+    def run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                job()
+            finally:
+                self.idle.set()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.idle.clear()
+        self.jobs.put(job)
+
+
+class Workers:
+    """The threads agents run on, reused from wave to wave and turn to turn.
+
+    llama.cpp built with OpenMP keeps a team of threads per calling thread, and
+    the team spins for a while after each computation to stay fast. Calling it
+    from a new thread for every agent leaves spinning teams behind that compete
+    for the cores (1.5x slower on the overhead benchmark); reusing the same few
+    threads keeps one warm team each, as a plain loop on one thread does.
+    """
+
+    def __init__(self) -> None:
+        self._workers: list[_Worker] = []
+
+    def get(self, index: int) -> _Worker:
+        while len(self._workers) <= index:
+            self._workers.append(_Worker(len(self._workers)))
+        if not self._workers[index].idle.is_set():  # still busy with an abandoned agent
+            self._workers[index] = _Worker(index)
+        return self._workers[index]
+
+    def stop(self) -> None:
+        for worker in self._workers:
+            if worker.idle.is_set():
+                worker.jobs.put(None)
+        self._workers = []
 
 
 @dataclass
@@ -63,6 +115,7 @@ class ModelHost:
     abandoned: set[Instance] = field(default_factory=set)  # a timed-out agent kept it
     load_errors: dict[Instance, str] = field(default_factory=dict)
     runtime: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. Ollama's /api/ps
+    workers: Workers = field(default_factory=Workers)
     loads: int = 0
     unloads: int = 0
     load_s: float = 0.0
@@ -79,13 +132,14 @@ class ModelHost:
             return
         spec = self.config.models[inst.model]
         self.load_errors.pop(inst, None)
+        started = time.perf_counter()
         try:
             model = get_backend(spec.backend).load(inst.model, spec, self.paths.get(inst.model),
                                                    n_threads)
         except LocalMoaError as exc:
             self.load_errors[inst] = str(exc)
             return
-        self.loaded[inst] = _Loaded(model)
+        self.loaded[inst] = _Loaded(model, started_at=started)
         facts = getattr(model, "runtime_facts", None)
         if facts:
             self.runtime[inst.model] = dict(facts)
@@ -104,6 +158,7 @@ class ModelHost:
         """Free every model (the end of a run, or of a chat)."""
         for inst in list(self.loaded):
             self.unload(inst)
+        self.workers.stop()
 
 
 @dataclass
@@ -177,7 +232,9 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
                             ex.events.on_agent_loading(agents[task.agent])
                         host.load(inst, task.threads if task else plan.cores)
                         signals.check()  # a Ctrl-C during a load may have been swallowed
+                    memory.sample()
                     _run_wave(ex, wave, agents, references, runs)
+                    memory.sample()  # the wave's peak: its contexts are filled now
                     for inst in wave.unloads:
                         host.unload(inst)
                 layer_runs = [runs[a.id] for a in layer]
@@ -218,9 +275,9 @@ GRACE_S = 5.0
 
 def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
               references: list[str] | None, results: dict[str, AgentRun]) -> None:
-    """Run the wave's agents in threads, recording each into ``results`` as it ends;
+    """Run the wave's agents on worker threads, recording each into ``results`` as it ends;
     enforce timeouts; on Ctrl-C stop them all (what they made is kept)."""
-    threads: dict[str, threading.Thread] = {}
+    threads: dict[str, _Worker] = {}
 
     def work(task: Task) -> None:
         agent = agents[task.agent]
@@ -236,6 +293,8 @@ def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
         else:
             if not entry.charged:
                 run.load_s, entry.charged = round(entry.model.load_s, 4), True
+                if entry.started_at >= ex.t0:  # loaded during this run
+                    run.load_start_s = round(entry.started_at - ex.t0, 4)
             with ex.control.lock:
                 ex.host.busy.add(inst)
             try:
@@ -253,13 +312,14 @@ def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
             ex.events.on_agent_done(agent, run)
 
     started = time.monotonic()
-    for task in wave.tasks:
-        threads[task.agent] = threading.Thread(target=work, args=(task,), daemon=True,
-                                               name=f"localmoa-{task.agent}")
-        threads[task.agent].start()
+    for index, task in enumerate(wave.tasks):
+        worker = ex.host.workers.get(index)
+        worker.submit(functools.partial(work, task))
+        threads[task.agent] = worker
     try:
         while True:
-            waiting = [a for a, t in threads.items() if t.is_alive() and a not in results]
+            waiting = [a for a, t in threads.items() if not t.idle.is_set()
+                       and a not in results]
             if not waiting:
                 break
             now = time.monotonic()
@@ -270,12 +330,12 @@ def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
                 ex.control.cancelled.add(agent_id)  # it stops at its next piece of text
                 if now >= started + timeout + GRACE_S:
                     _abandon(ex, agents[agent_id], wave, results)
-            threads[waiting[0]].join(0.05)
+            threads[waiting[0]].idle.wait(0.05)
             signals.check()
     except KeyboardInterrupt:
         ex.control.stop.set()  # every agent stops at its next piece of text
         for t in threads.values():
-            t.join(GRACE_S)
+            t.idle.wait(GRACE_S)
         raise
 
 

@@ -25,6 +25,7 @@ class AgentRun:
     threads: int = 0
     wave: int = 0  # the plan's wave this agent ran in
     load_s: float = 0.0  # loading the model instance this agent used; 0 when reused
+    load_start_s: float | None = None  # when that load began (from the run's start)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft_s: float = 0.0

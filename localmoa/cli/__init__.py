@@ -10,6 +10,8 @@ import typer
 
 from .. import __version__, netguard, signals
 from ._errors import run_guarded
+from .bench import EPILOG as BENCH_EPILOG
+from .bench import bench
 from .chat import chat
 from .models import app as models_app
 from .plan import EPILOG as PLAN_EPILOG
@@ -39,6 +41,7 @@ app = typer.Typer(
 )
 app.command("run", epilog=RUN_EPILOG)(run)
 app.command("chat")(chat)
+app.command("bench", epilog=BENCH_EPILOG)(bench)
 app.command("plan", epilog=PLAN_EPILOG)(plan)
 app.command("profiles")(profiles)
 app.add_typer(models_app, name="models")
