@@ -42,3 +42,23 @@ AggregatorOpt = Annotated[
     str | None,
     typer.Option("--aggregator", help="Model of the final aggregator.", show_default=False),
 ]
+TemperatureOpt = Annotated[
+    float | None,
+    typer.Option("--temperature", "-t", help="Sampling temperature for every agent (0 = greedy).",
+                 show_default=False),
+]
+MaxTokensOpt = Annotated[
+    int | None,
+    typer.Option("--max-tokens", "-n", help="Most tokens each agent may generate.",
+                 show_default=False),
+]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option("--seed", help="Random seed; agent k gets seed+k, so a run is reproducible "
+                 "while agents on one model still differ.", show_default=False),
+]
+AgentTimeoutOpt = Annotated[
+    float | None,
+    typer.Option("--agent-timeout", help="Give up on an agent after this many seconds; it is "
+                 "dropped and reported like any failed proposer.", show_default=False),
+]

@@ -15,12 +15,16 @@ from ..config import load_config
 from ..errors import LocalMoaError, RunInterrupted
 from ..recipe import Overrides
 from ._options import (
+    AgentTimeoutOpt,
     AggregatorOpt,
     ConfigOpt,
     LayersOpt,
+    MaxTokensOpt,
     MemoryBudgetOpt,
     ProfileOpt,
     ProposerOpt,
+    SeedOpt,
+    TemperatureOpt,
 )
 from ._output import Output
 from ._progress import RunDisplay
@@ -62,17 +66,10 @@ def chat(
     layers: LayersOpt = None,
     proposer: ProposerOpt = None,
     aggregator: AggregatorOpt = None,
-    temperature: Annotated[float | None, typer.Option(
-        "--temperature", "-t", help="Sampling temperature for every agent.",
-        show_default=False)] = None,
-    max_tokens: Annotated[int | None, typer.Option(
-        "--max-tokens", "-n", help="Most tokens each agent may generate per turn.",
-        show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (agent k: seed+k).",
-                                             show_default=False)] = None,
-    agent_timeout: Annotated[float | None, typer.Option(
-        "--agent-timeout", help="Give up on an agent after this many seconds.",
-        show_default=False)] = None,
+    temperature: TemperatureOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    seed: SeedOpt = None,
+    agent_timeout: AgentTimeoutOpt = None,
     show_layers: Annotated[bool, typer.Option(
         "--show-layers", help="Start with the live view of every layer on (/layers toggles).")
     ] = False,

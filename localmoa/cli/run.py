@@ -18,13 +18,17 @@ from ..preflight import preflight
 from ..recipe import Overrides, build_graph
 from ._errors import EXIT_RUNTIME
 from ._options import (
+    AgentTimeoutOpt,
     AggregatorOpt,
     ConfigOpt,
     JsonOpt,
     LayersOpt,
+    MaxTokensOpt,
     MemoryBudgetOpt,
     ProfileOpt,
     ProposerOpt,
+    SeedOpt,
+    TemperatureOpt,
 )
 from ._output import Output
 from ._progress import RunDisplay
@@ -78,18 +82,10 @@ def run(
     layers: LayersOpt = None,
     proposer: ProposerOpt = None,
     aggregator: AggregatorOpt = None,
-    temperature: Annotated[float | None, typer.Option(
-        "--temperature", "-t", help="Sampling temperature for every agent (0 = greedy).",
-        show_default=False)] = None,
-    max_tokens: Annotated[int | None, typer.Option(
-        "--max-tokens", "-n", help="Most tokens each agent may generate.",
-        show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(
-        "--seed", help="Random seed; agent k gets seed+k, so a run is reproducible while "
-        "agents on one model still differ.", show_default=False)] = None,
-    agent_timeout: Annotated[float | None, typer.Option(
-        "--agent-timeout", help="Give up on an agent after this many seconds; it is dropped "
-        "and reported like any failed proposer.", show_default=False)] = None,
+    temperature: TemperatureOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    seed: SeedOpt = None,
+    agent_timeout: AgentTimeoutOpt = None,
     show_layers: Annotated[bool, typer.Option(
         "--show-layers", help="Print each layer's answers to stderr as the layer finishes.")
     ] = False,
