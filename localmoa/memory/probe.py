@@ -187,37 +187,23 @@ def process_memory() -> tuple[int, int]:
 class MemorySampler:
     """This process's peak RSS and PSS growth over the start (``peak_*``).
 
-    With ``interval_s`` a thread samples; without, the caller calls ``sample()``
-    at the moments that matter. Reading PSS makes the kernel walk the page
-    tables: sampling in a thread cost 7% of a run on 2 busy cores, so the engine
-    samples after each wave's loads and after its agents, when memory peaks.
+    The caller calls ``sample()`` at the moments that matter. Reading PSS makes
+    the kernel walk the page tables: sampling in a thread every 50 ms cost 7% of
+    a run on 2 busy cores, so the engine samples after each wave's loads and
+    after its agents, when memory peaks (contexts stay filled until unloaded).
     """
 
-    def __init__(self, interval_s: float | None = None) -> None:
-        import threading
-
-        self.interval_s = interval_s
+    def __init__(self) -> None:
         self.base_rss, self.base_pss = process_memory()
         self.peak_rss = self.peak_pss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="localmoa-memory", daemon=True)
 
     def __enter__(self) -> MemorySampler:
-        if self.interval_s is not None:
-            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.interval_s is not None:
-            self._stop.set()
-            self._thread.join()
         self.sample()
 
     def sample(self) -> None:
         rss, pss = process_memory()
         self.peak_rss = max(self.peak_rss, rss - self.base_rss)
         self.peak_pss = max(self.peak_pss, pss - self.base_pss)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s or 1.0):
-            self.sample()
