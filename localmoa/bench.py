@@ -21,7 +21,7 @@ from . import __version__
 from .config import Config
 from .engine import execute_plan
 from .errors import LocalMoaError, UsageError
-from .memory.probe import nvidia_gpus
+from .memory.probe import nvidia_gpus, probe
 from .metrics import RunReport
 from .preflight import Preflight, preflight
 from .recipe import MoaGraph, Overrides, build_graph
@@ -164,14 +164,15 @@ def run_bench(config: Config, profiles: list[str], prompts: list[str], *, repeat
         raise UsageError(f"--warmup {warmup}: give 0 or more")
     contenders: list[Contender] = []
     pairs: list[tuple[str, str]] = []  # (MoA, its single-model baseline)
+    resources = probe(memory_budget)
     for name in profiles:
         graph = build_graph(config, name, Overrides(seed=SEED))
-        contenders.append(Contender(graph.profile, graph, preflight(config, graph,
-                                                                    memory_budget)))
+        contenders.append(Contender(graph.profile, graph,
+                                    preflight(config, graph, resources=resources)))
         if baseline:
             single = single_model_graph(graph)
             contenders.append(Contender(single.profile, single,
-                                        preflight(config, single, memory_budget)))
+                                        preflight(config, single, resources=resources)))
             pairs.append((graph.profile, single.profile))
 
     def one(c: Contender, prompt: str) -> RunReport:

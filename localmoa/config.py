@@ -185,7 +185,7 @@ class Config:
     default_profile: str
     files: list[str] = field(default_factory=list)
     ollama_hosts: dict[str, HostSpec] = field(default_factory=dict)
-    # (kind, name, field path) -> Origin, e.g. ("models", "smollm2", ("source",))
+    # (kind, name) -> the file that defined the entry and its node index, for line numbers
     _origins: dict[tuple[str, str], tuple[Origin, _NodeIndex]] = field(default_factory=dict)
 
     def origin(self, kind: str, name: str, *path: str | int) -> Origin:

@@ -181,3 +181,10 @@ def test_add_not_gguf(tmp_path: Path) -> None:
     bad.write_text("hello")
     proc = cli("models", "add", str(bad), "--name", "x")
     assert proc.returncode == 2 and "too small to be a GGUF file" in proc.stderr
+
+
+def test_add_refuses_a_shipped_name_without_force(smollm2_path: Path) -> None:
+    proc = cli("models", "add", str(smollm2_path), "--name", "smollm2-135m")
+    assert proc.returncode == 2 and "is a shipped model name" in proc.stderr
+    assert cli("models", "add", str(smollm2_path), "--name", "smollm2-135m",
+               "--force").returncode == 0

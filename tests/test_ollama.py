@@ -87,6 +87,17 @@ def expect_unload(server: HTTPServer) -> None:
         .respond_with_json(chat_line("", done=True, done_reason="unload"))
 
 
+def expect_one_good_agent(server: HTTPServer) -> None:
+    """The whole exchange of one Ollama agent that answers: describe, load, chat, unload."""
+    expect_describe(server)
+    expect_load(server)
+    # --seed 0: the Ollama agent is the second agent, so its seed is 0 + 1
+    server.expect_ordered_request("/api/chat", method="POST", json=chat_request(seed=1)) \
+        .respond_with_response(ndjson(*(chat_line(t) for t in STREAMED),
+                                      chat_line("", done=True, **FINAL)))
+    expect_unload(server)
+
+
 def write_config(tmp_path: Path, host: str, extra: str = "") -> Path:
     path = tmp_path / "mixed.yaml"
     path.write_text(f"""\
@@ -114,13 +125,7 @@ def run_mixed(config: Path, *extra: str):
 
 
 def test_mixed_run_ollama_and_llamacpp(httpserver: HTTPServer, tmp_path: Path) -> None:
-    expect_describe(httpserver)
-    expect_load(httpserver)
-    # --seed 0: the Ollama agent is the second agent, so its seed is 0 + 1
-    httpserver.expect_ordered_request("/api/chat", method="POST", json=chat_request(seed=1)) \
-        .respond_with_response(ndjson(*(chat_line(t) for t in STREAMED),
-                                      chat_line("", done=True, **FINAL)))
-    expect_unload(httpserver)
+    expect_one_good_agent(httpserver)
 
     config = write_config(tmp_path, httpserver.url_for("").rstrip("/"))
     proc = run_mixed(config)
@@ -142,12 +147,7 @@ def test_mixed_run_ollama_and_llamacpp(httpserver: HTTPServer, tmp_path: Path) -
 
 def test_partly_on_cpu_is_flagged_in_the_terminal(httpserver: HTTPServer,
                                                   tmp_path: Path) -> None:
-    expect_describe(httpserver)
-    expect_load(httpserver)
-    httpserver.expect_ordered_request("/api/chat", method="POST", json=chat_request(seed=1)) \
-        .respond_with_response(ndjson(*(chat_line(t) for t in STREAMED),
-                                      chat_line("", done=True, **FINAL)))
-    expect_unload(httpserver)
+    expect_one_good_agent(httpserver)
     proc = cli("run", QUESTION, "--config", str(write_config(tmp_path, httpserver.url_for("")
                                                              .rstrip("/"))),
                "--profile", "mixed", "--temperature", "0", "--seed", "0", "--max-tokens", "16")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import typer
 
 from .. import constants, signals
-from ..errors import LocalMoaError, Terminated
+from ..errors import LocalMoaError
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -39,8 +39,7 @@ def run_guarded(call: Callable[[], object]) -> int:
     except typer.Exit as exc:
         result = exc.exit_code
     except typer.Abort:
-        error_line("interrupted")
-        return EXIT_INTERRUPTED
+        return _interrupted()
     except typer.TyperException as exc:  # typer's (vendored click) usage errors
         if constants.debug():
             raise
@@ -49,12 +48,8 @@ def run_guarded(call: Callable[[], object]) -> int:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         error_line(message + hint)
         return EXIT_USAGE
-    except Terminated:
-        error_line("terminated (SIGTERM)")
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        error_line("interrupted")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # Ctrl-C, or Terminated from the SIGTERM handler
+        return _interrupted()
     except BrokenPipeError:
         return EXIT_OK  # `localmoa run ... | head` closed the pipe: not an error
     except Exception as exc:  # noqa: BLE001 - the last line of defence
@@ -65,8 +60,14 @@ def run_guarded(call: Callable[[], object]) -> int:
         return EXIT_RUNTIME
     code = result if isinstance(result, int) else EXIT_OK
     if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C (and SIGTERM) into a silent Exit(130)
-        if signals.terminated():
-            error_line("terminated (SIGTERM)")
-            return EXIT_TERMINATED
-        error_line("interrupted")
+        return _interrupted()
     return code
+
+
+def _interrupted() -> int:
+    """The one line and the exit code of a Ctrl-C (130) or a SIGTERM (143)."""
+    if signals.terminated():
+        error_line("terminated (SIGTERM)")
+        return EXIT_TERMINATED
+    error_line("interrupted")
+    return EXIT_INTERRUPTED

@@ -4,6 +4,7 @@ answers; then the final answer streaming to stdout. Shared by run and chat."""
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from types import TracebackType
 from typing import Any
 
@@ -30,15 +31,14 @@ class RunDisplay:
             self.live = LiveView(graph, out.err)
         self.streamed = False
         self._done: set[str] = set()
-        self._status_cm: Any = None
+        self._spinner = ExitStack()
         self._status: Any = None
 
     def __enter__(self) -> RunDisplay:
         if self.live is not None:
             self.live.start()
         else:
-            self._status_cm = self.out.status(self._label("layer 1"))
-            self._status = self._status_cm.__enter__()
+            self._status = self._spinner.enter_context(self.out.status(self._label("layer 1")))
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -49,9 +49,8 @@ class RunDisplay:
         if self.live is not None:
             self.live.stop()
             self.live = None
-        if self._status_cm is not None:
-            self._status_cm.__exit__(None, None, None)
-            self._status_cm = self._status = None
+        self._spinner.close()
+        self._status = None
 
     def _label(self, message: str) -> str:
         return f"[bold]{self.graph.profile}[/]: {message}"

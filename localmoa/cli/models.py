@@ -12,11 +12,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from .. import constants
-from ..config import Config, ModelSpec, load_config, read_config_file
+from ..config import Config, ModelSpec, load_config, read_config_file, shipped_config_path
 from ..errors import ConfigError, LocalMoaError, UsageError
 from ..memory.estimate import Footprint, ModelFacts
 from ..memory.gguf_header import read_header
-from ..memory.probe import format_bytes, probe
+from ..memory.probe import Resources, format_bytes, probe
 from ..preflight import estimate_model
 from ..pull import Progress as PullProgress
 from ..pull import pull as pull_model
@@ -29,15 +29,19 @@ app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None)
 
 
-def _describe(config: Config, name: str) -> dict[str, Any]:
-    """Facts of one model for list/show; errors become a `problem` string, not a failure."""
+def _describe(config: Config, name: str, resources: Resources,
+              strict: bool = False) -> dict[str, Any]:
+    """Facts of one model for list/show. An error becomes the row's `problem`, or,
+    with ``strict``, is raised as the one-line error it is."""
     spec = config.models[name]
     row: dict[str, Any] = {"name": name, "backend": spec.backend,
                            "source": spec.source.describe(), "n_ctx": spec.n_ctx,
                            "present": False, "problem": None}
     try:
-        path, facts, fp = estimate_model(config, name, probe())
+        path, facts, fp = estimate_model(config, name, resources)
     except LocalMoaError as exc:
+        if strict:
+            raise
         row["problem"] = str(exc)
         return row
     row.update(present=True, path=str(path) if path else None,
@@ -69,7 +73,8 @@ def list_models(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """Every model of the config: backend, source, whether it is here, size, quant,
     parameters, context length and its estimated footprint at its n_ctx."""
     cfg = load_config(config)
-    rows = [_describe(cfg, name) for name in sorted(cfg.models)]
+    resources = probe()  # once: it asks psutil, the cgroup and NVML
+    rows = [_describe(cfg, name, resources) for name in sorted(cfg.models)]
     out = Output(json_mode=json_out)
     if json_out:
         out.document({"models": rows})
@@ -102,8 +107,7 @@ def show(name: Annotated[str, typer.Argument(help="A model name from the config.
     cfg = load_config(config)
     if name not in cfg.models:
         raise UsageError(f"no model named {name!r}; known models: {', '.join(sorted(cfg.models))}")
-    estimate_model(cfg, name, probe())  # a missing model raises its own one-line error
-    row = _describe(cfg, name)
+    row = _describe(cfg, name, probe(), strict=True)
     out = Output(json_mode=json_out)
     if json_out:
         out.document(row)
@@ -175,8 +179,8 @@ def add(
     if name in models and not force:
         raise UsageError(f"{target} already has a model {name!r}; pick another --name or "
                          "add --force to replace it")
-    if name in load_config(target if config else None).models and not force and \
-            name not in models:
+    shipped, _ = read_config_file(shipped_config_path())
+    if name in shipped.models and name not in models and not force:
         raise UsageError(f"{name!r} is a shipped model name; pick another --name or add --force")
     models[name] = entry
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -67,7 +67,6 @@ class Resources:
     gpus: tuple[Gpu, ...] = ()
     unified_memory: bool = False
     budget_source: str = "available"  # "available" | "--memory-budget" | LOCALMOA_MEMORY_BUDGET
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def gpu_pool(self) -> str | None:
