@@ -7,13 +7,17 @@ there, keeping what it produced.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .backends.base import GenerateOptions, LoadedModel, Message
+from . import constants
+from .backends.base import ChatStream, GenerateOptions, LoadedModel, Message
 from .config import ModelSpec
+from .errors import LocalMoaError
 from .metrics import AgentRun
 from .prompts import agent_messages, fit_references
 from .recipe import Agent
@@ -75,11 +79,18 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
               control: Control, run: AgentRun, t0: float,
               on_start: Callable[[Agent], None] | None,
               on_text: Callable[[Agent, str], None] | None) -> AgentRun:
-    """Run one agent to completion, failure or stop; ``run`` is filled in and returned."""
+    """Run one agent to completion, failure or stop; ``run`` is filled in and returned.
+
+    Failures a user can meet (LocalMoaError: the backend's errors, a stop) become the
+    agent's error. Anything else is a bug, in localmoa or a backend: the agent fails
+    with "internal error", and with LOCALMOA_DEBUG=1 its traceback goes to stderr.
+    The callbacks must not raise (the engine guards them).
+    """
     if on_start:
         on_start(agent)
     run.start_s = time.perf_counter() - t0
     pieces: list[str] = []
+    stream: ChatStream | None = None
     try:
         messages = fitted_messages(agent, spec, model, conversation, references, run)
         options = GenerateOptions(temperature=agent.temperature, top_p=agent.top_p,
@@ -104,10 +115,26 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
         run.ok = bool(run.answer)
         if not run.ok:
             run.error = "empty answer"
-    except Exception as exc:  # noqa: BLE001 - any agent failure is reported, not fatal
+    except (LocalMoaError, Stopped) as exc:
         run.answer = "".join(pieces).strip()  # what it produced is kept
         run.error = str(exc) or type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - a bug costs this agent, not the run
+        run.answer = "".join(pieces).strip()
+        run.error = internal_error(exc, f"agent {agent.id} ({agent.model})")
+    finally:
+        if stream is not None:
+            stream.close()  # a stopped stream frees its instance now, not at the next GC
     run.end_s = round(time.perf_counter() - t0, 4)
     run.start_s = round(run.start_s, 4)
     return run
 
+
+def internal_error(exc: BaseException, where: str) -> str:
+    """The one-line message of an unexpected exception; its traceback on stderr with
+    LOCALMOA_DEBUG=1."""
+    if constants.debug():
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        sys.stderr.write(f"localmoa: {where} raised:\n{trace}")
+        sys.stderr.flush()
+    return (f"internal error: {type(exc).__name__}: {exc} (run again with LOCALMOA_DEBUG=1 "
+            "for the traceback, and report it)")

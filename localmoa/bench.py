@@ -136,21 +136,18 @@ def summarise(c: Contender) -> dict[str, Any]:
 def machine_facts() -> dict[str, Any]:
     import llama_cpp
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "physical_cores": psutil.cpu_count(logical=False),
+    from .backends import repack
+
+    verdict = repack.cached_verdict()
+    return {"cpu": repack.cpu_model(), "cpu_flags": repack.key_cpu_flags(),
+            "physical_cores": psutil.cpu_count(logical=False),
             "logical_cores": psutil.cpu_count(logical=True),
             "ram_bytes": psutil.virtual_memory().total,
             "gpus": [g.__dict__ for g in nvidia_gpus()],
             "os": platform.platform(), "python": platform.python_version(),
             "llama_cpp_python": llama_cpp.__version__,
             "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip(),
+            "cpu_repack_verdict": verdict.to_dict() if verdict else None,
             "localmoa": __version__}
 
 
@@ -178,7 +175,7 @@ def run_bench(config: Config, profiles: list[str], prompts: list[str], *, repeat
     def one(c: Contender, prompt: str) -> RunReport:
         try:
             return execute_plan(config, c.graph, [{"role": "user", "content": prompt}],
-                                c.prepared.plan, c.prepared.paths)
+                                c.prepared.plan, c.prepared.paths, runtime=c.prepared.runtime)
         except LocalMoaError as exc:
             report = getattr(exc, "report", None)
             if isinstance(report, RunReport):

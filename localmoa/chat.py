@@ -15,7 +15,8 @@ from typing import Any
 
 from .backends.base import Message
 from .config import Config
-from .engine import ModelHost, RunEvents, execute_plan
+from .engine import RunEvents, execute_plan
+from .host import ModelHost
 from .memory.planner import plan
 from .metrics import RunReport
 from .preflight import Preflight, preflight
@@ -81,13 +82,18 @@ class ChatSession:
         """One turn. On Ctrl-C the history is unchanged and the models stay loaded."""
         conversation, dropped = self.conversation_for(text)
         pre = self.prepared
-        resident = {m: n for m, n in self.host.resident().items() if m in pre.footprints}
         for inst in [i for i in self.host.loaded if i.model not in pre.footprints]:
             self.host.unload(inst)
-        turn_plan = plan(self.graph, pre.footprints, pre.budgets, pre.resources.usable_cores,
+        # An agent of an earlier turn that timed out may still hold an instance: it is
+        # nobody's now, and its memory is not this turn's to plan with.
+        self.host.compact()
+        resident = {m: n for m, n in self.host.resident().items() if m in pre.footprints}
+        held = self.host.held_bytes()
+        budgets = {pool: budget - held.get(pool, 0) for pool, budget in pre.budgets.items()}
+        turn_plan = plan(self.graph, pre.footprints, budgets, pre.resources.usable_cores,
                          resident=resident, keep=True)
         report = execute_plan(self.config, self.graph, conversation, turn_plan, pre.paths,
-                              events=events, host=self.host)
+                              events=events, host=self.host, runtime=pre.runtime)
         turn = Turn(user=text, report=report, dropped_turns=dropped)
         self.history = [*conversation, Message(role="assistant", content=report.answer)]
         self.turns.append(turn)

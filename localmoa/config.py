@@ -11,15 +11,34 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from . import constants
 from .errors import ConfigError
 
 KvType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
+
+
+def _yaml_on_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare on / off as true / false: take them as written."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
+
+
+RepackMode = Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_on_off)]
+REPACK_HELP = ("llama.cpp weight repacking (AMX, AVX2/AVX-512 and ARM fast paths): auto checks "
+               "once per CPU that it does not crash, on, or off.")
 
 
 class _Strict(BaseModel):
@@ -93,12 +112,21 @@ class ModelSpec(_Strict):
     chat_format: str | None = Field(
         None, description="llama-cpp-python chat format (e.g. chatml, gemma, llama-3) for a "
         "GGUF without a chat template; default: the template in the GGUF.")
+    cpu_repack: RepackMode | None = Field(None, description=REPACK_HELP + " Default: the "
+                                          "top-level cpu_repack, else auto.")
 
     @model_validator(mode="after")
     def _backend_matches_source(self) -> ModelSpec:
         if self.backend == "ollama":
             if self.source.ollama is None:
                 raise ValueError("backend ollama needs source: {ollama: TAG}")
+            if self.cpu_repack is not None:
+                raise ValueError("cpu_repack applies to backend: llamacpp only")
+            if self.host is not None:
+                try:  # the client's parser: a bad port is a config error with file:line
+                    constants.ollama_host(self.host)
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from None
             if self.host is not None and not self.allow_remote and not is_loopback(self.host):
                 raise ValueError(
                     f"host {self.host} is not this machine; localmoa only talks to loopback "
@@ -112,17 +140,17 @@ class ModelSpec(_Strict):
 
 
 def is_loopback(url: str) -> bool:
-    """Whether an http(s) URL or host[:port] names this machine (localhost, 127/8, ::1)."""
-    import ipaddress
+    """Whether an Ollama host, in any form OLLAMA_HOST takes, names this machine.
+
+    The host is parsed as the official client parses it (``:56789`` is 127.0.0.1,
+    empty is OLLAMA_HOST's daemon); this machine is what the socket guard lets
+    through: localhost, 127/8, ::1 and the unspecified 0.0.0.0 / ::.
+    """
     from urllib.parse import urlsplit
 
-    host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from .netguard import is_this_machine
+
+    return is_this_machine(urlsplit(constants.ollama_host(url)).hostname or "")
 
 
 class HostSpec(_Strict):
@@ -163,6 +191,7 @@ class ConfigFile(_Strict):
     """The shape of one models.yaml."""
 
     default_profile: str | None = None
+    cpu_repack: RepackMode | None = Field(None, description=REPACK_HELP + " Default: auto.")
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     profiles: dict[str, Profile] = Field(default_factory=dict)
     ollama_hosts: dict[str, HostSpec] = Field(default_factory=dict)
@@ -185,6 +214,8 @@ class Config:
     default_profile: str
     files: list[str] = field(default_factory=list)
     ollama_hosts: dict[str, HostSpec] = field(default_factory=dict)
+    #: The top-level cpu_repack (None: not written anywhere, i.e. auto).
+    cpu_repack: RepackMode | None = None
     # (kind, name) -> the file that defined the entry and its node index, for line numbers
     _origins: dict[tuple[str, str], tuple[Origin, _NodeIndex]] = field(default_factory=dict)
 
@@ -346,9 +377,15 @@ def load_config(user_config: Path | None = None) -> Config:
             merged.profiles[name] = prof
             merged._origins[("profiles", name)] = (origin, index)
         merged.ollama_hosts.update(parsed.ollama_hosts)
+        if parsed.cpu_repack is not None:
+            merged.cpu_repack = parsed.cpu_repack
         if parsed.default_profile:
             merged.default_profile = parsed.default_profile
     _check_references(merged)
+    if merged.cpu_repack is not None:  # the top-level value is every llama.cpp model's default
+        merged.models = {name: spec.model_copy(update={"cpu_repack": merged.cpu_repack})
+                         if spec.backend == "llamacpp" and spec.cpu_repack is None else spec
+                         for name, spec in merged.models.items()}
     return merged
 
 

@@ -46,18 +46,43 @@ def hf_hub_cache() -> Path:
     return hf_home / "hub"
 
 
+def cpu_repack() -> str | None:
+    """LOCALMOA_CPU_REPACK: auto, on or off; wins over cpu_repack: in models.yaml."""
+    return os.environ.get("LOCALMOA_CPU_REPACK") or None
+
+
+def cores() -> str | None:
+    """LOCALMOA_CORES: the CPU cores localmoa plans for, instead of the ones it finds."""
+    return os.environ.get("LOCALMOA_CORES") or None
+
+
+def event_log() -> Path | None:
+    """LOCALMOA_EVENT_LOG=FILE: every engine event appended as one JSON line."""
+    return _env_path("LOCALMOA_EVENT_LOG")
+
+
 def memory_budget() -> str | None:
     """LOCALMOA_MEMORY_BUDGET, e.g. ``1.5GiB``: the RAM models may use (default: what is free)."""
     return os.environ.get("LOCALMOA_MEMORY_BUDGET") or None
 
 
-def ollama_host() -> str:
-    """OLLAMA_HOST as the official client reads it, else the local daemon."""
-    value = os.environ.get("OLLAMA_HOST", "").strip()
-    if not value:
-        return "http://127.0.0.1:11434"
-    if "://" not in value:
-        value = "http://" + value
-    if value.count(":") < 2:  # no port
-        value += ":11434"
-    return value.rstrip("/")
+def ollama_host(configured: str | None = None) -> str:
+    """The Ollama daemon's URL: ``configured`` (a model's ``host:``), else OLLAMA_HOST.
+
+    Parsed by the official client's own parser, with the client's precedence, so
+    localmoa and the client always name the same daemon: empty is
+    http://127.0.0.1:11434, ``:56789`` is http://127.0.0.1:56789, ``http://h`` is
+    port 80, ``https://h`` port 443, ``[::1]`` is http://[::1]:11434.
+    Raises ConfigError for a value the client cannot use (a bad port).
+    """
+    from ollama._client import _parse_host  # private, but it is the client's one parser
+
+    from .errors import ConfigError
+
+    source = "host" if configured else "OLLAMA_HOST"
+    value = (configured or os.environ.get("OLLAMA_HOST") or "").strip()
+    try:
+        return str(_parse_host(value))
+    except ValueError as exc:  # a port that is not a number or out of range, a broken [v6]
+        raise ConfigError(f"{source} {value!r} is not an Ollama host ({exc}); write "
+                          "[scheme://]host[:port], e.g. http://127.0.0.1:11434") from None

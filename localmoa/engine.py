@@ -3,42 +3,47 @@
 The engine decides nothing about memory or order: the Plan says which instance
 of which model serves each agent, with how many threads, and when instances are
 loaded and freed. Between layers it passes the references on; the aggregator's
-text is streamed through the events.
+text is streamed through the events. The one departure it handles is an agent
+that timed out and did not stop: its instance is held (freed when the agent
+returns), a later wave gets a fresh one when the budget allows, and the report
+says so.
 """
 
 from __future__ import annotations
 
 import functools
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import signals
-from .agents import Control, run_agent
-from .backends import get_backend
-from .backends.base import LoadedModel, Message
+from . import constants, signals
+from .agents import Control, internal_error, run_agent
+from .backends.base import Message
 from .config import Config
-from .errors import (
-    AggregatorFailedError,
-    LayerFailedError,
-    LocalMoaError,
-    RunInterrupted,
-    Terminated,
-)
+from .errors import AggregatorFailedError, LayerFailedError, RunInterrupted, Terminated
+from .eventlog import EventLog
+from .host import Loaded, ModelHost
 from .memory.planner import Instance, Plan, Task, Wave
-from .memory.probe import MemorySampler
+from .memory.probe import MemorySampler, format_bytes
 from .metrics import AgentRun, RunReport
 from .preflight import Preflight, preflight
 from .recipe import Agent, MoaGraph
 
+__all__ = ["GRACE_S", "ModelHost", "RunEvents", "execute_plan", "run_moa"]
+
+#: After its timeout, how long an agent may take to notice and stop before it is
+#: abandoned; and, on Ctrl-C, how long all agents together get to stop.
+GRACE_S = 5.0
+
 
 @dataclass
 class RunEvents:
-    """Callbacks the engine calls while it runs; all optional, called from worker threads."""
+    """Callbacks the engine calls while it runs; all optional, called from worker threads.
+
+    A callback that raises does not stop the run: the error becomes a warning of
+    the report (with its traceback on stderr under LOCALMOA_DEBUG=1)."""
 
     on_agent_loading: Callable[[Agent], None] | None = None
     on_agent_start: Callable[[Agent], None] | None = None
@@ -48,131 +53,63 @@ class RunEvents:
 
 
 @dataclass
-class _Loaded:
-    model: LoadedModel
-    started_at: float = 0.0  # perf_counter when its load began
-    charged: bool = False  # its load time already reported on an agent
-
-
-class _Worker(threading.Thread):
-    """A long-lived thread that runs one agent at a time."""
-
-    def __init__(self, index: int) -> None:
-        super().__init__(name=f"localmoa-worker-{index}", daemon=True)
-        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self.idle = threading.Event()
-        self.idle.set()
-        self.start()
-
-    def run(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            try:
-                job()
-            finally:
-                self.idle.set()
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self.idle.clear()
-        self.jobs.put(job)
-
-
-class Workers:
-    """The threads agents run on, reused from wave to wave and turn to turn.
-
-    llama.cpp built with OpenMP keeps a team of threads per calling thread, and
-    the team spins for a while after each computation to stay fast. Calling it
-    from a new thread for every agent leaves spinning teams behind that compete
-    for the cores (1.5x slower on the overhead benchmark); reusing the same few
-    threads keeps one warm team each, as a plain loop on one thread does.
-    """
-
-    def __init__(self) -> None:
-        self._workers: list[_Worker] = []
-
-    def get(self, index: int) -> _Worker:
-        while len(self._workers) <= index:
-            self._workers.append(_Worker(len(self._workers)))
-        if not self._workers[index].idle.is_set():  # still busy with an abandoned agent
-            self._workers[index] = _Worker(index)
-        return self._workers[index]
-
-    def stop(self) -> None:
-        for worker in self._workers:
-            if worker.idle.is_set():
-                worker.jobs.put(None)
-        self._workers = []
-
-
-@dataclass
-class ModelHost:
-    """The model instances loaded in this process. A run frees them at its end; a
-    chat keeps one host across turns, so models stay loaded between turns."""
-
-    config: Config
-    paths: dict[str, Path] = field(default_factory=dict)
-    loaded: dict[Instance, _Loaded] = field(default_factory=dict)
-    busy: set[Instance] = field(default_factory=set)  # an agent is generating on it
-    abandoned: set[Instance] = field(default_factory=set)  # a timed-out agent kept it
-    load_errors: dict[Instance, str] = field(default_factory=dict)
-    runtime: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. Ollama's /api/ps
-    workers: Workers = field(default_factory=Workers)
-    loads: int = 0
-    unloads: int = 0
-    load_s: float = 0.0
-
-    def resident(self) -> dict[str, int]:
-        """Instances per model loaded now (the planner's warm start)."""
-        counts: dict[str, int] = {}
-        for inst in self.loaded:
-            counts[inst.model] = counts.get(inst.model, 0) + 1
-        return counts
-
-    def load(self, inst: Instance, n_threads: int) -> None:
-        if inst in self.loaded:
-            return
-        spec = self.config.models[inst.model]
-        self.load_errors.pop(inst, None)
-        started = time.perf_counter()
-        try:
-            model = get_backend(spec.backend).load(inst.model, spec, self.paths.get(inst.model),
-                                                   n_threads)
-        except LocalMoaError as exc:
-            self.load_errors[inst] = str(exc)
-            return
-        self.loaded[inst] = _Loaded(model, started_at=started)
-        facts = getattr(model, "runtime_facts", None)
-        if facts:
-            self.runtime[inst.model] = dict(facts)
-        self.loads += 1
-        self.load_s += model.load_s
-
-    def unload(self, inst: Instance) -> None:
-        if inst in self.busy or inst in self.abandoned:
-            return  # never free a model a thread may still be using; exit frees it
-        entry = self.loaded.pop(inst, None)
-        if entry is not None:
-            entry.model.unload()
-            self.unloads += 1
-
-    def close(self) -> None:
-        """Free every model (the end of a run, or of a chat)."""
-        for inst in list(self.loaded):
-            self.unload(inst)
-        self.workers.stop()
-
-
-@dataclass
 class _Execution:
     """The state of one run of a Plan on a host."""
 
     host: ModelHost
+    plan: Plan
     conversation: Sequence[Message]
     events: RunEvents
     t0: float = field(default_factory=time.perf_counter)
     control: Control = field(default_factory=Control)
+    warnings: list[str] = field(default_factory=list)
+    #: Held instances from before this run: the plan's budgets already leave them out.
+    held_before: list[Loaded] = field(default_factory=list)
+    abandoned: int = 0
+    log: EventLog = field(init=False)
+    #: The text each agent has written so far (kept when it never returns).
+    partial: dict[str, list[str]] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)  # agent id -> start (run clock)
+
+    def __post_init__(self) -> None:
+        self.log = EventLog(constants.event_log(), self.t0)
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
+
+    def emit(self, name: str, *args: Any) -> None:
+        """Call an event callback; one that raises becomes a warning, never a dead thread."""
+        callback = getattr(self.events, name)
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception as exc:  # noqa: BLE001 - a display bug must not cost the run
+            message = f"the {name} callback failed: " + internal_error(exc, f"{name} callback")
+            with self.control.lock:
+                if message not in self.warnings:
+                    self.warnings.append(message)
+
+    def agent_start(self, agent: Agent) -> None:
+        self.started[agent.id] = self.now()
+        self.log("prefill", agent=agent.id, model=agent.model)
+        self.emit("on_agent_start", agent)
+
+    def text(self, agent: Agent, piece: str) -> None:
+        written = self.partial.setdefault(agent.id, [])
+        if not written:
+            self.log("first_text", agent=agent.id)
+        written.append(piece)
+        self.emit("on_text", agent, piece)
+
+    def unfinished(self, agent: Agent, task: Task, wave: Wave, error: str) -> AgentRun:
+        """The report of an agent whose call did not return: what it wrote so far."""
+        now = round(self.now(), 4)
+        return AgentRun(agent=agent.id, model=agent.model, layer=agent.layer,
+                        role=_role(agent), ok=False, threads=task.threads, wave=wave.index,
+                        answer="".join(self.partial.get(agent.id, [])).strip(),
+                        start_s=round(self.started.get(agent.id, now), 4), end_s=now,
+                        error=error)
 
 
 def run_moa(config: Config, graph: MoaGraph, conversation: Sequence[Message], *,
@@ -181,16 +118,18 @@ def run_moa(config: Config, graph: MoaGraph, conversation: Sequence[Message], *,
     """Plan ``graph`` for this machine (unless ``prepared`` is given) and run it."""
     prepared = prepared or preflight(config, graph, memory_budget)
     return execute_plan(config, graph, conversation, prepared.plan, prepared.paths,
-                        events=events)
+                        events=events, runtime=prepared.runtime)
 
 
 def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message], plan: Plan,
                  paths: dict[str, Path], *, events: RunEvents | None = None,
-                 host: ModelHost | None = None) -> RunReport:
+                 host: ModelHost | None = None,
+                 runtime: dict[str, Any] | None = None) -> RunReport:
     """Run ``graph`` on ``conversation`` exactly as ``plan`` says and return the report.
 
     With a ``host`` (a chat), models already loaded are used and whatever the
     plan keeps stays loaded; without one, every model is freed at the end.
+    ``runtime`` (e.g. the cpu_repack choice) goes into the report as it is.
     Raises LayerFailedError when a whole layer produced nothing and
     AggregatorFailedError when the aggregator failed; both carry ``report``
     with everything produced so far.
@@ -198,18 +137,21 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
     own_host = host is None
     host = host or ModelHost(config)
     host.paths.update(paths)
-    ex = _Execution(host=host, conversation=conversation, events=events or RunEvents())
+    ex = _Execution(host=host, plan=plan, conversation=conversation,
+                    events=events or RunEvents(), held_before=list(host.held))
     start_loads, start_unloads, start_load_s = host.loads, host.unloads, host.load_s
     agents = {a.id: a for a in graph.all_agents()}
     runs: dict[str, AgentRun] = {}
     prompt = conversation[-1]["content"] if conversation else ""
     layers = [*graph.layers, [graph.aggregator]]
+    ex.log("run_start", profile=graph.profile, waves=len(plan.waves))
 
     with MemorySampler() as memory:
 
         def report(answer: str = "", error: str | None = None) -> RunReport:
             memory.sample()
             ordered = [runs[a.id] for layer in layers for a in layer if a.id in runs]
+            ex.log("run_end", ok=error is None, error=error)
             return RunReport.build(
                 profile=graph.profile, prompt=prompt, answer=answer, runs=ordered,
                 wall_s=ex.now(), cores=plan.cores,
@@ -219,7 +161,10 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
                         "unloads": host.unloads - start_unloads,
                         "load_s": round(host.load_s - start_load_s, 4),
                         "peak_rss_growth_bytes": memory.peak_rss,
-                        "peak_pss_growth_bytes": memory.peak_pss})
+                        "peak_pss_growth_bytes": memory.peak_pss,
+                        "abandoned_agents": ex.abandoned,
+                        "held_bytes": host.held_bytes()},
+                runtime=dict(runtime or {}), warnings=list(ex.warnings))
 
         try:
             for inst in plan.unloads_first:
@@ -227,11 +172,7 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
             references: list[str] | None = None
             for number, layer in enumerate(layers, start=1):
                 for wave in plan.waves_of_layer(number):
-                    for inst, task in _loads_with_tasks(wave):
-                        if task and ex.events.on_agent_loading:
-                            ex.events.on_agent_loading(agents[task.agent])
-                        host.load(inst, task.threads if task else plan.cores)
-                        signals.check()  # a Ctrl-C during a load may have been swallowed
+                    _load_wave(ex, wave, agents)
                     memory.sample()
                     _run_wave(ex, wave, agents, references, runs)
                     memory.sample()  # the wave's peak: its contexts are filled now
@@ -244,8 +185,8 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
                         message = f"the aggregator ({final.model}) failed: {final.error}"
                         raise AggregatorFailedError(message, report(error=message))
                     return report(answer=final.answer)
-                if ex.events.on_layer_done:
-                    ex.events.on_layer_done(number, layer_runs)
+                ex.log("layer_done", layer=number)
+                ex.emit("on_layer_done", number, layer_runs)
                 answers = [r.answer for r in layer_runs if r.ok]
                 if not answers:
                     reasons = "; ".join(f"{r.agent}: {r.error}" for r in layer_runs)
@@ -257,69 +198,129 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
             ex.control.stop.set()
             code = 143 if isinstance(exc, Terminated) else 130
             what = "terminated (SIGTERM)" if code == 143 else "interrupted"
+            ex.log("interrupted", signal="SIGTERM" if code == 143 else "SIGINT")
             raise RunInterrupted(what, report(error=what), exit_code=code) from None
         finally:
+            ex.log.close()
             if own_host:
                 host.close()
 
 
-def _loads_with_tasks(wave: Wave) -> list[tuple[Instance, Task | None]]:
-    """Each instance to load, with the task it is loaded for (its thread count)."""
-    by_instance = {Instance(t.model, t.slot): t for t in wave.tasks}
-    return [(inst, by_instance.get(inst)) for inst in wave.loads]
+def _load_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent]) -> None:
+    """Load what the wave needs: the plan's loads, and a fresh instance for each one an
+    abandoned agent still holds, if the budget allows it (else its agents fail)."""
+    host = ex.host
+    tasks = {Instance(t.model, t.slot): t for t in wave.tasks}
+    held_keys = {entry.inst for entry in host.held}
+    fresh = [inst for inst in tasks if inst not in host.loaded and inst not in wave.loads
+             and inst in held_keys]
+    loads = [*wave.loads, *fresh]
+    over = _over_budget(ex, wave, loads)
+    if over:
+        with host.lock:
+            host.released.clear()
+        deadline = time.monotonic() + GRACE_S  # an abandoned agent may be about to return
+        while over and time.monotonic() < deadline and host.held:
+            host.released.wait(0.1)
+            signals.check()
+            over = _over_budget(ex, wave, loads)
+    if over:
+        if fresh and not _over_budget(ex, wave, list(wave.loads)):
+            skipped, loads = fresh, list(wave.loads)
+        else:
+            skipped, loads = loads, []
+        holders = ", ".join(sorted({str(e.inst) for e in host.held}))
+        for inst in skipped:
+            if inst not in host.loaded:
+                host.load_errors[inst] = (
+                    f"not loaded: agents that timed out still hold {holders}, and loading "
+                    f"{inst} as well would exceed the memory budget ({over}); it is freed "
+                    "when they return")
+    for inst in loads:
+        task = tasks.get(inst)
+        if task and inst not in host.loaded:
+            ex.emit("on_agent_loading", agents[task.agent])
+        ex.log("loading", model=inst.model, instance=str(inst))
+        if host.load(inst, task.threads if task else ex.plan.cores):
+            ex.log("loaded", model=inst.model, instance=str(inst),
+                   load_s=round(host.loaded[inst].model.load_s, 4))
+        else:
+            ex.log("load_failed", model=inst.model, instance=str(inst),
+                   error=host.load_errors.get(inst))
+        signals.check()  # a Ctrl-C during a load may have been swallowed
 
 
-#: After its timeout, how long an agent may take to notice and stop before it is abandoned.
-GRACE_S = 5.0
+def _over_budget(ex: _Execution, wave: Wave, loading: list[Instance]) -> str:
+    """How the wave would exceed a pool's budget, loading ``loading``, with what
+    abandoned agents hold beyond the plan ("" when it fits). A held instance counts
+    unless the plan still counts its key now and no other copy takes that key."""
+    host, plan = ex.host, ex.plan
+    extra: dict[str, int] = {}
+    with host.lock:
+        held = [e for e in host.held if e not in ex.held_before]
+    for entry in held:
+        if (entry.inst in wave.resident and entry.inst not in loading
+                and entry.inst not in host.loaded):
+            continue  # the plan's own count for that key is this memory
+        cost = plan.costs.get(entry.inst.model)
+        if cost is None:
+            continue
+        shared = any(i.model == entry.inst.model for i in wave.resident)
+        for pool, amount in (cost.extra if shared else cost.first).items():
+            extra[pool] = extra.get(pool, 0) + amount
+    over = []
+    for pool, amount in extra.items():
+        total = wave.resident_bytes.get(pool, 0) + amount
+        if total > plan.budgets.get(pool, 0):
+            over.append(f"{pool}: {format_bytes(total)} of {format_bytes(plan.budgets[pool])}"
+                        if pool in plan.budgets else f"{pool}: no budget")
+    return "; ".join(over)
 
 
 def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
               references: list[str] | None, results: dict[str, AgentRun]) -> None:
     """Run the wave's agents on worker threads, recording each into ``results`` as it ends;
     enforce timeouts; on Ctrl-C stop them all (what they made is kept)."""
-    threads: dict[str, _Worker] = {}
+    workers: dict[str, Any] = {}
 
     def work(task: Task) -> None:
         agent = agents[task.agent]
         inst = Instance(task.model, task.slot)
         run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=_role(agent),
                        ok=False, threads=task.threads, wave=wave.index)
-        entry = ex.host.loaded.get(inst)
-        if entry is None or inst in ex.host.abandoned:
+        entry = ex.host.acquire(inst)
+        if entry is None:
             run.start_s = run.end_s = round(ex.now(), 4)
-            run.error = ex.host.load_errors.get(inst) or (
-                f"{inst} is still busy with an agent that timed out" if inst in ex.host.abandoned
-                else f"{inst} is not loaded")
+            run.error = ex.host.load_errors.get(inst) or f"{inst} is not loaded"
         else:
-            if not entry.charged:
-                run.load_s, entry.charged = round(entry.model.load_s, 4), True
-                if entry.started_at >= ex.t0:  # loaded during this run
-                    run.load_start_s = round(entry.started_at - ex.t0, 4)
-            with ex.control.lock:
-                ex.host.busy.add(inst)
             try:
+                if not entry.charged:
+                    run.load_s, entry.charged = round(entry.model.load_s, 4), True
+                    if entry.started_at >= ex.t0:  # loaded during this run
+                        run.load_start_s = round(entry.started_at - ex.t0, 4)
                 run_agent(agent, entry.model, ex.host.config.models[agent.model], task.threads,
                           ex.conversation, references, ex.control, run, ex.t0,
-                          ex.events.on_agent_start, ex.events.on_text)
+                          ex.agent_start, ex.text)
             finally:
-                with ex.control.lock:
-                    ex.host.busy.discard(inst)
+                if ex.host.release(entry):
+                    ex.log("released", instance=str(inst))
         with ex.control.lock:
             if task.agent in results:  # abandoned meanwhile: its report stands
                 return
             results[task.agent] = run
-        if ex.events.on_agent_done:
-            ex.events.on_agent_done(agent, run)
+        ex.log("agent_done", agent=agent.id, ok=run.ok, error=run.error)
+        ex.emit("on_agent_done", agent, run)
 
     started = time.monotonic()
     for index, task in enumerate(wave.tasks):
         worker = ex.host.workers.get(index)
         worker.submit(functools.partial(work, task))
-        threads[task.agent] = worker
+        workers[task.agent] = worker
     try:
         while True:
-            waiting = [a for a, t in threads.items() if not t.idle.is_set()
-                       and a not in results]
+            with ex.control.lock:
+                waiting = [a for a, w in workers.items()
+                           if not w.idle.is_set() and a not in results]
             if not waiting:
                 break
             now = time.monotonic()
@@ -330,30 +331,44 @@ def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
                 ex.control.cancelled.add(agent_id)  # it stops at its next piece of text
                 if now >= started + timeout + GRACE_S:
                     _abandon(ex, agents[agent_id], wave, results)
-            threads[waiting[0]].idle.wait(0.05)
+            workers[waiting[0]].idle.wait(0.05)
             signals.check()
     except KeyboardInterrupt:
         ex.control.stop.set()  # every agent stops at its next piece of text
-        for t in threads.values():
-            t.idle.wait(GRACE_S)
+        _wait_for_all(list(workers.values()), GRACE_S)
+        with ex.control.lock:
+            for task in wave.tasks:
+                if task.agent not in results:
+                    results[task.agent] = ex.unfinished(
+                        agents[task.agent], task, wave,
+                        f"interrupted (did not stop within {GRACE_S:g} s)")
         raise
 
 
+def _wait_for_all(workers: list[Any], grace_s: float,
+                  clock: Callable[[], float] = time.monotonic) -> None:
+    """Wait until every worker is idle, ``grace_s`` for all of them together."""
+    deadline = clock() + grace_s
+    for worker in workers:
+        worker.idle.wait(max(0.0, deadline - clock()))
+
+
 def _abandon(ex: _Execution, agent: Agent, wave: Wave, results: dict[str, AgentRun]) -> None:
-    """An agent's backend did not return after its timeout: report it and move on.
-    Its instance is never touched again (not reused, not freed while in use)."""
+    """An agent's backend did not return after its timeout: report it and move on. Its
+    instance is held, out of the plan, and freed when the call returns."""
     task = next(t for t in wave.tasks if t.agent == agent.id)
+    inst = Instance(task.model, task.slot)
     with ex.control.lock:
         if agent.id in results:
             return
-        ex.host.abandoned.add(Instance(task.model, task.slot))
-        now = round(ex.now(), 4)
-        results[agent.id] = AgentRun(
-            agent=agent.id, model=agent.model, layer=agent.layer, role=_role(agent), ok=False,
-            threads=task.threads, wave=wave.index, start_s=now, end_s=now,
-            error=f"timed out after {agent.timeout_s:g} s and did not stop; abandoned")
-    if ex.events.on_agent_done:
-        ex.events.on_agent_done(agent, results[agent.id])
+        results[agent.id] = ex.unfinished(
+            agent, task, wave, f"timed out after {agent.timeout_s:g} s and did not stop; "
+            "abandoned (its model instance is freed when the call returns)")
+        ex.abandoned += 1
+    cost = ex.plan.costs.get(task.model)
+    ex.host.abandon(inst, cost.first if cost else {})
+    ex.log("abandoned", agent=agent.id, instance=str(inst))
+    ex.emit("on_agent_done", agent, results[agent.id])
 
 
 def _role(agent: Agent) -> str:

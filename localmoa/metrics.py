@@ -113,14 +113,21 @@ class RunReport:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: What the planner predicted: waves, loads, unloads, peak bytes and budget per pool.
     plan: dict[str, Any] = field(default_factory=dict)
-    #: What happened: loads, unloads, load seconds, peak RSS / PSS growth in bytes.
+    #: What happened: loads, unloads, load seconds, peak RSS / PSS growth in bytes,
+    #: agents abandoned after their timeout and the bytes their instances still hold.
     actual: dict[str, Any] = field(default_factory=dict)
+    #: How the backends ran on this machine, e.g. ``cpu_repack`` (llama.cpp weight
+    #: repacking: enabled, mode, why).
+    runtime: dict[str, Any] = field(default_factory=dict)
+    #: Things that went wrong without costing an answer (e.g. a display callback failed).
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def build(cls, *, profile: str, prompt: str, answer: str, runs: list[AgentRun],
               wall_s: float, cores: int, models: dict[str, dict[str, Any]],
               error: str | None = None, plan: dict[str, Any] | None = None,
-              actual: dict[str, Any] | None = None) -> RunReport:
+              actual: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None,
+              warnings: list[str] | None = None) -> RunReport:
         by_layer: dict[int, list[AgentRun]] = {}
         for run in runs:
             by_layer.setdefault(run.layer, []).append(run)
@@ -137,7 +144,8 @@ class RunReport:
         )
         return cls(profile=profile, prompt=prompt, answer=answer, agents=runs, layers=layers,
                    totals=totals, cores=cores, models=models, ok=error is None, error=error,
-                   plan=plan or {}, actual=actual or {})
+                   plan=plan or {}, actual=actual or {}, runtime=runtime or {},
+                   warnings=warnings or [])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,4 +160,5 @@ class RunReport:
             schema_version=data.get("schema_version", SCHEMA_VERSION),
             ok=data.get("ok", True), error=data.get("error"), models=data.get("models", {}),
             plan=data.get("plan", {}), actual=data.get("actual", {}),
+            runtime=data.get("runtime", {}), warnings=data.get("warnings", []),
         )

@@ -8,10 +8,11 @@ plan. `localmoa plan` stops here; `localmoa run` goes on to the engine.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from . import netguard
+from . import constants, netguard
 from .backends import get_backend
 from .config import Config, ModelSpec, is_loopback
 from .memory.estimate import (
@@ -22,7 +23,7 @@ from .memory.estimate import (
     footprint,
     model_facts,
 )
-from .memory.gguf_header import read_header
+from .memory.gguf_header import read_model_header
 from .memory.planner import Plan, plan
 from .memory.probe import Resources, parse_size, probe
 from .recipe import MoaGraph
@@ -41,13 +42,34 @@ class Preflight:
     resources: Resources
     plan: Plan
     budgets: dict[str, int]
+    #: How the backends will run here (e.g. cpu_repack), for the run report.
+    runtime: dict[str, Any] = field(default_factory=dict)
+    #: One-line notices the user should see once (e.g. repacking turned off).
+    notices: list[str] = field(default_factory=list)
 
 
 def load_settings(spec: ModelSpec, resources: Resources) -> LoadSettings:
-    """How the backend will load ``spec`` on this machine."""
+    """How the backend will load ``spec`` on this machine (may run the repack canary)."""
+    from .backends import repack
+
     return LoadSettings(n_ctx=spec.n_ctx, kv_type=spec.kv_type, n_gpu_layers=spec.n_gpu_layers,
                         n_batch=spec.n_batch, use_mmap=spec.use_mmap,
-                        gpu_pool=resources.gpu_pool)
+                        gpu_pool=resources.gpu_pool,
+                        repacked_types=repack.private_types(repack.choose(spec.cpu_repack)))
+
+
+def runtime_facts(config: Config, models: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The cpu_repack choice of the llama.cpp models, and the notice it calls for."""
+    from .backends import repack
+
+    choices = {m: repack.choose(config.models[m].cpu_repack) for m in models
+               if config.models[m].backend == "llamacpp"}
+    if not choices:
+        return {}, []
+    first = next(iter(choices.values()))
+    summary = first.to_dict()
+    summary["models"] = {m: c.enabled for m, c in choices.items()}
+    return {"cpu_repack": summary}, repack.take_notices(list(choices.values()))
 
 
 def ollama_pool(spec: ModelSpec) -> str:
@@ -63,12 +85,12 @@ def estimate_model(config: Config, name: str,
     """Path (llama.cpp), facts and Footprint of one model; no weights are loaded."""
     spec = config.models[name]
     if spec.backend == "ollama":
-        from .backends.ollama import OllamaBackend
+        from .backends.ollama import OllamaBackend, host_of
 
         backend = get_backend("ollama")
         assert isinstance(backend, OllamaBackend)
-        if spec.allow_remote and spec.host:
-            netguard.allow_host(spec.host)  # the user configured this host explicitly
+        if spec.allow_remote:  # the user allowed this model's host (host: or OLLAMA_HOST)
+            netguard.allow_host(host_of(spec))
         info = backend.describe(name, spec)
         facts = facts_from_model_info(info.model_info, info.size_bytes, info.quant)
         fp = footprint(name, facts, LoadSettings(n_ctx=spec.n_ctx, kv_type=spec.kv_type))
@@ -77,7 +99,7 @@ def estimate_model(config: Config, name: str,
                                  shared_weights_bytes=fp.total_bytes, local=False)
         return None, facts, fp
     path = resolve_model_path(config, name)
-    facts = model_facts(read_header(path))
+    facts = model_facts(read_model_header(path, model=name))
     return path, facts, footprint(name, facts, load_settings(spec, resources))
 
 
@@ -85,10 +107,12 @@ def pool_budgets(config: Config, resources: Resources,
                  footprints: dict[str, Footprint]) -> dict[str, int]:
     """The machine's pools, plus one per remote Ollama daemon the models use."""
     budgets = dict(resources.pools)
+    # keys as written (gpu-box, http://gpu-box:11434/) name the host the pools are named by
+    hosts = {constants.ollama_host(url): spec for url, spec in config.ollama_hosts.items()}
     for fp in footprints.values():
         for pool in fp.pools:
             if pool.startswith("ollama@") and pool not in budgets:
-                host = config.ollama_hosts.get(pool.removeprefix("ollama@"))
+                host = hosts.get(pool.removeprefix("ollama@"))
                 budgets[pool] = (parse_size(host.memory_budget, "ollama_hosts memory_budget")
                                  if host and host.memory_budget else UNLIMITED)
     return budgets
@@ -107,5 +131,7 @@ def preflight(config: Config, graph: MoaGraph, memory_budget: str | None = None,
             paths[name] = path
     budgets = pool_budgets(config, resources, footprints)
     the_plan = plan(graph, footprints, budgets, resources.usable_cores)
+    runtime, notices = runtime_facts(config, graph.models)
     return Preflight(graph=graph, paths=paths, facts=facts, footprints=footprints,
-                     resources=resources, plan=the_plan, budgets=budgets)
+                     resources=resources, plan=the_plan, budgets=budgets, runtime=runtime,
+                     notices=notices)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,8 @@ from pathlib import Path
 from . import constants
 from .config import Config
 from .errors import LocalMoaError, ModelNotFoundError, UsageError
+from .memory.gguf_header import parse_split_name, split_file_name
 from .sources import resolve_model_path
-
-_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 
 class PullError(LocalMoaError):
@@ -54,8 +52,10 @@ def pull(config: Config, name: str, report: Callable[[Progress], None]) -> str:
 
 
 def _hf_files(repo: str, file: str | None, quant: str | None) -> list[str]:
+    """The files to download: the named one (every shard when it is the first of a split
+    model), or the GGUF of ``quant`` (every shard of the first match)."""
     if file:
-        return [file]
+        return _shards_of(file)
     from huggingface_hub import HfApi
 
     wanted = (quant or "").lower()
@@ -64,13 +64,18 @@ def _hf_files(repo: str, file: str | None, quant: str | None) -> list[str]:
     if not names:
         raise ModelNotFoundError(f"{repo} has no GGUF file matching {quant!r}; list its files "
                                  f"on the hub and write repo + file in models.yaml")
-    # a split model: every shard of the first match's set
-    first = sorted(names)[0]
-    shard = _SHARD.search(first)
-    if shard:
-        stem = first[: shard.start()]
-        return sorted(n for n in names if n.startswith(stem) and _SHARD.search(n))
-    return [first]
+    return _shards_of(sorted(names)[0])
+
+
+def _shards_of(file: str) -> list[str]:
+    """``file`` alone, or every shard of the split model whose first shard it is."""
+    folder, _, name = file.rpartition("/")
+    parsed = parse_split_name(name)
+    if parsed is None or parsed[2] <= 1:
+        return [file]
+    prefix, _, count = parsed
+    return [f"{folder}/" * bool(folder) + split_file_name(prefix, no, count)
+            for no in range(1, count + 1)]
 
 
 def _pull_hf(config: Config, name: str, report: Callable[[Progress], None]) -> str:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import importlib.util
 import re
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import constants
 from .config import Config, Source
-from .errors import InvalidModelFileError, ModelNotFoundError
+from .errors import ConfigError, InvalidModelFileError, ModelNotFoundError
+from .memory.gguf_header import parse_split_name, shard_paths
 
 GGUF_MAGIC = b"GGUF"
-_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 
 def resolve_model_path(config: Config, name: str) -> Path:
@@ -54,7 +54,7 @@ def _resolve(source: Source, name: str, where: str) -> Path:
         return _from_package(source.package, source.file or "", name)
     assert source.repo is not None
     repo, _, quant = source.repo.partition(":")
-    return _from_hf_cache(repo, source.file, quant or None, name)
+    return _from_hf_cache(repo, source.file, quant or None, name, where)
 
 
 def _from_package(package: str, file: str, name: str) -> Path:
@@ -76,50 +76,88 @@ def hf_cache_dir() -> Path:
     return constants.hf_hub_cache()
 
 
-def _snapshots(repo: str) -> list[Path]:
-    """Snapshot folders of a cached repo, the one refs/main points to first."""
-    root = hf_cache_dir() / ("models--" + repo.replace("/", "--"))
-    snaps = root / "snapshots"
-    if not snaps.is_dir():
-        return []
-    ordered = sorted(snaps.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-    main = root / "refs" / "main"
-    if main.is_file():
-        head = snaps / main.read_text().strip()
-        if head in ordered:
-            ordered.remove(head)
-            ordered.insert(0, head)
-    return ordered
+def _from_hf_cache(repo: str, file: str | None, quant: str | None, name: str,
+                   where: str) -> Path:
+    """The cached file of the repo's ``main`` revision, looked up by huggingface_hub, offline."""
+    from huggingface_hub import try_to_load_from_cache
 
-
-def _from_hf_cache(repo: str, file: str | None, quant: str | None, name: str) -> Path:
-    for snap in _snapshots(repo):
-        if file:
-            candidate = snap / file
-            if candidate.is_file():
-                return candidate
-            continue
+    cache = hf_cache_dir()  # explicit: huggingface_hub reads HF_HUB_CACHE once, at import
+    if file:
+        wanted: str | None = file
+    else:
         assert quant is not None
-        found = _match_quant(snap, quant)
-        if found:
-            return found
-    what = file or f"the {quant} GGUF"
-    fetch = f"hf download {repo}" + (f" {file}" if file else f" --include '*{quant}*'")
-    raise ModelNotFoundError(
-        f"model {name!r}: {what} of {repo} is not in the local Hugging Face cache "
-        f"({hf_cache_dir()}); fetch it once with `localmoa models pull {name}` (or {fetch})")
+        wanted = _match_quant(_main_files(repo, name, cache), quant)
+    try:
+        hit = try_to_load_from_cache(repo, wanted, cache_dir=cache) if wanted else None
+    except ValueError as exc:  # huggingface_hub's HFValidationError: a malformed repo or file
+        raise ConfigError(f"model {name!r}: {str(exc).splitlines()[0]} (source at {where}); "
+                          "write repo as org/name and file as a path inside the repo") from None
+    if wanted is not None and hit is not None and not isinstance(hit, str):
+        # huggingface_hub's _CACHED_NO_EXIST: the hub said the file does not exist
+        raise ModelNotFoundError(
+            f"model {name!r}: {repo} has no file {wanted!r} at its main revision (the local "
+            f"Hugging Face cache recorded the hub's answer); check source.file at {where}")
+    if wanted is None or not isinstance(hit, str):
+        what = file or f"the {quant} GGUF"
+        fetch = f"hf download {repo}" + (f" {file}" if file else f" --include '*{quant}*'")
+        raise ModelNotFoundError(
+            f"model {name!r}: {what} of {repo} is not in the local Hugging Face cache "
+            f"({cache}); fetch it once with `localmoa models pull {name}` (or {fetch})")
+    _check_shards_cached(repo, wanted, name, cache)
+    return Path(hit)
 
 
-def _match_quant(snapshot: Path, quant: str) -> Path | None:
-    """The GGUF whose name carries ``quant`` (first shard of a split file)."""
+def _main_files(repo: str, name: str, cache: Path) -> list[str]:
+    """Files of the repo's cached ``main`` revision, as paths inside the repo."""
+    from huggingface_hub import CacheNotFound, scan_cache_dir
+    from huggingface_hub.file_download import repo_folder_name
+
+    try:
+        info = scan_cache_dir(cache)
+    except (CacheNotFound, ValueError):  # no cache folder yet, or a file in its place
+        return []
+    for cached in info.repos:
+        if cached.repo_type == "model" and cached.repo_id == repo:
+            main = cached.refs.get("main")
+            if main is None:
+                return []
+            return [f.file_path.relative_to(main.snapshot_path).as_posix() for f in main.files]
+    folder = repo_folder_name(repo_id=repo, repo_type="model")
+    in_repo = re.compile(rf"[\\/]{re.escape(folder)}(?:[\\/).]|$)")
+    for warning in info.warnings:  # a damaged entry is left out of info.repos
+        if in_repo.search(str(warning)):
+            raise ModelNotFoundError(
+                f"model {name!r}: the local Hugging Face cache entry of {repo} is damaged "
+                f"({str(warning).splitlines()[0]}); fetch it again with `localmoa models pull "
+                f"{name}`, or delete {cache / folder} first if that does not mend it")
+    return []
+
+
+def _match_quant(files: list[str], quant: str) -> str | None:
+    """The GGUF whose name carries ``quant`` (first shard of a split file, never mmproj)."""
     wanted = quant.lower()
     hits = []
-    for path in snapshot.rglob("*.gguf"):
-        stem = path.name.lower()
-        if wanted not in stem or "mmproj" in stem:
+    for file in files:
+        base = PurePosixPath(file).name
+        if not base.endswith(".gguf") or wanted not in base.lower() or "mmproj" in base.lower():
             continue
-        shard = _SHARD.search(path.name)
-        if shard and int(shard.group(1)) != 1:
+        shard = parse_split_name(base)
+        if shard and shard[1] != 1:
             continue
-        hits.append(path)
+        hits.append(file)
     return sorted(hits)[0] if hits else None
+
+
+def _check_shards_cached(repo: str, file: str, name: str, cache: Path) -> None:
+    """Every shard of a split GGUF is cached, or `localmoa models pull` has more to fetch."""
+    from huggingface_hub import try_to_load_from_cache
+
+    first = PurePosixPath(file)
+    others = [str(first.with_name(p.name)) for p in shard_paths(Path(first.name))[1:]]
+    missing = [f for f in others
+               if not isinstance(try_to_load_from_cache(repo, f, cache_dir=cache), str)]
+    if missing:
+        raise ModelNotFoundError(
+            f"model {name!r}: {len(missing)} shard(s) of {repo}/{file} are not in the local "
+            f"Hugging Face cache ({cache}); fetch them with `localmoa models pull {name}` "
+            f"(or hf download {repo} {' '.join(missing)})")

@@ -17,12 +17,16 @@ from localmoa.cli._live import LiveView
 from localmoa.metrics import AgentRun
 from localmoa.recipe import Overrides, build_graph
 
+from .conftest import wait_for_event
+
 PROMPT = ">>> "
 
 
-def spawn(*args: str, timeout: float = 120) -> pexpect.spawn:
-    child = pexpect.spawn(sys.executable, ["-m", "localmoa", "chat", *args],
-                          env=dict(os.environ, COLUMNS="120", TERM="xterm"),
+def spawn(*args: str, timeout: float = 120, events: Path | None = None) -> pexpect.spawn:
+    env = dict(os.environ, COLUMNS="120", TERM="xterm")
+    if events is not None:
+        env["LOCALMOA_EVENT_LOG"] = str(events)
+    child = pexpect.spawn(sys.executable, ["-m", "localmoa", "chat", *args], env=env,
                           encoding="utf-8", timeout=timeout, dimensions=(40, 120))
     child.expect_exact(PROMPT)
     return child
@@ -60,12 +64,11 @@ def test_two_turns_stats_save_and_exit(tmp_path: Path) -> None:
     assert second["actual"]["loads"] == 0
 
 
-def test_ctrl_c_stops_an_answer_and_the_chat_goes_on() -> None:
-    child = spawn("--max-tokens", "1500", "--temperature", "0.8", "--seed", "2")
+def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    child = spawn("--max-tokens", "1500", "--temperature", "0.8", "--seed", "2", events=events)
     child.sendline("Tell me a very long story about a lighthouse keeper.")
-    child.expect(r"\S", timeout=60)  # something is being generated
-    import time
-    time.sleep(3)
+    wait_for_event(events, child, "first_text", agent="L1.1")  # the answer is being written
     child.sendintr()
     child.expect_exact("interrupted")
     child.expect_exact(PROMPT)
@@ -132,11 +135,39 @@ def test_live_view_renders_every_agent_panel() -> None:
     assert "layer 1" in text and "layer 2" in text
 
 
-@pytest.mark.parametrize("stdout_tty", [False])
-def test_no_live_view_when_stdout_is_not_a_terminal(stdout_tty: bool) -> None:
+@pytest.mark.parametrize(("stdout_tty", "stderr_tty", "show_layers", "live"), [
+    (True, True, True, True),  # a terminal: the live view
+    (False, True, True, False),  # the answer piped: plain layer answers on stderr
+    (True, False, True, False),  # stderr redirected
+    (True, True, False, False),  # not asked for
+])
+def test_live_view_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch, stdout_tty: bool,
+                                      stderr_tty: bool, show_layers: bool, live: bool) -> None:
+    import io
+
     from localmoa.cli._output import Output
     from localmoa.cli._progress import RunDisplay
 
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: stdout_tty)
+    out = Output()
+    out.err = Console(file=io.StringIO(), force_terminal=stderr_tty)
     graph = build_graph(load_config(), "tiny")
-    display = RunDisplay(Output(), graph, show_layers=True)
-    assert display.live is None  # pytest captures stdout: plain text instead
+    display = RunDisplay(out, graph, show_layers=show_layers)
+    assert (display.live is not None) is live
+    assert display.show_layers is show_layers
+
+
+@pytest.mark.parametrize("phase", ["prompt", "answer"])
+def test_sigterm_ends_the_chat_with_143(tmp_path: Path, phase: str) -> None:
+    import signal
+
+    events = tmp_path / "events.jsonl"
+    child = spawn("--max-tokens", "1500", events=events)
+    if phase == "answer":
+        child.sendline("Tell me a very long story about a lighthouse keeper.")
+        wait_for_event(events, child, "first_text", agent="L1.1")
+    child.kill(signal.SIGTERM)
+    child.expect_exact("localmoa: error: terminated (SIGTERM)")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 143

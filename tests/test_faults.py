@@ -20,7 +20,7 @@ from localmoa.backends.llamacpp import LlamaCppBackend
 from localmoa.cli import main
 from localmoa.config import Config, load_config, read_config_file
 from localmoa.engine import run_moa
-from localmoa.errors import AggregatorFailedError, ModelLoadError
+from localmoa.errors import AggregatorFailedError, GenerationError, ModelLoadError
 from localmoa.recipe import Overrides, build_graph
 
 QUESTION = [{"role": "user", "content": "Which is larger, 9.11 or 9.9?"}]
@@ -50,12 +50,13 @@ class FaultyBackend:
                 if kind == "hangs":
                     HANG.wait(600)  # a backend stuck in a call that never returns
                     yield "never"
-                for i, piece in enumerate(real_chat(messages, options)):
-                    if kind == "raises" and i == 3:
-                        raise RuntimeError("injected failure after 3 pieces")
-                    if kind == "crawls":
-                        time.sleep(0.5)
-                    yield piece
+                with real_chat(messages, options) as inner:  # closed with this stream
+                    for i, piece in enumerate(inner):
+                        if kind == "raises" and i == 3:
+                            raise GenerationError("injected failure after 3 pieces")
+                        if kind == "crawls":
+                            time.sleep(0.5)  # a slow backend (the fault), not a test clock
+                        yield piece
             return ChatStream(pieces)
         return chat
 

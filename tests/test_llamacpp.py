@@ -80,3 +80,56 @@ def test_truncated_gguf_is_a_load_error(tmp_path: Path, smollm2_path: Path) -> N
     spec = ModelSpec(backend="llamacpp", source=Source(path=str(cut)), n_ctx=256)
     with pytest.raises(ModelLoadError, match="could not load"):
         LlamaCppBackend().load("cut", spec, cut, n_threads=1)
+
+
+def test_closing_a_stream_frees_the_instance_without_the_gc(model) -> None:
+    import gc
+
+    opts = GenerateOptions(temperature=0.0, max_tokens=24)
+    gc.disable()  # the stream and its generator form a cycle only the GC would break
+    try:
+        stream = model.chat(QUESTION, opts)
+        pieces = iter(stream)
+        next(pieces)
+        stream.close()  # what the engine does when an agent is stopped
+        del stream, pieces
+        assert model.chat(QUESTION, opts).text().strip()  # not "already generating"
+    finally:
+        gc.enable()
+
+
+def test_the_tokenizer_waits_for_a_generation_on_another_thread(model) -> None:
+    import threading
+
+    stream = model.chat(QUESTION, GenerateOptions(temperature=0.0, max_tokens=24))
+    pieces = iter(stream)
+    next(pieces)  # a generation holds the instance, paused between two tokens
+    counted = threading.Event()
+    result: list[int] = []
+
+    def count() -> None:
+        result.append(model.count_tokens("Name three colours."))
+        counted.set()
+
+    thread = threading.Thread(target=count, daemon=True)
+    thread.start()
+    try:
+        assert not counted.wait(0.5), "the tokenizer used the instance in mid-generation"
+        own = model.count_tokens("Name three colours.")  # this thread may: its own pause
+    finally:
+        for _ in pieces:
+            pass
+    thread.join(30)
+    assert counted.is_set() and result == [own] and own > 1
+
+
+def test_unload_during_a_paused_generation_waits_for_nothing(smollm2_path: Path) -> None:
+    spec = ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=256)
+    loaded = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=1)
+    stream = loaded.chat(QUESTION, GenerateOptions(temperature=0.0, max_tokens=16))
+    pieces = iter(stream)
+    next(pieces)  # paused mid-generation, its stream not closed (a wrapper's bug, say)
+    loaded.unload()  # returns at once: the context is not freed under the generation
+    assert loaded.llm is not None
+    stream.close()  # the generation ends: now it is freed
+    assert loaded.llm is None

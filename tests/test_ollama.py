@@ -15,6 +15,9 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
+from localmoa.memory.planner import split_threads
+from localmoa.memory.probe import cpu_cores
+
 from .conftest import cli
 
 TAG = "llama3.2:1b"
@@ -98,14 +101,15 @@ def expect_one_good_agent(server: HTTPServer) -> None:
     expect_unload(server)
 
 
-def write_config(tmp_path: Path, host: str, extra: str = "") -> Path:
+def write_config(tmp_path: Path, host: str | None, extra: str = "") -> Path:
+    """The mixed profile; the Ollama model's ``host:`` key only when ``host`` is given."""
     path = tmp_path / "mixed.yaml"
+    host_line = f"\n    host: {host}" if host else ""
     path.write_text(f"""\
 models:
   llama-ollama:
     backend: ollama
-    source: {{ollama: "{TAG}"}}
-    host: {host}
+    source: {{ollama: "{TAG}"}}{host_line}
     n_ctx: {N_CTX}
 {extra}
 profiles:
@@ -142,7 +146,9 @@ def test_mixed_run_ollama_and_llamacpp(httpserver: HTTPServer, tmp_path: Path) -
     assert placed["size_vram_bytes"] < placed["size_bytes"] and placed["partly_on_cpu"]
     others = [a for a in report["agents"] if a["model"] == "smollm2-135m"]
     assert all(a["ok"] for a in others) and report["answer"].strip()
-    assert {a["threads"] for a in others if a["layer"] == 1} == {1}  # 2 cores, 2 local agents
+    # the cores are split between the two local agents only: the daemon has its own
+    assert [a["threads"] for a in others if a["layer"] == 1] == split_threads(report["cores"], 2)
+    assert report["cores"] == cpu_cores()
 
 
 def test_partly_on_cpu_is_flagged_in_the_terminal(httpserver: HTTPServer,

@@ -21,6 +21,8 @@ from localmoa.preflight import preflight
 from localmoa.prompts import TRIM_MARK, fit_references
 from localmoa.recipe import Overrides
 
+from .conftest import start_cli, wait_for_event
+
 QUESTION = "Write a short story about a dragon who learns to count."
 
 
@@ -86,23 +88,23 @@ profiles:
 
 # --- interrupts -----------------------------------------------------------------------
 
-def start_run(*extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "localmoa", "run", QUESTION, "--max-tokens", "3000",
-         "--layers", "2", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=dict(os.environ))
+def start_run(events: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return start_cli("run", QUESTION, "--max-tokens", "3000", "--layers", "2", *extra,
+                     events=events)
 
 
-@pytest.mark.parametrize(("sig", "code", "line", "after_s"), [
-    (signal.SIGINT, 130, "localmoa: error: interrupted", 0.6),     # while loading
-    (signal.SIGINT, 130, "localmoa: error: interrupted", 4.0),     # while generating
-    (signal.SIGTERM, 143, "localmoa: error: terminated (SIGTERM)", 0.6),
-    (signal.SIGTERM, 143, "localmoa: error: terminated (SIGTERM)", 4.0),
+@pytest.mark.parametrize(("sig", "code", "line", "phase"), [
+    (signal.SIGINT, 130, "localmoa: error: interrupted", ("loading", {})),
+    (signal.SIGINT, 130, "localmoa: error: interrupted", ("first_text", {"agent": "L1.1"})),
+    (signal.SIGTERM, 143, "localmoa: error: terminated (SIGTERM)", ("loading", {})),
+    (signal.SIGTERM, 143, "localmoa: error: terminated (SIGTERM)",
+     ("first_text", {"agent": "L1.1"})),
 ])
-def test_signals_stop_a_real_run(sig: int, code: int, line: str, after_s: float) -> None:
-    proc = start_run()
-    time.sleep(after_s)
-    assert proc.poll() is None
+def test_signals_stop_a_real_run(tmp_path: Path, sig: int, code: int, line: str,
+                                 phase: tuple[str, dict]) -> None:
+    events = tmp_path / "events.jsonl"
+    proc = start_run(events)
+    wait_for_event(events, proc, phase[0], **phase[1])  # a model loading / layer 1 writing
     assert not psutil.Process(proc.pid).children(recursive=True)  # no child processes
     sent = time.monotonic()
     proc.send_signal(sig)
@@ -110,18 +112,23 @@ def test_signals_stop_a_real_run(sig: int, code: int, line: str, after_s: float)
     assert proc.returncode == code, err.decode()[-500:]
     assert time.monotonic() - sent < 15
     assert err.decode().strip().splitlines()[-1] == line
+    logged = [json.loads(x) for x in events.read_text().splitlines()]
+    assert logged[-1]["event"] == "run_end" and logged[-1]["error"] == line.split(": ")[-1]
+    assert "layer_done" not in [e["event"] for e in logged]  # stopped within layer 1
 
 
-def test_interrupt_prints_what_was_produced() -> None:
-    proc = start_run("--json")
-    time.sleep(5)  # layer 1 is generating its long answers
+def test_interrupt_prints_what_was_produced(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    proc = start_run(events, "--json")
+    for agent in ("L1.1", "L1.2", "L1.3"):  # layer 1 is writing its long answers
+        wait_for_event(events, proc, "first_text", agent=agent)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130
     doc = json.loads(out)
     assert doc["ok"] is False and doc["error"] == "interrupted"
-    assert any(a["answer"] for a in doc["agents"]), "partial answers are kept"
-    assert all(a["error"] == "interrupted" for a in doc["agents"] if not a["ok"])
+    assert all(a["answer"] for a in doc["agents"]), "every partial answer is kept"
+    assert all(a["error"].startswith("interrupted") for a in doc["agents"] if not a["ok"])
 
 
 # --- offline --------------------------------------------------------------------------

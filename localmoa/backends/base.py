@@ -66,7 +66,10 @@ class GenerationStats:
 class ChatStream:
     """A lazy answer: iterating streams text pieces; ``text()`` forces it once.
 
-    ``stats`` is set when the stream is exhausted.
+    ``stats`` is set when the stream is exhausted. ``close()`` (or ``with``) ends a
+    stream that was not read to the end at once: the backend's generator runs its
+    cleanup (a llama.cpp instance is free again) now, not whenever the garbage
+    collector breaks the stream's reference cycle.
     """
 
     def __init__(self, pieces: Callable[[ChatStream], Iterator[str]]) -> None:
@@ -89,6 +92,18 @@ class ChatStream:
         for _ in self:
             pass
         return "".join(self._chunks)
+
+    def close(self) -> None:
+        """Stop generating and release what the backend holds; harmless when done."""
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> ChatStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class LoadedModel(Protocol):

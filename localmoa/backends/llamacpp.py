@@ -8,6 +8,7 @@ time of every decoded token.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 
 from ..config import ModelSpec
 from ..errors import GenerationError, ModelLoadError
+from . import repack
 from .base import ChatStream, GenerateOptions, GenerationStats, Message
 
 # llama.cpp's ggml_type numbers for the KV cache element types models.yaml accepts.
@@ -52,6 +54,33 @@ def _quiet_llama_logs() -> None:
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _model_params(use_extra_bufts: bool) -> Iterator[None]:
+    """Make ``Llama(...)`` load with ``use_extra_bufts`` (weight repacking) as given.
+
+    llama-cpp-python's constructor takes llama.cpp's default model parameters and
+    does not expose this field (llama-server's --no-repack sets it), so the
+    defaults are adjusted for the length of the constructor call."""
+    import llama_cpp.llama_cpp as lib
+
+    with _PARAMS_LOCK:
+        original = lib.llama_model_default_params
+
+        def defaults() -> Any:
+            params = original()
+            params.use_extra_bufts = use_extra_bufts
+            return params
+
+        lib.llama_model_default_params = defaults
+        try:
+            yield
+        finally:
+            lib.llama_model_default_params = original
+
+
 class _TokenClock:
     """A logits processor that only watches: counts sampled tokens and times them."""
 
@@ -74,11 +103,17 @@ class _TokenClock:
 class LlamaCppModel:
     """One llama.cpp model instance (model + context). One chat at a time."""
 
-    def __init__(self, name: str, llm: Any, load_s: float) -> None:
+    def __init__(self, name: str, llm: Any, load_s: float,
+                 cpu_repack: bool = True) -> None:
         self.name = name
         self.llm = llm
         self.load_s = load_s
-        self._busy = threading.Lock()
+        self.cpu_repack = cpu_repack
+        self.runtime_facts: dict[str, Any] = {"cpu_repack": cpu_repack}
+        self._busy = threading.Lock()  # one generation at a time (held while it streams)
+        self._lock = threading.Lock()  # any use of the llama object (tokenizer included)
+        self._owner: int | None = None  # the thread whose generation holds ``_lock``
+        self._unload_pending = False  # unload() came during a generation
 
     def chat(self, messages: Sequence[Message], options: GenerateOptions) -> ChatStream:
         return ChatStream(lambda stream: self._generate(stream, messages, options))
@@ -90,20 +125,36 @@ class LlamaCppModel:
         if not self._busy.acquire(blocking=False):
             raise GenerationError(f"model instance {self.name!r} is already generating; "
                                   "a llama.cpp context serves one request at a time")
+        self._lock.acquire()
+        self._owner = threading.get_ident()
         try:
-            llm = self.llm
-            if options.n_threads:
-                llama_cpp.llama_set_n_threads(llm.ctx, options.n_threads, options.n_threads)
-            previous = list(llm.input_ids[: llm.n_tokens])
-            clock = _TokenClock()
-            started = time.perf_counter()
-            first_text_at: float | None = None
-            finish: str | None = None
-            try:
-                chunks = llm.create_chat_completion(
-                    messages=[dict(m) for m in messages], temperature=options.temperature,
-                    top_p=options.top_p, max_tokens=options.max_tokens, seed=options.seed,
-                    stream=True, logits_processor=LogitsProcessorList([clock]))
+            yield from self._stream(stream, messages, options, llama_cpp, LogitsProcessorList)
+        finally:
+            self._owner = None
+            closing, self._unload_pending = self._unload_pending, False
+            self._lock.release()
+            self._busy.release()
+            if closing:  # unloaded while this generation was in progress: free it now
+                self.unload()
+
+    def _stream(self, stream: ChatStream, messages: Sequence[Message], options: GenerateOptions,
+                llama_cpp: Any, processors: Any) -> Iterator[str]:
+        llm = self.llm
+        if llm is None:
+            raise GenerationError(f"model instance {self.name!r} was unloaded")
+        if options.n_threads:
+            llama_cpp.llama_set_n_threads(llm.ctx, options.n_threads, options.n_threads)
+        previous = list(llm.input_ids[: llm.n_tokens])
+        clock = _TokenClock()
+        started = time.perf_counter()
+        first_text_at: float | None = None
+        finish: str | None = None
+        try:
+            chunks = llm.create_chat_completion(
+                messages=[dict(m) for m in messages], temperature=options.temperature,
+                top_p=options.top_p, max_tokens=options.max_tokens, seed=options.seed,
+                stream=True, logits_processor=processors([clock]))
+            with contextlib.closing(chunks):
                 for chunk in chunks:
                     choice = chunk["choices"][0]
                     text = choice.get("delta", {}).get("content")
@@ -112,38 +163,56 @@ class LlamaCppModel:
                             first_text_at = time.perf_counter()
                         yield text
                     finish = choice.get("finish_reason") or finish
-            except (RuntimeError, ValueError) as exc:
-                raise GenerationError(f"{self.name}: {exc}") from exc
-            ended = time.perf_counter()
-            prefill_end = clock.first_at or ended
-            # A final end-of-generation token is sampled but never part of the answer.
-            completion = max(0, clock.sampled - (1 if finish == "stop" else 0))
-            prompt_ids = list(llm.input_ids[: clock.prompt_tokens])
-            stream.stats = GenerationStats(
-                prompt_tokens=clock.prompt_tokens,
-                completion_tokens=completion,
-                ttft_s=(first_text_at or ended) - started,
-                prompt_s=prefill_end - started,
-                decode_s=(clock.last_at or prefill_end) - prefill_end,
-                decode_tokens=max(0, clock.sampled - 1),
-                cached_tokens=_reused_prefix(previous, prompt_ids),
-                finish_reason=finish,
-            )
-        finally:
-            self._busy.release()
+        except (RuntimeError, ValueError) as exc:
+            raise GenerationError(f"{self.name}: {exc}") from exc
+        ended = time.perf_counter()
+        prefill_end = clock.first_at or ended
+        # A final end-of-generation token is sampled but never part of the answer.
+        completion = max(0, clock.sampled - (1 if finish == "stop" else 0))
+        prompt_ids = list(llm.input_ids[: clock.prompt_tokens])
+        stream.stats = GenerationStats(
+            prompt_tokens=clock.prompt_tokens,
+            completion_tokens=completion,
+            ttft_s=(first_text_at or ended) - started,
+            prompt_s=prefill_end - started,
+            decode_s=(clock.last_at or prefill_end) - prefill_end,
+            decode_tokens=max(0, clock.sampled - 1),
+            cached_tokens=_reused_prefix(previous, prompt_ids),
+            finish_reason=finish,
+        )
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[Any]:
+        """The llama object, for this thread alone. A generation in progress on another
+        thread holds it until it ends; the thread whose own stream is paused may use it."""
+        if self._owner == threading.get_ident():
+            yield self.llm
+            return
+        with self._lock:
+            yield self.llm
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in this model's vocabulary."""
-        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        with self._using() as llm:
+            return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def cut_tokens(self, text: str, n: int) -> str:
         """The first ``n`` tokens of ``text``, as text."""
-        tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)[:n]
-        return self.llm.detokenize(tokens).decode("utf-8", "ignore")
+        with self._using() as llm:
+            tokens = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)[:n]
+            return str(llm.detokenize(tokens).decode("utf-8", "ignore"))
 
     def unload(self) -> None:
-        """Free the weights and the context now, not whenever the GC runs."""
-        llm, self.llm = self.llm, None
+        """Free the weights and the context now, not whenever the GC runs. During a
+        generation (one paused in a stream not yet closed, too) it is freed when that
+        generation ends: never under it, and never by waiting for it."""
+        if not self._lock.acquire(blocking=False):
+            self._unload_pending = True
+            return
+        try:
+            llm, self.llm = self.llm, None
+        finally:
+            self._lock.release()
         if llm is not None:
             llm.close()
 
@@ -174,16 +243,19 @@ class LlamaCppBackend:
                                  "reinstall localmoa: pip install --force-reinstall "
                                  "llama-cpp-python") from None
         _quiet_llama_logs()
+        choice = repack.choose(spec.cpu_repack)
         kv = _GGML_TYPES[spec.kv_type]
         started = time.perf_counter()
         try:
-            llm = Llama(
-                model_path=str(path), n_ctx=spec.n_ctx, n_batch=min(spec.n_batch, spec.n_ctx),
-                n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=spec.n_gpu_layers,
-                type_k=kv, type_v=kv, flash_attn=spec.kv_type not in ("f16", "f32", "bf16"),
-                use_mmap=spec.use_mmap, chat_format=spec.chat_format, verbose=False)
+            with _model_params(use_extra_bufts=choice.enabled):
+                llm = Llama(
+                    model_path=str(path), n_ctx=spec.n_ctx,
+                    n_batch=min(spec.n_batch, spec.n_ctx), n_threads=n_threads,
+                    n_threads_batch=n_threads, n_gpu_layers=spec.n_gpu_layers, type_k=kv,
+                    type_v=kv, flash_attn=spec.kv_type not in ("f16", "f32", "bf16"),
+                    use_mmap=spec.use_mmap, chat_format=spec.chat_format, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(
                 f"model {name!r}: llama.cpp could not load {path}: {exc} (is it a complete "
                 f"GGUF file? is there enough memory for n_ctx={spec.n_ctx}?)") from None
-        return LlamaCppModel(name, llm, time.perf_counter() - started)
+        return LlamaCppModel(name, llm, time.perf_counter() - started, choice.enabled)

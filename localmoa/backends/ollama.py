@@ -27,7 +27,8 @@ KEEP_ALIVE = "30m"
 
 
 def host_of(spec: ModelSpec) -> str:
-    return (spec.host or constants.ollama_host()).rstrip("/")
+    """The daemon's URL: the model's host, else OLLAMA_HOST, as the official client parses it."""
+    return constants.ollama_host(spec.host)
 
 
 def tag_of(spec: ModelSpec) -> str:

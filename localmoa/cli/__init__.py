@@ -13,6 +13,8 @@ from ._errors import run_guarded
 from .bench import EPILOG as BENCH_EPILOG
 from .bench import bench
 from .chat import chat
+from .doctor import EPILOG as DOCTOR_EPILOG
+from .doctor import doctor
 from .models import app as models_app
 from .plan import EPILOG as PLAN_EPILOG
 from .plan import plan
@@ -44,6 +46,7 @@ app.command("chat")(chat)
 app.command("bench", epilog=BENCH_EPILOG)(bench)
 app.command("plan", epilog=PLAN_EPILOG)(plan)
 app.command("profiles")(profiles)
+app.command("doctor", epilog=DOCTOR_EPILOG)(doctor)
 app.add_typer(models_app, name="models")
 
 

@@ -65,6 +65,12 @@ class Output:
         if not self.json_mode:
             self.err.print(message, soft_wrap=True)
 
+    def notice(self, message: str) -> None:
+        """``localmoa: notice: ...``, one line on stderr, in every mode (--json too)."""
+        with self._lock:
+            sys.stderr.write(f"localmoa: notice: {' '.join(message.split())}\n")
+            sys.stderr.flush()
+
     def rule(self, title: str) -> None:
         """A titled separator on stderr (between layers and the final answer)."""
         if not self.json_mode:
@@ -105,6 +111,10 @@ class Output:
                 f"{format_bytes(ram_peak)} (budget {format_bytes(p['budget_bytes'].get('ram', 0))})"
                 f"; measured {a['loads']} loads in {a['load_s']:.2f} s, peak "
                 f"+{format_bytes(a['peak_pss_growth_bytes'])} PSS")
+        repack = report.runtime.get("cpu_repack")
+        if repack and not repack.get("enabled"):
+            self.err.print(f"[bold]cpu[/] llama.cpp weight repacking off: "
+                           f"{escape(str(repack.get('reason', '')))}", soft_wrap=True)
         for name, facts in report.models.items():
             if facts.get("partly_on_cpu"):
                 self.err.print(

@@ -13,7 +13,7 @@ from .. import constants, signals
 from ..chat import ChatSession, Turn
 from ..config import load_config
 from ..errors import LocalMoaError, RunInterrupted
-from ..recipe import Overrides
+from ..recipe import Overrides, build_graph
 from ._options import (
     AgentTimeoutOpt,
     AggregatorOpt,
@@ -27,6 +27,7 @@ from ._options import (
     TemperatureOpt,
 )
 from ._output import Output
+from ._prepare import check_cpu_once
 from ._progress import RunDisplay
 
 HELP = """\
@@ -83,11 +84,14 @@ def chat(
     notice. Type /help for the commands; Ctrl-C stops an answer, Ctrl-D quits.
     """
     cfg = load_config(config)
-    session = ChatSession(cfg, Overrides(
+    overrides = Overrides(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
-        temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout),
-        memory_budget=memory_budget, profile=profile)
+        temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout)
     out = Output()
+    check_cpu_once(out, cfg, build_graph(cfg, profile, overrides).models)
+    session = ChatSession(cfg, overrides, memory_budget=memory_budget, profile=profile)
+    for notice in session.prepared.notices:
+        out.notice(notice)
     _line_editing()
     out.note(f"localmoa chat: profile [bold]{escape(session.profile or '')}[/] "
              f"({len(session.graph.layers)} layers); /help for commands, Ctrl-D to quit")
@@ -98,6 +102,8 @@ def chat(
             try:
                 line = input(">>> ")
             except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh prompt
+                if signals.terminated():
+                    raise  # SIGTERM ends the chat (exit 143), Ctrl-C does not
                 signals.clear()
                 print()
                 continue
@@ -124,10 +130,12 @@ def _turn(out: Output, session: ChatSession, text: str, live: bool) -> Turn | No
     try:
         with display:
             turn = session.ask(text, events=display.events())
-    except RunInterrupted:
-        signals.clear()
+    except (RunInterrupted, KeyboardInterrupt) as exc:
         if display.streamed:
             out.end_stream()
+        if signals.terminated() or getattr(exc, "exit_code", 0) == 143:
+            raise  # SIGTERM ends the chat (exit 143); its models are freed on the way out
+        signals.clear()
         out.note("[yellow]interrupted[/]: this answer is dropped, the conversation is as "
                  "it was; the models stay loaded")
         return None

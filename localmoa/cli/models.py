@@ -15,7 +15,7 @@ from .. import constants
 from ..config import Config, ModelSpec, load_config, read_config_file, shipped_config_path
 from ..errors import ConfigError, LocalMoaError, UsageError
 from ..memory.estimate import Footprint, ModelFacts
-from ..memory.gguf_header import read_header
+from ..memory.gguf_header import read_model_header, shard_paths
 from ..memory.probe import Resources, format_bytes, probe
 from ..preflight import estimate_model
 from ..pull import Progress as PullProgress
@@ -45,7 +45,8 @@ def _describe(config: Config, name: str, resources: Resources,
         row["problem"] = str(exc)
         return row
     row.update(present=True, path=str(path) if path else None,
-               file_bytes=path.stat().st_size if path else fp.weights_bytes,
+               file_bytes=sum(p.stat().st_size for p in shard_paths(path) if p.is_file())
+               if path else fp.weights_bytes,
                **_facts_dict(facts), footprint=_footprint_dict(fp))
     return row
 
@@ -209,8 +210,11 @@ def _entry_for(source: str, n_ctx: int) -> dict[str, Any]:
         if not path.is_file():
             raise UsageError(f"{source}: no such file; give a GGUF path, org/repo:QUANT "
                              "or ollama:TAG")
-        read_header(path)  # it must be a readable GGUF
-        return {"backend": "llamacpp", "source": {"path": str(path.resolve())}, "n_ctx": n_ctx}
+        read_model_header(path)  # a readable GGUF; the first shard of a complete split
+        # The folder resolved, not the file: a Hugging Face cache file links to a blob named
+        # by its hash, and llama.cpp finds a split model's other shards by the first's name.
+        absolute = path.parent.resolve() / path.name
+        return {"backend": "llamacpp", "source": {"path": str(absolute)}, "n_ctx": n_ctx}
     if source.count("/") == 1 and ":" in source:
         return {"backend": "llamacpp", "source": {"repo": source}, "n_ctx": n_ctx}
     raise UsageError(f"{source!r}: give a GGUF path, a Hugging Face org/repo:QUANT "

@@ -10,7 +10,7 @@ from rich.table import Table
 from ..config import load_config
 from ..memory.planner import Plan
 from ..memory.probe import Resources, format_bytes
-from ..preflight import Preflight, preflight
+from ..preflight import Preflight
 from ..recipe import Overrides, build_graph
 from ._options import (
     AggregatorOpt,
@@ -22,6 +22,7 @@ from ._options import (
     ProposerOpt,
 )
 from ._output import Output
+from ._prepare import prepare
 
 EPILOG = """\
 Examples:
@@ -54,8 +55,8 @@ def plan(
     cfg = load_config(config)
     graph = build_graph(cfg, profile, Overrides(layers=layers, proposers=tuple(proposer or ()),
                                                 aggregator=aggregator))
-    pre = preflight(cfg, graph, memory_budget)
     out = Output(json_mode=json_out)
+    pre = prepare(out, cfg, graph, memory_budget)
     if json_out:
         out.document(plan_document(pre))
         return

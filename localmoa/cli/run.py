@@ -14,7 +14,6 @@ from ..config import load_config
 from ..engine import run_moa
 from ..errors import RunFailedError, UsageError
 from ..metrics import RunReport
-from ..preflight import preflight
 from ..recipe import Overrides, build_graph
 from ._errors import EXIT_RUNTIME
 from ._options import (
@@ -31,6 +30,7 @@ from ._options import (
     TemperatureOpt,
 )
 from ._output import Output
+from ._prepare import prepare
 from ._progress import RunDisplay
 
 EPILOG = """\
@@ -111,7 +111,7 @@ def run(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
         temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout))
     conversation = [Message(role="user", content=text)]
-    prepared = preflight(cfg, graph, memory_budget)  # refuses here, before any load
+    prepared = prepare(out, cfg, graph, memory_budget)  # refuses here, before any load
 
     with RunDisplay(out, graph, show_layers=show_layers) as display:
         try:

@@ -33,8 +33,9 @@ MiB = 1 << 20
 #: Bytes per element of each KV cache type.
 KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32,
                  "q5_0": 22 / 32, "q4_1": 20 / 32, "q4_0": 18 / 32}
-#: Tensor types llama.cpp's CPU backend repacks (so they are not shared via mmap).
-REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})
+#: Tensor types llama.cpp's CPU backend repacks on x86 with AVX2 (so they are not shared
+#: via mmap); the backend says which ones it repacks on this machine (LoadSettings).
+REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})
 #: Sliding-window layer pattern by architecture when the GGUF does not say.
 #: A layer il is sliding-window when (il + 1) % n != 0 (gemma2: every other layer).
 SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4}
@@ -61,6 +62,8 @@ class LoadSettings:
     use_mmap: bool = True
     swa_full: bool = True
     gpu_pool: str | None = None  # the pool offloaded layers go to; None: no usable GPU
+    #: Weight types llama.cpp copies into private repacked buffers (empty: repacking off).
+    repacked_types: frozenset[str] = REPACKED_TYPES
 
     @property
     def uses_flash_attn(self) -> bool:
@@ -86,11 +89,17 @@ class ModelFacts:
     n_vocab: int
     weights_bytes: int
     layer_bytes: tuple[int, ...]  # weights of each block
-    repacked_bytes: int  # weights llama.cpp repacks on the CPU
+    repacked_bytes: int  # weights llama.cpp repacks on an x86 AVX2 CPU (REPACKED_TYPES)
     output_bytes: int  # non-block weights (embeddings, output)
     parameters: int
     quant: str
     has_chat_template: bool
+    #: Bytes of the matrices a CPU backend may repack (2-D, not the token embeddings), by type.
+    matrix_bytes_by_type: tuple[tuple[str, int], ...] = ()
+
+    def repacked_bytes_of(self, types: frozenset[str]) -> int:
+        """Weights that become private copies when llama.cpp repacks ``types``."""
+        return sum(n for t, n in self.matrix_bytes_by_type if t in types)
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,7 @@ def model_facts(header: GgufHeader) -> ModelFacts:
         vocab = tokens.count if isinstance(tokens, ArraySummary) else len(tokens or [])
     layer_bytes = [0] * n_layers
     other = 0
-    repacked = 0
+    matrices: dict[str, int] = {}
     params = 0
     type_bytes: dict[str, int] = {}
     for t in header.tensors:
@@ -165,8 +174,8 @@ def model_facts(header: GgufHeader) -> ModelFacts:
             layer_bytes[block] += t.n_bytes
         else:
             other += t.n_bytes
-        if t.type_name in REPACKED_TYPES and len(t.shape) >= 2 and t.name != "token_embd.weight":
-            repacked += t.n_bytes
+        if len(t.shape) >= 2 and t.name != "token_embd.weight":
+            matrices[t.type_name] = matrices.get(t.type_name, 0) + t.n_bytes
     quant = _quant_name(md.get("general.file_type"), type_bytes)
     return ModelFacts(
         architecture=arch, n_layers=n_layers, n_embd=n_embd, n_head=n_head,
@@ -174,8 +183,10 @@ def model_facts(header: GgufHeader) -> ModelFacts:
         sliding_window=int(window) if window else None, swa_layers=tuple(swa),
         context_length=int(header.arch_value("context_length", 0)), n_vocab=int(vocab or 0),
         weights_bytes=sum(t.n_bytes for t in header.tensors), layer_bytes=tuple(layer_bytes),
-        repacked_bytes=repacked, output_bytes=other, parameters=params, quant=quant,
-        has_chat_template="tokenizer.chat_template" in md)
+        repacked_bytes=sum(n for t, n in matrices.items() if t in REPACKED_TYPES),
+        output_bytes=other, parameters=params, quant=quant,
+        has_chat_template="tokenizer.chat_template" in md,
+        matrix_bytes_by_type=tuple(sorted(matrices.items())))
 
 
 def facts_from_model_info(model_info: dict[str, Any], size_bytes: int, quant: str,
@@ -186,7 +197,7 @@ def facts_from_model_info(model_info: dict[str, Any], size_bytes: int, quant: st
     facts = model_facts(header)
     n = max(facts.n_layers, 1)
     return replace(facts, weights_bytes=size_bytes, layer_bytes=(size_bytes // n,) * n,
-                   output_bytes=0, repacked_bytes=0,
+                   output_bytes=0, repacked_bytes=0, matrix_bytes_by_type=(),
                    parameters=int(model_info.get("general.parameter_count", 0) or 0),
                    quant=quant or facts.quant, has_chat_template=has_template)
 
@@ -239,7 +250,7 @@ def footprint(name: str, facts: ModelFacts, settings: LoadSettings) -> Footprint
     fraction = offloaded / facts.n_layers if facts.n_layers else 0.0
     kv_gpu = int(kv * fraction)
     cpu_weights = weights - on_gpu
-    repacked_cpu = int(facts.repacked_bytes * (1 - fraction))
+    repacked_cpu = int(facts.repacked_bytes_of(settings.repacked_types) * (1 - fraction))
     shared = max(0, cpu_weights - repacked_cpu) if settings.use_mmap else 0
     pools = {"ram": cpu_weights + (kv - kv_gpu) + overhead + (0 if offloaded else compute)}
     if offloaded and settings.gpu_pool:

@@ -4,17 +4,22 @@ The `gguf` package's GGUFReader decodes every vocabulary entry (9 s for
 Gemma-3's 262k tokens); this reader skips large arrays by their lengths and is
 fast enough for `localmoa plan` (< 0.1 s). Quantisation block sizes come from
 the `gguf` package.
+
+A split model (llama.cpp's gguf-split, ``NAME-00001-of-00003.gguf`` ...) keeps
+its metadata in the first shard and its tensors spread over all shards;
+``read_model_header`` reads them all as one header.
 """
 
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidModelFileError
+from ..errors import InvalidModelFileError, ModelNotFoundError
 
 # GGUF metadata value types
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
@@ -22,6 +27,10 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 #: Arrays longer than this are summarised (the vocabulary), not decoded.
 MAX_DECODED_ARRAY = 4096
+#: llama.cpp's shard names (llama_split_path): PREFIX-00001-of-00003.gguf, 1-based.
+_SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+#: At most this many missing shards are named in an error; the rest are counted.
+_NAMED_SHARDS = 4
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,8 @@ class _Cursor:
 
 
 def read_header(path: Path) -> GgufHeader:
-    """Parse the header of the GGUF file at ``path``."""
+    """Parse the header of the GGUF file at ``path``: one file, a single shard of a split
+    model. A model's facts come from ``read_model_header``."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     try:
@@ -169,3 +179,94 @@ def _parse(buf: Any, path: Path, quant_sizes: Any, quant_type: Any) -> GgufHeade
             f"bytes, the file has {len(buf)}; the download was probably interrupted, fetch "
             "the file again")
     return header
+
+
+def split_file_name(prefix: str, split_no: int, split_count: int) -> str:
+    """llama.cpp's name of shard ``split_no`` (1-based) of ``split_count``."""
+    return f"{prefix}-{split_no:05d}-of-{split_count:05d}.gguf"
+
+
+def parse_split_name(name: str) -> tuple[str, int, int] | None:
+    """``(prefix, split_no, split_count)`` of a shard's file name (1-based), else None."""
+    m = _SPLIT_NAME.match(name)
+    return (m["prefix"], int(m["no"]), int(m["count"])) if m else None
+
+
+def shard_paths(path: Path) -> list[Path]:
+    """The files llama.cpp opens for the model whose (first) file is ``path``.
+
+    By name alone, as llama.cpp does: every shard when ``path`` is named as the
+    first of several, else ``[path]``. ``read_model_header`` checks they agree.
+    """
+    parsed = parse_split_name(path.name)
+    if parsed is None or parsed[1] != 1 or parsed[2] <= 1:
+        return [path]
+    prefix, _, count = parsed
+    return [path.with_name(split_file_name(prefix, i, count)) for i in range(1, count + 1)]
+
+
+def read_model_header(path: Path, model: str | None = None) -> GgufHeader:
+    """The header of the model whose GGUF file is ``path``, over every shard of a split model.
+
+    A split model's first shard holds the metadata (``split.count`` > 1) and its
+    share of the tensors; llama.cpp opens the other shards by name next to it.
+    Each shard must be there, say it is the shard its name says, and be whole.
+    The header returned has the first shard's metadata and every shard's tensors.
+    ``model`` (a config name) makes the errors say which model and how to fetch it.
+    """
+    header = read_header(path)
+    count = _split_key(header, "split.count", 0)
+    if count <= 1:
+        return header
+    who = f"model {model!r}: " if model else ""
+    split_no = _split_key(header, "split.no", 0)
+    parsed = parse_split_name(path.name)
+    if split_no != 0:
+        first = (split_file_name(parsed[0], 1, count) if parsed
+                 else f"NAME-00001-of-{count:05d}.gguf")
+        raise InvalidModelFileError(
+            f"{who}{path} is shard {split_no + 1} of {count} of a split model; give the first "
+            f"shard, {first} (the other shards are found next to it)")
+    if parsed is None or parsed[1:] != (1, count):
+        raise InvalidModelFileError(
+            f"{who}{path} is the first of {count} shards of a split model but is not named "
+            f"like one (...-00001-of-{count:05d}.gguf): llama.cpp finds the other shards by "
+            "that name, so keep the file names gguf-split gave them")
+    paths = shard_paths(path)
+    missing = [p.name for p in paths[1:] if not p.is_file()]
+    if missing:
+        named = ", ".join(missing[:_NAMED_SHARDS]) + (
+            f" and {len(missing) - _NAMED_SHARDS} more" if len(missing) > _NAMED_SHARDS else "")
+        fetch = (f"`localmoa models pull {model}` fetches them all for a Hugging Face model"
+                 if model else "all shards of the split must sit in the same folder")
+        raise ModelNotFoundError(
+            f"{who}{path.name} is the first of {count} shards of a split model, and "
+            f"{len(missing)} of the others are not in {path.parent}: {named}; download every "
+            f"shard ({fetch})")
+    tensors = list(header.tensors)
+    for i, shard_path in enumerate(paths[1:], start=1):
+        shard = read_header(shard_path)
+        says = (_split_key(shard, "split.no", -1), _split_key(shard, "split.count", -1))
+        if says != (i, count):
+            raise InvalidModelFileError(
+                f"{who}{shard_path} says it is shard {says[0] + 1} of {says[1]}, its name shard "
+                f"{i + 1} of {count}: the shards come from different splits; download every "
+                "shard of one split again")
+        tensors.extend(shard.tensors)
+    expected = _split_key(header, "split.tensors.count", len(tensors))
+    names = {t.name for t in tensors}
+    if expected != len(tensors) or len(names) != len(tensors):
+        raise InvalidModelFileError(
+            f"{who}the {count} shards of {path} hold {len(tensors)} tensors "
+            f"({len(names)} distinct), the first shard says {expected}: the shards come from "
+            "different splits; download every shard of one split again")
+    return GgufHeader(path=path, version=header.version, metadata=header.metadata,
+                      tensors=tensors)
+
+
+def _split_key(header: GgufHeader, key: str, default: int) -> int:
+    value = header.metadata.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidModelFileError(f"{header.path}: {key} is {value!r}, not an integer; "
+                                    "the file is corrupt")
+    return value

@@ -61,6 +61,19 @@ class Wave:
     resident_bytes: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ModelCost:
+    """Bytes per pool of one model's first instance, and of each further one."""
+
+    first: dict[str, int]
+    extra: dict[str, int]
+
+    @classmethod
+    def of(cls, fp: Footprint) -> ModelCost:
+        one, two = fp.cost(1), fp.cost(2)
+        return cls(first=one, extra={pool: two[pool] - one.get(pool, 0) for pool in two})
+
+
 @dataclass
 class Plan:
     waves: list[Wave]
@@ -71,6 +84,9 @@ class Plan:
     unloads_first: list[Instance] = field(default_factory=list)
     #: Instances per model still loaded after the last wave (with ``keep``).
     resident_at_end: dict[str, int] = field(default_factory=dict)
+    #: What an instance of each model costs: the engine's check when reality departs
+    #: from the plan (an agent that timed out keeps its instance busy).
+    costs: dict[str, ModelCost] = field(default_factory=dict)
 
     @property
     def loads(self) -> int:
@@ -212,7 +228,8 @@ def plan(graph: MoaGraph, footprints: Mapping[str, Footprint], budgets: Mapping[
         for pool, amount in wave.resident_bytes.items():
             peak[pool] = max(peak.get(pool, 0), amount)
     return Plan(waves=waves, budgets=dict(budgets), peak_bytes=peak, cores=cores,
-                unloads_first=before, resident_at_end=dict(loaded))
+                unloads_first=before, resident_at_end=dict(loaded),
+                costs={m: ModelCost.of(footprints[m]) for m in graph.models})
 
 
 def _instances(resident: Mapping[str, int]) -> list[Instance]:

@@ -81,7 +81,16 @@ def cpu_cores() -> int:
 
     llama.cpp runs best with one thread per physical core; hyper-threads add
     little. Inside a container or under taskset, the affinity mask is smaller.
+    LOCALMOA_CORES replaces what is found (e.g. to plan for another machine).
     """
+    from .. import constants
+
+    override = constants.cores()
+    if override is not None:
+        if not override.strip().isdigit() or not 1 <= int(override) <= 1024:
+            raise UsageError(f"LOCALMOA_CORES={override!r}: give a whole number of cores "
+                             "from 1 to 1024")
+        return int(override)
     physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     try:
         allowed = len(os.sched_getaffinity(0))

@@ -1,0 +1,29 @@
+"""Preflight as the commands run it: the one-time CPU check shown, notices printed."""
+
+from __future__ import annotations
+
+from ..backends import repack
+from ..config import Config
+from ..preflight import Preflight, preflight
+from ..recipe import MoaGraph
+from ._output import Output
+
+
+def check_cpu_once(out: Output, config: Config, models: list[str]) -> None:
+    """Run the repack canary now, with a spinner, if the models need its verdict and this
+    llama.cpp build has never been checked on this CPU (about a second, once)."""
+    modes = [config.models[m].cpu_repack for m in models
+             if config.models[m].backend == "llamacpp"]
+    if modes and repack.needs_canary(modes):
+        with out.status("checking llama.cpp's CPU fast paths on this machine (once)"):
+            repack.verdict()
+
+
+def prepare(out: Output, config: Config, graph: MoaGraph,
+            memory_budget: str | None) -> Preflight:
+    """``preflight`` for a command: refuses before loading anything; notices shown once."""
+    check_cpu_once(out, config, graph.models)
+    prepared = preflight(config, graph, memory_budget)
+    for notice in prepared.notices:
+        out.notice(notice)
+    return prepared

@@ -1,0 +1,144 @@
+"""A scripted in-process backend for engine tests, in the manner of simonw/llm's MockModel.
+
+Each model name gets a Script: the pieces it streams, and faults on cue (a load
+that fails or blocks, a call that blocks without looking at the stop flag, an
+error after N pieces, a bug). Tests wait on its events ("loading", "started")
+instead of sleeping. Like a llama.cpp instance, a model serves one call at a
+time and its generator holds that claim until it is closed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localmoa.backends.base import ChatStream, GenerateOptions, GenerationStats, Message
+from localmoa.config import AgentSpec, Config, ModelSpec, Profile, Source
+from localmoa.errors import GenerationError, ModelLoadError
+from localmoa.memory.estimate import Footprint
+
+MiB = 1 << 20
+
+
+@dataclass
+class Script:
+    """What one model does."""
+
+    pieces: tuple[str, ...] = ("Nine", " point", " nine", " is", " larger.")
+    forever: bool = False  # stream pieces until stopped (max_tokens is not a limit)
+    fail_after: int | None = None  # a backend error after this many pieces
+    bug_after: int | None = None  # a TypeError (a bug) after this many pieces
+    hold: threading.Event | None = None  # a call blocks on it first, deaf to stops
+    holds: int = 1  # how many calls (the first ones) block on ``hold``
+    load_error: str | None = None
+    load_hold: threading.Event | None = None  # a load blocks on it
+
+
+@dataclass
+class ScriptedBackend:
+    """Register it as ``backends.register("llamacpp", lambda: backend)``."""
+
+    scripts: dict[str, Script] = field(default_factory=dict)
+    name: str = "llamacpp"
+    loads: list[str] = field(default_factory=list)
+    unloads: list[str] = field(default_factory=list)
+    calls: list[tuple[str, list[Message]]] = field(default_factory=list)
+    loading: dict[str, threading.Event] = field(default_factory=dict)
+    started: dict[str, threading.Event] = field(default_factory=dict)
+    model_calls: dict[str, int] = field(default_factory=dict)
+    unloaded: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def event(self, table: dict[str, threading.Event], model: str) -> threading.Event:
+        with self.lock:
+            return table.setdefault(model, threading.Event())
+
+    def load(self, name: str, spec: ModelSpec, path: Path | None,
+             n_threads: int) -> ScriptedModel:
+        script = self.scripts.get(name, Script())
+        self.event(self.loading, name).set()
+        if script.load_hold is not None:
+            while not script.load_hold.wait(0.05):  # returns to Python now and then, as
+                pass  # llama-cpp-python's load does: a signal is seen there
+        if script.load_error:
+            raise ModelLoadError(f"model {name!r}: {script.load_error}")
+        with self.lock:
+            self.loads.append(name)
+        return ScriptedModel(self, name, script)
+
+
+class ScriptedModel:
+    def __init__(self, backend: ScriptedBackend, name: str, script: Script) -> None:
+        self.backend = backend
+        self.name = name
+        self.script = script
+        self.load_s = 0.001
+        self._busy = threading.Lock()
+        self.unloaded = False
+
+    def chat(self, messages: Sequence[Message], options: GenerateOptions) -> ChatStream:
+        with self.backend.lock:
+            self.backend.calls.append((self.name, [dict(m) for m in messages]))  # type: ignore[misc]
+        return ChatStream(lambda stream: self._generate(stream, options))
+
+    def _generate(self, stream: ChatStream, options: GenerateOptions) -> Iterator[str]:
+        if not self._busy.acquire(blocking=False):
+            raise GenerationError(f"model instance {self.name!r} is already generating")
+        try:
+            if self.unloaded:
+                raise GenerationError(f"{self.name} was unloaded")
+            with self.backend.lock:
+                call = self.backend.model_calls[self.name] = self.backend.model_calls.get(
+                    self.name, 0) + 1
+            self.backend.event(self.backend.started, self.name).set()
+            if self.script.hold is not None and call <= self.script.holds:
+                self.script.hold.wait()  # a native call that does not look at stop flags
+            count = 0
+            while True:
+                for piece in self.script.pieces:
+                    if self.script.fail_after is not None and count >= self.script.fail_after:
+                        raise GenerationError(f"{self.name}: injected failure after {count} "
+                                              "pieces")
+                    if self.script.bug_after is not None and count >= self.script.bug_after:
+                        raise TypeError("scripted bug: unsupported operand")
+                    count += 1
+                    yield piece
+                    if count >= options.max_tokens and not self.script.forever:
+                        break
+                if not self.script.forever:
+                    break
+                threading.Event().wait(0.001)  # let other threads run between rounds
+            stream.stats = GenerationStats(prompt_tokens=10, completion_tokens=count,
+                                           ttft_s=0.001, prompt_s=0.001, decode_s=0.001,
+                                           decode_tokens=max(0, count - 1),
+                                           finish_reason="stop")
+        finally:
+            self._busy.release()
+
+    def unload(self) -> None:
+        self.unloaded = True
+        with self.backend.lock:
+            self.backend.unloads.append(self.name)
+        self.backend.unloaded.set()
+
+
+def config(models: dict[str, dict], layers: list[list[dict]], aggregator: dict,
+           path: Path | None = None) -> Config:
+    """A Config of scripted models and one profile 'p'. Their source is ``path`` (read only
+    by a preflight, for footprints), else a path nothing reads."""
+    specs = {name: ModelSpec(backend="llamacpp",
+                             source=Source(path=str(path or f"/scripted/{name}.gguf")), **extra)
+             for name, extra in models.items()}
+    profile = Profile(layers=[[AgentSpec(**a) for a in layer] for layer in layers],
+                      aggregator=AgentSpec(**aggregator))
+    return Config(models=specs, profiles={"p": profile}, default_profile="p")
+
+
+def footprint(model: str, first_mib: int = 100, extra_mib: int = 20) -> Footprint:
+    """A model whose first instance costs ``first_mib`` and each further one ``extra_mib``."""
+    return Footprint(model=model, n_ctx=2048, kv_type="f16", weights_bytes=first_mib * MiB,
+                     kv_bytes=0, compute_bytes=0, overhead_bytes=0,
+                     shared_weights_bytes=(first_mib - extra_mib) * MiB,
+                     pools={"ram": first_mib * MiB})
