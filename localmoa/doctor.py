@@ -136,7 +136,12 @@ def _ollama(config: Config | None) -> list[dict[str, Any]]:
     from . import netguard
 
     found = []
-    for host, allowed in _ollama_hosts(config):
+    try:
+        hosts = _ollama_hosts(config)
+    except LocalMoaError as exc:  # OLLAMA_HOST that no client could use
+        return [{"host": os.environ.get("OLLAMA_HOST", ""), "reachable": False,
+                 "version": None, "error": str(exc)}]
+    for host, allowed in hosts:
         entry: dict[str, Any] = {"host": host, "reachable": False, "version": None}
         if not allowed:
             entry["error"] = ("not contacted: not this machine (a model needs allow_remote: "
@@ -152,7 +157,7 @@ def _ollama(config: Config | None) -> list[dict[str, Any]]:
             tags = httpx.get(f"{host}/api/tags", timeout=OLLAMA_TIMEOUT_S).json()
             entry["models"] = sorted(m.get("model") or m.get("name", "")
                                      for m in tags.get("models") or [])
-        except (httpx.HTTPError, ValueError, LocalMoaError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any answer but Ollama's: not reachable
             entry["error"] = (f"no Ollama daemon answers at {host} ({type(exc).__name__}); "
                               "start it with `ollama serve` if you use Ollama models")
         found.append(entry)
@@ -215,7 +220,9 @@ def problems(report: dict[str, Any]) -> list[str]:
     daemons = report.get("ollama")
     for daemon in daemons if isinstance(daemons, list) else []:
         used = [r["name"] for r in report.get("models", []) if r.get("host") == daemon["host"]]
-        if used and not daemon.get("reachable"):
+        if "is not an Ollama host" in str(daemon.get("error")):
+            out.append(str(daemon["error"]))
+        elif used and not daemon.get("reachable"):
             out.append(f"Ollama at {daemon['host']} (for {', '.join(used)}): "
                        f"{daemon.get('error')}")
     needed = set(report.get("default_profile_models") or [])

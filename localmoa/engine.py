@@ -66,6 +66,7 @@ class _Execution:
     #: Held instances from before this run: the plan's budgets already leave them out.
     held_before: list[Loaded] = field(default_factory=list)
     abandoned: int = 0
+    abandoned_ids: set[str] = field(default_factory=set)
     log: EventLog = field(init=False)
     #: The text each agent has written so far (kept when it never returns).
     partial: dict[str, list[str]] = field(default_factory=dict)
@@ -139,6 +140,7 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
     host.paths.update(paths)
     ex = _Execution(host=host, plan=plan, conversation=conversation,
                     events=events or RunEvents(), held_before=list(host.held))
+    host.load_errors.clear()  # a chat's earlier turns' failures are not this run's
     start_loads, start_unloads, start_load_s = host.loads, host.unloads, host.load_s
     agents = {a.id: a for a in graph.all_agents()}
     runs: dict[str, AgentRun] = {}
@@ -214,8 +216,8 @@ def _load_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent]) -> None:
     held_keys = {entry.inst for entry in host.held}
     fresh = [inst for inst in tasks if inst not in host.loaded and inst not in wave.loads
              and inst in held_keys]
-    loads = [*wave.loads, *fresh]
-    over = _over_budget(ex, wave, loads)
+    loads = [inst for inst in [*wave.loads, *fresh] if inst not in host.loaded]
+    over = _over_budget(ex, wave, loads) if loads else ""
     if over:
         with host.lock:
             host.released.clear()
@@ -226,7 +228,7 @@ def _load_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent]) -> None:
             over = _over_budget(ex, wave, loads)
     if over:
         if fresh and not _over_budget(ex, wave, list(wave.loads)):
-            skipped, loads = fresh, list(wave.loads)
+            skipped, loads = fresh, [i for i in wave.loads if i not in host.loaded]
         else:
             skipped, loads = loads, []
         holders = ", ".join(sorted({str(e.inst) for e in host.held}))
@@ -288,22 +290,27 @@ def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
         inst = Instance(task.model, task.slot)
         run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=_role(agent),
                        ok=False, threads=task.threads, wave=wave.index)
-        entry = ex.host.acquire(inst)
-        if entry is None:
-            run.start_s = run.end_s = round(ex.now(), 4)
-            run.error = ex.host.load_errors.get(inst) or f"{inst} is not loaded"
-        else:
-            try:
-                if not entry.charged:
-                    run.load_s, entry.charged = round(entry.model.load_s, 4), True
-                    if entry.started_at >= ex.t0:  # loaded during this run
-                        run.load_start_s = round(entry.started_at - ex.t0, 4)
-                run_agent(agent, entry.model, ex.host.config.models[agent.model], task.threads,
-                          ex.conversation, references, ex.control, run, ex.t0,
-                          ex.agent_start, ex.text)
-            finally:
-                if ex.host.release(entry):
-                    ex.log("released", instance=str(inst))
+        try:
+            entry = ex.host.acquire(inst)
+            if entry is None:
+                run.start_s = run.end_s = round(ex.now(), 4)
+                run.error = ex.host.load_errors.get(inst) or f"{inst} is not loaded"
+            else:
+                try:
+                    if not entry.charged:
+                        run.load_s, entry.charged = round(entry.model.load_s, 4), True
+                        if entry.started_at >= ex.t0:  # loaded during this run
+                            run.load_start_s = round(entry.started_at - ex.t0, 4)
+                    run_agent(agent, entry.model, ex.host.config.models[agent.model],
+                              task.threads, ex.conversation, references, ex.control, run,
+                              ex.t0, ex.agent_start, ex.text)
+                finally:
+                    if ex.host.release(entry):
+                        ex.log("released", instance=str(inst))
+        except Exception as exc:  # noqa: BLE001 - a bug here costs this agent, never the run
+            run.ok = False
+            run.error = internal_error(exc, f"agent {agent.id} ({agent.model})")
+            run.end_s = round(ex.now(), 4)
         with ex.control.lock:
             if task.agent in results:  # abandoned meanwhile: its report stands
                 return
@@ -312,36 +319,44 @@ def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
         ex.emit("on_agent_done", agent, run)
 
     started = time.monotonic()
-    for index, task in enumerate(wave.tasks):
-        worker = ex.host.workers.get(index)
-        worker.submit(functools.partial(work, task))
-        workers[task.agent] = worker
+    cancelled_at: dict[str, float] = {}  # when each late agent was told to stop
     try:
+        for index, task in enumerate(wave.tasks):
+            worker = ex.host.workers.get(index)
+            worker.submit(functools.partial(work, task))
+            workers[task.agent] = worker
         while True:
+            # every agent's job to its end (its on_agent_done included), but an abandoned one
             with ex.control.lock:
                 waiting = [a for a, w in workers.items()
-                           if not w.idle.is_set() and a not in results]
+                           if not w.idle.is_set() and a not in ex.abandoned_ids]
             if not waiting:
                 break
             now = time.monotonic()
             for agent_id in waiting:
                 timeout = agents[agent_id].timeout_s
-                if timeout is None or now < started + timeout:
+                if timeout is None or now < started + timeout or agent_id in results:
                     continue
-                ex.control.cancelled.add(agent_id)  # it stops at its next piece of text
-                if now >= started + timeout + GRACE_S:
+                if agent_id not in cancelled_at:
+                    cancelled_at[agent_id] = now
+                    ex.control.cancelled.add(agent_id)  # it stops at its next piece of text
+                elif now >= cancelled_at[agent_id] + GRACE_S:
                     _abandon(ex, agents[agent_id], wave, results)
             workers[waiting[0]].idle.wait(0.05)
             signals.check()
     except KeyboardInterrupt:
         ex.control.stop.set()  # every agent stops at its next piece of text
         _wait_for_all(list(workers.values()), GRACE_S)
-        with ex.control.lock:
-            for task in wave.tasks:
-                if task.agent not in results:
-                    results[task.agent] = ex.unfinished(
-                        agents[task.agent], task, wave,
-                        f"interrupted (did not stop within {GRACE_S:g} s)")
+        for task in wave.tasks:
+            if task.agent not in workers:  # interrupted before it started
+                with ex.control.lock:
+                    results.setdefault(task.agent, ex.unfinished(
+                        agents[task.agent], task, wave, "interrupted"))
+            elif (not workers[task.agent].idle.is_set()
+                  and task.agent not in ex.abandoned_ids):
+                # deaf to the stop: its instance must not be handed out again (a chat)
+                _abandon(ex, agents[task.agent], wave, results,
+                         f"interrupted (did not stop within {GRACE_S:g} s)")
         raise
 
 
@@ -353,17 +368,19 @@ def _wait_for_all(workers: list[Any], grace_s: float,
         worker.idle.wait(max(0.0, deadline - clock()))
 
 
-def _abandon(ex: _Execution, agent: Agent, wave: Wave, results: dict[str, AgentRun]) -> None:
-    """An agent's backend did not return after its timeout: report it and move on. Its
-    instance is held, out of the plan, and freed when the call returns."""
+def _abandon(ex: _Execution, agent: Agent, wave: Wave, results: dict[str, AgentRun],
+             error: str | None = None) -> None:
+    """An agent's backend did not return after its timeout (or a Ctrl-C): report it and
+    move on. Its instance is held, out of the plan, and freed when the call returns."""
     task = next(t for t in wave.tasks if t.agent == agent.id)
     inst = Instance(task.model, task.slot)
     with ex.control.lock:
-        if agent.id in results:
+        if agent.id in results or agent.id in ex.abandoned_ids:
             return
-        results[agent.id] = ex.unfinished(
-            agent, task, wave, f"timed out after {agent.timeout_s:g} s and did not stop; "
-            "abandoned (its model instance is freed when the call returns)")
+        ex.abandoned_ids.add(agent.id)
+        results[agent.id] = ex.unfinished(agent, task, wave, error or (
+            f"timed out after {agent.timeout_s:g} s and did not stop; abandoned (its model "
+            "instance is freed when the call returns)"))
         ex.abandoned += 1
     cost = ex.plan.costs.get(task.model)
     ex.host.abandon(inst, cost.first if cost else {})

@@ -127,7 +127,8 @@ def wait_for_event(events: Path, proc: Any, event: str, timeout: float = 300,
     deadline = time.monotonic() + timeout
     seen = 0
     while time.monotonic() < deadline:
-        lines = events.read_text(encoding="utf-8").splitlines() if events.exists() else []
+        text = events.read_text(encoding="utf-8") if events.exists() else ""
+        lines = text[: text.rfind("\n") + 1].splitlines()  # whole lines: one may be half out
         for line in lines[seen:]:
             entry = json.loads(line)
             if entry["event"] == event and all(entry.get(k) == v for k, v in fields.items()):

@@ -47,6 +47,7 @@ class ScriptedBackend:
     calls: list[tuple[str, list[Message]]] = field(default_factory=list)
     loading: dict[str, threading.Event] = field(default_factory=dict)
     started: dict[str, threading.Event] = field(default_factory=dict)
+    wrote: dict[str, threading.Event] = field(default_factory=dict)  # a first piece is out
     model_calls: dict[str, int] = field(default_factory=dict)
     unloaded: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -105,6 +106,7 @@ class ScriptedModel:
                         raise TypeError("scripted bug: unsupported operand")
                     count += 1
                     yield piece
+                    self.backend.event(self.backend.wrote, self.name).set()
                     if count >= options.max_tokens and not self.script.forever:
                         break
                 if not self.script.forever:

@@ -121,3 +121,14 @@ def test_recheck_runs_the_canary_again(monkeypatch: pytest.MonkeyPatch) -> None:
     assert state["enabled"] is False and "SIGSEGV" in state["verdict"]["detail"]
     assert state["repacked_types"] == []
     assert any("repacking is off on this CPU" in p for p in report["problems"])
+
+
+def test_a_bad_ollama_host_is_a_problem_not_a_crash() -> None:
+    doc = doctor_json(env={"OLLAMA_HOST": "localhost:port"})
+    message = ("OLLAMA_HOST 'localhost:port' is not an Ollama host (Port could not be cast "
+               "to integer value as 'port'); write [scheme://]host[:port], e.g. "
+               "http://127.0.0.1:11434")
+    assert doc["ollama"] == [{"host": "localhost:port", "reachable": False, "version": None,
+                              "error": message}]
+    assert message in doc["problems"]
+    assert doc["llama_cpp"]["installed"]  # the rest is still reported

@@ -239,22 +239,40 @@ def test_a_second_instance_costs_what_the_estimator_says(gemma_path: Path) -> No
         assert abs(measured["on"] - measured["off"] - repacked) < 0.25 * repacked
 
 
-@pytest.mark.parametrize(("command", "works", "detail"), [
-    ([sys.executable, "-c", "import threading; threading.Event().wait()"], False,
+@pytest.mark.parametrize(("command", "timeout_s", "works", "detail"), [
+    ([sys.executable, "-c", "import threading; threading.Event().wait()"], 1.0, False,
      "the canary timed out after 1 s"),
-    ([sys.executable, "-c", "raise SystemExit('no llama.cpp here')"], None,
-     "the canary failed (exit 1: no llama.cpp here)"),
-    ([sys.executable, "-c", "import os; os.abort()"], False,
+    ([sys.executable, "-c", "import os; os.abort()"], 60.0, False,
      "the canary died with SIGABRT (signal 6) in llama.cpp"),
+    ([sys.executable, "-c", "raise SystemExit('no llama.cpp here')"], 60.0, None,
+     "the canary failed (exit 1: no llama.cpp here)"),
+    ([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], 60.0,
+     None, "the canary was killed by SIGKILL (signal 9)"),  # the OOM killer, say
 ])
 def test_how_a_canary_ends_decides(fresh: Path, monkeypatch: pytest.MonkeyPatch,
-                                   command: list[str], works: bool | None, detail: str) -> None:
+                                   command: list[str], timeout_s: float, works: bool | None,
+                                   detail: str) -> None:
     monkeypatch.setattr(repack, "CANARY_COMMAND", command)
-    monkeypatch.setattr(repack, "CANARY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(repack, "CANARY_TIMEOUT_S", timeout_s)
     choice = repack.choose(None)
     assert choice.verdict is not None
     assert (choice.verdict.works, choice.verdict.detail) == (works, detail)
     assert choice.enabled is False  # anything but a clean run: repacking off, to be safe
     assert choice.notice and ("crashed" if works is False else "could not be checked") in \
         choice.notice
-    assert json.loads(fresh.read_text())["verdicts"][repack.build_key()]["detail"] == detail
+    cached = json.loads(fresh.read_text())["verdicts"] if fresh.exists() else {}
+    if works is None:  # it could not tell: the next process asks again
+        assert repack.build_key() not in cached
+    else:
+        assert cached[repack.build_key()]["detail"] == detail
+
+
+def test_llama_cpp_python_can_turn_repacking_off() -> None:
+    """The field localmoa sets is really in llama.cpp's model parameters (ctypes would
+    accept an unknown attribute and change nothing)."""
+    import llama_cpp.llama_cpp as lib
+
+    from localmoa.backends.llamacpp import can_turn_repacking_off
+
+    assert can_turn_repacking_off()
+    assert "use_extra_bufts" in [name for name, *_ in lib.llama_model_params._fields_]

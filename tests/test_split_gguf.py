@@ -7,7 +7,6 @@ writer, in gguf-split's layout, and llama.cpp loads them: they are real split fi
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import gguf
@@ -18,7 +17,12 @@ from localmoa.backends.llamacpp import LlamaCppBackend
 from localmoa.config import Config, ModelSpec, Source
 from localmoa.errors import InvalidModelFileError, ModelNotFoundError
 from localmoa.memory.estimate import LoadSettings, footprint, model_facts
-from localmoa.memory.gguf_header import read_header, read_model_header, shard_paths
+from localmoa.memory.gguf_header import (
+    ArraySummary,
+    read_header,
+    read_model_header,
+    shard_paths,
+)
 from localmoa.sources import resolve_model_path
 
 from .conftest import cli
@@ -103,10 +107,10 @@ def test_split_footprint_equals_the_unsplit_models(shards: list[Path],
     assert split == whole
 
 
-def test_reading_a_split_header_stays_fast(shards: list[Path]) -> None:
-    start = time.perf_counter()
-    read_model_header(shards[0])
-    assert time.perf_counter() - start < 1.0  # GGUFReader takes seconds: it decodes the vocab
+def test_reading_a_split_header_skips_the_vocabulary(shards: list[Path]) -> None:
+    # what keeps it fast (GGUFReader takes seconds: it decodes every token)
+    tokens = read_model_header(shards[0]).metadata["tokenizer.ggml.tokens"]
+    assert isinstance(tokens, ArraySummary) and tokens.count == 49152
 
 
 def test_shard_paths_follow_llama_cpps_names(shards: list[Path], smollm2_path: Path) -> None:

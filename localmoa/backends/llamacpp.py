@@ -57,6 +57,14 @@ def _quiet_llama_logs() -> None:
 _PARAMS_LOCK = threading.Lock()
 
 
+def can_turn_repacking_off() -> bool:
+    """Whether this llama-cpp-python's model parameters have ``use_extra_bufts`` (ctypes
+    would accept setting an unknown attribute and silently change nothing)."""
+    import llama_cpp.llama_cpp as lib
+
+    return any(name == "use_extra_bufts" for name, *_ in lib.llama_model_params._fields_)
+
+
 @contextlib.contextmanager
 def _model_params(use_extra_bufts: bool) -> Iterator[None]:
     """Make ``Llama(...)`` load with ``use_extra_bufts`` (weight repacking) as given.
@@ -66,6 +74,12 @@ def _model_params(use_extra_bufts: bool) -> Iterator[None]:
     defaults are adjusted for the length of the constructor call."""
     import llama_cpp.llama_cpp as lib
 
+    if not use_extra_bufts and not can_turn_repacking_off():
+        raise ModelLoadError(
+            f"llama-cpp-python {repack.llama_cpp_version()} cannot load a model with weight "
+            "repacking off (its llama_model_params has no use_extra_bufts), and repacking is "
+            "off because it crashes on this CPU or you said so; upgrade it: pip install -U "
+            "llama-cpp-python")
     with _PARAMS_LOCK:
         original = lib.llama_model_default_params
 
@@ -114,6 +128,7 @@ class LlamaCppModel:
         self._lock = threading.Lock()  # any use of the llama object (tokenizer included)
         self._owner: int | None = None  # the thread whose generation holds ``_lock``
         self._unload_pending = False  # unload() came during a generation
+        self._state = threading.Lock()  # orders unload() against giving ``_lock`` back
 
     def chat(self, messages: Sequence[Message], options: GenerateOptions) -> ChatStream:
         return ChatStream(lambda stream: self._generate(stream, messages, options))
@@ -131,11 +146,8 @@ class LlamaCppModel:
             yield from self._stream(stream, messages, options, llama_cpp, LogitsProcessorList)
         finally:
             self._owner = None
-            closing, self._unload_pending = self._unload_pending, False
-            self._lock.release()
+            self._release()
             self._busy.release()
-            if closing:  # unloaded while this generation was in progress: free it now
-                self.unload()
 
     def _stream(self, stream: ChatStream, messages: Sequence[Message], options: GenerateOptions,
                 llama_cpp: Any, processors: Any) -> Iterator[str]:
@@ -188,8 +200,19 @@ class LlamaCppModel:
         if self._owner == threading.get_ident():
             yield self.llm
             return
-        with self._lock:
+        self._lock.acquire()
+        try:
             yield self.llm
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Give the llama object back; free it now if unload() came meanwhile."""
+        with self._state:
+            closing, self._unload_pending = self._unload_pending, False
+            self._lock.release()
+        if closing:
+            self.unload()
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in this model's vocabulary."""
@@ -206,9 +229,10 @@ class LlamaCppModel:
         """Free the weights and the context now, not whenever the GC runs. During a
         generation (one paused in a stream not yet closed, too) it is freed when that
         generation ends: never under it, and never by waiting for it."""
-        if not self._lock.acquire(blocking=False):
-            self._unload_pending = True
-            return
+        with self._state:
+            if not self._lock.acquire(blocking=False):
+                self._unload_pending = True  # whoever holds the lock frees it on release
+                return
         try:
             llm, self.llm = self.llm, None
         finally:

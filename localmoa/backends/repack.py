@@ -41,6 +41,10 @@ CACHE_FILE = "cpu-repack.json"
 #: repacking off, cached like a crash (`localmoa doctor --recheck` asks again).
 CANARY_TIMEOUT_S = 60.0
 TIMED_OUT = "the canary timed out"
+#: How a broken fast path kills a process; other signals (SIGKILL from the OOM killer,
+#: SIGTERM) come from outside and say nothing about the CPU.
+CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGABRT,
+                           signal.SIGFPE, signal.SIGSYS})
 #: How the canary is started; a test may point it at a program that crashes.
 CANARY_COMMAND = [sys.executable, "-m", "localmoa.backends.canary"]
 #: CPU flags that decide which llama.cpp kernels run (shown by `localmoa doctor`).
@@ -158,7 +162,8 @@ def verdict(recheck: bool = False) -> Verdict:
         found = run_canary(key)
         _memo[key] = found
         _fresh.add(key)
-        _write_cache(found)
+        if found.works is not None:  # a verdict; "could not tell" is asked again next time
+            _write_cache(found)
         return found
 
 
@@ -191,9 +196,12 @@ def run_canary(key: str, timeout_s: float | None = None) -> Verdict:
     except OSError as exc:
         return Verdict(works=None, detail=f"the canary could not start: {exc}", key=key,
                        checked_at=now)
-    if proc.returncode < 0:
+    if -proc.returncode in CRASH_SIGNALS:
         return Verdict(works=False, detail=f"the canary died with {_signal_name(-proc.returncode)}"
                        " in llama.cpp", key=key, checked_at=now)
+    if proc.returncode < 0:  # killed from outside (OOM killer, SIGTERM): it tells nothing
+        return Verdict(works=None, detail=f"the canary was killed by "
+                       f"{_signal_name(-proc.returncode)}", key=key, checked_at=now)
     result: dict[str, Any] = {}
     for line in proc.stdout.decode("utf-8", "replace").splitlines():
         if line.startswith("{"):
@@ -219,12 +227,13 @@ def _signal_name(number: int) -> str:
 
 def build_key() -> str:
     """A short hash of the llama.cpp build (version, shared libraries) and the CPU."""
-    parts = [f"llama-cpp-python {_llama_cpp_version()}", *_library_stamps(),
+    parts = [f"llama-cpp-python {llama_cpp_version()}", *_library_stamps(),
              platform.machine(), cpu_model(), " ".join(sorted(cpu_flags()))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
-def _llama_cpp_version() -> str:
+def llama_cpp_version() -> str:
+    """llama-cpp-python's version, read without importing it."""
     try:
         return importlib.metadata.version("llama_cpp_python")
     except importlib.metadata.PackageNotFoundError:
