@@ -209,8 +209,9 @@ def run_canary(key: str, timeout_s: float | None = None) -> Verdict:
                 result = json.loads(line)
     if proc.returncode == 0 and result.get("ok"):
         buffers = tuple(b for b in result.get("buffers", []) if b not in ("CPU", "CPU_Mapped"))
-        detail = ("repacked weights decoded fine" + (f" ({', '.join(buffers)})" if buffers
-                                                     else "; this CPU repacks nothing"))
+        models = " and ".join(result.get("models") or ["the canary model"])
+        detail = (f"repacked weights decoded fine ({', '.join(buffers)}) in {models}" if buffers
+                  else f"this CPU repacks no weight type; {models} decoded fine")
         return Verdict(works=True, detail=detail, key=key, checked_at=now,
                        system_info=str(result.get("system_info", "")), buffers=buffers)
     last = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
