@@ -82,8 +82,10 @@ def test_estimate_within_20_percent_of_measured(model: str, n_ctx: int, request)
     path = request.getfixturevalue(f"{model}_path")
     predicted = footprint(model, model_facts(read_header(path)), LoadSettings(n_ctx=n_ctx))
     measured = measure(path, n_ctx, "f16")
-    ratio = predicted.total_bytes / measured["pss"]
-    assert 0.8 <= ratio <= 1.2, (predicted.total_bytes / MiB, measured["pss"] / MiB)
+    # RSS: one instance in its own process maps each page once, and unlike PSS it does not
+    # shrink when another process (a parallel test run) maps the same GGUF
+    ratio = predicted.total_bytes / measured["rss"]
+    assert 0.8 <= ratio <= 1.2, (predicted.total_bytes / MiB, measured["rss"] / MiB)
 
 
 def test_truncated_gguf_is_refused_before_loading(smollm2_path: Path, tmp_path: Path) -> None:

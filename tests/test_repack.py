@@ -172,14 +172,30 @@ def test_bad_env_value_is_one_line_exit_2() -> None:
     (AVX2_LINE, {"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"}),
     (AVX2_LINE + " AVX512 = 1 |", {"Q4_0", "Q4_K", "IQ4_NL", "MXFP4", "Q2_K"}),
     (AVX2_LINE + " AVX512 = 1 | AMX_INT8 = 1 |",
-     {"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ4_NL", "MXFP4", "Q2_K",
-      "F16"}),
+     {"Q4_0", "Q4_K", "IQ4_NL", "MXFP4", "Q2_K", "amx:Q4_0", "amx:Q4_1", "amx:Q8_0",
+      "amx:Q4_K", "amx:Q5_K", "amx:Q6_K", "amx:IQ4_XS", "amx:F16"}),
     ("CPU : NEON = 1 | ARM_FMA = 1 | DOTPROD = 1 | REPACK = 1 |",
      {"Q4_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "MXFP4", "Q8_0"}),
     (AVX2_LINE.replace("REPACK = 1 |", ""), set()),  # built without repacking
 ])
 def test_repacked_types_follow_the_build(line: str, expected: set[str]) -> None:
     assert repack.repacked_types(line) == expected
+
+
+def test_amx_takes_only_whole_tiles(smollm2_path: Path, gemma_path: Path) -> None:
+    from dataclasses import replace
+
+    amx = repack.repacked_types(AVX2_LINE + " AVX512 = 1 | AMX_INT8 = 1 |")
+    smollm2 = model_facts(read_header(smollm2_path))
+    # SmolLM2's Q4_1 rows (576, 1536 elements) are whole 32-element tiles: all in AMX
+    assert smollm2.repacked_bytes_of(amx) == sum(n for *_, n in smollm2.matrices) > 60 << 20
+    gemma = model_facts(read_header(gemma_path))
+    # Gemma-3's Q4_K and Q6_K rows (1024, 2048) are whole 256-element tiles, its Q8_0
+    # rows 640 = 20 x 32: all in AMX; its Q5_0 (most of it) has no AMX kernel
+    assert gemma.repacked_bytes_of(amx) == 13_271_040 + 9_676_800 + 1_566_720
+    # a K-quant whose rows are not whole tiles goes to the AVX2 repack kernels, if any
+    odd = replace(gemma, matrices=(("Q4_K", 640, 256, 1000), ("Q6_K", 640, 256, 2000)))
+    assert odd.repacked_bytes_of(amx) == 1000
 
 
 def test_the_estimator_follows_the_choice(gemma_path: Path) -> None:

@@ -337,7 +337,8 @@ _AMX = frozenset({"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "F16
 
 
 def repacked_types(system_info: str) -> frozenset[str]:
-    """Weight types this llama.cpp build copies into private buffers on this CPU."""
+    """Weight types this llama.cpp build copies into private buffers on this CPU: a type
+    name for the CPU repack kernels, ``amx:TYPE`` for AMX buffers (estimate.py)."""
     features = {part.split("=")[0].strip() for part in system_info.replace("|", "\n").split("\n")
                 if part.strip().endswith("= 1")}
     features = {f.split(":")[-1].strip() for f in features}
@@ -349,8 +350,8 @@ def repacked_types(system_info: str) -> frozenset[str]:
             types |= _AVX512_REPACK
         if "NEON" in features and ("DOTPROD" in features or "MATMUL_INT8" in features):
             types |= _ARM_REPACK
-    if "AMX_INT8" in features:
-        types |= _AMX
+    if "AMX_INT8" in features:  # AMX buffers take these where the rows are whole tiles
+        types |= {f"amx:{t}" for t in _AMX}
     return frozenset(types)
 
 

@@ -36,6 +36,9 @@ KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 2
 #: Tensor types llama.cpp's CPU backend repacks on x86 with AVX2 (so they are not shared
 #: via mmap); the backend says which ones it repacks on this machine (LoadSettings).
 REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})
+#: Elements per row an AMX kernel needs (ggml-cpu amx.cpp supports_op: a tile's K).
+AMX_ROW_ALIGN = {"Q4_0": 32, "Q4_1": 32, "Q8_0": 32, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256,
+                 "IQ4_XS": 256, "F16": 16}
 #: Sliding-window layer pattern by architecture when the GGUF does not say.
 #: A layer il is sliding-window when (il + 1) % n != 0 (gemma2: every other layer).
 SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4}
@@ -94,12 +97,21 @@ class ModelFacts:
     parameters: int
     quant: str
     has_chat_template: bool
-    #: Bytes of the matrices a CPU backend may repack (2-D, not the token embeddings), by type.
-    matrix_bytes_by_type: tuple[tuple[str, int], ...] = ()
+    #: The matrices a CPU backend may repack (2-D, not the token embeddings):
+    #: (type, elements per row, rows, bytes) each.
+    matrices: tuple[tuple[str, int, int, int], ...] = ()
 
     def repacked_bytes_of(self, types: frozenset[str]) -> int:
-        """Weights that become private copies when llama.cpp repacks ``types``."""
-        return sum(n for t, n in self.matrix_bytes_by_type if t in types)
+        """Weights that become private copies when llama.cpp repacks ``types`` (type names
+        for the CPU repack kernels, ``amx:TYPE`` for AMX buffers, which take a matrix
+        only when its rows are whole tiles)."""
+        total = 0
+        for kind, row, rows, n_bytes in self.matrices:
+            amx = (f"amx:{kind}" in types and row % AMX_ROW_ALIGN.get(kind, 1 << 62) == 0
+                   and rows % 32 == 0)
+            if amx or (kind in types and rows % 4 == 0):
+                total += n_bytes
+        return total
 
 
 @dataclass(frozen=True)
@@ -160,7 +172,7 @@ def model_facts(header: GgufHeader) -> ModelFacts:
         vocab = tokens.count if isinstance(tokens, ArraySummary) else len(tokens or [])
     layer_bytes = [0] * n_layers
     other = 0
-    matrices: dict[str, int] = {}
+    matrices: list[tuple[str, int, int, int]] = []
     params = 0
     type_bytes: dict[str, int] = {}
     for t in header.tensors:
@@ -175,7 +187,7 @@ def model_facts(header: GgufHeader) -> ModelFacts:
         else:
             other += t.n_bytes
         if len(t.shape) >= 2 and t.name != "token_embd.weight":
-            matrices[t.type_name] = matrices.get(t.type_name, 0) + t.n_bytes
+            matrices.append((t.type_name, t.shape[0], t.shape[1], t.n_bytes))
     quant = _quant_name(md.get("general.file_type"), type_bytes)
     return ModelFacts(
         architecture=arch, n_layers=n_layers, n_embd=n_embd, n_head=n_head,
@@ -183,10 +195,10 @@ def model_facts(header: GgufHeader) -> ModelFacts:
         sliding_window=int(window) if window else None, swa_layers=tuple(swa),
         context_length=int(header.arch_value("context_length", 0)), n_vocab=int(vocab or 0),
         weights_bytes=sum(t.n_bytes for t in header.tensors), layer_bytes=tuple(layer_bytes),
-        repacked_bytes=sum(n for t, n in matrices.items() if t in REPACKED_TYPES),
+        repacked_bytes=sum(n for kind, _, _, n in matrices if kind in REPACKED_TYPES),
         output_bytes=other, parameters=params, quant=quant,
         has_chat_template="tokenizer.chat_template" in md,
-        matrix_bytes_by_type=tuple(sorted(matrices.items())))
+        matrices=tuple(matrices))
 
 
 def facts_from_model_info(model_info: dict[str, Any], size_bytes: int, quant: str,
@@ -197,7 +209,7 @@ def facts_from_model_info(model_info: dict[str, Any], size_bytes: int, quant: st
     facts = model_facts(header)
     n = max(facts.n_layers, 1)
     return replace(facts, weights_bytes=size_bytes, layer_bytes=(size_bytes // n,) * n,
-                   output_bytes=0, repacked_bytes=0, matrix_bytes_by_type=(),
+                   output_bytes=0, repacked_bytes=0, matrices=(),
                    parameters=int(model_info.get("general.parameter_count", 0) or 0),
                    quant=quant or facts.quant, has_chat_template=has_template)
 
