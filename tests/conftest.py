@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -107,39 +108,86 @@ def gemma_path() -> Path:
     return path
 
 
-def start_cli(*args: str, events: Path, env: dict[str, str] | None = None
+class EventStream:
+    """The engine events of a localmoa child process, read as they happen from a pipe
+    the child writes (LOCALMOA_EVENT_LOG=/dev/fd/N): a test blocks on the event it
+    needs, never on a clock. The pipe ends when the child exits."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_inheritable(self.write_fd, True)  # a pty child (pexpect) keeps it past exec
+        self.env = {"LOCALMOA_EVENT_LOG": f"/dev/fd/{self.write_fd}"}
+        self.seen: list[dict] = []
+        self._buffer = b""
+        self._ended = False
+
+    def spawned(self) -> None:
+        """The child has its copy of the write end: only its exit ends the pipe now."""
+        import os
+
+        os.close(self.write_fd)
+
+    def _read(self, deadline: float, also: Any = None) -> bool:
+        """Read what is there (waiting until the deadline); False at the end of the pipe.
+        ``also``: a pexpect child whose output is drained meanwhile, so it never blocks."""
+        import os
+        import select
+        import time
+
+        fds = [self.read_fd] + ([also.child_fd] if also is not None else [])
+        ready, _, _ = select.select(fds, [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"no event in time; seen: {self.seen[-5:]}")
+        if also is not None and also.child_fd in ready:
+            with contextlib.suppress(Exception):  # its end shows as the pipe's end below
+                also.read_nonblocking(65536, 0)
+        if self.read_fd in ready:
+            chunk = os.read(self.read_fd, 65536)
+            if not chunk:
+                self._ended = True
+                return False
+            self._buffer += chunk
+            *lines, self._buffer = self._buffer.split(b"\n")
+            self.seen.extend(json.loads(line) for line in lines if line)
+        return True
+
+    def wait_for(self, event: str, timeout: float = 300, child: Any = None,
+                 **fields: object) -> dict:
+        """Block until ``event`` (with ``fields``) is logged: the phase a test wants is
+        reached. Fails if localmoa ends first; ``timeout`` only bounds a broken test."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        checked = 0
+        while True:
+            for entry in self.seen[checked:]:
+                if entry["event"] == event and all(entry.get(k) == v
+                                                   for k, v in fields.items()):
+                    return entry
+            checked = len(self.seen)
+            if self._ended or not self._read(deadline, child):
+                raise AssertionError(f"localmoa ended before {event}; seen: {self.seen[-5:]}")
+
+    def all(self, timeout: float = 300) -> list[dict]:
+        """Every event, once the child has exited."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not self._ended and self._read(deadline):
+            pass
+        return self.seen
+
+
+def start_cli(*args: str, events: EventStream, env: dict[str, str] | None = None
               ) -> subprocess.Popen[bytes]:
-    """Start the real `localmoa` command line, its engine events logged to ``events``."""
+    """Start the real `localmoa` command line, its engine events going to ``events``."""
     import os
 
-    full_env = dict(os.environ, LOCALMOA_EVENT_LOG=str(events), **(env or {}))
-    return subprocess.Popen([sys.executable, "-m", "localmoa", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=full_env)
-
-
-def wait_for_event(events: Path, proc: Any, event: str, timeout: float = 300,
-                   **fields: object) -> dict:
-    """Block until the engine logs ``event`` (with ``fields``) in ``events``: the phase a
-    test wants is reached. ``proc`` (a Popen or a pexpect child) must not end first;
-    ``timeout`` only bounds a broken test."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    seen = 0
-    while time.monotonic() < deadline:
-        text = events.read_text(encoding="utf-8") if events.exists() else ""
-        lines = text[: text.rfind("\n") + 1].splitlines()  # whole lines: one may be half out
-        for line in lines[seen:]:
-            entry = json.loads(line)
-            if entry["event"] == event and all(entry.get(k) == v for k, v in fields.items()):
-                return entry
-        seen = len(lines)
-        if hasattr(proc, "isalive"):  # pexpect
-            if not proc.isalive():
-                raise AssertionError(f"localmoa ended before {event}: {proc.before!r}")
-        elif proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"localmoa ended (exit {proc.returncode}) before {event}: "
-                                 f"{err.decode()[-800:]}")
-        time.sleep(0.02)
-    raise AssertionError(f"no {event} event within {timeout} s")
+    proc = subprocess.Popen([sys.executable, "-m", "localmoa", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, **events.env,
+                                                             **(env or {})),
+                            pass_fds=(events.write_fd,))
+    events.spawned()
+    return proc

@@ -17,17 +17,29 @@ from localmoa.cli._live import LiveView
 from localmoa.metrics import AgentRun
 from localmoa.recipe import Overrides, build_graph
 
-from .conftest import wait_for_event
+from .conftest import EventStream
 
 PROMPT = ">>> "
 
 
-def spawn(*args: str, timeout: float = 120, events: Path | None = None) -> pexpect.spawn:
-    env = dict(os.environ, COLUMNS="120", TERM="xterm")
+class _Spawn(pexpect.spawn):
+    """pexpect's spawn, handing the child the event pipe (ptyprocess can, pexpect not)."""
+
+    pass_fds: tuple[int, ...] = ()
+
+    def _spawnpty(self, args, **kwargs):  # type: ignore[no-untyped-def]
+        import ptyprocess
+
+        return ptyprocess.PtyProcess.spawn(args, pass_fds=self.pass_fds, **kwargs)
+
+
+def spawn(*args: str, timeout: float = 120, events: EventStream | None = None) -> pexpect.spawn:
+    env = dict(os.environ, COLUMNS="120", TERM="xterm", **(events.env if events else {}))
+    kind = type("Spawn", (_Spawn,), {"pass_fds": (events.write_fd,) if events else ()})
+    child = kind(sys.executable, ["-m", "localmoa", "chat", *args], env=env,
+                 encoding="utf-8", timeout=timeout, dimensions=(40, 120))
     if events is not None:
-        env["LOCALMOA_EVENT_LOG"] = str(events)
-    child = pexpect.spawn(sys.executable, ["-m", "localmoa", "chat", *args], env=env,
-                          encoding="utf-8", timeout=timeout, dimensions=(40, 120))
+        events.spawned()
     child.expect_exact(PROMPT)
     return child
 
@@ -65,10 +77,10 @@ def test_two_turns_stats_save_and_exit(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(tmp_path: Path) -> None:
-    events = tmp_path / "events.jsonl"
+    events = EventStream()
     child = spawn("--max-tokens", "1500", "--temperature", "0.8", "--seed", "2", events=events)
     child.sendline("Tell me a very long story about a lighthouse keeper.")
-    wait_for_event(events, child, "first_text", agent="L1.1")  # the answer is being written
+    events.wait_for("first_text", child=child, agent="L1.1")  # the answer is being written
     child.sendintr()
     child.expect_exact("interrupted")
     child.expect_exact(PROMPT)
@@ -161,11 +173,11 @@ def test_live_view_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch, stdout_tt
 def test_sigterm_ends_the_chat_with_143(tmp_path: Path, phase: str) -> None:
     import signal
 
-    events = tmp_path / "events.jsonl"
+    events = EventStream()
     child = spawn("--max-tokens", "1500", events=events)
     if phase == "answer":
         child.sendline("Tell me a very long story about a lighthouse keeper.")
-        wait_for_event(events, child, "first_text", agent="L1.1")
+        events.wait_for("first_text", child=child, agent="L1.1")
     child.kill(signal.SIGTERM)
     child.expect_exact("localmoa: error: terminated (SIGTERM)")
     child.expect(pexpect.EOF)

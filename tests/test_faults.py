@@ -28,7 +28,8 @@ HANG = threading.Event()  # never set: a hung backend waits on it
 
 
 class FaultyBackend:
-    """llama.cpp, except for models named raises / hangs / crawls / noload."""
+    """llama.cpp, except for models named raises / hangs / crawls / noload. "crawls" never
+    stops talking: it starts its real answer over and over, until its timeout cuts it."""
 
     name = "llamacpp"
 
@@ -50,13 +51,14 @@ class FaultyBackend:
                 if kind == "hangs":
                     HANG.wait(600)  # a backend stuck in a call that never returns
                     yield "never"
-                with real_chat(messages, options) as inner:  # closed with this stream
-                    for i, piece in enumerate(inner):
-                        if kind == "raises" and i == 3:
-                            raise GenerationError("injected failure after 3 pieces")
-                        if kind == "crawls":
-                            time.sleep(0.5)  # a slow backend (the fault), not a test clock
-                        yield piece
+                while True:
+                    with real_chat(messages, options) as inner:  # closed with this stream
+                        for i, piece in enumerate(inner):
+                            if kind == "raises" and i == 3:
+                                raise GenerationError("injected failure after 3 pieces")
+                            yield piece
+                    if kind != "crawls":
+                        break
             return ChatStream(pieces)
         return chat
 

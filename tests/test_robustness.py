@@ -21,7 +21,7 @@ from localmoa.preflight import preflight
 from localmoa.prompts import TRIM_MARK, fit_references
 from localmoa.recipe import Overrides
 
-from .conftest import start_cli, wait_for_event
+from .conftest import EventStream, start_cli
 
 QUESTION = "Write a short story about a dragon who learns to count."
 
@@ -88,7 +88,7 @@ profiles:
 
 # --- interrupts -----------------------------------------------------------------------
 
-def start_run(events: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start_run(events: EventStream, *extra: str) -> subprocess.Popen[bytes]:
     return start_cli("run", QUESTION, "--max-tokens", "3000", "--layers", "2", *extra,
                      events=events)
 
@@ -100,11 +100,11 @@ def start_run(events: Path, *extra: str) -> subprocess.Popen[bytes]:
     (signal.SIGTERM, 143, "localmoa: error: terminated (SIGTERM)",
      ("first_text", {"agent": "L1.1"})),
 ])
-def test_signals_stop_a_real_run(tmp_path: Path, sig: int, code: int, line: str,
+def test_signals_stop_a_real_run(sig: int, code: int, line: str,
                                  phase: tuple[str, dict]) -> None:
-    events = tmp_path / "events.jsonl"
+    events = EventStream()
     proc = start_run(events)
-    wait_for_event(events, proc, phase[0], **phase[1])  # a model loading / layer 1 writing
+    events.wait_for(phase[0], **phase[1])  # a model loading / layer 1 writing
     assert not psutil.Process(proc.pid).children(recursive=True)  # no child processes
     sent = time.monotonic()
     proc.send_signal(sig)
@@ -112,16 +112,16 @@ def test_signals_stop_a_real_run(tmp_path: Path, sig: int, code: int, line: str,
     assert proc.returncode == code, err.decode()[-500:]
     assert time.monotonic() - sent < 15
     assert err.decode().strip().splitlines()[-1] == line
-    logged = [json.loads(x) for x in events.read_text().splitlines()]
+    logged = events.all()
     assert logged[-1]["event"] == "run_end" and logged[-1]["error"] == line.split(": ")[-1]
     assert "layer_done" not in [e["event"] for e in logged]  # stopped within layer 1
 
 
-def test_interrupt_prints_what_was_produced(tmp_path: Path) -> None:
-    events = tmp_path / "events.jsonl"
+def test_interrupt_prints_what_was_produced() -> None:
+    events = EventStream()
     proc = start_run(events, "--json")
     for agent in ("L1.1", "L1.2", "L1.3"):  # layer 1 is writing its long answers
-        wait_for_event(events, proc, "first_text", agent=agent)
+        events.wait_for("first_text", agent=agent)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130

@@ -18,7 +18,7 @@ from localmoa.memory.probe import cpu_cores
 from localmoa.prompts import AGGREGATE_PROMPT
 from localmoa.recipe import Overrides, build_graph
 
-from .conftest import cli, run_json, start_cli, wait_for_event
+from .conftest import EventStream, cli, run_json, start_cli
 
 SCHEMA = json.loads(
     (resources.files("localmoa") / "schemas" / "run-report.schema.json").read_text())
@@ -252,19 +252,19 @@ def test_profiles_lists_the_shipped_profiles() -> None:
     assert {"tiny", "laptop", "workstation"} <= names
 
 
-def test_ctrl_c_during_proposers_exits_130_promptly(tmp_path: Path) -> None:
+def test_ctrl_c_during_proposers_exits_130_promptly() -> None:
     import signal
     import time
 
-    events = tmp_path / "events.jsonl"
+    events = EventStream()
     proc = start_cli("run", "Write a very long story about a dragon.", "--max-tokens", "2000",
                      "--layers", "3", events=events)
-    wait_for_event(events, proc, "first_text", agent="L1.1")  # layer 1 is generating
+    events.wait_for("first_text", agent="L1.1")  # layer 1 is generating
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert time.monotonic() - sent < 15, "agents stop at their next token"
     assert err.decode().strip().splitlines()[-1] == "localmoa: error: interrupted"
-    logged = [json.loads(line)["event"] for line in events.read_text().splitlines()]
+    logged = [e["event"] for e in events.all()]
     assert "interrupted" in logged and "layer_done" not in logged  # stopped inside layer 1
