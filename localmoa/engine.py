@@ -65,7 +65,6 @@ class _Execution:
     warnings: list[str] = field(default_factory=list)
     #: Held instances from before this run: the plan's budgets already leave them out.
     held_before: list[Loaded] = field(default_factory=list)
-    abandoned: int = 0
     abandoned_ids: set[str] = field(default_factory=set)
     log: EventLog = field(init=False)
     #: The text each agent has written so far (kept when it never returns).
@@ -164,7 +163,7 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
                         "load_s": round(host.load_s - start_load_s, 4),
                         "peak_rss_growth_bytes": memory.peak_rss,
                         "peak_pss_growth_bytes": memory.peak_pss,
-                        "abandoned_agents": ex.abandoned,
+                        "abandoned_agents": len(ex.abandoned_ids),
                         "held_bytes": host.held_bytes()},
                 runtime=dict(runtime or {}), warnings=list(ex.warnings))
 
@@ -233,11 +232,10 @@ def _load_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent]) -> None:
             skipped, loads = loads, []
         holders = ", ".join(sorted({str(e.inst) for e in host.held}))
         for inst in skipped:
-            if inst not in host.loaded:
-                host.load_errors[inst] = (
-                    f"not loaded: agents that timed out still hold {holders}, and loading "
-                    f"{inst} as well would exceed the memory budget ({over}); it is freed "
-                    "when they return")
+            host.load_errors[inst] = (
+                f"not loaded: agents that timed out still hold {holders}, and loading "
+                f"{inst} as well would exceed the memory budget ({over}); it is freed "
+                "when they return")
     for inst in loads:
         task = tasks.get(inst)
         if task and inst not in host.loaded:
@@ -381,7 +379,6 @@ def _abandon(ex: _Execution, agent: Agent, wave: Wave, results: dict[str, AgentR
         results[agent.id] = ex.unfinished(agent, task, wave, error or (
             f"timed out after {agent.timeout_s:g} s and did not stop; abandoned (its model "
             "instance is freed when the call returns)"))
-        ex.abandoned += 1
     cost = ex.plan.costs.get(task.model)
     ex.host.abandon(inst, cost.first if cost else {})
     ex.log("abandoned", agent=agent.id, instance=str(inst))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -40,7 +41,6 @@ CACHE_FILE = "cpu-repack.json"
 #: A canary that has not finished by then (it takes about a second) is taken as hung:
 #: repacking off, cached like a crash (`localmoa doctor --recheck` asks again).
 CANARY_TIMEOUT_S = 60.0
-TIMED_OUT = "the canary timed out"
 #: How a broken fast path kills a process; other signals (SIGKILL from the OOM killer,
 #: SIGTERM) come from outside and say nothing about the CPU.
 CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGABRT,
@@ -180,7 +180,7 @@ def needs_canary(modes: list[RepackMode | None]) -> bool:
     return any(m in (None, "auto") for m in modes) and cached_verdict() is None
 
 
-def run_canary(key: str, timeout_s: float | None = None) -> Verdict:
+def run_canary(key: str) -> Verdict:
     """Run the canary child and interpret how it ended."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     from ..memory.probe import cpu_cores
@@ -188,10 +188,10 @@ def run_canary(key: str, timeout_s: float | None = None) -> Verdict:
     command = [*CANARY_COMMAND, str(cpu_cores())]
     env = {k: v for k, v in os.environ.items() if k != "LOCALMOA_CPU_REPACK"}
     try:
-        proc = subprocess.run(command, capture_output=True, timeout=timeout_s or CANARY_TIMEOUT_S,
-                              env=env, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(command, capture_output=True, timeout=CANARY_TIMEOUT_S, env=env,
+                              stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        return Verdict(works=False, detail=f"{TIMED_OUT} after {timeout_s or CANARY_TIMEOUT_S:g} s",
+        return Verdict(works=False, detail=f"the canary timed out after {CANARY_TIMEOUT_S:g} s",
                        key=key, checked_at=now)
     except OSError as exc:
         return Verdict(works=None, detail=f"the canary could not start: {exc}", key=key,
@@ -226,8 +226,10 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+@functools.cache
 def build_key() -> str:
-    """A short hash of the llama.cpp build (version, shared libraries) and the CPU."""
+    """A short hash of the llama.cpp build (version, shared libraries) and the CPU; neither
+    changes while a process runs, so it is computed once."""
     parts = [f"llama-cpp-python {llama_cpp_version()}", *_library_stamps(),
              platform.machine(), cpu_model(), " ".join(sorted(cpu_flags()))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
@@ -261,8 +263,9 @@ def _library_stamps() -> list[str]:
     return stamps
 
 
+@functools.cache
 def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo (Linux); empty elsewhere."""
+    """The first processor's fields of /proc/cpuinfo (Linux); empty elsewhere. Read once."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
