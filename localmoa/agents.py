@@ -95,7 +95,7 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
         messages = fitted_messages(agent, spec, model, conversation, references, run)
         options = GenerateOptions(temperature=agent.temperature, top_p=agent.top_p,
                                   max_tokens=agent.max_tokens, seed=agent.seed,
-                                  n_threads=task_threads or None)
+                                  n_threads=task_threads or None, stop=agent.stop)
         control.check(agent)
         stream = model.chat(messages, options)
         for piece in stream:
@@ -104,6 +104,9 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
             if on_text:
                 on_text(agent, piece)
         stats = stream.stats
+        if stats is not None and stats.finish_reason == "cancelled":
+            control.check(agent)  # its batch dropped it because it had to stop
+            raise Stopped("stopped")
         if stats is not None:
             run.prompt_tokens = stats.prompt_tokens
             run.completion_tokens = stats.completion_tokens
@@ -111,6 +114,8 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
             run.prompt_tok_per_s = round(stats.prompt_tok_per_s, 2)
             run.decode_tok_per_s = round(stats.decode_tok_per_s, 2)
             run.finish_reason = stats.finish_reason
+            run.batch = stats.batch_size
+            run.shared_prompt_tokens = stats.shared_tokens
         run.answer = "".join(pieces).strip()
         run.ok = bool(run.answer)
         if not run.ok:

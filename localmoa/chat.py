@@ -90,8 +90,9 @@ class ChatSession:
         resident = {m: n for m, n in self.host.resident().items() if m in pre.footprints}
         held = self.host.held_bytes()
         budgets = {pool: budget - held.get(pool, 0) for pool, budget in pre.budgets.items()}
+        seqs = {m: n for m, n in self.host.resident_seqs().items() if m in resident}
         turn_plan = plan(self.graph, pre.footprints, budgets, pre.resources.usable_cores,
-                         resident=resident, keep=True)
+                         resident=resident, resident_seqs=seqs, keep=True)
         report = execute_plan(self.config, self.graph, conversation, turn_plan, pre.paths,
                               events=events, host=self.host, runtime=pre.runtime)
         turn = Turn(user=text, report=report, dropped_turns=dropped)

@@ -8,7 +8,7 @@ field, on one line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +20,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -36,9 +38,29 @@ def _yaml_on_off(value: Any) -> Any:
     return value
 
 
-RepackMode = Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_on_off)]
+OnOff = Annotated[Literal["on", "off"], BeforeValidator(_yaml_on_off)]
+AutoOnOff = Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_on_off)]
+RepackMode = AutoOnOff
 REPACK_HELP = ("llama.cpp weight repacking (AMX, AVX2/AVX-512 and ARM fast paths): auto checks "
                "once per CPU that it does not crash, on, or off.")
+BATCH_HELP = ("Agents of one wave on this model decode as sequences of one llama.cpp context "
+              "(shared prompt prefix, one decode step for all); off runs each agent on its "
+              "own instance.")
+FLASH_ATTN_HELP = ("llama.cpp flash attention: auto lets llama.cpp decide (on wherever it "
+                   "supports it, which on CPU is always), on, or off.")
+PARALLEL_HELP = ("How many agents of this model are sent to the Ollama daemon at once; set it "
+                 "to the daemon's OLLAMA_NUM_PARALLEL. Default: 1.")
+
+#: Keys that only one backend reads, and what to write instead on the other one.
+_BACKEND_ONLY = {
+    "batch": ("llamacpp", "batch applies to backend: llamacpp only; for Ollama set parallel"),
+    "flash_attn": ("llamacpp", "flash_attn applies to backend: llamacpp only; Ollama sets it "
+                   "with OLLAMA_FLASH_ATTENTION on the daemon"),
+    "parallel": ("ollama", "parallel applies to backend: ollama only; llama.cpp models batch "
+                 "their agents themselves (batch: on)"),
+}
+#: Top-level keys that are every llama.cpp model's default where the model does not set them.
+_LLAMACPP_DEFAULTS = ("cpu_repack", "batch", "flash_attn")
 
 
 class _Strict(BaseModel):
@@ -114,6 +136,20 @@ class ModelSpec(_Strict):
         "GGUF without a chat template; default: the template in the GGUF.")
     cpu_repack: RepackMode | None = Field(None, description=REPACK_HELP + " Default: the "
                                           "top-level cpu_repack, else auto.")
+    batch: OnOff | None = Field(None, description=BATCH_HELP + " Default: the top-level "
+                                "batch, else on. llamacpp only.")
+    flash_attn: AutoOnOff | None = Field(None, description=FLASH_ATTN_HELP + " Default: the "
+                                         "top-level flash_attn, else auto. llamacpp only.")
+    parallel: int | None = Field(None, ge=1, le=64, description=PARALLEL_HELP + " ollama only.")
+
+    @field_validator("batch", "flash_attn", "parallel")
+    @classmethod
+    def _only_for_its_backend(cls, value: Any, info: ValidationInfo) -> Any:
+        # A field validator (not the model's) so the error names the key and its line.
+        backend, message = _BACKEND_ONLY[str(info.field_name)]
+        if value is not None and info.data.get("backend", backend) != backend:
+            raise ValueError(message)
+        return value
 
     @model_validator(mode="after")
     def _backend_matches_source(self) -> ModelSpec:
@@ -170,6 +206,15 @@ class AgentSpec(_Strict):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     timeout_s: float | None = Field(None, gt=0, le=86_400, description="Give up on this "
                                     "agent after this many seconds (dropped, reported).")
+    stop: list[str] = Field(default_factory=list, max_length=16, description="Strings that "
+                            "end the agent's answer where they appear (not included).")
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: list[str]) -> list[str]:
+        if any(not s for s in value):
+            raise ValueError("a stop string cannot be empty")
+        return value
 
 
 class Profile(_Strict):
@@ -192,6 +237,8 @@ class ConfigFile(_Strict):
 
     default_profile: str | None = None
     cpu_repack: RepackMode | None = Field(None, description=REPACK_HELP + " Default: auto.")
+    batch: OnOff | None = Field(None, description=BATCH_HELP + " Default: on.")
+    flash_attn: AutoOnOff | None = Field(None, description=FLASH_ATTN_HELP + " Default: auto.")
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     profiles: dict[str, Profile] = Field(default_factory=dict)
     ollama_hosts: dict[str, HostSpec] = Field(default_factory=dict)
@@ -216,6 +263,10 @@ class Config:
     ollama_hosts: dict[str, HostSpec] = field(default_factory=dict)
     #: The top-level cpu_repack (None: not written anywhere, i.e. auto).
     cpu_repack: RepackMode | None = None
+    #: The top-level batch (None: not written anywhere, i.e. on).
+    batch: OnOff | None = None
+    #: The top-level flash_attn (None: not written anywhere, i.e. auto).
+    flash_attn: AutoOnOff | None = None
     # (kind, name) -> the file that defined the entry and its node index, for line numbers
     _origins: dict[tuple[str, str], tuple[Origin, _NodeIndex]] = field(default_factory=dict)
 
@@ -235,6 +286,15 @@ class Config:
             raise ConfigError(f"no profile named {name!r}; known profiles: {known} "
                               "(add one under profiles: in your models.yaml)")
         return name, self.profiles[name]
+
+    def without_batching(self) -> Config:
+        """A copy in which every llama.cpp model runs each agent on its own instance
+        (``--no-batch``); origins and files are kept, so errors still name lines."""
+        models = {name: spec.model_copy(update={"batch": "off"})
+                  if spec.backend == "llamacpp" else spec
+                  for name, spec in self.models.items()}
+        return replace(self, models=models, batch="off", files=list(self.files),
+                       _origins=dict(self._origins))
 
 
 class _NodeIndex:
@@ -377,15 +437,19 @@ def load_config(user_config: Path | None = None) -> Config:
             merged.profiles[name] = prof
             merged._origins[("profiles", name)] = (origin, index)
         merged.ollama_hosts.update(parsed.ollama_hosts)
-        if parsed.cpu_repack is not None:
-            merged.cpu_repack = parsed.cpu_repack
+        for key in _LLAMACPP_DEFAULTS:
+            if getattr(parsed, key) is not None:
+                setattr(merged, key, getattr(parsed, key))
         if parsed.default_profile:
             merged.default_profile = parsed.default_profile
     _check_references(merged)
-    if merged.cpu_repack is not None:  # the top-level value is every llama.cpp model's default
-        merged.models = {name: spec.model_copy(update={"cpu_repack": merged.cpu_repack})
-                         if spec.backend == "llamacpp" and spec.cpu_repack is None else spec
-                         for name, spec in merged.models.items()}
+    # A top-level value is every llama.cpp model's default.
+    defaults = {key: getattr(merged, key) for key in _LLAMACPP_DEFAULTS
+                if getattr(merged, key) is not None}
+    merged.models = {name: spec.model_copy(update={k: v for k, v in defaults.items()
+                                                   if getattr(spec, k) is None})
+                     if spec.backend == "llamacpp" else spec
+                     for name, spec in merged.models.items()}
     return merged
 
 

@@ -16,13 +16,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from . import constants, signals
 from .agents import Control, internal_error, run_agent
-from .backends.base import Message
+from .backends.base import BatchedModel, Message
+from .backends.batch import Batch
 from .config import Config
-from .errors import AggregatorFailedError, LayerFailedError, RunInterrupted, Terminated
+from .errors import (
+    AggregatorFailedError,
+    LayerFailedError,
+    LocalMoaError,
+    RunInterrupted,
+    Terminated,
+)
 from .eventlog import EventLog
 from .host import Loaded, ModelHost
 from .memory.planner import Instance, Plan, Task, Wave
@@ -89,6 +96,10 @@ class _Execution:
             with self.control.lock:
                 if message not in self.warnings:
                     self.warnings.append(message)
+
+    def stopping(self, agent: Agent) -> bool:
+        """Whether ``agent`` must stop: the run is stopping or its time is up."""
+        return self.control.stop.is_set() or agent.id in self.control.cancelled
 
     def agent_start(self, agent: Agent) -> None:
         self.started[agent.id] = self.now()
@@ -280,30 +291,47 @@ def _over_budget(ex: _Execution, wave: Wave, loading: list[Instance]) -> str:
 def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
               references: list[str] | None, results: dict[str, AgentRun]) -> None:
     """Run the wave's agents on worker threads, recording each into ``results`` as it ends;
-    enforce timeouts; on Ctrl-C stop them all (what they made is kept)."""
+    enforce timeouts; on Ctrl-C stop them all (what they made is kept). Agents that share
+    an instance as a batch each read their own stream; one more thread decodes for them."""
     workers: dict[str, Any] = {}
+    groups: dict[Instance, list[Task]] = {}
+    for task in wave.tasks:
+        if task.batch > 1:
+            groups.setdefault(Instance(task.model, task.slot), []).append(task)
+    batches = {inst: Batch(len(tasks), str(inst)) for inst, tasks in groups.items()}
+    drivers: dict[Instance, Any] = {}
 
     def work(task: Task) -> None:
         agent = agents[task.agent]
         inst = Instance(task.model, task.slot)
+        batch = batches.get(inst)
         run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=_role(agent),
                        ok=False, threads=task.threads, wave=wave.index)
         try:
-            entry = ex.host.acquire(inst)
+            entry = ex.host.acquire(inst) if batch is None else ex.host.loaded.get(inst)
             if entry is None:
                 run.start_s = run.end_s = round(ex.now(), 4)
                 run.error = ex.host.load_errors.get(inst) or f"{inst} is not loaded"
+                if batch is not None:
+                    batch.withdraw()
             else:
+                model: Any = entry.model
+                if batch is not None:  # a sequence of the batch: it joins with its chat
+                    model = batch.member(entry.model, functools.partial(ex.stopping, agent))
                 try:
-                    if not entry.charged:
-                        run.load_s, entry.charged = round(entry.model.load_s, 4), True
+                    with ex.control.lock:
+                        charge, entry.charged = not entry.charged, True
+                    if charge:
+                        run.load_s = round(entry.model.load_s, 4)
                         if entry.started_at >= ex.t0:  # loaded during this run
                             run.load_start_s = round(entry.started_at - ex.t0, 4)
-                    run_agent(agent, entry.model, ex.host.config.models[agent.model],
+                    run_agent(agent, model, ex.host.config.models[agent.model],
                               task.threads, ex.conversation, references, ex.control, run,
                               ex.t0, ex.agent_start, ex.text)
                 finally:
-                    if ex.host.release(entry):
+                    if batch is not None:
+                        model.leave()
+                    elif ex.host.release(entry):
                         ex.log("released", instance=str(inst))
         except Exception as exc:  # noqa: BLE001 - a bug here costs this agent, never the run
             run.ok = False
@@ -316,6 +344,24 @@ def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
         ex.log("agent_done", agent=agent.id, ok=run.ok, error=run.error)
         ex.emit("on_agent_done", agent, run)
 
+    def drive(inst: Instance, batch: Batch, threads: int) -> None:
+        """Decode for the agents of one batch, holding its instance meanwhile."""
+        entry = ex.host.acquire(inst)
+        if entry is None:
+            batch.fail(ex.host.load_errors.get(inst) or f"{inst} is not loaded")
+            return
+        ex.log("batch", instance=str(inst), size=batch.size)
+        try:
+            cast(BatchedModel, entry.model).run_batch(batch, threads)
+        except LocalMoaError as exc:
+            batch.fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug costs this batch, never the run
+            batch.fail(internal_error(exc, f"batch on {inst}"))
+        finally:
+            batch.close()
+            if ex.host.release(entry):
+                ex.log("released", instance=str(inst))
+
     started = time.monotonic()
     cancelled_at: dict[str, float] = {}  # when each late agent was told to stop
     try:
@@ -323,12 +369,19 @@ def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
             worker = ex.host.workers.get(index)
             worker.submit(functools.partial(work, task))
             workers[task.agent] = worker
+        for index, (inst, batch) in enumerate(batches.items(), start=len(wave.tasks)):
+            worker = ex.host.workers.get(index)
+            worker.submit(functools.partial(drive, inst, batch, groups[inst][0].threads))
+            drivers[inst] = worker
         while True:
-            # every agent's job to its end (its on_agent_done included), but an abandoned one
+            # every agent's job to its end (its on_agent_done included), but an abandoned
+            # one; and each batch's decoding while one of its agents is still waited for
             with ex.control.lock:
                 waiting = [a for a, w in workers.items()
                            if not w.idle.is_set() and a not in ex.abandoned_ids]
-            if not waiting:
+                decoding = [w for inst, w in drivers.items() if not w.idle.is_set()
+                            and any(t.agent not in ex.abandoned_ids for t in groups[inst])]
+            if not waiting and not decoding:
                 break
             now = time.monotonic()
             for agent_id in waiting:
@@ -340,11 +393,13 @@ def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
                     ex.control.cancelled.add(agent_id)  # it stops at its next piece of text
                 elif now >= cancelled_at[agent_id] + GRACE_S:
                     _abandon(ex, agents[agent_id], wave, results)
-            workers[waiting[0]].idle.wait(0.05)
+            (workers[waiting[0]] if waiting else decoding[0]).idle.wait(0.05)
             signals.check()
     except KeyboardInterrupt:
         ex.control.stop.set()  # every agent stops at its next piece of text
-        _wait_for_all(list(workers.values()), GRACE_S)
+        for batch in batches.values():
+            batch.abort("interrupted")  # members that never joined are not waited for
+        _wait_for_all([*workers.values(), *drivers.values()], GRACE_S)
         for task in wave.tasks:
             if task.agent not in workers:  # interrupted before it started
                 with ex.control.lock:
@@ -380,7 +435,9 @@ def _abandon(ex: _Execution, agent: Agent, wave: Wave, results: dict[str, AgentR
             f"timed out after {agent.timeout_s:g} s and did not stop; abandoned (its model "
             "instance is freed when the call returns)"))
     cost = ex.plan.costs.get(task.model)
-    ex.host.abandon(inst, cost.first if cost else {})
+    entry = ex.host.loaded.get(inst)
+    seqs = entry.inst.seqs if entry is not None else 1
+    ex.host.abandon(inst, cost.instance(seqs) if cost else {})
     ex.log("abandoned", agent=agent.id, instance=str(inst))
     ex.emit("on_agent_done", agent, results[agent.id])
 
@@ -391,7 +448,9 @@ def _role(agent: Agent) -> str:
 
 def _plan_summary(plan: Plan) -> dict[str, Any]:
     return {"waves": len(plan.waves), "loads": plan.loads, "unloads": plan.unloads,
-            "predicted_peak_bytes": plan.peak_bytes, "budget_bytes": plan.budgets}
+            "predicted_peak_bytes": plan.peak_bytes, "budget_bytes": plan.budgets,
+            "batches": [{"wave": w.index, "layer": w.layer, "model": m, "size": n}
+                        for w in plan.waves for m, n in w.batches.items()]}
 
 
 def _model_facts(config: Config, graph: MoaGraph,

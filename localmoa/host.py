@@ -121,6 +121,11 @@ class ModelHost:
             counts[inst.model] = counts.get(inst.model, 0) + 1
         return counts
 
+    def resident_seqs(self) -> dict[str, int]:
+        """Sequences the first instance of each loaded model has room for (its batch)."""
+        return {inst.model: entry.inst.seqs for inst, entry in self.loaded.items()
+                if inst.slot == 0}
+
     def held_bytes(self) -> dict[str, int]:
         """Bytes per pool kept by instances abandoned agents still run on."""
         total: dict[str, int] = {}
@@ -139,19 +144,22 @@ class ModelHost:
         self.loaded = {}
         for model, entries in by_model.items():
             for slot, entry in enumerate(entries):
-                entry.inst = Instance(model, slot)
+                entry.inst = Instance(model, slot, entry.inst.seqs)
                 self.loaded[entry.inst] = entry
 
     def load(self, inst: Instance, n_threads: int) -> bool:
-        """Load ``inst`` unless it is loaded; False (and ``load_errors``) on failure."""
+        """Load ``inst`` unless it is loaded (with room for ``inst.seqs`` sequences);
+        False (and ``load_errors``) on failure."""
         if inst in self.loaded:
             return True
         spec = self.config.models[inst.model]
         self.load_errors.pop(inst, None)
         started = time.perf_counter()
         try:
-            model = get_backend(spec.backend).load(inst.model, spec, self.paths.get(inst.model),
-                                                   n_threads)
+            backend: Any = get_backend(spec.backend)
+            path = self.paths.get(inst.model)
+            model = (backend.load(inst.model, spec, path, n_threads, n_seq=inst.seqs)
+                     if inst.seqs > 1 else backend.load(inst.model, spec, path, n_threads))
         except LocalMoaError as exc:
             self.load_errors[inst] = str(exc)
             return False

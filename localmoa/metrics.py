@@ -36,6 +36,10 @@ class AgentRun:
     finish_reason: str | None = None
     #: Set when the references were shortened to fit n_ctx: counts before and after.
     references_trimmed: dict[str, int] | None = None
+    #: Sequences decoded together in its model's context (1: it ran alone).
+    batch: int = 1
+    #: Tokens of its prompt shared with the rest of its batch, evaluated once for all.
+    shared_prompt_tokens: int = 0
 
     @property
     def is_aggregator(self) -> bool:
@@ -61,6 +65,9 @@ class LayerStats:
     agg_tok_per_s: float  # all completion tokens / layer wall time
     start_s: float
     end_s: float
+    batch: int = 1  # the largest batch of its agents (1: none decoded together)
+    #: Prompt tokens actually evaluated: a batch's shared prefix counts once.
+    prompt_tokens_evaluated: int = 0
 
     @classmethod
     def of(cls, layer: int, runs: list[AgentRun]) -> LayerStats:
@@ -82,7 +89,19 @@ class LayerStats:
             agg_tok_per_s=round(completion / wall, 2) if wall > 0 else 0.0,
             start_s=round(start, 4),
             end_s=round(end, 4),
+            batch=max((r.batch for r in runs), default=1),
+            prompt_tokens_evaluated=_evaluated(runs),
         )
+
+
+def _evaluated(runs: list[AgentRun]) -> int:
+    """Prompt tokens evaluated by ``runs``: each batch's shared prefix once."""
+    shared: dict[tuple[int, str], int] = {}
+    for run in runs:
+        if run.batch > 1:
+            key = (run.wave, run.model)
+            shared[key] = max(shared.get(key, 0), run.shared_prompt_tokens)
+    return sum(r.prompt_tokens - r.shared_prompt_tokens for r in runs) + sum(shared.values())
 
 
 @dataclass

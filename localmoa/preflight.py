@@ -19,6 +19,7 @@ from .memory.estimate import (
     Footprint,
     LoadSettings,
     ModelFacts,
+    batched_pools,
     facts_from_model_info,
     footprint,
     model_facts,
@@ -48,14 +49,24 @@ class Preflight:
     notices: list[str] = field(default_factory=list)
 
 
+#: Most agents of one model decoded as one batch (sequences of one context).
+MAX_BATCH = 64
+
+
 def load_settings(spec: ModelSpec, resources: Resources) -> LoadSettings:
     """How the backend will load ``spec`` on this machine (may run the repack canary)."""
     from .backends import repack
 
     return LoadSettings(n_ctx=spec.n_ctx, kv_type=spec.kv_type, n_gpu_layers=spec.n_gpu_layers,
                         n_batch=spec.n_batch, use_mmap=spec.use_mmap,
-                        gpu_pool=resources.gpu_pool,
+                        gpu_pool=resources.gpu_pool, flash_attn=spec.flash_attn != "off",
                         repacked_types=repack.private_types(repack.choose(spec.cpu_repack)))
+
+
+def widest_layer(graph: MoaGraph, model: str) -> int:
+    """The most agents of ``model`` in one layer of ``graph`` (its largest batch)."""
+    layers = [*graph.layers, [graph.aggregator]]
+    return max(sum(a.model == model for a in layer) for layer in layers)
 
 
 def runtime_facts(config: Config, models: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -80,9 +91,10 @@ def ollama_pool(spec: ModelSpec) -> str:
     return "ram" if is_loopback(host) else f"ollama@{host}"
 
 
-def estimate_model(config: Config, name: str,
-                   resources: Resources) -> tuple[Path | None, ModelFacts, Footprint]:
-    """Path (llama.cpp), facts and Footprint of one model; no weights are loaded."""
+def estimate_model(config: Config, name: str, resources: Resources,
+                   batch_up_to: int = 1) -> tuple[Path | None, ModelFacts, Footprint]:
+    """Path (llama.cpp), facts and Footprint of one model; no weights are loaded.
+    With batching on, the footprint knows batches of 2 to ``batch_up_to`` sequences."""
     spec = config.models[name]
     if spec.backend == "ollama":
         from .backends.ollama import OllamaBackend, host_of
@@ -93,14 +105,22 @@ def estimate_model(config: Config, name: str,
             netguard.allow_host(host_of(spec))
         info = backend.describe(name, spec)
         facts = facts_from_model_info(info.model_info, info.size_bytes, info.quant)
-        fp = footprint(name, facts, LoadSettings(n_ctx=spec.n_ctx, kv_type=spec.kv_type))
+        parallel = spec.parallel or 1  # the daemon keeps n_ctx x OLLAMA_NUM_PARALLEL cells
+        fp = footprint(name, facts, LoadSettings(n_ctx=spec.n_ctx, kv_type=spec.kv_type,
+                                                 parallel=parallel))
         # The daemon holds one copy, whatever number of agents use it at once.
         fp = dataclasses.replace(fp, pools={ollama_pool(spec): fp.total_bytes},
-                                 shared_weights_bytes=fp.total_bytes, local=False)
+                                 shared_weights_bytes=fp.total_bytes, local=False,
+                                 parallel_limit=parallel)
         return None, facts, fp
     path = resolve_model_path(config, name)
     facts = model_facts(read_model_header(path, model=name))
-    return path, facts, footprint(name, facts, load_settings(spec, resources))
+    settings = load_settings(spec, resources)
+    fp = footprint(name, facts, settings)
+    if spec.batch != "off" and batch_up_to > 1:
+        sizes = range(2, min(batch_up_to, MAX_BATCH) + 1)
+        fp = dataclasses.replace(fp, batched_pools=batched_pools(name, facts, settings, sizes))
+    return path, facts, fp
 
 
 def pool_budgets(config: Config, resources: Resources,
@@ -126,7 +146,8 @@ def preflight(config: Config, graph: MoaGraph, memory_budget: str | None = None,
     facts: dict[str, ModelFacts] = {}
     footprints: dict[str, Footprint] = {}
     for name in graph.models:
-        path, facts[name], footprints[name] = estimate_model(config, name, resources)
+        path, facts[name], footprints[name] = estimate_model(
+            config, name, resources, widest_layer(graph, name))
         if path is not None:
             paths[name] = path
     budgets = pool_budgets(config, resources, footprints)

@@ -35,24 +35,27 @@ def agent_messages(conversation: Sequence[Message], system: str | None,
                    references: Sequence[str] | None) -> list[Message]:
     """The messages one agent receives.
 
-    ``system`` is the agent's own system prompt. With references (layers after
-    the first, and the aggregator) the aggregate prompt and the numbered
-    references are appended to the system message, or form a new system message
-    at the front when there is none.
+    Everything the agents of a layer have in common comes first, so that agents on
+    one model share the longest token prefix (batched, it is evaluated once). The
+    one system message holds, in this order:
+
+    1. with references (layers after the first, and the aggregator): the aggregate
+       prompt and the numbered references;
+    2. the conversation's own system message, if it has one;
+    3. the agent's own system prompt (``system``), if it has one;
+
+    then the conversation's other messages follow. Without any of these there is no
+    system message.
     """
     messages: list[dict[str, str]] = [{"role": m["role"], "content": m["content"]}
                                       for m in conversation]
+    parts = [aggregate_system(references)] if references else []
+    if messages and messages[0]["role"] == "system":
+        parts.append(messages.pop(0)["content"])
     if system is not None:
-        if messages and messages[0]["role"] == "system":
-            messages[0]["content"] = system + "\n\n" + messages[0]["content"]
-        else:
-            messages.insert(0, {"role": "system", "content": system})
-    if references:
-        block = aggregate_system(references)
-        if messages and messages[0]["role"] == "system":
-            messages[0]["content"] = messages[0]["content"] + "\n\n" + block
-        else:
-            messages.insert(0, {"role": "system", "content": block})
+        parts.append(system)
+    if parts:
+        messages.insert(0, {"role": "system", "content": "\n\n".join(parts)})
     return [Message(role=m["role"], content=m["content"]) for m in messages]
 
 

@@ -3,14 +3,28 @@
 The graph is a plain value: layers of agents, then the aggregator. Every agent
 carries its resolved model name and sampling settings, and a stable id such as
 ``L1.2`` (layer 1, second agent) or ``AGG``.
+
+Self-MoA (Li et al. 2025, "Rethinking Mixture-of-Agents") replaces a profile:
+several samples of one model at varied temperatures and seeds, aggregated by
+the same model (``--self MODEL[:N]``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
-from .config import AgentSpec, Config
+from .config import AgentSpec, Config, Profile
 from .errors import UsageError
+
+#: Self-MoA samples when ``--self MODEL`` gives no N, and the range N may take.
+SELF_DEFAULT_SAMPLES = 4
+SELF_MIN_SAMPLES, SELF_MAX_SAMPLES = 2, 64
+#: Without --seed, Self-MoA agent k gets this + k: distinct samples, reproducible runs.
+SELF_SEED_BASE = 1000
+SELF_PROPOSER_MAX_TOKENS = 256
+SELF_AGGREGATOR_MAX_TOKENS = 384
+SELF_AGGREGATOR_TEMPERATURE = 0.3
 
 
 @dataclass(frozen=True)
@@ -27,6 +41,7 @@ class Agent:
     max_tokens: int
     seed: int | None
     timeout_s: float | None = None
+    stop: tuple[str, ...] = ()
 
     @property
     def is_aggregator(self) -> bool:
@@ -57,6 +72,53 @@ class Overrides:
     max_tokens: int | None = None
     seed: int | None = None
     timeout_s: float | None = None
+    #: Self-MoA: (model, samples) replaces the profile's proposers and aggregator.
+    self_moa: tuple[str, int] | None = None
+
+
+def self_moa_profile(model: str, samples: int) -> Profile:
+    """The Self-MoA recipe: one layer of ``samples`` agents on ``model`` with
+    temperatures spread evenly over 0.5..1.0 and distinct seeds, then ``model``
+    aggregating at a low temperature."""
+    # model_validate: the defaults (top_p, no system prompt) stay AgentSpec's own.
+    proposers = [AgentSpec.model_validate({
+        "model": model, "temperature": round(0.5 + 0.5 * k / (samples - 1), 2),
+        "max_tokens": SELF_PROPOSER_MAX_TOKENS, "seed": SELF_SEED_BASE + k})
+        for k in range(samples)]
+    aggregator = AgentSpec.model_validate({
+        "model": model, "temperature": SELF_AGGREGATOR_TEMPERATURE,
+        "max_tokens": SELF_AGGREGATOR_MAX_TOKENS, "seed": SELF_SEED_BASE + samples})
+    return Profile(description=f"Self-MoA: {samples} samples of {model}, aggregated by it",
+                   layers=[proposers], aggregator=aggregator)
+
+
+def parse_self(value: str, config: Config) -> tuple[str, int]:
+    """``--self MODEL`` or ``--self MODEL:N`` -> (model, N); N defaults to 4.
+
+    A model name may itself hold ':' (Ollama-style ``qwen2.5:7b``), so only a
+    trailing ``:<digits>`` is N, and not when the whole value is a model's name
+    and the part before the colon is not.
+    """
+    text = value.strip()
+    if not text:
+        raise UsageError("--self needs a model: --self MODEL or --self MODEL:N, e.g. "
+                         "--self smollm2-135m:4")
+    model, samples = text, SELF_DEFAULT_SAMPLES
+    split = re.fullmatch(r"(.+):(-?[0-9]+)", text)
+    if split and (split[1] in config.models or text not in config.models):
+        model, samples = split[1], int(split[2])
+    _check_self(config, model, samples, value)
+    return model, samples
+
+
+def _check_self(config: Config, model: str, samples: int, value: str) -> None:
+    if model not in config.models:
+        known = ", ".join(sorted(config.models)) or "none"
+        raise UsageError(f"--self {value}: no model named {model!r} in the config; "
+                         f"known models: {known}")
+    if not SELF_MIN_SAMPLES <= samples <= SELF_MAX_SAMPLES:
+        raise UsageError(f"--self {value}: give {SELF_MIN_SAMPLES} to {SELF_MAX_SAMPLES} "
+                         f"samples, e.g. --self {model}:{SELF_DEFAULT_SAMPLES}")
 
 
 def build_graph(config: Config, profile: str | None,
@@ -70,9 +132,20 @@ def build_graph(config: Config, profile: str | None,
     - ``temperature`` / ``max_tokens`` / ``seed``: set on every agent. A seed is
       offset by the agent's position so agents sharing a model still differ,
       while the same command stays reproducible.
+    - ``self_moa=(model, N)``: the profile is ignored; the graph is
+      ``self_moa_profile`` (named ``self:MODEL``), and ``layers`` and the
+      sampling overrides still apply. Without ``seed`` agent k gets 1000 + k.
     """
     ov = overrides or Overrides()
-    name, prof = config.profile(profile)
+    if ov.self_moa is not None:
+        if ov.proposers or ov.aggregator:
+            raise UsageError("--self replaces the proposers and the aggregator; drop "
+                             "--proposer/--aggregator")
+        model, samples = ov.self_moa
+        _check_self(config, model, samples, f"{model}:{samples}")
+        name, prof = f"self:{model}", self_moa_profile(model, samples)
+    else:
+        name, prof = config.profile(profile)
     for model in (*ov.proposers, *([ov.aggregator] if ov.aggregator else [])):
         if model not in config.models:
             known = ", ".join(sorted(config.models))
@@ -96,10 +169,12 @@ def build_graph(config: Config, profile: str | None,
         seed = spec.seed
         if ov.seed is not None:
             seed = ov.seed + position
+        elif ov.self_moa is not None:  # distinct across repeated layers too
+            seed = SELF_SEED_BASE + position
         position += 1
         agent = Agent(id=agent_id, layer=layer, index=index, model=spec.model,
                       system=spec.system, temperature=spec.temperature, top_p=spec.top_p,
-                      max_tokens=spec.max_tokens, seed=seed,
+                      max_tokens=spec.max_tokens, seed=seed, stop=tuple(spec.stop),
                       timeout_s=ov.timeout_s if ov.timeout_s is not None else spec.timeout_s)
         if ov.temperature is not None:
             agent = replace(agent, temperature=ov.temperature)

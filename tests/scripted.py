@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localmoa.backends.base import ChatStream, GenerateOptions, GenerationStats, Message
+from localmoa.backends.batch import Batch
 from localmoa.config import AgentSpec, Config, ModelSpec, Profile, Source
 from localmoa.errors import GenerationError, ModelLoadError
 from localmoa.memory.estimate import Footprint
@@ -32,6 +33,8 @@ class Script:
     bug_after: int | None = None  # a TypeError (a bug) after this many pieces
     hold: threading.Event | None = None  # a call blocks on it first, deaf to stops
     holds: int = 1  # how many calls (the first ones) block on ``hold``
+    #: In a batch, a sequence asking for more tokens than this talks until stopped.
+    forever_over: int | None = None
     load_error: str | None = None
     load_hold: threading.Event | None = None  # a load blocks on it
 
@@ -49,6 +52,8 @@ class ScriptedBackend:
     started: dict[str, threading.Event] = field(default_factory=dict)
     wrote: dict[str, threading.Event] = field(default_factory=dict)  # a first piece is out
     model_calls: dict[str, int] = field(default_factory=dict)
+    seqs: list[tuple[str, int]] = field(default_factory=list)  # (model, n_seq) per load
+    batches: list[tuple[str, int]] = field(default_factory=list)  # (model, size) decoded
     unloaded: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -57,8 +62,10 @@ class ScriptedBackend:
             return table.setdefault(model, threading.Event())
 
     def load(self, name: str, spec: ModelSpec, path: Path | None,
-             n_threads: int) -> ScriptedModel:
+             n_threads: int, n_seq: int = 1) -> ScriptedModel:
         script = self.scripts.get(name, Script())
+        with self.lock:
+            self.seqs.append((name, n_seq))
         self.event(self.loading, name).set()
         if script.load_hold is not None:
             while not script.load_hold.wait(0.05):  # returns to Python now and then, as
@@ -119,6 +126,50 @@ class ScriptedModel:
         finally:
             self._busy.release()
 
+    def run_batch(self, batch: Batch, n_threads: int) -> None:
+        """Its agents' pieces, one per live sequence per step, as a batched context
+        decodes; a sequence whose agent stops leaves, the others go on."""
+        seqs = batch.sequences()
+        if not seqs:
+            return
+        if not self._busy.acquire(blocking=False):
+            raise GenerationError(f"model instance {self.name!r} is already generating")
+        try:
+            with self.backend.lock:
+                self.backend.batches.append((self.name, len(seqs)))
+                for seq in seqs:
+                    self.backend.calls.append((self.name, [dict(m) for m in seq.messages]))  # type: ignore[misc]
+                call = self.backend.model_calls[self.name] = self.backend.model_calls.get(
+                    self.name, 0) + 1
+            self.backend.event(self.backend.started, self.name).set()
+            if self.script.hold is not None and call <= self.script.holds:
+                self.script.hold.wait()  # a native call that does not look at stop flags
+            for seq in seqs:
+                seq.prompt(10, 6, len(seqs))
+            count = 0  # steps so far
+            pieces = self.script.pieces
+            while live := [s for s in seqs if not s.done]:
+                for seq in live:
+                    if seq.wants_stop():
+                        seq.finish("cancelled", seq.sampled)
+                        continue
+                    if self.script.fail_after is not None and count >= self.script.fail_after:
+                        raise GenerationError(f"{self.name}: injected failure after {count} "
+                                              "pieces")
+                    seq.token()
+                    seq.write(pieces[count % len(pieces)])
+                    endless = self.script.forever or (
+                        self.script.forever_over is not None
+                        and seq.options.max_tokens > self.script.forever_over)
+                    if not endless and (seq.sampled >= seq.options.max_tokens
+                                        or count + 1 >= len(pieces)):
+                        seq.finish("stop", seq.sampled)
+                self.backend.event(self.backend.wrote, self.name).set()
+                count += 1
+                threading.Event().wait(0.001)  # let the readers run between steps
+        finally:
+            self._busy.release()
+
     def unload(self) -> None:
         self.unloaded = True
         with self.backend.lock:
@@ -138,9 +189,13 @@ def config(models: dict[str, dict], layers: list[list[dict]], aggregator: dict,
     return Config(models=specs, profiles={"p": profile}, default_profile="p")
 
 
-def footprint(model: str, first_mib: int = 100, extra_mib: int = 20) -> Footprint:
-    """A model whose first instance costs ``first_mib`` and each further one ``extra_mib``."""
+def footprint(model: str, first_mib: int = 100, extra_mib: int = 20,
+              seq_mib: int | None = None) -> Footprint:
+    """A model whose first instance costs ``first_mib`` and each further one ``extra_mib``;
+    with ``seq_mib``, its agents batch and each further sequence costs that much."""
+    batched = {n: {"ram": (first_mib + (n - 1) * seq_mib) * MiB} for n in range(2, 9)
+               } if seq_mib is not None else {}
     return Footprint(model=model, n_ctx=2048, kv_type="f16", weights_bytes=first_mib * MiB,
                      kv_bytes=0, compute_bytes=0, overhead_bytes=0,
                      shared_weights_bytes=(first_mib - extra_mib) * MiB,
-                     pools={"ram": first_mib * MiB})
+                     pools={"ram": first_mib * MiB}, batched_pools=batched)

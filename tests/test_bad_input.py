@@ -84,3 +84,41 @@ def test_prompt_and_file_together(tmp_path: Path) -> None:
 
 def test_agent_timeout_out_of_range() -> None:
     assert_one_line(cli("run", "hi", "--agent-timeout", "0"), 2, "--agent-timeout 0")
+
+
+# --self MODEL[:N] (Self-MoA), refused before anything loads, on every command that takes it
+SELF_CASES = [
+    (["--self", "smollm2-135m", "--proposer", "smollm2-135m"],
+     "--self replaces the proposers and the aggregator; drop --proposer/--aggregator"),
+    (["--self", "smollm2-135m:3", "--aggregator", "smollm2-135m"],
+     "drop --proposer/--aggregator"),
+    (["--self", "ghost:3"], "no model named 'ghost'"),
+    (["--self", "smollm2-135m:1"], "give 2 to 64 samples"),
+    (["--self", "smollm2-135m:65"], "give 2 to 64 samples"),
+    (["--self", ""], "--self needs a model"),
+]
+
+
+@pytest.mark.parametrize(("args", "fragment"), SELF_CASES,
+                         ids=[" ".join(c[0]) or "empty" for c in SELF_CASES])
+def test_bad_self_on_run(args: list[str], fragment: str) -> None:
+    assert_one_line(cli("run", "hi", *args), 2, fragment)
+
+
+@pytest.mark.parametrize("command", [["plan"], ["chat"], ["bench"]])
+def test_bad_self_on_other_commands(command: list[str], tmp_path: Path) -> None:
+    extra = ["--out", str(tmp_path / "bench")] if command == ["bench"] else []
+    proc = cli(*command, *extra, "--self", "ghost")
+    assert_one_line(proc, 2, "--self ghost: no model named 'ghost'", "smollm2-135m")
+
+
+@pytest.mark.parametrize("command", [["run", "hi"], ["plan"], ["chat"]])
+def test_self_with_proposer_on_every_command(command: list[str]) -> None:
+    proc = cli(*command, "--self", "smollm2-135m", "--proposer", "smollm2-135m")
+    assert_one_line(proc, 2, "drop --proposer/--aggregator")
+
+
+def test_no_batch_keeps_config_errors_one_line(tmp_path: Path) -> None:
+    cfg = config_with_path(tmp_path, tmp_path / "missing.gguf")
+    proc = cli("run", "hi", "--config", str(cfg), "--profile", "p", "--no-batch")
+    assert_one_line(proc, 2, "missing.gguf does not exist", f"{cfg}:4")

@@ -37,7 +37,8 @@ def test_results_json_has_every_field_with_sane_values(bench_run: Path) -> None:
     assert tiny["runs"] == 2 and tiny["failed_runs"] == 0
     assert 0 < tiny["final_ttft_s"]["median"] < tiny["e2e_s"]["median"]
     assert tiny["e2e_s"]["median"] <= tiny["e2e_s"]["p90"]
-    assert tiny["loads"]["median"] == 3 and tiny["peak_rss_bytes"] > 90 * 2**20
+    # the three proposers are one batch of one instance, which the aggregator reuses
+    assert tiny["loads"]["median"] == 1 and tiny["peak_rss_bytes"] > 90 * 2**20
     assert set(tiny["agents"]) == {"L1.1", "L1.2", "L1.3", "AGG"}
     for agent in tiny["agents"].values():
         assert agent["runs"] == 2

@@ -19,6 +19,13 @@ models:
       file: SmolLM2-135M-Instruct.Q4_1.gguf
 """
 
+OLLAMA_MODEL = """\
+models:
+  oll:
+    backend: ollama
+    source: {ollama: "qwen2.5:7b-instruct"}
+"""
+
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exc:
@@ -92,6 +99,27 @@ profiles:
     ("duplicate key", GOOD_MODEL + "    n_ctx: 512\n    n_ctx: 1024\n", 8,
      ["n_ctx", "appears twice"]),
     ("top level is a list", "- models\n", 1, ["expected a mapping"]),
+    ("batch on an ollama model", OLLAMA_MODEL + "    batch: on\n", 5,
+     ["models.oll.batch", "batch applies to backend: llamacpp only; for Ollama set parallel"]),
+    ("flash_attn on an ollama model", OLLAMA_MODEL + "    flash_attn: auto\n", 5,
+     ["models.oll.flash_attn", "llamacpp only", "OLLAMA_FLASH_ATTENTION"]),
+    ("parallel on a llama.cpp model", GOOD_MODEL + "    parallel: 4\n", 7,
+     ["models.mini.parallel", "parallel applies to backend: ollama only",
+      "llama.cpp models batch their agents themselves (batch: on)"]),
+    ("batch neither on nor off", GOOD_MODEL + "    batch: auto\n", 7,
+     ["models.mini.batch", "'on' or 'off'", "'auto'"]),
+    ("batch a number", GOOD_MODEL + "    batch: 4\n", 7, ["models.mini.batch", "4"]),
+    ("flash_attn misspelt", GOOD_MODEL + "    flash_attn: yes please\n", 7,
+     ["models.mini.flash_attn", "'auto', 'on' or 'off'", "'yes please'"]),
+    ("parallel zero", OLLAMA_MODEL + "    parallel: 0\n", 5,
+     ["models.oll.parallel", "greater than or equal to 1"]),
+    ("parallel too many", OLLAMA_MODEL + "    parallel: 65\n", 5,
+     ["models.oll.parallel", "less than or equal to 64"]),
+    ("parallel as a string", OLLAMA_MODEL + '    parallel: "4"\n', 5,
+     ["models.oll.parallel", "valid integer"]),
+    ("top-level batch misspelt", "batch: of\n" + GOOD_MODEL, 1, ["batch", "'of'"]),
+    ("top-level flash_attn misspelt", "flash_attn: always\n" + GOOD_MODEL, 1,
+     ["flash_attn", "'always'"]),
 ]
 
 
@@ -202,3 +230,83 @@ def test_repo_quant_form_is_accepted() -> None:
 
     src = Source(repo="bartowski/Qwen2.5-7B-Instruct-GGUF:Q4_K_M")
     assert src.describe() == "hf:bartowski/Qwen2.5-7B-Instruct-GGUF:Q4_K_M"
+
+
+# (key, value as written in YAML, what the model gets); YAML 1.1 reads on/off/yes/no
+# as booleans, which are taken as written.
+GOOD_LLAMACPP_KEYS = [
+    ("batch", "on", "on"), ("batch", "off", "off"), ("batch", "true", "on"),
+    ("batch", "no", "off"), ("batch", '"off"', "off"),
+    ("flash_attn", "auto", "auto"), ("flash_attn", "on", "on"), ("flash_attn", "off", "off"),
+    ("flash_attn", "false", "off"),
+]
+
+
+@pytest.mark.parametrize(("key", "written", "expected"), GOOD_LLAMACPP_KEYS)
+def test_llamacpp_batching_keys(tmp_path: Path, key: str, written: str, expected: str) -> None:
+    cfg = load_config(write(tmp_path, GOOD_MODEL + f"    {key}: {written}\n"))
+    assert getattr(cfg.models["mini"], key) == expected
+
+
+def test_batching_keys_default_to_unset(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD_MODEL + OLLAMA_MODEL.removeprefix("models:\n")))
+    mini, oll = cfg.models["mini"], cfg.models["oll"]
+    assert (mini.batch, mini.flash_attn, mini.parallel) == (None, None, None)  # on, auto
+    assert (oll.batch, oll.flash_attn, oll.parallel) == (None, None, None)  # parallel 1
+    assert (cfg.batch, cfg.flash_attn) == (None, None)
+
+
+@pytest.mark.parametrize("parallel", [1, 4, 64])
+def test_ollama_parallel(tmp_path: Path, parallel: int) -> None:
+    cfg = load_config(write(tmp_path, OLLAMA_MODEL + f"    parallel: {parallel}\n"))
+    assert cfg.models["oll"].parallel == parallel
+
+
+def test_top_level_batching_keys_are_every_llamacpp_models_default(tmp_path: Path) -> None:
+    path = write(tmp_path, "batch: off\nflash_attn: on\n" + GOOD_MODEL + """\
+    batch: on
+    flash_attn: auto
+  plain:
+    backend: llamacpp
+    source: {path: /models/plain.gguf}
+  oll:
+    backend: ollama
+    source: {ollama: "qwen2.5:7b-instruct"}
+    parallel: 2
+""")
+    cfg = load_config(path)
+    assert (cfg.batch, cfg.flash_attn) == ("off", "on")
+    assert (cfg.models["mini"].batch, cfg.models["mini"].flash_attn) == ("on", "auto")
+    assert (cfg.models["plain"].batch, cfg.models["plain"].flash_attn) == ("off", "on")
+    assert cfg.models["smollm2-135m"].batch == "off"  # shipped models too
+    oll = cfg.models["oll"]  # an Ollama model takes neither
+    assert (oll.batch, oll.flash_attn, oll.parallel) == (None, None, 2)
+
+
+def test_top_level_yaml_booleans(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "batch: no\nflash_attn: yes\n" + GOOD_MODEL))
+    assert (cfg.batch, cfg.flash_attn) == ("off", "on")
+    assert (cfg.models["mini"].batch, cfg.models["mini"].flash_attn) == ("off", "on")
+
+
+def test_without_batching(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD_MODEL + """\
+    batch: on
+    flash_attn: on
+  oll:
+    backend: ollama
+    source: {ollama: "qwen2.5:7b-instruct"}
+    parallel: 3
+""")
+    cfg = load_config(path)
+    off = cfg.without_batching()
+    assert {name: spec.batch for name, spec in off.models.items()
+            if spec.backend == "llamacpp"} == {name: "off" for name in off.models
+                                                if name != "oll"}
+    assert off.batch == "off"
+    assert off.models["mini"].flash_attn == "on"  # only batch changes
+    assert off.models["oll"] == cfg.models["oll"]  # Ollama's parallel is its own
+    assert cfg.models["mini"].batch == "on" and cfg.batch is None  # the original is untouched
+    assert off.files == cfg.files and off.profiles == cfg.profiles
+    origin = off.origin("models", "mini", "batch")  # errors still name the file and line
+    assert origin.file == str(path) and origin.line == 7

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from localmoa.errors import InvalidModelFileError
-from localmoa.memory.estimate import LoadSettings, footprint, kv_bytes, model_facts
+from localmoa.memory.estimate import LoadSettings, batched_pools, footprint, kv_bytes, model_facts
 from localmoa.memory.gguf_header import read_header
 
 MiB = 1 << 20
@@ -68,10 +68,10 @@ def test_gpu_offload_moves_layers_to_the_gpu_pool(smollm2_path: Path) -> None:
     assert full.cost(2)["gpu0"] == 2 * full.pools["gpu0"]  # VRAM copies are not shared
 
 
-def measure(path: Path, n_ctx: int, kv_type: str) -> dict[str, int]:
+def measure(path: Path, n_ctx: int, kv_type: str, n_seq: int = 1) -> dict[str, int]:
     proc = subprocess.run([sys.executable, str(HERE / "measure_footprint.py"), str(path),
-                           str(n_ctx), kv_type], capture_output=True, text=True, timeout=300,
-                          check=True)
+                           str(n_ctx), kv_type, str(n_seq)], capture_output=True, text=True,
+                          timeout=300, check=True)
     return json.loads(proc.stdout)
 
 
@@ -86,6 +86,20 @@ def test_estimate_within_20_percent_of_measured(model: str, n_ctx: int, request)
     # shrink when another process (a parallel test run) maps the same GGUF
     ratio = predicted.total_bytes / measured["rss"]
     assert 0.8 <= ratio <= 1.2, (predicted.total_bytes / MiB, measured["rss"] / MiB)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["smollm2", "gemma"])
+def test_a_batched_instance_within_20_percent_of_measured(model: str, request) -> None:
+    path = request.getfixturevalue(f"{model}_path")
+    facts = model_facts(read_header(path))
+    settings = LoadSettings(n_ctx=1024)
+    predicted = batched_pools(model, facts, settings, [3])[3]["ram"]
+    measured = measure(path, 1024, "f16", n_seq=3)
+    ratio = predicted / measured["rss"]
+    assert 0.8 <= ratio <= 1.2, (predicted / MiB, measured["rss"] / MiB)
+    # one instance with room for 3 sequences costs less than 3 instances
+    assert predicted < footprint(model, facts, settings).cost(3)["ram"]
 
 
 def test_truncated_gguf_is_refused_before_loading(smollm2_path: Path, tmp_path: Path) -> None:

@@ -36,10 +36,10 @@ class FaultyBackend:
     def __init__(self) -> None:
         self.real = LlamaCppBackend()
 
-    def load(self, name, spec, path, n_threads):
+    def load(self, name, spec, path, n_threads, **kw):
         if name == "noload":
             raise ModelLoadError(f"model {name!r}: injected load failure")
-        model = self.real.load(name, spec, path, n_threads)
+        model = self.real.load(name, spec, path, n_threads, **kw)
         if name in ("raises", "hangs", "crawls"):
             model.chat = self._faulty_chat(name, model.chat)  # type: ignore[method-assign]
         return model

@@ -15,7 +15,6 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from localmoa.memory.planner import split_threads
 from localmoa.memory.probe import cpu_cores
 
 from .conftest import cli
@@ -146,8 +145,9 @@ def test_mixed_run_ollama_and_llamacpp(httpserver: HTTPServer, tmp_path: Path) -
     assert placed["size_vram_bytes"] < placed["size_bytes"] and placed["partly_on_cpu"]
     others = [a for a in report["agents"] if a["model"] == "smollm2-135m"]
     assert all(a["ok"] for a in others) and report["answer"].strip()
-    # the cores are split between the two local agents only: the daemon has its own
-    assert [a["threads"] for a in others if a["layer"] == 1] == split_threads(report["cores"], 2)
+    # the two local agents are one batch, which gets every core: the daemon has its own
+    assert [a["threads"] for a in others if a["layer"] == 1] == [report["cores"]] * 2
+    assert [a["batch"] for a in others if a["layer"] == 1] == [2, 2]
     assert report["cores"] == cpu_cores()
 
 

@@ -1,4 +1,5 @@
-"""Reference injection: whole strings, numbered, appended to the system message."""
+"""Reference injection: whole strings, numbered, first in the system message (shared
+parts first, the agent's own prompt last)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,13 @@ def test_a_single_string_is_not_split_into_characters() -> None:
     ([{"role": "user", "content": "q"}], "Be brief.", None, "Be brief."),
     ([{"role": "user", "content": "q"}], None, ["a"], AGGREGATE_PROMPT + "\n1. a"),
     ([{"role": "user", "content": "q"}], "Be brief.", ["a", "b"],
-     "Be brief.\n\n" + AGGREGATE_PROMPT + "\n1. a\n2. b"),
+     AGGREGATE_PROMPT + "\n1. a\n2. b\n\nBe brief."),
     ([{"role": "system", "content": "S"}, {"role": "user", "content": "q"}], None, ["a"],
-     "S\n\n" + AGGREGATE_PROMPT + "\n1. a"),
+     AGGREGATE_PROMPT + "\n1. a\n\nS"),
+    ([{"role": "system", "content": "S"}, {"role": "user", "content": "q"}], "Be brief.",
+     ["a"], AGGREGATE_PROMPT + "\n1. a\n\nS\n\nBe brief."),
+    ([{"role": "system", "content": "S"}, {"role": "user", "content": "q"}], "Be brief.",
+     None, "S\n\nBe brief."),
 ])
 def test_agent_messages(conversation, system, refs, expected_system) -> None:
     messages = agent_messages(conversation, system, refs)
@@ -38,3 +43,12 @@ def test_agent_messages(conversation, system, refs, expected_system) -> None:
         assert messages[0] == {"role": "system", "content": expected_system}
         assert sum(m["role"] == "system" for m in messages) == 1
     assert conversation[0]["content"] in ("q", "S")  # the input is not mutated
+
+
+def test_agents_of_a_layer_share_everything_but_their_own_prompt() -> None:
+    conversation = [{"role": "system", "content": "S"}, {"role": "user", "content": "q"}]
+    a = agent_messages(conversation, "You are a teacher.", REFS)[0]["content"]
+    b = agent_messages(conversation, "You are a skeptic.", REFS)[0]["content"]
+    common = len(next(iter(p for p in [a[:i] for i in range(len(a), 0, -1)]
+                            if b.startswith(p)), ""))
+    assert a[:common].endswith("S\n\nYou are a ")  # all but the agents' own words

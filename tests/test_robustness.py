@@ -55,8 +55,8 @@ profiles:
     seen: list[list[dict]] = []
 
     class Recording(LlamaCppBackend):
-        def load(self, name, spec, path, n_threads):
-            model = super().load(name, spec, path, n_threads)
+        def load(self, name, spec, path, n_threads, **kw):
+            model = super().load(name, spec, path, n_threads, **kw)
             chat = model.chat
 
             def recorded(messages, options):
@@ -183,18 +183,21 @@ def test_cli_sets_huggingface_offline(monkeypatch: pytest.MonkeyPatch,
 
 # --- concurrency ----------------------------------------------------------------------
 
+@pytest.mark.parametrize("batching", [True, False])
 def test_four_agents_on_one_model_concurrently_answer_intact(tmp_path: Path,
-                                                             smollm2_path: Path) -> None:
+                                                             smollm2_path: Path,
+                                                             batching: bool) -> None:
     cfg = tmp_path / "four.yaml"
     prompts = ["Be brief.", "Answer in French.", "Use a list.", "Answer like a pirate."]
     agents = ", ".join(f"{{model: smollm2-135m, system: \"{p}\"}}" for p in prompts)
     cfg.write_text(f"profiles:\n  four:\n    layers: [[{agents}]]\n"
                    "    aggregator: {model: smollm2-135m}\n", encoding="utf-8")
-    config = load_config(cfg)
+    config = load_config(cfg) if batching else load_config(cfg).without_batching()
     graph = build_graph(config, "four", Overrides(max_tokens=40, temperature=0.0, seed=2))
     pre = preflight(config, graph, "8GiB")
     together = pre.plan.waves[0]
-    assert len(together.tasks) == 4 and {t.slot for t in together.tasks} == {0, 1, 2, 3}
+    slots = {0} if batching else {0, 1, 2, 3}  # one batch of four, or four instances
+    assert len(together.tasks) == 4 and {t.slot for t in together.tasks} == slots
     concurrent = execute_plan(config, graph, [{"role": "user", "content": QUESTION}], pre.plan,
                               pre.paths)
     layer1 = [a for a in concurrent.agents if a.layer == 1]
@@ -212,5 +215,9 @@ def test_four_agents_on_one_model_concurrently_answer_intact(tmp_path: Path,
                                    cores=1), pre.paths)
     assert agg.tasks[0].agent == "AGG"
     for a, b in zip(layer1, [a for a in sequential.agents if a.layer == 1], strict=True):
-        assert a.ok and a.answer == b.answer, (a.agent, a.answer, b.answer)
-        assert a.completion_tokens == b.completion_tokens
+        if batching:  # llama.cpp's N-row kernels may part from 1 row late, at a near tie
+            assert a.ok and len(os.path.commonprefix([a.answer, b.answer])) >= min(
+                24, len(b.answer)), (a.agent, a.answer, b.answer)
+        else:
+            assert a.ok and a.answer == b.answer, (a.agent, a.answer, b.answer)
+            assert a.completion_tokens == b.completion_tokens

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -65,16 +66,44 @@ def test_run_json_validates_and_adds_up(layers: int) -> None:
 
 
 def test_proposers_of_a_layer_run_concurrently() -> None:
-    doc = run_json(QUESTION, "--max-tokens", "48", "--temperature", "0", "--seed", "1")
+    doc = run_json(QUESTION, "--max-tokens", "48", "--temperature", "0", "--seed", "1",
+                   "--no-batch")
     layer1 = [a for a in doc["agents"] if a["layer"] == 1]
     latest_start = max(a["start_s"] for a in layer1)
     earliest_end = min(a["end_s"] for a in layer1)
     assert latest_start < earliest_end, "all three proposers were generating at once"
     assert doc["cores"] == cpu_cores()  # this machine's, or LOCALMOA_CORES
-    # the cores are split among the three (each gets one at least) ...
+    # the cores are split among the three instances (each gets one at least) ...
     assert [a["threads"] for a in layer1] == split_threads(doc["cores"], 3)
     assert sum(a["threads"] for a in layer1) == max(3, doc["cores"])
+    assert [a["batch"] for a in layer1] == [1, 1, 1] and doc["plan"]["batches"] == []
     assert doc["agents"][-1]["threads"] == doc["cores"]  # ... the aggregator gets every core
+
+
+def test_proposers_on_one_model_decode_as_one_batch() -> None:
+    doc = run_json(QUESTION, "--max-tokens", "48", "--temperature", "0", "--seed", "1")
+    layer1 = [a for a in doc["agents"] if a["layer"] == 1]
+    assert max(a["start_s"] for a in layer1) < min(a["end_s"] for a in layer1)
+    # one instance, one batch of three, which gets every core
+    assert [(a["batch"], a["threads"]) for a in layer1] == [(3, doc["cores"])] * 3
+    assert doc["plan"]["batches"] == [{"wave": 1, "layer": 1, "model": "smollm2-135m",
+                                       "size": 3}]
+    assert doc["plan"]["loads"] == doc["actual"]["loads"] == 1
+    layer = doc["layers"][0]
+    assert layer["batch"] == 3
+    shared = {a["shared_prompt_tokens"] for a in layer1}
+    assert len(shared) == 1 and 0 < shared.pop() < min(a["prompt_tokens"] for a in layer1)
+    assert layer["prompt_tokens_evaluated"] < layer["prompt_tokens"]
+
+
+def test_temperature_zero_batched_answers_start_as_unbatched_ones() -> None:
+    args = (QUESTION, "--max-tokens", "48", "--temperature", "0", "--seed", "1")
+    batched, alone = run_json(*args), run_json(*args, "--no-batch")
+    # the same words, unless llama.cpp's N-row kernels part from the 1-row ones at a near
+    # tie (late if ever: benchmarks/README.md measures it)
+    for a, b in zip(batched["agents"][:3], alone["agents"][:3], strict=True):
+        assert len(os.path.commonprefix([a["answer"], b["answer"]])) >= min(
+            24, len(b["answer"])), (a["answer"], b["answer"])
 
 
 def test_temperature_zero_and_seed_reproduce_the_run() -> None:
@@ -109,8 +138,8 @@ class Recorder:
         self.real = LlamaCppBackend()
         self.calls: list[tuple[str, list[dict]]] = []
 
-    def load(self, name, spec, path, n_threads):
-        model = self.real.load(name, spec, path, n_threads)
+    def load(self, name, spec, path, n_threads, **kw):
+        model = self.real.load(name, spec, path, n_threads, **kw)
         recorder = self
         original_chat = model.chat
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypedDict
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from ..config import ModelSpec
+
+if TYPE_CHECKING:
+    from .batch import Batch
 
 
 class Message(TypedDict):
@@ -31,6 +34,7 @@ class GenerateOptions:
     max_tokens: int = 512
     seed: int | None = None
     n_threads: int | None = None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,8 @@ class GenerationStats:
     ``decode_s`` from the first to the last sampled token, over which
     ``decode_tokens`` (= completion tokens after the first) were generated.
     ``cached_tokens`` of the prompt were reused from the model's KV cache and
-    not evaluated again.
+    not evaluated again. In a batch of ``batch_size`` sequences, ``shared_tokens``
+    of the prompt (its common prefix with the others) were evaluated once for all.
     """
 
     prompt_tokens: int
@@ -52,6 +57,8 @@ class GenerationStats:
     decode_tokens: int
     cached_tokens: int = 0
     finish_reason: str | None = None
+    shared_tokens: int = 0
+    batch_size: int = 1
 
     @property
     def prompt_tok_per_s(self) -> float:
@@ -117,8 +124,17 @@ class LoadedModel(Protocol):
     def unload(self) -> None: ...
 
 
+class BatchedModel(LoadedModel, Protocol):
+    """A model whose context decodes several chats at once (backends/batch.py): the
+    engine's driver thread calls ``run_batch`` while each agent reads its own stream."""
+
+    def run_batch(self, batch: Batch, n_threads: int) -> None: ...
+
+
 class Backend(Protocol):
-    """Loads models. ``name`` is what models.yaml writes under ``backend:``."""
+    """Loads models. ``name`` is what models.yaml writes under ``backend:``. A backend
+    whose models batch also takes ``n_seq``: the sequences the context must hold
+    (the engine passes it only for more than one)."""
 
     name: str
 

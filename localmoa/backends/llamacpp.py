@@ -19,6 +19,8 @@ from ..config import ModelSpec
 from ..errors import GenerationError, ModelLoadError
 from . import repack
 from .base import ChatStream, GenerateOptions, GenerationStats, Message
+from .batch import Batch
+from .llamacpp_batch import decode_batch
 
 # llama.cpp's ggml_type numbers for the KV cache element types models.yaml accepts.
 _GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
@@ -66,12 +68,12 @@ def can_turn_repacking_off() -> bool:
 
 
 @contextlib.contextmanager
-def _model_params(use_extra_bufts: bool) -> Iterator[None]:
-    """Make ``Llama(...)`` load with ``use_extra_bufts`` (weight repacking) as given.
-
-    llama-cpp-python's constructor takes llama.cpp's default model parameters and
-    does not expose this field (llama-server's --no-repack sets it), so the
-    defaults are adjusted for the length of the constructor call."""
+def _load_params(use_extra_bufts: bool, n_seq: int, flash_attn: str) -> Iterator[None]:
+    """Make ``Llama(...)`` load as given where its constructor has no parameter for it:
+    ``use_extra_bufts`` (weight repacking; llama-server's --no-repack), room for
+    ``n_seq`` sequences in one unified KV cache, and flash attention ``auto``
+    (llama.cpp decides). The defaults the constructor starts from are adjusted for
+    the length of the call."""
     import llama_cpp.llama_cpp as lib
 
     if not use_extra_bufts and not can_turn_repacking_off():
@@ -81,18 +83,32 @@ def _model_params(use_extra_bufts: bool) -> Iterator[None]:
             "off because it crashes on this CPU or you said so; upgrade it: pip install -U "
             "llama-cpp-python")
     with _PARAMS_LOCK:
-        original = lib.llama_model_default_params
+        model_defaults = lib.llama_model_default_params
+        context_defaults = lib.llama_context_default_params
+        enabled = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
 
-        def defaults() -> Any:
-            params = original()
+        def model_params() -> Any:
+            params = model_defaults()
             params.use_extra_bufts = use_extra_bufts
             return params
 
-        lib.llama_model_default_params = defaults
+        def context_params() -> Any:
+            params = context_defaults()
+            if n_seq > 1:
+                params.n_seq_max = n_seq
+                params.kv_unified = True  # one cache: a shared prefix is stored once
+            return params
+
+        lib.llama_model_default_params = model_params
+        lib.llama_context_default_params = context_params
+        if flash_attn == "auto":  # the constructor writes ENABLED for flash_attn=True
+            lib.LLAMA_FLASH_ATTN_TYPE_ENABLED = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
         try:
             yield
         finally:
-            lib.llama_model_default_params = original
+            lib.llama_model_default_params = model_defaults
+            lib.llama_context_default_params = context_defaults
+            lib.LLAMA_FLASH_ATTN_TYPE_ENABLED = enabled
 
 
 class _TokenClock:
@@ -117,13 +133,16 @@ class _TokenClock:
 class LlamaCppModel:
     """One llama.cpp model instance (model + context). One chat at a time."""
 
-    def __init__(self, name: str, llm: Any, load_s: float,
-                 cpu_repack: bool = True) -> None:
+    def __init__(self, name: str, llm: Any, load_s: float, cpu_repack: bool = True,
+                 n_seq: int = 1, n_ctx_seq: int = 0, flash_attn: str = "auto") -> None:
         self.name = name
         self.llm = llm
         self.load_s = load_s
         self.cpu_repack = cpu_repack
-        self.runtime_facts: dict[str, Any] = {"cpu_repack": cpu_repack}
+        self.n_seq = n_seq  # sequences its context has room for (a batch's size)
+        self.n_ctx_seq = n_ctx_seq or (llm.n_ctx() if llm is not None else 0)
+        self.runtime_facts: dict[str, Any] = {"cpu_repack": cpu_repack,
+                                              "flash_attn": flash_attn, "n_seq": n_seq}
         self._busy = threading.Lock()  # one generation at a time (held while it streams)
         self._lock = threading.Lock()  # any use of the llama object (tokenizer included)
         self._owner: int | None = None  # the thread whose generation holds ``_lock``
@@ -137,13 +156,33 @@ class LlamaCppModel:
                   options: GenerateOptions) -> Iterator[str]:
         from llama_cpp import LogitsProcessorList, llama_cpp
 
+        with self._claim():
+            yield from self._stream(stream, messages, options, llama_cpp, LogitsProcessorList)
+
+    def run_batch(self, batch: Batch, n_threads: int) -> None:
+        """Decode the chats of ``batch`` together, as sequences of this instance's context
+        (the driver thread's call; the members read their own streams)."""
+        seqs = batch.sequences()  # every member joined or withdrew (they may tokenize)
+        if not seqs:
+            return
+        with self._claim():
+            if self.llm is None:
+                raise GenerationError(f"model instance {self.name!r} was unloaded")
+            try:
+                decode_batch(self.llm, seqs, n_threads, self.n_ctx_seq)
+            except (RuntimeError, ValueError) as exc:
+                raise GenerationError(f"{self.name}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _claim(self) -> Iterator[None]:
+        """The instance for one generation (or one batch) by this thread."""
         if not self._busy.acquire(blocking=False):
             raise GenerationError(f"model instance {self.name!r} is already generating; "
-                                  "a llama.cpp context serves one request at a time")
+                                  "a llama.cpp context serves one request (or batch) at a time")
         self._lock.acquire()
         self._owner = threading.get_ident()
         try:
-            yield from self._stream(stream, messages, options, llama_cpp, LogitsProcessorList)
+            yield
         finally:
             self._owner = None
             self._release()
@@ -165,7 +204,8 @@ class LlamaCppModel:
             chunks = llm.create_chat_completion(
                 messages=[dict(m) for m in messages], temperature=options.temperature,
                 top_p=options.top_p, max_tokens=options.max_tokens, seed=options.seed,
-                stream=True, logits_processor=processors([clock]))
+                stop=list(options.stop) or None, stream=True,
+                logits_processor=processors([clock]))
             with contextlib.closing(chunks):
                 for chunk in chunks:
                     choice = chunk["choices"][0]
@@ -256,8 +296,10 @@ class LlamaCppBackend:
 
     name = "llamacpp"
 
-    def load(self, name: str, spec: ModelSpec, path: Path | None,
-             n_threads: int) -> LlamaCppModel:
+    def load(self, name: str, spec: ModelSpec, path: Path | None, n_threads: int,
+             n_seq: int = 1) -> LlamaCppModel:
+        """Load ``path``; with ``n_seq`` > 1 its context has room for that many sequences
+        of ``spec.n_ctx`` tokens each (a batch), in one unified KV cache."""
         if path is None:
             raise ModelLoadError(f"model {name!r}: llama.cpp needs a GGUF file")
         try:
@@ -269,17 +311,29 @@ class LlamaCppBackend:
         _quiet_llama_logs()
         choice = repack.choose(spec.cpu_repack)
         kv = _GGML_TYPES[spec.kv_type]
+        flash = flash_attn_mode(spec)
+        n_seq = max(1, n_seq)
         started = time.perf_counter()
         try:
-            with _model_params(use_extra_bufts=choice.enabled):
+            with _load_params(choice.enabled, n_seq, flash):
                 llm = Llama(
-                    model_path=str(path), n_ctx=spec.n_ctx,
+                    model_path=str(path), n_ctx=spec.n_ctx * n_seq,
                     n_batch=min(spec.n_batch, spec.n_ctx), n_threads=n_threads,
                     n_threads_batch=n_threads, n_gpu_layers=spec.n_gpu_layers, type_k=kv,
-                    type_v=kv, flash_attn=spec.kv_type not in ("f16", "f32", "bf16"),
-                    use_mmap=spec.use_mmap, chat_format=spec.chat_format, verbose=False)
+                    type_v=kv, flash_attn=flash != "off", use_mmap=spec.use_mmap,
+                    chat_format=spec.chat_format, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(
                 f"model {name!r}: llama.cpp could not load {path}: {exc} (is it a complete "
                 f"GGUF file? is there enough memory for n_ctx={spec.n_ctx}?)") from None
-        return LlamaCppModel(name, llm, time.perf_counter() - started, choice.enabled)
+        return LlamaCppModel(name, llm, time.perf_counter() - started, choice.enabled,
+                             n_seq=n_seq, n_ctx_seq=spec.n_ctx, flash_attn=flash)
+
+
+def flash_attn_mode(spec: ModelSpec) -> str:
+    """auto (llama.cpp decides: on wherever it supports it, on a CPU always), on or off.
+    A quantised KV cache needs flash attention, so ``off`` does not apply to it."""
+    mode = spec.flash_attn or "auto"
+    if mode == "off" and spec.kv_type not in ("f16", "f32", "bf16"):
+        return "on"
+    return str(mode)

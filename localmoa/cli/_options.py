@@ -62,3 +62,21 @@ AgentTimeoutOpt = Annotated[
     typer.Option("--agent-timeout", help="Give up on an agent after this many seconds; it is "
                  "dropped and reported like any failed proposer.", show_default=False),
 ]
+NoBatchOpt = Annotated[
+    bool,
+    typer.Option("--no-batch", help="Run each agent on its own model instance instead of "
+                 "batching agents that share a model into one context (for A/B comparisons)."),
+]
+SelfOpt = Annotated[
+    str | None,
+    typer.Option("--self", metavar="MODEL[:N]", help="Self-MoA: N samples of MODEL at varied "
+                 "temperatures and seeds, aggregated by MODEL (default N=4), instead of the "
+                 "profile's agents.", show_default=False),
+]
+BenchSelfOpt = Annotated[
+    str | None,
+    typer.Option("--self", metavar="MODEL[:N]", help="Self-MoA: N samples of MODEL at varied "
+                 "temperatures and seeds, aggregated by MODEL (default N=4), measured as one "
+                 "more contender beside the --profile ones (alone when no --profile is given).",
+                 show_default=False),
+]

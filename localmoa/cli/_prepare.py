@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..backends import repack
-from ..config import Config
+from ..config import Config, load_config
 from ..preflight import Preflight, preflight
 from ..recipe import MoaGraph
 from ._output import Output
+
+
+def load_command_config(path: Path | None, no_batch: bool = False) -> Config:
+    """The config a command runs with: ``--no-batch`` applied right after loading."""
+    config = load_config(path)
+    return config.without_batching() if no_batch else config
 
 
 def check_cpu_once(out: Output, config: Config, models: list[str]) -> None:

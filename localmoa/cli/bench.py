@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,12 +14,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..bench import load_prompts, run_bench
-from ..config import load_config
+from ..config import Config
 from ..errors import UsageError
 from ..memory.probe import format_bytes
+from ..recipe import parse_self, self_moa_profile
 from ..timeline import draw_timelines
-from ._options import ConfigOpt, JsonOpt, MemoryBudgetOpt
+from ._options import BenchSelfOpt, ConfigOpt, JsonOpt, MemoryBudgetOpt, NoBatchOpt
 from ._output import Output
+from ._prepare import load_command_config
 
 EPILOG = """\
 Examples:
@@ -28,6 +31,10 @@ Examples:
   localmoa bench --repeat 3 --baseline single     # the MoA's cost against its aggregator alone
 
   localmoa bench -p tiny -p mine --prompts my.jsonl --out results/   # two profiles, side by side
+
+  localmoa bench -p tiny --self smollm2-135m:3    # tiny's personas against Self-MoA
+
+  localmoa bench --no-batch --out unbatched/      # then compare with a batched run
 """
 
 
@@ -44,6 +51,8 @@ def bench(
     baseline: Annotated[str | None, typer.Option(
         "--baseline", help="`single`: also run each profile's aggregator model alone.",
         show_default=False)] = None,
+    self_moa: BenchSelfOpt = None,
+    no_batch: NoBatchOpt = False,
     memory_budget: MemoryBudgetOpt = None,
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Folder for results.json and timeline.png/.svg. Default: "
@@ -60,9 +69,12 @@ def bench(
         raise UsageError(f"--baseline {baseline}: the only baseline is `single`")
     if repeat < 1:
         raise UsageError(f"--repeat {repeat}: give at least 1")
-    cfg = load_config(config)
+    cfg = load_command_config(config, no_batch)
     texts = load_prompts(prompts)
-    names = profile or [cfg.default_profile]
+    names = list(profile or ([] if self_moa is not None else [cfg.default_profile]))
+    if self_moa is not None:
+        cfg, name = with_self_moa(cfg, self_moa)
+        names.append(name)
     target = out_dir or Path(f"localmoa-bench-{time.strftime('%Y%m%d-%H%M%S')}")
     out = Output(json_mode=json_out)
     contenders = len(names) * (2 if baseline else 1)
@@ -96,6 +108,14 @@ def bench(
                  f"{ratio['tokens_ratio']:.2f}x the tokens generated")
     out.show(f"wrote {escape(str(target / 'results.json'))} and "
              f"{', '.join(escape(p.name) for p in pictures)}")
+
+
+def with_self_moa(config: Config, value: str) -> tuple[Config, str]:
+    """``--self MODEL[:N]`` as one more profile, named ``self:MODEL``, of a config copy."""
+    model, samples = parse_self(value, config)
+    name = f"self:{model}"
+    return replace(config, profiles={**config.profiles,
+                                     name: self_moa_profile(model, samples)}), name
 
 
 def _ms(stats: dict[str, float]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -11,9 +12,8 @@ from rich.markup import escape
 
 from .. import constants, signals
 from ..chat import ChatSession, Turn
-from ..config import load_config
 from ..errors import LocalMoaError, RunInterrupted
-from ..recipe import Overrides, build_graph
+from ..recipe import Overrides, build_graph, parse_self
 from ._options import (
     AgentTimeoutOpt,
     AggregatorOpt,
@@ -21,13 +21,15 @@ from ._options import (
     LayersOpt,
     MaxTokensOpt,
     MemoryBudgetOpt,
+    NoBatchOpt,
     ProfileOpt,
     ProposerOpt,
     SeedOpt,
+    SelfOpt,
     TemperatureOpt,
 )
 from ._output import Output
-from ._prepare import check_cpu_once
+from ._prepare import check_cpu_once, load_command_config
 from ._progress import RunDisplay
 
 HELP = """\
@@ -71,6 +73,8 @@ def chat(
     max_tokens: MaxTokensOpt = None,
     seed: SeedOpt = None,
     agent_timeout: AgentTimeoutOpt = None,
+    self_moa: SelfOpt = None,
+    no_batch: NoBatchOpt = False,
     show_layers: Annotated[bool, typer.Option(
         "--show-layers", help="Start with the live view of every layer on (/layers toggles).")
     ] = False,
@@ -83,10 +87,11 @@ def chat(
     conversations leave out their oldest turns to fit the models' context, with a
     notice. Type /help for the commands; Ctrl-C stops an answer, Ctrl-D quits.
     """
-    cfg = load_config(config)
+    cfg = load_command_config(config, no_batch)
     overrides = Overrides(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
-        temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout)
+        temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout,
+        self_moa=parse_self(self_moa, cfg) if self_moa is not None else None)
     out = Output()
     check_cpu_once(out, cfg, build_graph(cfg, profile, overrides).models)
     session = ChatSession(cfg, overrides, memory_budget=memory_budget, profile=profile)
@@ -148,7 +153,8 @@ def _turn(out: Output, session: ChatSession, text: str, live: bool) -> Turn | No
         out.end_stream()
     r = turn.report
     kept = "models kept loaded" if not r.actual.get("loads") else \
-        f"{r.actual['loads']} model loads ({r.actual['load_s']:.1f} s)"
+        f"{r.actual['loads']} model load{'s' if r.actual['loads'] != 1 else ''} " \
+        f"({r.actual['load_s']:.1f} s)"
     out.note(f"[dim]{r.totals.agents} agents, {r.totals.wall_s:.1f} s, "
              f"{r.totals.tok_per_s:.0f} tok/s, {kept}[/]")
     if turn.dropped_turns:
@@ -178,10 +184,14 @@ def _command(out: Output, session: ChatSession, command: str, arg: str, live: bo
             out.note(f"profile {escape(session.profile or '')}; others: "
                      f"{escape(', '.join(sorted(session.config.profiles)))}")
         else:
+            before = session.overrides
+            # Naming a profile leaves Self-MoA (--self): the profile's agents take over.
+            session.overrides = replace(before, self_moa=None)
             try:
                 session.use_profile(arg)
                 out.note(f"profile [bold]{escape(arg)}[/] (the conversation goes on)")
             except LocalMoaError as exc:
+                session.overrides = before
                 out.note(f"[red]error[/]: {escape(str(exc))}")
     elif command == "/save":
         if not arg:

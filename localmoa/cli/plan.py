@@ -7,22 +7,23 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import load_config
-from ..memory.planner import Plan
+from ..memory.planner import Plan, Wave
 from ..memory.probe import Resources, format_bytes
 from ..preflight import Preflight
-from ..recipe import Overrides, build_graph
+from ..recipe import Overrides, build_graph, parse_self
 from ._options import (
     AggregatorOpt,
     ConfigOpt,
     JsonOpt,
     LayersOpt,
     MemoryBudgetOpt,
+    NoBatchOpt,
     ProfileOpt,
     ProposerOpt,
+    SelfOpt,
 )
 from ._output import Output
-from ._prepare import prepare
+from ._prepare import load_command_config, prepare
 
 EPILOG = """\
 Examples:
@@ -32,6 +33,8 @@ Examples:
   localmoa plan --memory-budget 300MiB        # what happens when only one model fits
 
   localmoa plan --profile workstation --json  # needs the profile's GGUFs on disk
+
+  localmoa plan --self smollm2-135m:6         # Self-MoA: 6 samples of one model
 """
 
 
@@ -42,6 +45,8 @@ def plan(
     layers: LayersOpt = None,
     proposer: ProposerOpt = None,
     aggregator: AggregatorOpt = None,
+    self_moa: SelfOpt = None,
+    no_batch: NoBatchOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Show how a profile would run here: model footprints and the wave plan.
@@ -52,9 +57,10 @@ def plan(
     together when their models fit in the budget, else one after another with
     models swapped (the one needed farthest in the future is evicted first).
     """
-    cfg = load_config(config)
-    graph = build_graph(cfg, profile, Overrides(layers=layers, proposers=tuple(proposer or ()),
-                                                aggregator=aggregator))
+    cfg = load_command_config(config, no_batch)
+    graph = build_graph(cfg, profile, Overrides(
+        layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
+        self_moa=parse_self(self_moa, cfg) if self_moa is not None else None))
     out = Output(json_mode=json_out)
     pre = prepare(out, cfg, graph, memory_budget)
     if json_out:
@@ -126,14 +132,36 @@ def wave_table(the_plan: Plan) -> Table:
                          else "left")
     budget = the_plan.budgets.get("ram", 0)
     for w in the_plan.waves:
-        agents = ", ".join(f"{t.agent} {t.model}#{t.slot} x{t.threads}" for t in w.tasks)
         resident = format_bytes(w.resident_bytes.get("ram", 0))
         if budget:
             resident += f" ({100 * w.resident_bytes.get('ram', 0) / budget:.0f}%)"
-        table.add_row(str(w.index), str(w.layer), escape(agents),
+        table.add_row(str(w.index), str(w.layer), escape(wave_agents(w)),
                       escape(", ".join(map(str, w.loads)) or "-"),
                       escape(", ".join(map(str, w.unloads)) or "-"), resident)
+    table.caption = ("batched: agents decoded as sequences of one context (shared prompt "
+                     "prefix, one decode step for all); #N x T: instance N, T threads")
+    table.caption_justify = "left"
     return table
+
+
+def wave_agents(wave: Wave) -> str:
+    """Who runs in a wave: each batch on one line with the planner's reason, then the
+    agents on instances of their own."""
+    parts = []
+    batched: dict[tuple[str, int, int], list[str]] = {}
+    for t in wave.tasks:
+        if t.batch > 1:
+            batched.setdefault((t.model, t.slot, t.threads), []).append(t.agent)
+        else:
+            parts.append(f"{t.agent} {t.model}#{t.slot} x{t.threads}")
+    for (model, slot, threads), ids in batched.items():
+        why = wave.choices.get(model, "")
+        parts.insert(0, f"{', '.join(ids)} batched on {model}#{slot} x{threads}"
+                     + (f" ({why})" if why else ""))
+    for model, why in wave.choices.items():
+        if model not in wave.batches:
+            parts.append(f"[{model}: {why}]")
+    return "\n".join(parts)
 
 
 def summary_line(the_plan: Plan) -> str:
@@ -141,6 +169,10 @@ def summary_line(the_plan: Plan) -> str:
     peak = the_plan.peak_bytes.get("ram", 0)
     mode = "concurrent" if widest > 1 else "sequential"
     agents = "agent" if widest == 1 else "agents"
+    batches = [n for w in the_plan.waves for n in w.batches.values()]
+    if batches:
+        mode += f", {len(batches)} batch{'es' if len(batches) > 1 else ''} of up to " \
+                f"{max(batches)}"
     return (f"[bold]{len(the_plan.waves)} waves[/] ({mode}, up to {widest} {agents} at once), "
             f"{the_plan.loads} loads, {the_plan.unloads} unloads, predicted peak "
             f"{format_bytes(peak)} of {format_bytes(the_plan.budgets.get('ram', 0))} RAM budget")

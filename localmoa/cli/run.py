@@ -10,11 +10,10 @@ import typer
 from rich.markup import escape
 
 from ..backends.base import Message
-from ..config import load_config
 from ..engine import run_moa
 from ..errors import RunFailedError, UsageError
 from ..metrics import RunReport
-from ..recipe import Overrides, build_graph
+from ..recipe import Overrides, build_graph, parse_self
 from ._errors import EXIT_RUNTIME
 from ._options import (
     AgentTimeoutOpt,
@@ -24,13 +23,15 @@ from ._options import (
     LayersOpt,
     MaxTokensOpt,
     MemoryBudgetOpt,
+    NoBatchOpt,
     ProfileOpt,
     ProposerOpt,
     SeedOpt,
+    SelfOpt,
     TemperatureOpt,
 )
 from ._output import Output
-from ._prepare import prepare
+from ._prepare import load_command_config, prepare
 from ._progress import RunDisplay
 
 EPILOG = """\
@@ -41,6 +42,8 @@ Examples:
   echo "Write a haiku about RAM" | localmoa run - --layers 2 --show-layers
 
   localmoa run "Explain mmap" --temperature 0 --seed 7 --json > run.json
+
+  localmoa run --self smollm2-135m:6 "Which is larger, 9.11 or 9.9?"
 """
 
 
@@ -86,6 +89,8 @@ def run(
     max_tokens: MaxTokensOpt = None,
     seed: SeedOpt = None,
     agent_timeout: AgentTimeoutOpt = None,
+    self_moa: SelfOpt = None,
+    no_batch: NoBatchOpt = False,
     show_layers: Annotated[bool, typer.Option(
         "--show-layers", help="Print each layer's answers to stderr as the layer finishes.")
     ] = False,
@@ -106,10 +111,11 @@ def run(
     """
     out = Output(json_mode=json_out)
     text = read_prompt(prompt, file)
-    cfg = load_config(config)
+    cfg = load_command_config(config, no_batch)
     graph = build_graph(cfg, profile, Overrides(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
-        temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout))
+        temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout,
+        self_moa=parse_self(self_moa, cfg) if self_moa is not None else None))
     conversation = [Message(role="user", content=text)]
     prepared = prepare(out, cfg, graph, memory_budget)  # refuses here, before any load
 

@@ -61,7 +61,7 @@ class LoadSettings:
     parallel: int = 1
     n_gpu_layers: int = 0
     n_batch: int = 512
-    flash_attn: bool | None = None  # None: on for a quantised KV cache (llama.cpp needs it)
+    flash_attn: bool | None = None  # None: llama.cpp's auto, on wherever supported (CPU: all)
     use_mmap: bool = True
     swa_full: bool = True
     gpu_pool: str | None = None  # the pool offloaded layers go to; None: no usable GPU
@@ -70,9 +70,9 @@ class LoadSettings:
 
     @property
     def uses_flash_attn(self) -> bool:
-        if self.flash_attn is not None:
-            return self.flash_attn
-        return self.kv_type not in ("f16", "f32", "bf16")
+        if self.kv_type not in ("f16", "f32", "bf16"):
+            return True  # a quantised KV cache needs it
+        return True if self.flash_attn is None else self.flash_attn
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,11 @@ class Footprint:
     pools: dict[str, int] = field(default_factory=dict)
     #: Runs in this process on this machine's cores (not in an Ollama daemon).
     local: bool = True
+    #: Pools of one instance whose context has room for n sequences (a batch), by n;
+    #: empty when its agents are not batched.
+    batched_pools: dict[int, dict[str, int]] = field(default_factory=dict)
+    #: Most agents that may use the model at once (an Ollama daemon's parallel); 0: any.
+    parallel_limit: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -141,10 +146,20 @@ class Footprint:
         """What a second instance of the same model adds (it shares the mapped weights)."""
         return self.total_bytes - self.shared_weights_bytes
 
-    def cost(self, instances: int) -> dict[str, int]:
-        """Bytes per pool of ``instances`` instances loaded at once."""
+    def cost(self, instances: int, seqs: int = 1) -> dict[str, int]:
+        """Bytes per pool of ``instances`` instances loaded at once, the first with room
+        for ``seqs`` sequences (a batch), the others for one."""
         if instances <= 0:
             return {}
+        if seqs > 1:
+            if seqs not in self.batched_pools:
+                raise ValueError(f"{self.model}: no footprint for a batch of {seqs}")
+            out = dict(self.batched_pools[seqs])
+            if instances > 1:
+                for pool, amount in self.cost(instances - 1).items():
+                    extra = amount - (self.shared_weights_bytes if pool == "ram" else 0)
+                    out[pool] = out.get(pool, 0) + extra
+            return out
         out = dict(self.pools)
         out["ram"] = out.get("ram", 0) + (instances - 1) * (
             self.pools.get("ram", 0) - self.shared_weights_bytes)
@@ -273,6 +288,16 @@ def footprint(name: str, facts: ModelFacts, settings: LoadSettings) -> Footprint
     return Footprint(model=name, n_ctx=settings.n_ctx, kv_type=settings.kv_type,
                      weights_bytes=weights, kv_bytes=kv, compute_bytes=compute,
                      overhead_bytes=overhead, shared_weights_bytes=shared, pools=pools)
+
+
+def batched_pools(name: str, facts: ModelFacts, settings: LoadSettings,
+                  sizes: range | list[int]) -> dict[int, dict[str, int]]:
+    """Pools of one instance whose context has room for n sequences of n_ctx tokens,
+    for each n of ``sizes``: one unified KV cache of n x n_ctx cells (a shared prefix
+    is stored once; each sequence's own part and generation after it) and one compute
+    buffer sized for it; the weights and the rest once (pure)."""
+    return {n: footprint(name, facts, replace(settings, parallel=n)).pools
+            for n in sizes if n > 1}
 
 
 def _pad(n: int, to: int) -> int:
