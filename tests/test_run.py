@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -96,14 +95,14 @@ def test_proposers_on_one_model_decode_as_one_batch() -> None:
     assert layer["prompt_tokens_evaluated"] < layer["prompt_tokens"]
 
 
-def test_temperature_zero_batched_answers_start_as_unbatched_ones() -> None:
+def test_temperature_zero_batched_answers_are_reproducible() -> None:
     args = (QUESTION, "--max-tokens", "48", "--temperature", "0", "--seed", "1")
-    batched, alone = run_json(*args), run_json(*args, "--no-batch")
-    # the same words, unless llama.cpp's N-row kernels part from the 1-row ones at a near
-    # tie (late if ever: benchmarks/README.md measures it)
-    for a, b in zip(batched["agents"][:3], alone["agents"][:3], strict=True):
-        assert len(os.path.commonprefix([a["answer"], b["answer"]])) >= min(
-            24, len(b["answer"])), (a["answer"], b["answer"])
+    first, second = run_json(*args), run_json(*args)
+    # llama.cpp's N-row kernels do not sum as the 1-row ones do, so a greedy answer may
+    # part from the unbatched one at a near tie (benchmarks/README.md measures how often);
+    # a batch itself is deterministic
+    assert [a["answer"] for a in first["agents"]] == [a["answer"] for a in second["agents"]]
+    assert all(a["ok"] and a["batch"] == 3 for a in first["agents"][:3])
 
 
 def test_temperature_zero_and_seed_reproduce_the_run() -> None:
@@ -155,7 +154,7 @@ def test_layer_two_sees_whole_numbered_answers_of_layer_one() -> None:
     recorder = Recorder()
     backends.register("llamacpp", lambda: recorder)
     try:
-        config = load_config()
+        config = load_config().without_batching()  # every agent's own chat call is recorded
         graph = build_graph(config, "tiny", Overrides(layers=2, max_tokens=24, temperature=0.0,
                                                       seed=5))
         report = run_moa(config, graph, [{"role": "user", "content": QUESTION}])
@@ -170,7 +169,7 @@ def test_layer_two_sees_whole_numbered_answers_of_layer_one() -> None:
         assert system["role"] == "system"
         refs = layer1 if i < 3 else layer2
         expected = AGGREGATE_PROMPT + "".join(f"\n{n}. {r}" for n, r in enumerate(refs, 1))
-        assert system["content"].endswith(expected)
+        assert system["content"].startswith(expected)  # shared first, the persona last
         assert all(len(r) > 1 for r in refs)  # whole answers, not characters
     for _, messages in recorder.calls[:3]:
         assert AGGREGATE_PROMPT not in messages[0]["content"]
