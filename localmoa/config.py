@@ -40,7 +40,6 @@ def _yaml_on_off(value: Any) -> Any:
 
 OnOff = Annotated[Literal["on", "off"], BeforeValidator(_yaml_on_off)]
 AutoOnOff = Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_on_off)]
-RepackMode = AutoOnOff
 REPACK_HELP = ("llama.cpp weight repacking (AMX, AVX2/AVX-512 and ARM fast paths): auto checks "
                "once per CPU that it does not crash, on, or off.")
 BATCH_HELP = ("Agents of one wave on this model decode as sequences of one llama.cpp context "
@@ -134,7 +133,7 @@ class ModelSpec(_Strict):
     chat_format: str | None = Field(
         None, description="llama-cpp-python chat format (e.g. chatml, gemma, llama-3) for a "
         "GGUF without a chat template; default: the template in the GGUF.")
-    cpu_repack: RepackMode | None = Field(None, description=REPACK_HELP + " Default: the "
+    cpu_repack: AutoOnOff | None = Field(None, description=REPACK_HELP + " Default: the "
                                           "top-level cpu_repack, else auto.")
     batch: OnOff | None = Field(None, description=BATCH_HELP + " Default: the top-level "
                                 "batch, else on. llamacpp only.")
@@ -236,7 +235,7 @@ class ConfigFile(_Strict):
     """The shape of one models.yaml."""
 
     default_profile: str | None = None
-    cpu_repack: RepackMode | None = Field(None, description=REPACK_HELP + " Default: auto.")
+    cpu_repack: AutoOnOff | None = Field(None, description=REPACK_HELP + " Default: auto.")
     batch: OnOff | None = Field(None, description=BATCH_HELP + " Default: on.")
     flash_attn: AutoOnOff | None = Field(None, description=FLASH_ATTN_HELP + " Default: auto.")
     models: dict[str, ModelSpec] = Field(default_factory=dict)
@@ -262,7 +261,7 @@ class Config:
     files: list[str] = field(default_factory=list)
     ollama_hosts: dict[str, HostSpec] = field(default_factory=dict)
     #: The top-level cpu_repack (None: not written anywhere, i.e. auto).
-    cpu_repack: RepackMode | None = None
+    cpu_repack: AutoOnOff | None = None
     #: The top-level batch (None: not written anywhere, i.e. on).
     batch: OnOff | None = None
     #: The top-level flash_attn (None: not written anywhere, i.e. auto).

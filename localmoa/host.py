@@ -156,10 +156,8 @@ class ModelHost:
         self.load_errors.pop(inst, None)
         started = time.perf_counter()
         try:
-            backend: Any = get_backend(spec.backend)
-            path = self.paths.get(inst.model)
-            model = (backend.load(inst.model, spec, path, n_threads, n_seq=inst.seqs)
-                     if inst.seqs > 1 else backend.load(inst.model, spec, path, n_threads))
+            model = get_backend(spec.backend).load(inst.model, spec, self.paths.get(inst.model),
+                                                   n_threads, n_seq=inst.seqs)
         except LocalMoaError as exc:
             self.load_errors[inst] = str(exc)
             return False

@@ -63,11 +63,6 @@ def load_settings(spec: ModelSpec, resources: Resources) -> LoadSettings:
                         repacked_types=repack.private_types(repack.choose(spec.cpu_repack)))
 
 
-def widest_layer(graph: MoaGraph, model: str) -> int:
-    """The most agents of ``model`` in one layer of ``graph`` (its largest batch)."""
-    layers = [*graph.layers, [graph.aggregator]]
-    return max(sum(a.model == model for a in layer) for layer in layers)
-
 
 def runtime_facts(config: Config, models: list[str]) -> tuple[dict[str, Any], list[str]]:
     """The cpu_repack choice of the llama.cpp models, and the notice it calls for."""
@@ -145,9 +140,10 @@ def preflight(config: Config, graph: MoaGraph, memory_budget: str | None = None,
     paths: dict[str, Path] = {}
     facts: dict[str, ModelFacts] = {}
     footprints: dict[str, Footprint] = {}
+    widest = graph.widest()
     for name in graph.models:
-        path, facts[name], footprints[name] = estimate_model(
-            config, name, resources, widest_layer(graph, name))
+        path, facts[name], footprints[name] = estimate_model(config, name, resources,
+                                                             widest[name])
         if path is not None:
             paths[name] = path
     budgets = pool_budgets(config, resources, footprints)

@@ -60,6 +60,15 @@ class MoaGraph:
     def all_agents(self) -> list[Agent]:
         return [a for layer in self.layers for a in layer] + [self.aggregator]
 
+    def widest(self) -> dict[str, int]:
+        """The most agents of each model in one layer: its largest batch."""
+        out: dict[str, int] = {}
+        for layer in [*self.layers, [self.aggregator]]:
+            for agent in layer:
+                n = sum(a.model == agent.model for a in layer)
+                out[agent.model] = max(out.get(agent.model, 0), n)
+        return out
+
 
 @dataclass(frozen=True)
 class Overrides:
@@ -92,13 +101,16 @@ def self_moa_profile(model: str, samples: int) -> Profile:
                    layers=[proposers], aggregator=aggregator)
 
 
-def parse_self(value: str, config: Config) -> tuple[str, int]:
-    """``--self MODEL`` or ``--self MODEL:N`` -> (model, N); N defaults to 4.
+def parse_self(value: str | None, config: Config) -> tuple[str, int] | None:
+    """``--self MODEL`` or ``--self MODEL:N`` -> (model, N); N defaults to 4. None when
+    the option was not given.
 
     A model name may itself hold ':' (Ollama-style ``qwen2.5:7b``), so only a
     trailing ``:<digits>`` is N, and not when the whole value is a model's name
     and the part before the colon is not.
     """
+    if value is None:
+        return None
     text = value.strip()
     if not text:
         raise UsageError("--self needs a model: --self MODEL or --self MODEL:N, e.g. "

@@ -191,3 +191,19 @@ def start_cli(*args: str, events: EventStream, env: dict[str, str] | None = None
                             pass_fds=(events.write_fd,))
     events.spawned()
     return proc
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch):
+    """The scripted backend in place of llama.cpp (tests/scripted.py), and a short grace
+    period after a timeout or Ctrl-C."""
+    from localmoa import backends, engine
+    from localmoa.backends.llamacpp import LlamaCppBackend
+
+    from .scripted import ScriptedBackend
+
+    backend = ScriptedBackend()
+    backends.register("llamacpp", lambda: backend)
+    monkeypatch.setattr(engine, "GRACE_S", 0.3)
+    yield backend
+    backends.register("llamacpp", LlamaCppBackend)

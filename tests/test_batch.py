@@ -8,10 +8,9 @@ import threading
 
 import pytest
 
-from localmoa import backends, engine
+from localmoa import engine
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.batch import Batch
-from localmoa.backends.llamacpp import LlamaCppBackend
 from localmoa.backends.llamacpp_batch import _Text, common_prefix
 from localmoa.engine import RunEvents, execute_plan
 from localmoa.errors import GenerationError
@@ -162,15 +161,6 @@ def test_predicted_time_prefers_the_batch_on_a_cpu() -> None:
 
 
 # --- the engine ---------------------------------------------------------------------------
-
-@pytest.fixture
-def scripted(monkeypatch: pytest.MonkeyPatch):
-    backend = ScriptedBackend()
-    backends.register("llamacpp", lambda: backend)
-    monkeypatch.setattr(engine, "GRACE_S", 0.3)
-    yield backend
-    backends.register("llamacpp", LlamaCppBackend)
-
 
 def _run(cfg, *, events: RunEvents | None = None, max_tokens: int | None = 64):
     graph = build_graph(cfg, "p", Overrides(max_tokens=max_tokens))

@@ -32,21 +32,28 @@ def model(smollm2_path: Path):
     loaded.unload()
 
 
+Result = tuple[str, GenerationStats | None]
+
+
 def batched(model, requests: list[tuple[list, GenerateOptions]],
-            read: dict[int, int] | None = None) -> list[tuple[str, GenerationStats | None]]:
-    """Run ``requests`` as one batch; member i stops reading after ``read[i]`` pieces."""
+            read: dict[int, int] | None = None) -> list[Result]:
+    """Run ``requests`` as one batch; member i stops reading after ``read[i]`` pieces.
+    A member whose chat fails gets its GenerationError in place of its result."""
     batch = Batch(len(requests), "smollm2#0")
     model.last_batch = batch
-    results: list[tuple[str, GenerationStats | None]] = [("", None)] * len(requests)
+    results: list = [("", None)] * len(requests)
 
     def member(i: int) -> None:
-        with batch.chat(*requests[i]) as stream:
-            pieces = []
-            for piece in stream:
-                pieces.append(piece)
-                if read and i in read and len(pieces) >= read[i]:
-                    break
-            results[i] = ("".join(pieces), stream.stats)
+        try:
+            with batch.chat(*requests[i]) as stream:
+                pieces = []
+                for piece in stream:
+                    pieces.append(piece)
+                    if read and i in read and len(pieces) >= read[i]:
+                        break
+                results[i] = ("".join(pieces), stream.stats)
+        except GenerationError as exc:
+            results[i] = exc
 
     threads = [threading.Thread(target=member, args=(i,)) for i in range(len(requests))]
     for thread in threads:
@@ -122,26 +129,9 @@ def test_sampling_at_a_temperature_follows_the_seed(model) -> None:
 
 def test_a_prompt_longer_than_the_context_fails_only_its_agent(model) -> None:
     long = [{"role": "user", "content": "nine " * 1200}]
-    results = batched_errors(model, [(long, GenerateOptions(max_tokens=4)),
-                                     (QUESTION, GenerateOptions(temperature=0, max_tokens=4))])
+    results = batched(model, [(long, GenerateOptions(max_tokens=4)),
+                              (QUESTION, GenerateOptions(temperature=0, max_tokens=4))])
+    assert isinstance(results[0], GenerationError)
     assert "context window is 1024" in str(results[0])
-    assert isinstance(results[1], str) and results[1]
-
-
-def batched_errors(model, requests):
-    batch = Batch(len(requests), "smollm2#0")
-    out: list[object] = [None] * len(requests)
-
-    def member(i: int) -> None:
-        try:
-            out[i] = batch.chat(*requests[i]).text()
-        except GenerationError as exc:
-            out[i] = exc
-
-    threads = [threading.Thread(target=member, args=(i,)) for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    model.run_batch(batch, 2)
-    for thread in threads:
-        thread.join(WAIT_S)
-    return out
+    text, _ = results[1]
+    assert isinstance(text, str) and text

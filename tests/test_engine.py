@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from localmoa import backends, engine, signals
+from localmoa import engine, signals
 from localmoa.agents import Control, run_agent
 from localmoa.backends.base import GenerateOptions
-from localmoa.backends.llamacpp import LlamaCppBackend
 from localmoa.chat import ChatSession
 from localmoa.engine import RunEvents, execute_plan
 from localmoa.errors import AggregatorFailedError, RunInterrupted
@@ -27,15 +26,6 @@ from .scripted import MiB, Script, ScriptedBackend, config, footprint
 
 QUESTION = [{"role": "user", "content": "Which is larger, 9.11 or 9.9?"}]
 WAIT_S = 60  # only ever reached when the behaviour under test is broken
-
-
-@pytest.fixture
-def scripted(monkeypatch: pytest.MonkeyPatch):
-    backend = ScriptedBackend()
-    backends.register("llamacpp", lambda: backend)
-    monkeypatch.setattr(engine, "GRACE_S", 0.3)
-    yield backend
-    backends.register("llamacpp", LlamaCppBackend)
 
 
 def run(cfg, *, budget_mib: int = 10_000, sizes: dict[str, int] | None = None,

@@ -132,11 +132,11 @@ class BatchedModel(LoadedModel, Protocol):
 
 
 class Backend(Protocol):
-    """Loads models. ``name`` is what models.yaml writes under ``backend:``. A backend
-    whose models batch also takes ``n_seq``: the sequences the context must hold
-    (the engine passes it only for more than one)."""
+    """Loads models. ``name`` is what models.yaml writes under ``backend:``. ``n_seq``:
+    the sequences the model's context must hold at once (a batch); a backend whose
+    models do not batch is never asked for more than one."""
 
     name: str
 
-    def load(self, name: str, spec: ModelSpec, path: Path | None,
-             n_threads: int) -> LoadedModel: ...
+    def load(self, name: str, spec: ModelSpec, path: Path | None, n_threads: int,
+             n_seq: int = 1) -> LoadedModel: ...

@@ -196,8 +196,6 @@ class Member:
     def __init__(self, batch: Batch, model: Any, cancelled: Callable[[], bool] | None) -> None:
         self.batch = batch
         self.model = model
-        self.name = getattr(model, "name", batch.name)
-        self.load_s = getattr(model, "load_s", 0.0)
         self.cancelled = cancelled
         self.joined = False
         self.left = False
@@ -216,6 +214,3 @@ class Member:
         if not self.joined and not self.left:
             self.left = True
             self.batch.withdraw()
-
-    def unload(self) -> None:  # the engine unloads instances, never a member
-        raise GenerationError("a batch member cannot unload its model")

@@ -139,7 +139,6 @@ class LlamaCppModel:
         self.llm = llm
         self.load_s = load_s
         self.cpu_repack = cpu_repack
-        self.n_seq = n_seq  # sequences its context has room for (a batch's size)
         self.n_ctx_seq = n_ctx_seq or (llm.n_ctx() if llm is not None else 0)
         self.runtime_facts: dict[str, Any] = {"cpu_repack": cpu_repack,
                                               "flash_attn": flash_attn, "n_seq": n_seq}

@@ -112,7 +112,8 @@ class OllamaBackend:
             quant=str(getattr(details, "quantization_level", "") or ""),
             parameter_size=str(getattr(details, "parameter_size", "") or ""))
 
-    def load(self, name: str, spec: ModelSpec, path: Path | None, n_threads: int) -> OllamaModel:
+    def load(self, name: str, spec: ModelSpec, path: Path | None, n_threads: int,
+             n_seq: int = 1) -> OllamaModel:
         host, tag = host_of(spec), tag_of(spec)
         key = (host, tag)
         client = self.client(host)

@@ -112,7 +112,9 @@ def bench(
 
 def with_self_moa(config: Config, value: str) -> tuple[Config, str]:
     """``--self MODEL[:N]`` as one more profile, named ``self:MODEL``, of a config copy."""
-    model, samples = parse_self(value, config)
+    chosen = parse_self(value, config)
+    assert chosen is not None  # a value was given
+    model, samples = chosen
     name = f"self:{model}"
     return replace(config, profiles={**config.profiles,
                                      name: self_moa_profile(model, samples)}), name

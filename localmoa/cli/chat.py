@@ -91,7 +91,7 @@ def chat(
     overrides = Overrides(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
         temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout,
-        self_moa=parse_self(self_moa, cfg) if self_moa is not None else None)
+        self_moa=parse_self(self_moa, cfg))
     out = Output()
     check_cpu_once(out, cfg, build_graph(cfg, profile, overrides).models)
     session = ChatSession(cfg, overrides, memory_budget=memory_budget, profile=profile)

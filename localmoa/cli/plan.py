@@ -60,7 +60,7 @@ def plan(
     cfg = load_command_config(config, no_batch)
     graph = build_graph(cfg, profile, Overrides(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
-        self_moa=parse_self(self_moa, cfg) if self_moa is not None else None))
+        self_moa=parse_self(self_moa, cfg)))
     out = Output(json_mode=json_out)
     pre = prepare(out, cfg, graph, memory_budget)
     if json_out:

@@ -115,7 +115,7 @@ def run(
     graph = build_graph(cfg, profile, Overrides(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
         temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout,
-        self_moa=parse_self(self_moa, cfg) if self_moa is not None else None))
+        self_moa=parse_self(self_moa, cfg)))
     conversation = [Message(role="user", content=text)]
     prepared = prepare(out, cfg, graph, memory_budget)  # refuses here, before any load
 

@@ -207,11 +207,7 @@ def plan(graph: MoaGraph, footprints: Mapping[str, Footprint], budgets: Mapping[
     uses: dict[str, list[int]] = {}
     for pos, agent in enumerate(flat):
         uses.setdefault(agent.model, []).append(pos)
-    # the largest batch each model will need: loading room for it once saves reloads
-    widest: Counter[str] = Counter()
-    for layer in layers:
-        for model, n in Counter(a.model for a in layer).items():
-            widest[model] = max(widest[model], n)
+    widest = graph.widest()  # loading room for a model's largest batch once saves reloads
 
     def next_use(model: str, pos: int) -> float:
         return next((p for p in uses.get(model, []) if p >= pos), NEVER)
@@ -238,18 +234,17 @@ def plan(graph: MoaGraph, footprints: Mapping[str, Footprint], budgets: Mapping[
                     want[m] = wider
             # an instance with room for too few sequences is loaded again, larger
             small = [m for m in want if m in loaded and seqs.get(m, 1) < shape[m][1]]
-            evicted = [Instance(m, s, seqs.get(m, 1)) for m in small for s in range(loaded[m])]
+            evicted = [_slot(m, s, seqs) for m in small for s in range(loaded[m])]
             for m in small:
                 del loaded[m]
             evicted += _make_room(loaded, need, footprints, budgets,
                                   lambda m, at=pos: next_use(m, at), seqs, want)
             (waves[-1].unloads if waves else before).extend(evicted)
-            loads = []
+            loads: list[Instance] = []
             for m in need:
-                for s in range(loaded[m], need[m]):
-                    loads.append(Instance(m, s, want[m] if s == 0 else 1))
-                    if s == 0:
-                        seqs[m] = want[m]
+                if loaded[m] == 0:
+                    seqs[m] = want[m]
+                loads.extend(_slot(m, s, seqs) for s in range(loaded[m], need[m]))
                 loaded[m] = max(loaded[m], need[m])
             tasks = _tasks(members, shape, footprints, cores)
             in_use = cost(footprints, loaded, seqs)
@@ -261,8 +256,7 @@ def plan(graph: MoaGraph, footprints: Mapping[str, Footprint], budgets: Mapping[
             i = j
             # Models the rest of the run never uses are freed right away (unless kept).
             for m in [m for m in loaded if next_use(m, pos) == NEVER and not keep]:
-                waves[-1].unloads.extend(Instance(m, s, seqs.get(m, 1) if s == 0 else 1)
-                                         for s in range(loaded.pop(m)))
+                waves[-1].unloads.extend(_slot(m, s, seqs) for s in range(loaded.pop(m)))
                 seqs.pop(m, None)
     peak: dict[str, int] = {}
     for wave in waves:
@@ -335,9 +329,13 @@ def _tasks(members: Sequence[Agent], shape: Mapping[str, tuple[int, int]],
             for agent, slot, k in placed]
 
 
+def _slot(model: str, slot: int, seqs: Mapping[str, int]) -> Instance:
+    """Instance ``slot`` of ``model``: the first has room for ``seqs[model]`` sequences."""
+    return Instance(model, slot, seqs.get(model, 1) if slot == 0 else 1)
+
+
 def _instances(resident: Mapping[str, int], seqs: Mapping[str, int]) -> list[Instance]:
-    return [Instance(m, s, seqs.get(m, 1) if s == 0 else 1)
-            for m in sorted(resident) for s in range(resident[m])]
+    return [_slot(m, s, seqs) for m in sorted(resident) for s in range(resident[m])]
 
 
 def _make_room(resident: Counter[str], need: Counter[str],
@@ -359,16 +357,14 @@ def _make_room(resident: Counter[str], need: Counter[str],
     for model in sorted((m for m in resident if m not in need), key=next_use, reverse=True):
         if fits(after(), budgets):
             break
-        evicted.extend(Instance(model, s, seqs.get(model, 1) if s == 0 else 1)
-                       for s in range(resident.pop(model)))
+        evicted.extend(_slot(model, s, seqs) for s in range(resident.pop(model)))
         seqs.pop(model, None)
     # Then spare instances of the models in use (beyond what this wave needs).
     for model in sorted((m for m in resident if resident[m] > need[m]), key=next_use,
                         reverse=True):
         while resident[model] > need[model] and not fits(after(), budgets):
             resident[model] -= 1
-            evicted.append(Instance(model, resident[model],
-                                    seqs.get(model, 1) if resident[model] == 0 else 1))
+            evicted.append(_slot(model, resident[model], seqs))
     return evicted
 
 
