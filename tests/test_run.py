@@ -55,6 +55,7 @@ def test_run_tiny_streams_an_answer_and_the_tables() -> None:
     assert proc.stdout.strip(), "the final answer goes to stdout"
     assert "agents" in proc.stderr and "layers" in proc.stderr
     assert "out tok/s" in proc.stderr and "agg tok/s" in proc.stderr
+    assert "batch" in proc.stderr  # the layers table says how agents were batched
     assert "L1.3" in proc.stderr and "AGG" in proc.stderr
 
 

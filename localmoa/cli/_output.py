@@ -149,10 +149,16 @@ def agent_table(report: RunReport) -> Table:
 
 def layer_table(report: RunReport) -> Table:
     table = Table(title="layers", title_justify="left", header_style="bold")
-    for col in ("layer", "role", "agents", "failed", "load s", "wall s", "out tok",
-                "agg tok/s"):
+    for col in ("layer", "role", "agents", "batch", "failed", "load s", "wall s", "in tok",
+                "out tok", "agg tok/s"):
         table.add_column(col, justify="left" if col in ("layer", "role") else "right")
     for s in report.layers:
-        table.add_row(str(s.layer), s.role, str(s.agents), str(s.failed), f"{s.load_s:.2f}",
-                      f"{s.wall_s:.2f}", str(s.completion_tokens), f"{s.agg_tok_per_s:.1f}")
+        evaluated = (f"{s.prompt_tokens_evaluated}/{s.prompt_tokens}"
+                     if s.prompt_tokens_evaluated != s.prompt_tokens else str(s.prompt_tokens))
+        table.add_row(str(s.layer), s.role, str(s.agents), str(s.batch), str(s.failed),
+                      f"{s.load_s:.2f}", f"{s.wall_s:.2f}", evaluated, str(s.completion_tokens),
+                      f"{s.agg_tok_per_s:.1f}")
+    table.caption = ("batch: agents decoded together in one context; in tok: prompt tokens "
+                     "evaluated/sent (a batch's shared prefix is evaluated once)")
+    table.caption_justify = "left"
     return table
