@@ -118,6 +118,7 @@ class _Execution:
         now = round(self.now(), 4)
         return AgentRun(agent=agent.id, model=agent.model, layer=agent.layer,
                         role=_role(agent), ok=False, threads=task.threads, wave=wave.index,
+                        batch=task.batch,
                         answer="".join(self.partial.get(agent.id, [])).strip(),
                         start_s=round(self.started.get(agent.id, now), 4), end_s=now,
                         error=error)
@@ -306,7 +307,7 @@ def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
         inst = Instance(task.model, task.slot)
         batch = batches.get(inst)
         run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=_role(agent),
-                       ok=False, threads=task.threads, wave=wave.index)
+                       ok=False, threads=task.threads, wave=wave.index, batch=task.batch)
         try:
             entry = ex.host.acquire(inst) if batch is None else ex.host.loaded.get(inst)
             if entry is None:

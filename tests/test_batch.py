@@ -149,6 +149,20 @@ def test_a_daemon_gets_no_more_agents_at_once_than_its_parallel() -> None:
     assert [len(w.tasks) for w in p.waves if w.layer == 1] == [2, 2, 1]
 
 
+def test_a_lopsided_wave_runs_as_instances_when_that_is_predicted_faster() -> None:
+    cfg = config({"m": {}}, [[{"model": "m", "max_tokens": 8},
+                              {"model": "m", "max_tokens": 2000},
+                              {"model": "m", "max_tokens": 8}]], {"model": "m"})
+    graph = build_graph(cfg, "p")
+    fp = {"m": footprint("m", 100, 20, seq_mib=10)}
+    # on 2 cores, three one-thread instances beat one context, whose second thread adds
+    # little, when one agent does nearly all the decoding
+    two = plan(graph, fp, {"ram": 10_000 * MiB}, 2).waves[0]
+    assert two.batches == {} and "3 instances" in two.choices["m"]
+    one = plan(graph, fp, {"ram": 10_000 * MiB}, 1).waves[0]
+    assert one.batches == {"m": 3}
+
+
 def test_predicted_time_prefers_the_batch_on_a_cpu() -> None:
     weights = 100 * MiB
     for n in (2, 3, 6, 12):
@@ -162,10 +176,11 @@ def test_predicted_time_prefers_the_batch_on_a_cpu() -> None:
 
 # --- the engine ---------------------------------------------------------------------------
 
-def _run(cfg, *, events: RunEvents | None = None, max_tokens: int | None = 64):
+def _run(cfg, *, events: RunEvents | None = None, max_tokens: int | None = 64,
+         cores: int = 2):
     graph = build_graph(cfg, "p", Overrides(max_tokens=max_tokens))
     fps = {m: footprint(m, 100, 20, seq_mib=10) for m in graph.models}
-    the_plan = plan(graph, fps, {"ram": 10_000 * MiB}, 2)
+    the_plan = plan(graph, fps, {"ram": 10_000 * MiB}, cores)
     return execute_plan(cfg, graph, QUESTION, the_plan, {}, events=events)
 
 
@@ -191,8 +206,9 @@ def test_a_timed_out_agent_leaves_the_batch_and_the_others_finish(
     cfg = config({"m": {}}, [[{"model": "m", "max_tokens": 5},
                               {"model": "m", "max_tokens": 1000, "timeout_s": 0.3},
                               {"model": "m", "max_tokens": 5}]], {"model": "m", "max_tokens": 5})
-    report = _run(cfg, max_tokens=None)
+    report = _run(cfg, max_tokens=None, cores=1)  # one core: the planner batches them
     by_id = {r.agent: r for r in report.agents}
+    assert [r.batch for r in report.agents[:3]] == [3, 3, 3]
     assert by_id["L1.2"].error == "timed out after 0.3 s (per-agent timeout)"
     assert by_id["L1.2"].answer  # what it wrote is kept
     assert by_id["L1.1"].ok and by_id["L1.3"].ok and by_id["AGG"].ok
