@@ -5,7 +5,10 @@ one agent after another on one model instance with all cores, temperature 0,
 a fixed seed and max_tokens, so they generate the same tokens (checked). The
 engine side is `execute_plan` (loading, threads, streaming events, timing,
 memory sampling, report); the direct side is a loop of `create_chat_completion`
-calls with the same messages. Ratio of median wall times; target <= 1.05.
+calls with the same messages. Ratio of median wall times; target <= 1.03. The engine
+runs its model in a worker process (the default): the text crosses a socket, token by
+token; the worker is started before the clock, as `localmoa run` starts it during its
+preflight (bench_workers.py measures that start-up on its own).
 
 Every sample runs in a fresh process (the sides interleaved: E D, then D E),
 timed inside it around the calls alone (model load included, Python start-up
@@ -29,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from localmoa import build_graph, load_config
+from localmoa.backends import worker
+from localmoa.backends.llamacpp import flash_attn_mode
 from localmoa.engine import execute_plan
 from localmoa.memory.planner import Instance, Plan, Task, Wave
 from localmoa.preflight import preflight
@@ -66,7 +71,8 @@ def direct_run(config: Any, graph: MoaGraph, path: Path, cores: int,
     spec = config.models[graph.aggregator.model]
     started = time.perf_counter()
     llm = Llama(model_path=str(path), n_ctx=spec.n_ctx, n_batch=min(spec.n_batch, spec.n_ctx),
-                n_threads=cores, n_threads_batch=cores, n_gpu_layers=0, verbose=False)
+                n_threads=cores, n_threads_batch=cores, n_gpu_layers=0, verbose=False,
+                flash_attn=flash_attn_mode(spec) != "off")  # as localmoa loads it
     conversation = [{"role": "user", "content": prompt}]
 
     def ask(agent: Any, references: list[str] | None) -> str:
@@ -95,6 +101,10 @@ def one_sample(side: str, prompt_index: int, max_tokens: int) -> dict[str, Any]:
     cores = pre.resources.usable_cores
     prompt = PROMPTS[prompt_index]
     if side == "engine":
+        # the model's worker process started and llama.cpp imported, as `localmoa run`
+        # has it by the time the plan is made (the direct side imports llama.cpp untimed)
+        worker.prestart(1)
+        assert all(w.ready.wait(60) for w in worker.live_workers())
         took, answers = engine_run(config, graph, sequential_plan(graph, cores), pre.paths,
                                    prompt)
     else:
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
               "median_s": {k: round(v, 3) for k, v in med.items()},
               "total_s": {k: round(sum(v), 3) for k, v in times.items()},
               "ratio_engine_over_direct": round(med["engine"] / med["direct"], 3),
-              "target": 1.05}
+              "target": 1.03}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -11,19 +11,45 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .config import Config, load_config
-from .engine import RunEvents, run_moa
-from .errors import (
-    AggregatorFailedError,
-    ConfigError,
-    LayerFailedError,
-    LocalMoaError,
-    ModelLoadError,
-    ModelNotFoundError,
-    UsageError,
-)
-from .metrics import AgentRun, LayerStats, RunReport
-from .recipe import MoaGraph, Overrides, build_graph
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Config, load_config
+    from .engine import RunEvents, run_moa
+    from .errors import (
+        AggregatorFailedError,
+        ConfigError,
+        LayerFailedError,
+        LocalMoaError,
+        ModelLoadError,
+        ModelNotFoundError,
+        UsageError,
+    )
+    from .metrics import AgentRun, LayerStats, RunReport
+    from .recipe import MoaGraph, Overrides, build_graph
+
+#: Where each public name lives. Imported on first use: a model worker process
+#: (backends/worker_main.py) imports this package and must start fast.
+_HOMES = {
+    "Config": "config", "load_config": "config", "RunEvents": "engine", "run_moa": "engine",
+    "AggregatorFailedError": "errors", "ConfigError": "errors", "LayerFailedError": "errors",
+    "LocalMoaError": "errors", "ModelLoadError": "errors", "ModelNotFoundError": "errors",
+    "UsageError": "errors", "AgentRun": "metrics", "LayerStats": "metrics",
+    "RunReport": "metrics", "MoaGraph": "recipe", "Overrides": "recipe",
+    "build_graph": "recipe",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'localmoa' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AgentRun",

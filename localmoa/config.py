@@ -47,6 +47,9 @@ BATCH_HELP = ("Agents of one wave on this model decode as sequences of one llama
               "own instance.")
 FLASH_ATTN_HELP = ("llama.cpp flash attention: auto lets llama.cpp decide (on wherever it "
                    "supports it, which on CPU is always), on, or off.")
+WORKERS_HELP = ("Each loaded llama.cpp model runs in a worker process of its own, so a native "
+                "crash costs its agents, not the run, and unloading returns all its memory; "
+                "off loads models into localmoa's process (LOCALMOA_WORKERS wins).")
 PARALLEL_HELP = ("How many agents of this model are sent to the Ollama daemon at once; set it "
                  "to the daemon's OLLAMA_NUM_PARALLEL. Default: 1.")
 
@@ -55,11 +58,13 @@ _BACKEND_ONLY = {
     "batch": ("llamacpp", "batch applies to backend: llamacpp only; for Ollama set parallel"),
     "flash_attn": ("llamacpp", "flash_attn applies to backend: llamacpp only; Ollama sets it "
                    "with OLLAMA_FLASH_ATTENTION on the daemon"),
+    "workers": ("llamacpp", "workers applies to backend: llamacpp only; an Ollama daemon "
+                "runs its own runner processes"),
     "parallel": ("ollama", "parallel applies to backend: ollama only; llama.cpp models batch "
                  "their agents themselves (batch: on)"),
 }
 #: Top-level keys that are every llama.cpp model's default where the model does not set them.
-_LLAMACPP_DEFAULTS = ("cpu_repack", "batch", "flash_attn")
+_LLAMACPP_DEFAULTS = ("cpu_repack", "batch", "flash_attn", "workers")
 
 
 class _Strict(BaseModel):
@@ -139,9 +144,11 @@ class ModelSpec(_Strict):
                                 "batch, else on. llamacpp only.")
     flash_attn: AutoOnOff | None = Field(None, description=FLASH_ATTN_HELP + " Default: the "
                                          "top-level flash_attn, else auto. llamacpp only.")
+    workers: OnOff | None = Field(None, description=WORKERS_HELP + " Default: the top-level "
+                                  "workers, else on. llamacpp only.")
     parallel: int | None = Field(None, ge=1, le=64, description=PARALLEL_HELP + " ollama only.")
 
-    @field_validator("batch", "flash_attn", "parallel")
+    @field_validator("batch", "flash_attn", "workers", "parallel")
     @classmethod
     def _only_for_its_backend(cls, value: Any, info: ValidationInfo) -> Any:
         # A field validator (not the model's) so the error names the key and its line.
@@ -238,6 +245,7 @@ class ConfigFile(_Strict):
     cpu_repack: AutoOnOff | None = Field(None, description=REPACK_HELP + " Default: auto.")
     batch: OnOff | None = Field(None, description=BATCH_HELP + " Default: on.")
     flash_attn: AutoOnOff | None = Field(None, description=FLASH_ATTN_HELP + " Default: auto.")
+    workers: OnOff | None = Field(None, description=WORKERS_HELP + " Default: on.")
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     profiles: dict[str, Profile] = Field(default_factory=dict)
     ollama_hosts: dict[str, HostSpec] = Field(default_factory=dict)
@@ -266,6 +274,8 @@ class Config:
     batch: OnOff | None = None
     #: The top-level flash_attn (None: not written anywhere, i.e. auto).
     flash_attn: AutoOnOff | None = None
+    #: The top-level workers (None: not written anywhere, i.e. on).
+    workers: OnOff | None = None
     # (kind, name) -> the file that defined the entry and its node index, for line numbers
     _origins: dict[tuple[str, str], tuple[Origin, _NodeIndex]] = field(default_factory=dict)
 

@@ -52,6 +52,13 @@ def cpu_repack() -> str | None:
     return os.environ.get("LOCALMOA_CPU_REPACK") or None
 
 
+def workers() -> str | None:
+    """LOCALMOA_WORKERS: on or off; wins over workers: in models.yaml."""
+    value = (os.environ.get("LOCALMOA_WORKERS") or "").strip().lower()
+    return {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off",
+            "no": "off"}.get(value, value) or None
+
+
 def cores() -> str | None:
     """LOCALMOA_CORES: the CPU cores localmoa plans for, instead of the ones it finds."""
     return os.environ.get("LOCALMOA_CORES") or None

@@ -32,6 +32,7 @@ from .errors import (
 )
 from .eventlog import EventLog
 from .host import Loaded, ModelHost
+from .memory.estimate import WORKER_PROCESS_BYTES
 from .memory.planner import Instance, Plan, Task, Wave
 from .memory.probe import MemorySampler, format_bytes
 from .metrics import AgentRun, RunReport
@@ -77,6 +78,10 @@ class _Execution:
     #: The text each agent has written so far (kept when it never returns).
     partial: dict[str, list[str]] = field(default_factory=dict)
     started: dict[str, float] = field(default_factory=dict)  # agent id -> start (run clock)
+    #: Why each model worker that died during the run died (one line each).
+    crashes: list[str] = field(default_factory=list)
+    #: Instances whose worker died: a later wave that needs one loads it afresh.
+    crashed: set[Instance] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.log = EventLog(constants.event_log(), self.t0)
@@ -101,9 +106,17 @@ class _Execution:
         """Whether ``agent`` must stop: the run is stopping or its time is up."""
         return self.control.stop.is_set() or agent.id in self.control.cancelled
 
-    def agent_start(self, agent: Agent) -> None:
+    def note_crash(self, model: Any) -> None:
+        """A model worker died: the run report says why, once."""
+        process = getattr(model, "process", None)
+        why = getattr(process, "death", None)
+        if why and why not in self.crashes:
+            self.crashes.append(why)
+            self.log("worker_died", pid=getattr(process, "pid", None), reason=why)
+
+    def agent_start(self, agent: Agent, instance: str = "") -> None:
         self.started[agent.id] = self.now()
-        self.log("prefill", agent=agent.id, model=agent.model)
+        self.log("prefill", agent=agent.id, model=agent.model, instance=instance)
         self.emit("on_agent_start", agent)
 
     def text(self, agent: Agent, piece: str) -> None:
@@ -159,7 +172,7 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
     layers = [*graph.layers, [graph.aggregator]]
     ex.log("run_start", profile=graph.profile, waves=len(plan.waves))
 
-    with MemorySampler() as memory:
+    with MemorySampler(host.worker_pids) as memory:
 
         def report(answer: str = "", error: str | None = None) -> RunReport:
             memory.sample()
@@ -176,7 +189,9 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
                         "peak_rss_growth_bytes": memory.peak_rss,
                         "peak_pss_growth_bytes": memory.peak_pss,
                         "abandoned_agents": len(ex.abandoned_ids),
-                        "held_bytes": host.held_bytes()},
+                        "held_bytes": host.held_bytes(),
+                        "workers": memory.worker_peaks(),
+                        "crashed_workers": list(ex.crashes)},
                 runtime=dict(runtime or {}), warnings=list(ex.warnings))
 
         try:
@@ -186,9 +201,11 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
             for number, layer in enumerate(layers, start=1):
                 for wave in plan.waves_of_layer(number):
                     _load_wave(ex, wave, agents)
+                    _prestart_next(ex, wave)
                     memory.sample()
                     _run_wave(ex, wave, agents, references, runs)
                     memory.sample()  # the wave's peak: its contexts are filled now
+                    _clear_dead(ex)
                     for inst in wave.unloads:
                         host.unload(inst)
                 layer_runs = [runs[a.id] for a in layer]
@@ -224,9 +241,10 @@ def _load_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent]) -> None:
     abandoned agent still holds, if the budget allows it (else its agents fail)."""
     host = ex.host
     tasks = {Instance(t.model, t.slot): t for t in wave.tasks}
+    _clear_dead(ex)  # a worker that died: its memory went with it
     held_keys = {entry.inst for entry in host.held}
     fresh = [inst for inst in tasks if inst not in host.loaded and inst not in wave.loads
-             and inst in held_keys]
+             and (inst in held_keys or inst in ex.crashed)]
     loads = [inst for inst in [*wave.loads, *fresh] if inst not in host.loaded]
     over = _over_budget(ex, wave, loads) if loads else ""
     if over:
@@ -248,18 +266,49 @@ def _load_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent]) -> None:
                 f"not loaded: agents that timed out still hold {holders}, and loading "
                 f"{inst} as well would exceed the memory budget ({over}); it is freed "
                 "when they return")
+    if len(loads) > 1:
+        host.prestart(loads)  # their worker processes start side by side
     for inst in loads:
         task = tasks.get(inst)
         if task and inst not in host.loaded:
             ex.emit("on_agent_loading", agents[task.agent])
         ex.log("loading", model=inst.model, instance=str(inst))
         if host.load(inst, task.threads if task else ex.plan.cores):
-            ex.log("loaded", model=inst.model, instance=str(inst),
-                   load_s=round(host.loaded[inst].model.load_s, 4))
+            model = host.loaded[inst].model
+            facts = getattr(model, "runtime_facts", {})
+            ex.log("loaded", model=inst.model, instance=str(inst), load_s=round(model.load_s, 4),
+                   pid=getattr(model, "pid", None), prestarted=facts.get("worker_prestarted"),
+                   worker_wait_s=facts.get("worker_wait_s"))
         else:
             ex.log("load_failed", model=inst.model, instance=str(inst),
                    error=host.load_errors.get(inst))
         signals.check()  # a Ctrl-C during a load may have been swallowed
+
+
+def _clear_dead(ex: _Execution) -> None:
+    """Drop the instances whose worker died (the report says why); a later wave that
+    needs one loads it afresh."""
+    for inst in ex.host.dead():
+        ex.note_crash(ex.host.loaded[inst].model)
+        ex.host.unload(inst)
+        ex.crashed.add(inst)
+
+
+def _prestart_next(ex: _Execution, wave: Wave) -> None:
+    """Start the next wave's worker processes while this wave runs, where the budget
+    has room for them beside this wave (each costs WORKER_PROCESS_BYTES before its load)."""
+    waves = ex.plan.waves
+    position = waves.index(wave)
+    if position + 1 >= len(waves):
+        return
+    loads = waves[position + 1].loads
+    budget = ex.plan.budgets.get("ram")
+    if budget is not None:
+        room = budget - wave.resident_bytes.get("ram", 0)
+        loads = loads[:max(0, room) // WORKER_PROCESS_BYTES]
+    if loads:
+        ex.log("prestart", instances=[str(inst) for inst in loads])
+        ex.host.prestart(loads)
 
 
 def _over_budget(ex: _Execution, wave: Wave, loading: list[Instance]) -> str:
@@ -328,7 +377,8 @@ def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
                             run.load_start_s = round(entry.started_at - ex.t0, 4)
                     run_agent(agent, model, ex.host.config.models[agent.model],
                               task.threads, ex.conversation, references, ex.control, run,
-                              ex.t0, ex.agent_start, ex.text)
+                              ex.t0, functools.partial(ex.agent_start, instance=str(entry.inst)),
+                              ex.text)
                 finally:
                     if batch is not None:
                         model.leave()
@@ -367,11 +417,11 @@ def _run_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent],
     cancelled_at: dict[str, float] = {}  # when each late agent was told to stop
     try:
         for index, task in enumerate(wave.tasks):
-            worker = ex.host.workers.get(index)
+            worker = ex.host.threads.get(index)
             worker.submit(functools.partial(work, task))
             workers[task.agent] = worker
         for index, (inst, batch) in enumerate(batches.items(), start=len(wave.tasks)):
-            worker = ex.host.workers.get(index)
+            worker = ex.host.threads.get(index)
             worker.submit(functools.partial(drive, inst, batch, groups[inst][0].threads))
             drivers[inst] = worker
         while True:

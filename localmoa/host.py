@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .agents import internal_error
-from .backends import get_backend
+from .backends import created_backends, get_backend
 from .backends.base import LoadedModel
 from .config import Config
 from .errors import LocalMoaError
@@ -39,12 +39,12 @@ class Loaded:
     held_bytes: dict[str, int] = field(default_factory=dict)
 
 
-class _Worker(threading.Thread):
+class _Thread(threading.Thread):
     """A long-lived thread that runs one job at a time. A job that raises never kills
     it: the error is reported and the thread takes the next job."""
 
     def __init__(self, index: int) -> None:
-        super().__init__(name=f"localmoa-worker-{index}", daemon=True)
+        super().__init__(name=f"localmoa-agent-{index}", daemon=True)
         self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self.idle = threading.Event()
         self.idle.set()
@@ -64,7 +64,7 @@ class _Worker(threading.Thread):
         self.jobs.put(job)
 
 
-class Workers:
+class AgentThreads:
     """The threads agents run on, reused from wave to wave and turn to turn.
 
     llama.cpp built with OpenMP keeps a team of threads per calling thread, and
@@ -75,23 +75,23 @@ class Workers:
     """
 
     def __init__(self) -> None:
-        self._workers: list[_Worker] = []
+        self._threads: list[_Thread] = []
 
-    def get(self, index: int) -> _Worker:
+    def get(self, index: int) -> _Thread:
         """An idle, living thread for the ``index``-th agent of a wave."""
-        while len(self._workers) <= index:
-            self._workers.append(_Worker(len(self._workers)))
-        worker = self._workers[index]
-        if not worker.is_alive() or not worker.idle.is_set():
-            worker.jobs.put(None)  # still busy with an abandoned agent: it ends after that
-            worker = self._workers[index] = _Worker(index)
-        return worker
+        while len(self._threads) <= index:
+            self._threads.append(_Thread(len(self._threads)))
+        thread = self._threads[index]
+        if not thread.is_alive() or not thread.idle.is_set():
+            thread.jobs.put(None)  # still busy with an abandoned agent: it ends after that
+            thread = self._threads[index] = _Thread(index)
+        return thread
 
     def stop(self) -> None:
         """Every thread ends after its current job."""
-        for worker in self._workers:
-            worker.jobs.put(None)
-        self._workers = []
+        for thread in self._threads:
+            thread.jobs.put(None)
+        self._threads = []
 
 
 @dataclass
@@ -106,7 +106,7 @@ class ModelHost:
     held: list[Loaded] = field(default_factory=list)
     load_errors: dict[Instance, str] = field(default_factory=dict)
     runtime: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. Ollama's /api/ps
-    workers: Workers = field(default_factory=Workers)
+    threads: AgentThreads = field(default_factory=AgentThreads)
     loads: int = 0
     unloads: int = 0
     load_s: float = 0.0
@@ -147,11 +147,18 @@ class ModelHost:
                 entry.inst = Instance(model, slot, entry.inst.seqs)
                 self.loaded[entry.inst] = entry
 
+    def dead(self) -> list[Instance]:
+        """Loaded instances whose worker process died (crashed, or was killed)."""
+        return [inst for inst, entry in self.loaded.items()
+                if not getattr(entry.model, "alive", True) and not entry.busy]
+
     def load(self, inst: Instance, n_threads: int) -> bool:
-        """Load ``inst`` unless it is loaded (with room for ``inst.seqs`` sequences);
-        False (and ``load_errors``) on failure."""
+        """Load ``inst`` unless it is loaded (with room for ``inst.seqs`` sequences); an
+        instance whose worker died is loaded afresh. False (and ``load_errors``) on failure."""
         if inst in self.loaded:
-            return True
+            if inst not in self.dead():
+                return True
+            self.unload(inst)  # what is left of it: its memory went with its process
         spec = self.config.models[inst.model]
         self.load_errors.pop(inst, None)
         started = time.perf_counter()
@@ -201,6 +208,9 @@ class ModelHost:
             entry.abandoned = True
             entry.held_bytes = dict(held_bytes)
             self.held.append(entry)
+        kill = getattr(entry.model, "kill", None)
+        if kill is not None:  # a model worker: cut it off now, its call returns at once
+            kill("its agent did not stop in time")
 
     def unload(self, inst: Instance) -> None:
         with self.lock:
@@ -215,9 +225,31 @@ class ModelHost:
         with self.lock:
             self.unloads += 1
 
+    def prestart(self, loads: list[Instance]) -> None:
+        """Start the worker processes ``loads`` will need, ahead of their loads."""
+        counts: dict[str, int] = {}
+        for inst in loads:
+            backend: str = self.config.models[inst.model].backend
+            counts[backend] = counts.get(backend, 0) + 1
+        for name, count in counts.items():
+            start = getattr(get_backend(name), "prestart", None)
+            if start is not None:
+                start(count)
+
+    def worker_pids(self) -> dict[int, str]:
+        """The worker process of each loaded (or held) instance: pid -> instance."""
+        with self.lock:
+            entries = [*self.loaded.values(), *self.held]
+        return {pid: str(entry.inst) for entry in entries
+                if (pid := getattr(entry.model, "pid", None)) is not None}
+
     def close(self) -> None:
         """Free every model (the end of a run, or of a chat); held ones go when their
-        agents return."""
+        agents return. Spare worker processes stop."""
         for inst in list(self.loaded):
             self.unload(inst)
-        self.workers.stop()
+        self.threads.stop()
+        for backend in created_backends():
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()

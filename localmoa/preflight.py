@@ -56,11 +56,13 @@ MAX_BATCH = 64
 def load_settings(spec: ModelSpec, resources: Resources) -> LoadSettings:
     """How the backend will load ``spec`` on this machine (may run the repack canary)."""
     from .backends import repack
+    from .backends.llamacpp import uses_workers
 
     return LoadSettings(n_ctx=spec.n_ctx, kv_type=spec.kv_type, n_gpu_layers=spec.n_gpu_layers,
                         n_batch=spec.n_batch, use_mmap=spec.use_mmap,
                         gpu_pool=resources.gpu_pool, flash_attn=spec.flash_attn != "off",
-                        repacked_types=repack.private_types(repack.choose(spec.cpu_repack)))
+                        repacked_types=repack.private_types(repack.choose(spec.cpu_repack)),
+                        worker_process=uses_workers(spec))
 
 
 

@@ -3,8 +3,11 @@ room for N sequences when a 4th argument gives N), fill its context, print the P
 RSS growth in bytes as JSON."""
 
 import json
+import os
 import sys
 from pathlib import Path
+
+os.environ["LOCALMOA_WORKERS"] = "off"  # the model's own memory, in this process
 
 from localmoa.backends.llamacpp import LlamaCppBackend
 from localmoa.config import ModelSpec, Source

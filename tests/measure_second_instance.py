@@ -3,8 +3,11 @@ backend (LOCALMOA_CPU_REPACK decides repacking), fill both contexts, and print a
 the PSS growth the second instance added, in bytes, and whether it was repacked."""
 
 import json
+import os
 import sys
 from pathlib import Path
+
+os.environ["LOCALMOA_WORKERS"] = "off"  # the model's own memory, in this process
 
 from localmoa.backends.llamacpp import LlamaCppBackend
 from localmoa.config import ModelSpec, Source

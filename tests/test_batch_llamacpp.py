@@ -13,6 +13,7 @@ import pytest
 from localmoa.backends.base import GenerateOptions, GenerationStats
 from localmoa.backends.batch import Batch
 from localmoa.backends.llamacpp import LlamaCppBackend
+from localmoa.backends.llamacpp_model import LoadParams, load_llama
 from localmoa.config import ModelSpec, Source
 from localmoa.errors import GenerationError
 from localmoa.prompts import agent_messages
@@ -24,10 +25,29 @@ SYSTEMS = ["You are a careful assistant.", "You are a teacher.", "You are a skep
 WAIT_S = 120  # only ever reached when the behaviour under test is broken
 
 
-@pytest.fixture(scope="module")
-def model(smollm2_path: Path):
+@pytest.fixture(scope="module", params=["worker", "in-process"])
+def model(request: pytest.FixtureRequest, smollm2_path: Path):
+    """The batch in a model worker process (the default), and in this process
+    (``workers: off``): the same decoding loop, behind a pipe or not."""
+    if request.param == "in-process":
+        yield local_model_of(smollm2_path)
+        return
     spec = ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=1024)
     loaded = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=2, n_seq=3)
+    assert loaded.pid  # a worker process holds it
+    yield loaded
+    loaded.unload()
+
+
+def local_model_of(path: Path):
+    return load_llama(LoadParams(name="smollm2", path=str(path), n_ctx=1024, n_seq=3,
+                                 n_threads=2))
+
+
+@pytest.fixture(scope="module")
+def local_model(smollm2_path: Path):
+    """In this process: a test may watch llama.cpp's own calls."""
+    loaded = local_model_of(smollm2_path)
     yield loaded
     loaded.unload()
 
@@ -82,8 +102,19 @@ def test_at_temperature_0_a_batch_answers_as_its_agents_do_alone(model) -> None:
         assert stats.completion_tokens > 0 and stats.ttft_s > 0
 
 
+def test_an_agent_that_stops_reading_leaves_and_the_others_go_on(model) -> None:
+    requests = [(agent_messages(QUESTION, system, None),
+                 GenerateOptions(temperature=0.0, max_tokens=40)) for system in SYSTEMS]
+    results = batched(model, requests, read={0: 2})
+    assert results[0][1] is None  # it left before its stream ended
+    for text, stats in results[1:]:
+        assert stats is not None and text and stats.completion_tokens > 2
+        assert stats.finish_reason in ("stop", "length")
+
+
 def test_an_agent_that_stops_reading_leaves_at_once_and_frees_its_cells(
-        model, monkeypatch: pytest.MonkeyPatch) -> None:
+        local_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = local_model
     freed: list[tuple[int, int]] = []  # (sequence, sequences still running)
     real = lib.llama_memory_seq_rm
 

@@ -8,6 +8,7 @@ import pytest
 
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.llamacpp import LlamaCppBackend
+from localmoa.backends.llamacpp_model import LoadParams, load_llama
 from localmoa.config import ModelSpec, Source
 from localmoa.errors import GenerationError, ModelLoadError
 
@@ -69,8 +70,10 @@ def test_one_instance_refuses_two_generations_at_once(model) -> None:
 def test_unload_frees(smollm2_path: Path) -> None:
     spec = ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=256)
     loaded = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=1)
+    pid = loaded.pid
     loaded.unload()
-    assert loaded.llm is None
+    assert not loaded.alive  # its worker process exited
+    assert not Path(f"/proc/{pid}").exists()  # and reaped: its memory is the system's again
     loaded.unload()  # twice is harmless
 
 
@@ -98,9 +101,31 @@ def test_closing_a_stream_frees_the_instance_without_the_gc(model) -> None:
         gc.enable()
 
 
-def test_the_tokenizer_waits_for_a_generation_on_another_thread(model) -> None:
+def test_a_workers_tokenizer_answers_during_a_generation(model) -> None:
+    """The worker's reader thread tokenizes (llama.cpp's tokenizer only reads the
+    vocabulary) while its main thread decodes."""
     import threading
 
+    alone = model.count_tokens("Name three colours.")
+    stream = model.chat(QUESTION, GenerateOptions(temperature=0.0, max_tokens=24))
+    pieces = iter(stream)
+    next(pieces)  # a generation in progress, paused between two tokens
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(
+        model.count_tokens("Name three colours.")), daemon=True)
+    thread.start()
+    thread.join(30)
+    assert result == [alone] and alone > 1
+    assert model.cut_tokens("Name three colours.", 2) == "Name three"
+    assert "".join(pieces)  # the generation went on
+
+
+def test_the_tokenizer_waits_for_a_generation_on_another_thread(smollm2_path: Path) -> None:
+    """In this process (workers: off) one lock orders every use of the llama object."""
+    import threading
+
+    model = load_llama(LoadParams(name="smollm2", path=str(smollm2_path), n_ctx=512,
+                                  n_threads=2))
     stream = model.chat(QUESTION, GenerateOptions(temperature=0.0, max_tokens=24))
     pieces = iter(stream)
     next(pieces)  # a generation holds the instance, paused between two tokens
@@ -121,6 +146,7 @@ def test_the_tokenizer_waits_for_a_generation_on_another_thread(model) -> None:
             pass
     thread.join(30)
     assert counted.is_set() and result == [own] and own > 1
+    model.unload()
 
 
 def test_unload_during_a_paused_generation_waits_for_nothing(smollm2_path: Path) -> None:
@@ -129,7 +155,7 @@ def test_unload_during_a_paused_generation_waits_for_nothing(smollm2_path: Path)
     stream = loaded.chat(QUESTION, GenerateOptions(temperature=0.0, max_tokens=16))
     pieces = iter(stream)
     next(pieces)  # paused mid-generation, its stream not closed (a wrapper's bug, say)
-    loaded.unload()  # returns at once: the context is not freed under the generation
-    assert loaded.llm is not None
-    stream.close()  # the generation ends: now it is freed
-    assert loaded.llm is None
+    loaded.unload()  # returns at once: the worker is not stopped under the generation
+    assert loaded.alive
+    stream.close()  # the generation ends: now the worker exits
+    assert not loaded.alive

@@ -73,8 +73,7 @@ def test_an_injected_segfault_turns_repacking_off(fresh: Path, monkeypatch: pyte
     spec = ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=512)
     model = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=1)
     try:
-        assert model.cpu_repack is False
-        assert model.llm.model_params.use_extra_bufts is False  # what llama.cpp was given
+        assert model.runtime_facts["cpu_repack"] is False  # what llama.cpp was given
         assert model.chat([{"role": "user", "content": "Hi"}],
                           GenerateOptions(max_tokens=8, temperature=0)).text().strip()
     finally:

@@ -105,12 +105,14 @@ def test_signals_stop_a_real_run(sig: int, code: int, line: str,
     events = EventStream()
     proc = start_run(events)
     events.wait_for(phase[0], **phase[1])  # a model loading / layer 1 writing
-    assert not psutil.Process(proc.pid).children(recursive=True)  # no child processes
+    workers = psutil.Process(proc.pid).children(recursive=True)  # its model workers
     sent = time.monotonic()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err.decode()[-500:]
     assert time.monotonic() - sent < 15
+    gone, alive = psutil.wait_procs(workers, timeout=10)  # the signal reached them all
+    assert not alive, f"workers left running: {alive}"
     assert err.decode().strip().splitlines()[-1] == line
     logged = events.all()
     assert logged[-1]["event"] == "run_end" and logged[-1]["error"] == line.split(": ")[-1]

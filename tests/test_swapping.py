@@ -88,11 +88,11 @@ def test_ample_budget_runs_the_layer_together(two_model_config: Path) -> None:
 
 def test_plan_refuses_before_loading(two_model_config: Path) -> None:
     proc = cli("run", "hi", "--config", str(two_model_config), "--profile", "duo",
-               "--memory-budget", "150MiB")
+               "--memory-budget", "200MiB")
     assert proc.returncode == 2
     line = proc.stderr.strip()
     assert len(line.splitlines()) == 1
-    assert "model 'gemma' needs" in line and "budget is 150 MiB" in line and "short" in line
+    assert "model 'gemma' needs" in line and "budget is 200 MiB" in line and "short" in line
     assert "agents" not in proc.stderr  # nothing ran
 
 

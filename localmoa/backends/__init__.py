@@ -26,6 +26,11 @@ def get_backend(name: str) -> Backend:
     return _INSTANCES[name]
 
 
+def created_backends() -> list[Backend]:
+    """The backends created so far (the ones something has used)."""
+    return list(_INSTANCES.values())
+
+
 def _llamacpp() -> Backend:
     from .llamacpp import LlamaCppBackend
 

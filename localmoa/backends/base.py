@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
-from ..config import ModelSpec
-
 if TYPE_CHECKING:
+    from ..config import ModelSpec
     from .batch import Batch
 
 

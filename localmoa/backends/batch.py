@@ -77,15 +77,21 @@ class Sequence:
         """It ended (``stop``, ``length`` or ``cancelled``); its reader's stream ends."""
         if self.done:
             return
-        self.done = True
         ended = time.perf_counter()
         first = self.first_token_at or ended
-        self.stats = GenerationStats(
+        self.end(GenerationStats(
             prompt_tokens=self.prompt_tokens, completion_tokens=completion_tokens,
             ttft_s=(self.first_text_at or ended) - self.joined_at,
             prompt_s=first - self.joined_at, decode_s=(self.last_token_at or first) - first,
             decode_tokens=max(0, self.sampled - 1), finish_reason=reason,
-            shared_tokens=self.shared_tokens, batch_size=self.batch_size)
+            shared_tokens=self.shared_tokens, batch_size=self.batch_size))
+
+    def end(self, stats: GenerationStats) -> None:
+        """It ended with ``stats`` (a model worker measured them); its reader's stream ends."""
+        if self.done:
+            return
+        self.done = True
+        self.stats = stats
         self._queue.put(_END)
 
     def fail(self, message: str) -> None:

@@ -1,332 +1,65 @@
-"""In-process llama.cpp through llama-cpp-python.
-
-Timings are measured here, not read from llama.cpp's private perf counters: a
-pass-through logits processor is called once per sampled token with the whole
-token sequence, which gives the exact prompt length, the end of prefill and the
-time of every decoded token.
-"""
+"""The llama.cpp backend: a model entry becomes a llama.cpp model in a worker process
+of its own (backends/worker.py), or, with ``workers: off``, in this process
+(backends/llamacpp_model.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import constants
 from ..config import ModelSpec
-from ..errors import GenerationError, ModelLoadError
+from ..errors import ModelLoadError, UsageError
 from . import repack
-from .base import ChatStream, GenerateOptions, GenerationStats, Message
-from .batch import Batch
-from .llamacpp_batch import decode_batch
+from .llamacpp_model import LoadParams, can_turn_repacking_off, load_llama
 
-# llama.cpp's ggml_type numbers for the KV cache element types models.yaml accepts.
-_GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
-               "bf16": 30}
-
-
-_LOG_CALLBACK: Any = None
-
-
-def _quiet_llama_logs() -> None:
-    """llama.cpp prints some notices even with verbose=False; keep stderr ours.
-
-    With LOCALMOA_DEBUG=1 everything llama.cpp logs is shown.
-    """
-    global _LOG_CALLBACK
-    if _LOG_CALLBACK is not None:
-        return
-    import ctypes
-    import sys
-
-    import llama_cpp
-
-    from .. import constants
-
-    show = constants.debug()
-
-    @llama_cpp.llama_log_callback
-    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        if show:
-            sys.stderr.write(text.decode("utf-8", "replace"))
-
-    _LOG_CALLBACK = callback  # keep a reference: ctypes must not free it
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-
-
-_PARAMS_LOCK = threading.Lock()
-
-
-def can_turn_repacking_off() -> bool:
-    """Whether this llama-cpp-python's model parameters have ``use_extra_bufts`` (ctypes
-    would accept setting an unknown attribute and silently change nothing)."""
-    import llama_cpp.llama_cpp as lib
-
-    return any(name == "use_extra_bufts" for name, *_ in lib.llama_model_params._fields_)
-
-
-@contextlib.contextmanager
-def _load_params(use_extra_bufts: bool, n_seq: int, flash_attn: str) -> Iterator[None]:
-    """Make ``Llama(...)`` load as given where its constructor has no parameter for it:
-    ``use_extra_bufts`` (weight repacking; llama-server's --no-repack), room for
-    ``n_seq`` sequences in one unified KV cache, and flash attention ``auto``
-    (llama.cpp decides). The defaults the constructor starts from are adjusted for
-    the length of the call."""
-    import llama_cpp.llama_cpp as lib
-
-    if not use_extra_bufts and not can_turn_repacking_off():
-        raise ModelLoadError(
-            f"llama-cpp-python {repack.llama_cpp_version()} cannot load a model with weight "
-            "repacking off (its llama_model_params has no use_extra_bufts), and repacking is "
-            "off because it crashes on this CPU or you said so; upgrade it: pip install -U "
-            "llama-cpp-python")
-    with _PARAMS_LOCK:
-        model_defaults = lib.llama_model_default_params
-        context_defaults = lib.llama_context_default_params
-        enabled = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
-
-        def model_params() -> Any:
-            params = model_defaults()
-            params.use_extra_bufts = use_extra_bufts
-            return params
-
-        def context_params() -> Any:
-            params = context_defaults()
-            if n_seq > 1:
-                params.n_seq_max = n_seq
-                params.kv_unified = True  # one cache: a shared prefix is stored once
-            return params
-
-        lib.llama_model_default_params = model_params
-        lib.llama_context_default_params = context_params
-        if flash_attn == "auto":  # the constructor writes ENABLED for flash_attn=True
-            lib.LLAMA_FLASH_ATTN_TYPE_ENABLED = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
-        try:
-            yield
-        finally:
-            lib.llama_model_default_params = model_defaults
-            lib.llama_context_default_params = context_defaults
-            lib.LLAMA_FLASH_ATTN_TYPE_ENABLED = enabled
-
-
-class _TokenClock:
-    """A logits processor that only watches: counts sampled tokens and times them."""
-
-    def __init__(self) -> None:
-        self.prompt_tokens = 0
-        self.sampled = 0
-        self.first_at: float | None = None
-        self.last_at: float | None = None
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        now = time.perf_counter()
-        if self.first_at is None:
-            self.first_at = now
-            self.prompt_tokens = len(input_ids)
-        self.last_at = now
-        self.sampled += 1
-        return scores
-
-
-class LlamaCppModel:
-    """One llama.cpp model instance (model + context). One chat at a time."""
-
-    def __init__(self, name: str, llm: Any, load_s: float, cpu_repack: bool = True,
-                 n_seq: int = 1, n_ctx_seq: int = 0, flash_attn: str = "auto") -> None:
-        self.name = name
-        self.llm = llm
-        self.load_s = load_s
-        self.cpu_repack = cpu_repack
-        self.n_ctx_seq = n_ctx_seq or (llm.n_ctx() if llm is not None else 0)
-        self.runtime_facts: dict[str, Any] = {"cpu_repack": cpu_repack,
-                                              "flash_attn": flash_attn, "n_seq": n_seq}
-        self._busy = threading.Lock()  # one generation at a time (held while it streams)
-        self._lock = threading.Lock()  # any use of the llama object (tokenizer included)
-        self._owner: int | None = None  # the thread whose generation holds ``_lock``
-        self._unload_pending = False  # unload() came during a generation
-        self._state = threading.Lock()  # orders unload() against giving ``_lock`` back
-
-    def chat(self, messages: Sequence[Message], options: GenerateOptions) -> ChatStream:
-        return ChatStream(lambda stream: self._generate(stream, messages, options))
-
-    def _generate(self, stream: ChatStream, messages: Sequence[Message],
-                  options: GenerateOptions) -> Iterator[str]:
-        from llama_cpp import LogitsProcessorList, llama_cpp
-
-        with self._claim():
-            yield from self._stream(stream, messages, options, llama_cpp, LogitsProcessorList)
-
-    def run_batch(self, batch: Batch, n_threads: int) -> None:
-        """Decode the chats of ``batch`` together, as sequences of this instance's context
-        (the driver thread's call; the members read their own streams)."""
-        seqs = batch.sequences()  # every member joined or withdrew (they may tokenize)
-        if not seqs:
-            return
-        with self._claim():
-            if self.llm is None:
-                raise GenerationError(f"model instance {self.name!r} was unloaded")
-            try:
-                decode_batch(self.llm, seqs, n_threads, self.n_ctx_seq)
-            except (RuntimeError, ValueError) as exc:
-                raise GenerationError(f"{self.name}: {exc}") from exc
-
-    @contextlib.contextmanager
-    def _claim(self) -> Iterator[None]:
-        """The instance for one generation (or one batch) by this thread."""
-        if not self._busy.acquire(blocking=False):
-            raise GenerationError(f"model instance {self.name!r} is already generating; "
-                                  "a llama.cpp context serves one request (or batch) at a time")
-        self._lock.acquire()
-        self._owner = threading.get_ident()
-        try:
-            yield
-        finally:
-            self._owner = None
-            self._release()
-            self._busy.release()
-
-    def _stream(self, stream: ChatStream, messages: Sequence[Message], options: GenerateOptions,
-                llama_cpp: Any, processors: Any) -> Iterator[str]:
-        llm = self.llm
-        if llm is None:
-            raise GenerationError(f"model instance {self.name!r} was unloaded")
-        if options.n_threads:
-            llama_cpp.llama_set_n_threads(llm.ctx, options.n_threads, options.n_threads)
-        previous = list(llm.input_ids[: llm.n_tokens])
-        clock = _TokenClock()
-        started = time.perf_counter()
-        first_text_at: float | None = None
-        finish: str | None = None
-        try:
-            chunks = llm.create_chat_completion(
-                messages=[dict(m) for m in messages], temperature=options.temperature,
-                top_p=options.top_p, max_tokens=options.max_tokens, seed=options.seed,
-                stop=list(options.stop) or None, stream=True,
-                logits_processor=processors([clock]))
-            with contextlib.closing(chunks):
-                for chunk in chunks:
-                    choice = chunk["choices"][0]
-                    text = choice.get("delta", {}).get("content")
-                    if text:
-                        if first_text_at is None:
-                            first_text_at = time.perf_counter()
-                        yield text
-                    finish = choice.get("finish_reason") or finish
-        except (RuntimeError, ValueError) as exc:
-            raise GenerationError(f"{self.name}: {exc}") from exc
-        ended = time.perf_counter()
-        prefill_end = clock.first_at or ended
-        # A final end-of-generation token is sampled but never part of the answer.
-        completion = max(0, clock.sampled - (1 if finish == "stop" else 0))
-        prompt_ids = list(llm.input_ids[: clock.prompt_tokens])
-        stream.stats = GenerationStats(
-            prompt_tokens=clock.prompt_tokens,
-            completion_tokens=completion,
-            ttft_s=(first_text_at or ended) - started,
-            prompt_s=prefill_end - started,
-            decode_s=(clock.last_at or prefill_end) - prefill_end,
-            decode_tokens=max(0, clock.sampled - 1),
-            cached_tokens=_reused_prefix(previous, prompt_ids),
-            finish_reason=finish,
-        )
-
-    @contextlib.contextmanager
-    def _using(self) -> Iterator[Any]:
-        """The llama object, for this thread alone. A generation in progress on another
-        thread holds it until it ends; the thread whose own stream is paused may use it."""
-        if self._owner == threading.get_ident():
-            yield self.llm
-            return
-        self._lock.acquire()
-        try:
-            yield self.llm
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        """Give the llama object back; free it now if unload() came meanwhile."""
-        with self._state:
-            closing, self._unload_pending = self._unload_pending, False
-            self._lock.release()
-        if closing:
-            self.unload()
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` in this model's vocabulary."""
-        with self._using() as llm:
-            return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-
-    def cut_tokens(self, text: str, n: int) -> str:
-        """The first ``n`` tokens of ``text``, as text."""
-        with self._using() as llm:
-            tokens = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)[:n]
-            return str(llm.detokenize(tokens).decode("utf-8", "ignore"))
-
-    def unload(self) -> None:
-        """Free the weights and the context now, not whenever the GC runs. During a
-        generation (one paused in a stream not yet closed, too) it is freed when that
-        generation ends: never under it, and never by waiting for it."""
-        with self._state:
-            if not self._lock.acquire(blocking=False):
-                self._unload_pending = True  # whoever holds the lock frees it on release
-                return
-        try:
-            llm, self.llm = self.llm, None
-        finally:
-            self._lock.release()
-        if llm is not None:
-            llm.close()
-
-
-def _reused_prefix(previous: list[int], prompt: list[int]) -> int:
-    """Tokens llama-cpp-python keeps from the last call (it re-evaluates at least one)."""
-    n = 0
-    for a, b in zip(previous, prompt, strict=False):
-        if a != b:
-            break
-        n += 1
-    return min(n, max(0, len(prompt) - 1))
+__all__ = ["LlamaCppBackend", "can_turn_repacking_off", "flash_attn_mode", "uses_workers"]
 
 
 class LlamaCppBackend:
-    """Loads GGUF models in this process with llama-cpp-python."""
+    """Loads GGUF models with llama-cpp-python, each in a worker process of its own
+    unless ``workers: off`` (then in this process)."""
 
     name = "llamacpp"
 
     def load(self, name: str, spec: ModelSpec, path: Path | None, n_threads: int,
-             n_seq: int = 1) -> LlamaCppModel:
+             n_seq: int = 1) -> Any:
         """Load ``path``; with ``n_seq`` > 1 its context has room for that many sequences
         of ``spec.n_ctx`` tokens each (a batch), in one unified KV cache."""
         if path is None:
             raise ModelLoadError(f"model {name!r}: llama.cpp needs a GGUF file")
-        try:
-            from llama_cpp import Llama
-        except ImportError as exc:  # pragma: no cover - a broken install
-            raise ModelLoadError(f"llama-cpp-python is not importable ({exc}); "
-                                 "reinstall localmoa: pip install --force-reinstall "
-                                 "llama-cpp-python") from None
-        _quiet_llama_logs()
-        choice = repack.choose(spec.cpu_repack)
-        kv = _GGML_TYPES[spec.kv_type]
-        flash = flash_attn_mode(spec)
-        n_seq = max(1, n_seq)
-        started = time.perf_counter()
-        try:
-            with _load_params(choice.enabled, n_seq, flash):
-                llm = Llama(
-                    model_path=str(path), n_ctx=spec.n_ctx * n_seq,
-                    n_batch=min(spec.n_batch, spec.n_ctx), n_threads=n_threads,
-                    n_threads_batch=n_threads, n_gpu_layers=spec.n_gpu_layers, type_k=kv,
-                    type_v=kv, flash_attn=flash != "off", use_mmap=spec.use_mmap,
-                    chat_format=spec.chat_format, verbose=False)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise ModelLoadError(
-                f"model {name!r}: llama.cpp could not load {path}: {exc} (is it a complete "
-                f"GGUF file? is there enough memory for n_ctx={spec.n_ctx}?)") from None
-        return LlamaCppModel(name, llm, time.perf_counter() - started, choice.enabled,
-                             n_seq=n_seq, n_ctx_seq=spec.n_ctx, flash_attn=flash)
+        params = LoadParams(
+            name=name, path=str(path), n_ctx=spec.n_ctx, n_seq=max(1, n_seq),
+            n_batch=spec.n_batch, n_threads=n_threads, n_gpu_layers=spec.n_gpu_layers,
+            kv_type=spec.kv_type, flash_attn=flash_attn_mode(spec), use_mmap=spec.use_mmap,
+            chat_format=spec.chat_format, cpu_repack=repack.choose(spec.cpu_repack).enabled)
+        if not uses_workers(spec):
+            return load_llama(params)
+        from .worker import load_in_worker
+
+        return load_in_worker(params)
+
+    def prestart(self, count: int) -> None:
+        """Have ``count`` worker processes started (interpreter up, llama.cpp imported)
+        for the next loads, so that they cost only the model's own load time."""
+        from .worker import prestart
+
+        prestart(count)
+
+    def close(self) -> None:
+        """Stop the spare workers nobody took."""
+        from .worker import discard_spares
+
+        discard_spares()
+
+
+def uses_workers(spec: ModelSpec) -> bool:
+    """Whether ``spec`` loads in a worker process: LOCALMOA_WORKERS, else its ``workers``
+    (the top-level one by default), else on."""
+    value = constants.workers()
+    if value is not None and value not in ("on", "off"):
+        raise UsageError(f"LOCALMOA_WORKERS={value!r}: give on or off")
+    return (value or spec.workers or "on") == "on"
 
 
 def flash_attn_mode(spec: ModelSpec) -> str:

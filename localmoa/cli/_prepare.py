@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..backends import repack
+from ..backends import get_backend, repack
 from ..config import Config, load_config
 from ..preflight import Preflight, preflight
 from ..recipe import MoaGraph
@@ -25,6 +25,18 @@ def check_cpu_once(out: Output, config: Config, models: list[str]) -> None:
     if modes and repack.needs_canary(modes):
         with out.status("checking llama.cpp's CPU fast paths on this machine (once)"):
             repack.verdict()
+
+
+def start_worker_early(config: Config, graph: MoaGraph) -> None:
+    """Start the first model's worker process now, so that Python and llama.cpp start up
+    while the preflight reads headers and plans (run and chat; never ``plan``)."""
+    from ..backends.llamacpp import uses_workers
+
+    first = config.models[graph.layers[0][0].model] if graph.layers else None
+    if first is not None and first.backend == "llamacpp" and uses_workers(first):
+        start = getattr(get_backend("llamacpp"), "prestart", None)  # a backend may not
+        if start is not None:
+            start(1)
 
 
 def prepare(out: Output, config: Config, graph: MoaGraph,

@@ -31,7 +31,7 @@ from ._options import (
     TemperatureOpt,
 )
 from ._output import Output
-from ._prepare import load_command_config, prepare
+from ._prepare import load_command_config, prepare, start_worker_early
 from ._progress import RunDisplay
 
 EPILOG = """\
@@ -117,6 +117,7 @@ def run(
         temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout,
         self_moa=parse_self(self_moa, cfg)))
     conversation = [Message(role="user", content=text)]
+    start_worker_early(cfg, graph)
     prepared = prepare(out, cfg, graph, memory_budget)  # refuses here, before any load
 
     with RunDisplay(out, graph, show_layers=show_layers) as display:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,13 +175,17 @@ def probe(memory_budget: str | None = None) -> Resources:
         gpus=gpus, unified_memory=unified, budget_source=source)
 
 
-def process_memory() -> tuple[int, int]:
-    """(RSS, PSS) of this process in bytes. PSS counts pages shared by two mappings
-    of one GGUF once; RSS counts them twice. Without smaps_rollup, PSS = RSS."""
+def process_memory(pid: int | None = None) -> tuple[int, int]:
+    """(RSS, PSS) in bytes of this process, or of process ``pid`` ((0, 0) once it is
+    gone). PSS counts pages shared by two mappings of one GGUF once (two processes
+    mapping it too); RSS counts them twice. Without smaps_rollup, PSS = RSS."""
     try:
-        text = Path("/proc/self/smaps_rollup").read_text()
+        text = Path(f"/proc/{pid or 'self'}/smaps_rollup").read_text()
     except OSError:
-        rss = int(psutil.Process().memory_info().rss)
+        try:
+            rss = int(psutil.Process(pid).memory_info().rss)
+        except psutil.Error:
+            return 0, 0
         return rss, rss
     values = {}
     for line in text.splitlines()[1:]:
@@ -192,18 +197,67 @@ def process_memory() -> tuple[int, int]:
     return rss, values.get("Pss", rss)
 
 
-class MemorySampler:
-    """This process's peak RSS and PSS growth over the start (``peak_*``).
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
-    The caller calls ``sample()`` at the moments that matter. Reading PSS makes
-    the kernel walk the page tables: sampling in a thread every 50 ms cost 7% of
-    a run on 2 busy cores, so the engine samples after each wave's loads and
-    after its agents, when memory peaks (contexts stay filled until unloaded).
+
+def resident_bytes(pid: int | None = None) -> int:
+    """RSS of this process (or of ``pid``; 0 once it is gone) from /proc/PID/statm: a
+    counter the kernel keeps, read in microseconds, where PSS walks the page tables."""
+    try:
+        return int(Path(f"/proc/{pid or 'self'}/statm").read_text().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return process_memory(pid)[0]
+
+
+def peak_rss(pid: int) -> int:
+    """The most RSS process ``pid`` has had (the kernel's VmHWM; 0 when unknown)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+@dataclass
+class WorkerMemory:
+    """The peaks of one model worker process seen by a MemorySampler."""
+
+    instance: str
+    pid: int
+    peak_rss_bytes: int = 0
+    peak_pss_bytes: int = 0
+
+    def to_dict(self) -> dict[str, int | str]:
+        return {"instance": self.instance, "pid": self.pid,
+                "peak_rss_bytes": self.peak_rss_bytes, "peak_pss_bytes": self.peak_pss_bytes}
+
+
+class MemorySampler:
+    """Peak RSS and PSS growth over the start (``peak_*``) of this process and its
+    model workers together, and each worker's own peaks (``workers``).
+
+    ``worker_pids`` says which worker processes exist now (pid -> instance); one
+    that ran before the start counts in the base. The caller calls ``sample()`` at
+    the moments that matter: the engine samples after each wave's loads and after
+    its agents, when memory peaks (contexts stay filled until unloaded). Reading
+    PSS makes the kernel walk the page tables (6 ms for one SmolLM2 process;
+    sampling in a thread every 50 ms cost 7% of a run on 2 busy cores), so a
+    sample reads the RSS counters first and walks the tables only when the RSS
+    grew by more than ``PSS_STEP`` since the last walk (PSS never grows more than
+    RSS does). A worker's peak RSS is the kernel's high-water mark, exact; its peak
+    PSS is the largest sampled.
     """
 
-    def __init__(self) -> None:
-        self.base_rss, self.base_pss = process_memory()
+    PSS_STEP = 2 * 1024 * 1024
+
+    def __init__(self, worker_pids: Callable[[], dict[int, str]] | None = None) -> None:
+        self._pids = worker_pids or dict
+        self.workers: dict[int, WorkerMemory] = {}
+        self.base_rss, self.base_pss = self._total(self._pids(), record=False)
         self.peak_rss = self.peak_pss = 0
+        self._walked_at = self.base_rss  # the RSS of the last page-table walk
 
     def __enter__(self) -> MemorySampler:
         return self
@@ -211,7 +265,28 @@ class MemorySampler:
     def __exit__(self, *exc: object) -> None:
         self.sample()
 
-    def sample(self) -> None:
+    def _total(self, pids: dict[int, str], record: bool = True) -> tuple[int, int]:
         rss, pss = process_memory()
+        for pid, instance in pids.items():
+            w_rss, w_pss = process_memory(pid)
+            rss, pss = rss + w_rss, pss + w_pss
+            if record and w_rss:
+                seen = self.workers.setdefault(pid, WorkerMemory(instance, pid))
+                seen.peak_rss_bytes = max(seen.peak_rss_bytes, peak_rss(pid), w_rss)
+                seen.peak_pss_bytes = max(seen.peak_pss_bytes, w_pss)
+        return rss, pss
+
+    def sample(self) -> None:
+        pids = self._pids()
+        rss = resident_bytes() + sum(resident_bytes(pid) for pid in pids)
+        self.peak_rss = max(self.peak_rss, rss - self.base_rss)
+        if rss <= self._walked_at + self.PSS_STEP and set(pids) <= set(self.workers):
+            return  # no new process, and not enough growth to raise a PSS peak
+        self._walked_at = rss
+        rss, pss = self._total(pids)
         self.peak_rss = max(self.peak_rss, rss - self.base_rss)
         self.peak_pss = max(self.peak_pss, pss - self.base_pss)
+
+    def worker_peaks(self) -> list[dict[str, int | str]]:
+        """Each worker's peaks, in the order they were first seen."""
+        return [w.to_dict() for w in self.workers.values()]
