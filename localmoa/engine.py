@@ -82,6 +82,7 @@ class _Execution:
     crashes: list[str] = field(default_factory=list)
     #: Instances whose worker died: a later wave that needs one loads it afresh.
     crashed: set[Instance] = field(default_factory=set)
+    crashed_pids: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.log = EventLog(constants.event_log(), self.t0)
@@ -107,12 +108,15 @@ class _Execution:
         return self.control.stop.is_set() or agent.id in self.control.cancelled
 
     def note_crash(self, model: Any) -> None:
-        """A model worker died: the run report says why, once."""
+        """A model worker died: the run report says why, once per process."""
         process = getattr(model, "process", None)
-        why = getattr(process, "death", None)
-        if why and why not in self.crashes:
-            self.crashes.append(why)
-            self.log("worker_died", pid=getattr(process, "pid", None), reason=why)
+        if process is None or process.pid in self.crashed_pids:
+            return
+        process.dead.wait(5)  # its reader is writing why
+        self.crashed_pids.add(process.pid)
+        why = process.death or f"model {model.name}'s worker died"
+        self.crashes.append(why)
+        self.log("worker_died", pid=process.pid, reason=why)
 
     def agent_start(self, agent: Agent, instance: str = "") -> None:
         self.started[agent.id] = self.now()
@@ -242,9 +246,10 @@ def _load_wave(ex: _Execution, wave: Wave, agents: dict[str, Agent]) -> None:
     host = ex.host
     tasks = {Instance(t.model, t.slot): t for t in wave.tasks}
     _clear_dead(ex)  # a worker that died: its memory went with it
-    held_keys = {entry.inst for entry in host.held}
-    fresh = [inst for inst in tasks if inst not in host.loaded and inst not in wave.loads
-             and (inst in held_keys or inst in ex.crashed)]
+    # the keys as they were loaded: a batch's instance comes back with room for its batch
+    gone = {inst: inst for inst in [*ex.crashed, *(entry.inst for entry in host.held)]}
+    fresh = [gone[inst] for inst in tasks if inst not in host.loaded
+             and inst not in wave.loads and inst in gone]
     loads = [inst for inst in [*wave.loads, *fresh] if inst not in host.loaded]
     over = _over_budget(ex, wave, loads) if loads else ""
     if over:

@@ -20,7 +20,7 @@ from typing import Any
 from .agents import internal_error
 from .backends import created_backends, get_backend
 from .backends.base import LoadedModel
-from .config import Config
+from .config import Config, ModelSpec
 from .errors import LocalMoaError
 from .memory.planner import Instance
 
@@ -227,14 +227,14 @@ class ModelHost:
 
     def prestart(self, loads: list[Instance]) -> None:
         """Start the worker processes ``loads`` will need, ahead of their loads."""
-        counts: dict[str, int] = {}
+        specs: dict[str, list[ModelSpec]] = {}
         for inst in loads:
-            backend: str = self.config.models[inst.model].backend
-            counts[backend] = counts.get(backend, 0) + 1
-        for name, count in counts.items():
+            spec = self.config.models[inst.model]
+            specs.setdefault(spec.backend, []).append(spec)
+        for name, group in specs.items():
             start = getattr(get_backend(name), "prestart", None)
             if start is not None:
-                start(count)
+                start(group)
 
     def worker_pids(self) -> dict[int, str]:
         """The worker process of each loaded (or held) instance: pid -> instance."""

@@ -19,7 +19,7 @@ from localmoa.backends import worker
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.llamacpp import LlamaCppBackend
 from localmoa.config import ModelSpec, Source
-from localmoa.engine import execute_plan
+from localmoa.engine import RunEvents, execute_plan, run_moa
 from localmoa.errors import GenerationError
 from localmoa.memory.planner import Instance, Plan, Task, Wave
 from localmoa.memory.probe import process_memory
@@ -244,3 +244,79 @@ def test_a_worker_is_started_with_exec_not_a_bare_fork() -> None:
     finally:
         process.stop()
     assert not process.alive
+
+
+def test_a_batch_worker_that_died_between_layers_comes_back_with_room_for_the_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "events.jsonl"
+    monkeypatch.setenv("LOCALMOA_EVENT_LOG", str(log))
+
+    def kill_layer_ones_worker(layer: int, runs: list) -> None:
+        if layer == 1:  # idle now, between the layers: killed from outside
+            pid = [json.loads(line) for line in log.read_text().splitlines()
+                   if json.loads(line)["event"] == "loaded"][-1]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            psutil.wait_procs([psutil.Process(pid)], timeout=10)
+
+    config = load_config()
+    graph = build_graph(config, "tiny", Overrides(layers=2, max_tokens=8, temperature=0.0))
+    report = run_moa(config, graph, [{"role": "user", "content": "Hi"}],
+                     events=RunEvents(on_layer_done=kill_layer_ones_worker))
+    assert report.ok and all(run.ok for run in report.agents)
+    assert [run.batch for run in report.agents if run.layer == 2] == [3, 3, 3]
+    loaded = [json.loads(line) for line in log.read_text().splitlines()
+              if json.loads(line)["event"] == "loaded"]
+    assert [e["instance"] for e in loaded] == ["smollm2-135m#0x3"] * 2
+    assert report.actual["crashed_workers"] == [
+        "model smollm2-135m crashed: signal 9 (SIGKILL) while idle (killed by the system, "
+        "often for lack of memory, or by a user)"]
+
+
+def test_a_batch_worker_deaf_to_a_members_cancel_is_killed_after_the_grace(
+        smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from localmoa.backends.batch import Batch
+
+    monkeypatch.setattr(worker, "CANCEL_GRACE_S", 0.5)
+    spec = ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=512)
+    model = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=1, n_seq=2)
+    batch = Batch(2, "smollm2#0")
+    outcome: list[object] = []
+
+    def quitter() -> None:
+        with batch.chat([{"role": "user", "content": COUNT}],
+                        GenerateOptions(temperature=0, max_tokens=200)) as stream:
+            next(iter(stream))
+            os.kill(model.pid, signal.SIGSTOP)  # stuck: it cannot answer the cancel
+        # leaving the with-block closed the stream: the driver sends the cancel
+
+    def stayer() -> None:
+        try:
+            batch.chat([{"role": "user", "content": COUNT}],
+                       GenerateOptions(temperature=0, max_tokens=200)).text()
+        except GenerationError as exc:
+            outcome.append(str(exc))
+
+    threads = [threading.Thread(target=f) for f in (quitter, stayer)]
+    for thread in threads:
+        thread.start()
+    with pytest.raises(GenerationError, match="did not stop within 0.5 s of a cancel"):
+        model.run_batch(batch, 1)
+    batch.close("the worker was killed")
+    for thread in threads:
+        thread.join(30)
+    assert not model.alive and outcome  # killed, and the other member was told
+    model.unload()
+
+
+def test_with_workers_off_no_worker_process_is_started(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALMOA_WORKERS", "off")
+    worker.discard_spares()
+    config = load_config().without_batching()  # three loads in one wave
+    graph = build_graph(config, "tiny", Overrides(max_tokens=4, temperature=0.0))
+    report = run_moa(config, graph, [{"role": "user", "content": "Hi"}])
+    assert report.ok and report.actual["loads"] == 3
+    assert worker.live_workers() == []
+    assert not psutil.Process().children(recursive=True)

@@ -39,12 +39,14 @@ class LlamaCppBackend:
 
         return load_in_worker(params)
 
-    def prestart(self, count: int) -> None:
-        """Have ``count`` worker processes started (interpreter up, llama.cpp imported)
-        for the next loads, so that they cost only the model's own load time."""
+    def prestart(self, specs: list[ModelSpec]) -> None:
+        """Have a worker process started (interpreter up, llama.cpp imported) for each
+        of ``specs`` that loads in one, so that its load costs only the model's own."""
         from .worker import prestart
 
-        prestart(count)
+        count = sum(uses_workers(spec) for spec in specs)
+        if count:
+            prestart(count)
 
     def close(self) -> None:
         """Stop the spare workers nobody took."""

@@ -98,7 +98,8 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
-        return not self.dead.is_set() and self.proc.poll() is None
+        """Until its reader has seen it go and written why (``death``)."""
+        return not self.dead.is_set()
 
     # --- requests -----------------------------------------------------------------------
     def request(self, kind: str, *args: Any) -> tuple[int, queue.SimpleQueue[tuple[Any, ...]]]:
@@ -156,7 +157,9 @@ class WorkerProcess:
                 message = self.conn.recv()
             except (EOFError, OSError):
                 break
-            except Exception:  # noqa: BLE001 - a reply that does not unpickle: treat as death
+            except Exception as exc:  # noqa: BLE001 - a reply that does not unpickle
+                self._kill_reason = (self._kill_reason
+                                     or f"it sent a reply that could not be read ({exc})")
                 break
             if message[0] == "ready":
                 self.ready_at = time.perf_counter()
@@ -169,6 +172,7 @@ class WorkerProcess:
         try:
             code = self.proc.wait(EXIT_GRACE_S)
         except subprocess.TimeoutExpired:  # it closed the socket but lives on: end it
+            self._kill_reason = self._kill_reason or "it closed its socket but did not exit"
             self.proc.kill()
             code = self.proc.wait()
         self._stderr_thread.join(1.0)  # the last line a dying worker wrote (an abort's)
@@ -284,7 +288,7 @@ class WorkerModel:
                 "batch", [(s.index, s.messages, s.options) for s in seqs], n_threads)
             process.phase = "prefill"
             by_index = {s.index: s for s in seqs}
-            asked: set[int] = set()
+            asked: dict[int, float] = {}  # sequence -> when its cancel was sent
             ended = False
             try:
                 while True:
@@ -304,10 +308,17 @@ class WorkerModel:
                         else:  # error or dead: the engine fails the unfinished ones
                             ended = True
                             raise GenerationError(str(reply[2]))
+                    now = time.monotonic()
                     for seq in seqs:  # an agent that stopped leaves at the next step
-                        if not seq.done and seq.index not in asked and seq.wants_stop():
-                            asked.add(seq.index)
-                            process.send(("cancel", rid, seq.index))
+                        if seq.done:
+                            continue
+                        if seq.index not in asked:
+                            if seq.wants_stop():
+                                asked[seq.index] = now
+                                process.send(("cancel", rid, seq.index))
+                        elif now > asked[seq.index] + CANCEL_GRACE_S:  # deaf: stuck
+                            process.kill(f"it did not stop within {CANCEL_GRACE_S:g} s "
+                                         "of a cancel")
             finally:
                 if not ended:
                     self._cancel(rid, replies, ("cancel", rid, None), "batch_end")
@@ -393,8 +404,12 @@ def load_in_worker(params: LoadParams) -> WorkerModel:
     if reply[0] == "loaded":
         process.phase = "idle"
         waited = max(0.0, (process.ready_at or asked) - asked)  # for its start-up
-        return WorkerModel(params, process, reply[2], {**reply[3], "worker_wait_s":
-                                                        round(waited, 4)}, prestarted)
+        try:
+            return WorkerModel(params, process, reply[2], {**reply[3], "worker_wait_s":
+                                                            round(waited, 4)}, prestarted)
+        except BaseException:  # a Ctrl-C right now: nobody would ever unload it
+            process.kill("interrupted during its load")
+            raise
     process.stop()
     raise ModelLoadError(str(reply[2]))
 

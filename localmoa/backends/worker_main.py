@@ -77,6 +77,7 @@ class _Server:
         self.model: Any = None
         self.jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._send_lock = threading.Lock()
+        self._cancel_lock = threading.Lock()  # the reader adds, the main thread forgets
         self._cancelled: set[tuple[int, int | None]] = set()
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -96,11 +97,14 @@ class _Server:
                 message = self.conn.recv()
             except (EOFError, OSError):
                 os._exit(0)  # the parent died (or closed us): never outlive it
+            except Exception:  # noqa: BLE001 - unreadable: die loudly, never hang the parent
+                os._exit(70)
             kind = message[0]
             if kind == "exit":
                 os._exit(0)
             elif kind == "cancel":
-                self._cancelled.add((message[1], message[2]))
+                with self._cancel_lock:
+                    self._cancelled.add((message[1], message[2]))
             elif kind in ("count", "cut"):
                 self._answer(message[1], functools.partial(self._tokens, message))
             else:
@@ -144,7 +148,8 @@ class _Server:
                 self.send(("error", rid, f"internal error in the model worker: "
                                          f"{type(exc).__name__}: {exc}"))
             finally:
-                self._cancelled = {c for c in self._cancelled if c[0] != rid}
+                with self._cancel_lock:
+                    self._cancelled = {c for c in self._cancelled if c[0] != rid}
 
     def _load(self, rid: int, params: Any) -> None:
         from .llamacpp_model import load_llama

@@ -29,14 +29,12 @@ def check_cpu_once(out: Output, config: Config, models: list[str]) -> None:
 
 def start_worker_early(config: Config, graph: MoaGraph) -> None:
     """Start the first model's worker process now, so that Python and llama.cpp start up
-    while the preflight reads headers and plans (run and chat; never ``plan``)."""
-    from ..backends.llamacpp import uses_workers
-
+    while the preflight reads headers and plans (``run``; never ``plan``)."""
     first = config.models[graph.layers[0][0].model] if graph.layers else None
-    if first is not None and first.backend == "llamacpp" and uses_workers(first):
-        start = getattr(get_backend("llamacpp"), "prestart", None)  # a backend may not
+    if first is not None:
+        start = getattr(get_backend(first.backend), "prestart", None)  # a backend may not
         if start is not None:
-            start(1)
+            start([first])
 
 
 def prepare(out: Output, config: Config, graph: MoaGraph,
