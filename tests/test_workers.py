@@ -267,9 +267,9 @@ def test_a_batch_worker_that_died_between_layers_comes_back_with_room_for_the_ba
     loaded = [json.loads(line) for line in log.read_text().splitlines()
               if json.loads(line)["event"] == "loaded"]
     assert [e["instance"] for e in loaded] == ["smollm2-135m#0x3"] * 2
-    assert report.actual["crashed_workers"] == [
-        "model smollm2-135m crashed: signal 9 (SIGKILL) while idle (killed by the system, "
-        "often for lack of memory, or by a user)"]
+    crashes = report.actual["crashed_workers"]
+    assert len(crashes) == 1 and crashes[0].startswith(
+        "model smollm2-135m crashed: signal 9 (SIGKILL) while idle"), crashes
 
 
 def test_a_batch_worker_deaf_to_a_members_cancel_is_killed_after_the_grace(
