@@ -34,7 +34,6 @@ class Loaded:
     started_at: float = 0.0  # perf_counter when its load began
     charged: bool = False  # its load time already reported on an agent
     busy: bool = False  # an agent is generating on it
-    abandoned: bool = False  # that agent timed out and did not stop
     #: Bytes per pool it keeps while held (the planner's cost of one instance).
     held_bytes: dict[str, int] = field(default_factory=dict)
 
@@ -147,18 +146,21 @@ class ModelHost:
                 entry.inst = Instance(model, slot, entry.inst.seqs)
                 self.loaded[entry.inst] = entry
 
-    def dead(self) -> list[Instance]:
-        """Loaded instances whose worker process died (crashed, or was killed)."""
-        return [inst for inst, entry in self.loaded.items()
+    def reap_dead(self) -> list[tuple[Instance, str]]:
+        """Drop the loaded instances whose worker process died (crashed, or was killed)
+        and nobody is using: each with why, one line. Their memory went with them."""
+        gone = [(entry.inst, getattr(entry.model, "death", None) or f"{entry.inst} died")
+                for entry in self.loaded.values()
                 if not getattr(entry.model, "alive", True) and not entry.busy]
+        for inst, _ in gone:  # after reading why: unloading is not the cause
+            self.unload(inst)
+        return gone
 
     def load(self, inst: Instance, n_threads: int) -> bool:
-        """Load ``inst`` unless it is loaded (with room for ``inst.seqs`` sequences); an
-        instance whose worker died is loaded afresh. False (and ``load_errors``) on failure."""
+        """Load ``inst`` unless it is loaded (with room for ``inst.seqs`` sequences);
+        False (and ``load_errors``) on failure."""
         if inst in self.loaded:
-            if inst not in self.dead():
-                return True
-            self.unload(inst)  # what is left of it: its memory went with its process
+            return True
         spec = self.config.models[inst.model]
         self.load_errors.pop(inst, None)
         started = time.perf_counter()
@@ -190,7 +192,7 @@ class ModelHost:
         """The agent's call on ``entry`` returned. A held instance is freed now; True then."""
         with self.lock:
             entry.busy = False
-            if not entry.abandoned:
+            if entry not in self.held:  # its agent was not abandoned
                 return False
             self.held.remove(entry)
         self._free(entry)
@@ -205,7 +207,6 @@ class ModelHost:
             if entry is None or not entry.busy:
                 return
             del self.loaded[inst]
-            entry.abandoned = True
             entry.held_bytes = dict(held_bytes)
             self.held.append(entry)
         kill = getattr(entry.model, "kill", None)

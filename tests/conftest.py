@@ -204,6 +204,6 @@ def scripted(monkeypatch: pytest.MonkeyPatch):
 
     backend = ScriptedBackend()
     backends.register("llamacpp", lambda: backend)
-    monkeypatch.setattr(engine, "GRACE_S", 0.3)
+    monkeypatch.setattr(engine.state, "GRACE_S", 0.3)
     yield backend
     backends.register("llamacpp", LlamaCppBackend)

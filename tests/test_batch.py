@@ -201,7 +201,7 @@ def test_a_batched_wave_reports_its_batch(scripted: ScriptedBackend) -> None:
 
 def test_a_timed_out_agent_leaves_the_batch_and_the_others_finish(
         scripted: ScriptedBackend, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "GRACE_S", 30.0)  # it stops at once: never abandoned
+    monkeypatch.setattr(engine.state, "GRACE_S", 30.0)  # it stops at once: never abandoned
     scripted.scripts["m"] = Script(forever_over=100)
     cfg = config({"m": {}}, [[{"model": "m", "max_tokens": 5},
                               {"model": "m", "max_tokens": 1000, "timeout_s": 0.3},

@@ -47,7 +47,7 @@ def test_scripted_run_answers(scripted: ScriptedBackend) -> None:
 
 def test_a_timeout_cuts_an_agent_at_its_next_piece(scripted: ScriptedBackend,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "GRACE_S", 30.0)  # it stops at once: never abandoned
+    monkeypatch.setattr(engine.state, "GRACE_S", 30.0)  # it stops at once: never abandoned
     scripted.scripts["chatty"] = Script(forever=True)
     cfg = config({"m": {}, "chatty": {}},
                  [[{"model": "m"}, {"model": "chatty", "timeout_s": 0.3}]], {"model": "m"})
@@ -206,7 +206,7 @@ def _signal_when(event_sets: list[threading.Event], sig: int) -> threading.Threa
 
 def test_ctrl_c_gives_all_agents_one_grace_period_in_total(
         scripted: ScriptedBackend, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "GRACE_S", 1.0)
+    monkeypatch.setattr(engine.state, "GRACE_S", 1.0)
     hold = threading.Event()
     names = [f"deaf{i}" for i in range(4)]
     for name in names:
@@ -235,7 +235,7 @@ def test_the_grace_period_is_shared_by_every_worker() -> None:
             return False
 
     workers = [type("Worker", (), {"idle": NeverIdle()})() for _ in range(4)]
-    engine._wait_for_all(workers, 2.0, clock=lambda: now[0])
+    engine.waves.wait_for_all(workers, 2.0, clock=lambda: now[0])
     assert waits == [2.0, 0.0, 0.0, 0.0]
 
 

@@ -66,7 +66,7 @@ class FaultyBackend:
 @pytest.fixture
 def faulty(tmp_path: Path, smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     backends.register("llamacpp", FaultyBackend)
-    monkeypatch.setattr(engine, "GRACE_S", 1.0)
+    monkeypatch.setattr(engine.state, "GRACE_S", 1.0)
     cfg = tmp_path / "faults.yaml"
     models = "".join(f"  {n}:\n    backend: llamacpp\n    source: {{path: {smollm2_path}}}\n"
                      "    n_ctx: 1024\n" for n in ("raises", "hangs", "crawls", "noload"))

@@ -1,0 +1,111 @@
+"""What one run of a Plan shares between the engine's parts: the host, the plan, the
+event callbacks, the control flags agents check, and what the run has seen so far."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import constants
+from ..agents import Control, internal_error
+from ..backends.base import Message
+from ..eventlog import EventLog
+from ..host import Loaded, ModelHost
+from ..memory.planner import Instance, Plan, Task, Wave
+from ..metrics import AgentRun
+from ..recipe import Agent
+
+#: After its timeout, how long an agent may take to notice and stop before it is
+#: abandoned; and, on Ctrl-C, how long all agents together get to stop.
+GRACE_S = 5.0
+
+
+@dataclass
+class RunEvents:
+    """Callbacks the engine calls while it runs; all optional, called from worker threads.
+
+    A callback that raises does not stop the run: the error becomes a warning of
+    the report (with its traceback on stderr under LOCALMOA_DEBUG=1)."""
+
+    on_agent_loading: Callable[[Agent], None] | None = None
+    on_agent_start: Callable[[Agent], None] | None = None
+    on_text: Callable[[Agent, str], None] | None = None
+    on_agent_done: Callable[[Agent, AgentRun], None] | None = None
+    on_layer_done: Callable[[int, list[AgentRun]], None] | None = None
+
+
+@dataclass
+class Execution:
+    """The state of one run of a Plan on a host."""
+
+    host: ModelHost
+    plan: Plan
+    conversation: Sequence[Message]
+    events: RunEvents
+    t0: float = field(default_factory=time.perf_counter)
+    control: Control = field(default_factory=Control)
+    warnings: list[str] = field(default_factory=list)
+    #: Held instances from before this run: the plan's budgets already leave them out.
+    held_before: list[Loaded] = field(default_factory=list)
+    abandoned_ids: set[str] = field(default_factory=set)
+    log: EventLog = field(init=False)
+    #: The text each agent has written so far (kept when it never returns).
+    partial: dict[str, list[str]] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)  # agent id -> start (run clock)
+    #: Why each model worker that died during the run died (one line each).
+    crashes: list[str] = field(default_factory=list)
+    #: Instances whose worker died, as they were loaded: a later wave that needs one
+    #: loads it afresh, with room for its batch.
+    crashed: dict[Instance, Instance] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.log = EventLog(constants.event_log(), self.t0)
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def emit(self, name: str, *args: Any) -> None:
+        """Call an event callback; one that raises becomes a warning, never a dead thread."""
+        callback = getattr(self.events, name)
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception as exc:  # noqa: BLE001 - a display bug must not cost the run
+            message = f"the {name} callback failed: " + internal_error(exc, f"{name} callback")
+            with self.control.lock:
+                if message not in self.warnings:
+                    self.warnings.append(message)
+
+    def stopping(self, agent: Agent) -> bool:
+        """Whether ``agent`` must stop: the run is stopping or its time is up."""
+        return self.control.stop.is_set() or agent.id in self.control.cancelled
+
+    def agent_start(self, agent: Agent, instance: str = "") -> None:
+        self.started[agent.id] = self.now()
+        self.log("prefill", agent=agent.id, model=agent.model, instance=instance)
+        self.emit("on_agent_start", agent)
+
+    def text(self, agent: Agent, piece: str) -> None:
+        written = self.partial.setdefault(agent.id, [])
+        if not written:
+            self.log("first_text", agent=agent.id)
+        written.append(piece)
+        self.emit("on_text", agent, piece)
+
+    def unfinished(self, agent: Agent, task: Task, wave: Wave, error: str) -> AgentRun:
+        """The report of an agent whose call did not return: what it wrote so far."""
+        now = round(self.now(), 4)
+        return AgentRun(agent=agent.id, model=agent.model, layer=agent.layer,
+                        role=role(agent), ok=False, threads=task.threads, wave=wave.index,
+                        batch=task.batch,
+                        answer="".join(self.partial.get(agent.id, [])).strip(),
+                        start_s=round(self.started.get(agent.id, now), 4), end_s=now,
+                        error=error)
+
+
+
+def role(agent: Agent) -> str:
+    return "aggregator" if agent.is_aggregator else "proposer"

@@ -1,0 +1,175 @@
+"""Running one wave: its agents on the host's threads, a driver per batch, per-agent
+deadlines, abandonment after the grace period, and Ctrl-C."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from .. import signals
+from ..agents import internal_error, run_agent
+from ..backends.base import BatchedModel
+from ..backends.batch import Batch
+from ..errors import LocalMoaError
+from ..memory.planner import Instance, Task, Wave
+from ..metrics import AgentRun
+from ..recipe import Agent
+from . import state
+from .state import Execution, role
+
+
+def run_wave(ex: Execution, wave: Wave, agents: dict[str, Agent],
+              references: list[str] | None, results: dict[str, AgentRun]) -> None:
+    """Run the wave's agents on worker threads, recording each into ``results`` as it ends;
+    enforce timeouts; on Ctrl-C stop them all (what they made is kept). Agents that share
+    an instance as a batch each read their own stream; one more thread decodes for them."""
+    workers: dict[str, Any] = {}
+    groups: dict[Instance, list[Task]] = {}
+    for task in wave.tasks:
+        if task.batch > 1:
+            groups.setdefault(Instance(task.model, task.slot), []).append(task)
+    batches = {inst: Batch(len(tasks), str(inst)) for inst, tasks in groups.items()}
+    drivers: dict[Instance, Any] = {}
+
+    def work(task: Task) -> None:
+        agent = agents[task.agent]
+        inst = Instance(task.model, task.slot)
+        batch = batches.get(inst)
+        run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=role(agent),
+                       ok=False, threads=task.threads, wave=wave.index, batch=task.batch)
+        try:
+            entry = ex.host.acquire(inst) if batch is None else ex.host.loaded.get(inst)
+            if entry is None:
+                run.start_s = run.end_s = round(ex.now(), 4)
+                run.error = ex.host.load_errors.get(inst) or f"{inst} is not loaded"
+                if batch is not None:
+                    batch.withdraw()
+            else:
+                model: Any = entry.model
+                if batch is not None:  # a sequence of the batch: it joins with its chat
+                    model = batch.member(entry.model, functools.partial(ex.stopping, agent))
+                try:
+                    with ex.control.lock:
+                        charge, entry.charged = not entry.charged, True
+                    if charge:
+                        run.load_s = round(entry.model.load_s, 4)
+                        if entry.started_at >= ex.t0:  # loaded during this run
+                            run.load_start_s = round(entry.started_at - ex.t0, 4)
+                    run_agent(agent, model, ex.host.config.models[agent.model],
+                              task.threads, ex.conversation, references, ex.control, run,
+                              ex.t0, functools.partial(ex.agent_start, instance=str(entry.inst)),
+                              ex.text)
+                finally:
+                    if batch is not None:
+                        model.leave()
+                    elif ex.host.release(entry):
+                        ex.log("released", instance=str(inst))
+        except Exception as exc:  # noqa: BLE001 - a bug here costs this agent, never the run
+            run.ok = False
+            run.error = internal_error(exc, f"agent {agent.id} ({agent.model})")
+            run.end_s = round(ex.now(), 4)
+        with ex.control.lock:
+            if task.agent in results:  # abandoned meanwhile: its report stands
+                return
+            results[task.agent] = run
+        ex.log("agent_done", agent=agent.id, ok=run.ok, error=run.error)
+        ex.emit("on_agent_done", agent, run)
+
+    def drive(inst: Instance, batch: Batch, threads: int) -> None:
+        """Decode for the agents of one batch, holding its instance meanwhile."""
+        entry = ex.host.acquire(inst)
+        if entry is None:
+            batch.fail(ex.host.load_errors.get(inst) or f"{inst} is not loaded")
+            return
+        ex.log("batch", instance=str(inst), size=batch.size)
+        try:
+            cast(BatchedModel, entry.model).run_batch(batch, threads)
+        except LocalMoaError as exc:
+            batch.fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug costs this batch, never the run
+            batch.fail(internal_error(exc, f"batch on {inst}"))
+        finally:
+            batch.close()
+            if ex.host.release(entry):
+                ex.log("released", instance=str(inst))
+
+    started = time.monotonic()
+    cancelled_at: dict[str, float] = {}  # when each late agent was told to stop
+    try:
+        for index, task in enumerate(wave.tasks):
+            worker = ex.host.threads.get(index)
+            worker.submit(functools.partial(work, task))
+            workers[task.agent] = worker
+        for index, (inst, batch) in enumerate(batches.items(), start=len(wave.tasks)):
+            worker = ex.host.threads.get(index)
+            worker.submit(functools.partial(drive, inst, batch, groups[inst][0].threads))
+            drivers[inst] = worker
+        while True:
+            # every agent's job to its end (its on_agent_done included), but an abandoned
+            # one; and each batch's decoding while one of its agents is still waited for
+            with ex.control.lock:
+                waiting = [a for a, w in workers.items()
+                           if not w.idle.is_set() and a not in ex.abandoned_ids]
+                decoding = [w for inst, w in drivers.items() if not w.idle.is_set()
+                            and any(t.agent not in ex.abandoned_ids for t in groups[inst])]
+            if not waiting and not decoding:
+                break
+            now = time.monotonic()
+            for agent_id in waiting:
+                timeout = agents[agent_id].timeout_s
+                if timeout is None or now < started + timeout or agent_id in results:
+                    continue
+                if agent_id not in cancelled_at:
+                    cancelled_at[agent_id] = now
+                    ex.control.cancelled.add(agent_id)  # it stops at its next piece of text
+                elif now >= cancelled_at[agent_id] + state.GRACE_S:
+                    abandon(ex, agents[agent_id], wave, results)
+            (workers[waiting[0]] if waiting else decoding[0]).idle.wait(0.05)
+            signals.check()
+    except KeyboardInterrupt:
+        ex.control.stop.set()  # every agent stops at its next piece of text
+        for batch in batches.values():
+            batch.abort("interrupted")  # members that never joined are not waited for
+        wait_for_all([*workers.values(), *drivers.values()], state.GRACE_S)
+        for task in wave.tasks:
+            if task.agent not in workers:  # interrupted before it started
+                with ex.control.lock:
+                    results.setdefault(task.agent, ex.unfinished(
+                        agents[task.agent], task, wave, "interrupted"))
+            elif (not workers[task.agent].idle.is_set()
+                  and task.agent not in ex.abandoned_ids):
+                # deaf to the stop: its instance must not be handed out again (a chat)
+                abandon(ex, agents[task.agent], wave, results,
+                         f"interrupted (did not stop within {state.GRACE_S:g} s)")
+        raise
+
+
+def wait_for_all(workers: list[Any], grace_s: float,
+                  clock: Callable[[], float] = time.monotonic) -> None:
+    """Wait until every worker is idle, ``grace_s`` for all of them together."""
+    deadline = clock() + grace_s
+    for worker in workers:
+        worker.idle.wait(max(0.0, deadline - clock()))
+
+
+def abandon(ex: Execution, agent: Agent, wave: Wave, results: dict[str, AgentRun],
+             error: str | None = None) -> None:
+    """An agent's backend did not return after its timeout (or a Ctrl-C): report it and
+    move on. Its instance is held, out of the plan, and freed when the call returns."""
+    task = next(t for t in wave.tasks if t.agent == agent.id)
+    inst = Instance(task.model, task.slot)
+    with ex.control.lock:
+        if agent.id in results or agent.id in ex.abandoned_ids:
+            return
+        ex.abandoned_ids.add(agent.id)
+        results[agent.id] = ex.unfinished(agent, task, wave, error or (
+            f"timed out after {agent.timeout_s:g} s and did not stop; abandoned (its model "
+            "instance is freed when the call returns)"))
+    cost = ex.plan.costs.get(task.model)
+    entry = ex.host.loaded.get(inst)
+    seqs = entry.inst.seqs if entry is not None else 1
+    ex.host.abandon(inst, cost.instance(seqs) if cost else {})
+    ex.log("abandoned", agent=agent.id, instance=str(inst))
+    ex.emit("on_agent_done", agent, results[agent.id])
