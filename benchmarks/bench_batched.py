@@ -59,8 +59,9 @@ REFERENCES = [
 MAX_TOKENS = 96
 
 CHILD = r"""
-import json, sys, threading, time
+import json, os, sys, threading, time
 from pathlib import Path
+os.environ["LOCALMOA_WORKERS"] = "off"  # the models in this process: its memory is theirs
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.batch import Batch
 from localmoa.backends.llamacpp import LlamaCppBackend

@@ -48,7 +48,7 @@ stream = model.chat([{"role": "user", "content": sys.argv[4]}],
                     GenerateOptions(temperature=0.0, max_tokens=128, seed=1, n_threads=threads))
 text = stream.text()
 st = stream.stats
-print(json.dumps({"repack": model.cpu_repack, "load_s": model.load_s,
+print(json.dumps({"repack": model.runtime_facts["cpu_repack"], "load_s": model.load_s,
                   "prompt_tokens": st.prompt_tokens, "prompt_tok_per_s": st.prompt_tok_per_s,
                   "decode_tokens": st.decode_tokens, "decode_tok_per_s": st.decode_tok_per_s,
                   "text": text}))

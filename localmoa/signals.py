@@ -47,3 +47,11 @@ def clear() -> None:
     """Forget a handled Ctrl-C (a chat goes back to its prompt and continues)."""
     _requested.clear()
     _terminated.clear()
+
+
+def name_of(number: int) -> str:
+    """SIGSEGV for 11: a signal's name, for the line that reports a child's death."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"

@@ -22,5 +22,5 @@ _, pss1 = process_memory()
 second = LlamaCppBackend().load("m", spec, path, n_threads=2)
 second.llm.eval([second.llm.token_bos(), *prompt])
 _, pss2 = process_memory()
-print(json.dumps({"second_pss": pss2 - pss1, "cpu_repack": second.cpu_repack,
+print(json.dumps({"second_pss": pss2 - pss1, "cpu_repack": second.runtime_facts["cpu_repack"],
                   "use_extra_bufts": bool(second.llm.model_params.use_extra_bufts)}))

@@ -29,7 +29,7 @@ class LlamaCppBackend:
         if path is None:
             raise ModelLoadError(f"model {name!r}: llama.cpp needs a GGUF file")
         params = LoadParams(
-            name=name, path=str(path), n_ctx=spec.n_ctx, n_seq=max(1, n_seq),
+            name=name, path=str(path), n_ctx=spec.n_ctx, n_seq=n_seq,
             n_batch=spec.n_batch, n_threads=n_threads, n_gpu_layers=spec.n_gpu_layers,
             kv_type=spec.kv_type, flash_attn=flash_attn_mode(spec), use_mmap=spec.use_mmap,
             chat_format=spec.chat_format, cpu_repack=repack.choose(spec.cpu_repack).enabled)

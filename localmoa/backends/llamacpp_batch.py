@@ -293,8 +293,6 @@ def _run(lib: Any, ctx: Any, vocab: Any, memory: Any, live: list[_Live], n_batch
             batch.decode(ctx)
             if not drop_stopped():
                 return
-        for state in live:
-            state.pos = shared
         # 2. each prompt's own rest; a sequence samples after the chunk holding its end
         rest = [(s, pos) for s in live for pos in range(shared, len(s.tokens))]
         for start in range(0, len(rest), n_batch):

@@ -137,17 +137,16 @@ class _TokenClock:
 class LlamaCppModel:
     """One llama.cpp model instance (model + context). One chat at a time."""
 
-    def __init__(self, name: str, llm: Any, load_s: float, cpu_repack: bool = True,
-                 n_seq: int = 1, n_ctx_seq: int = 0, flash_attn: str = "auto") -> None:
+    def __init__(self, name: str, llm: Any, load_s: float, n_seq: int, n_ctx_seq: int,
+                 flash_attn: str) -> None:
         self.name = name
         self.llm = llm
         self.load_s = load_s
-        self.cpu_repack = cpu_repack
-        self.n_ctx_seq = n_ctx_seq or (llm.n_ctx() if llm is not None else 0)
-        if llm is not None:  # what llama.cpp was given
-            cpu_repack = bool(getattr(llm.model_params, "use_extra_bufts", cpu_repack))
-        self.runtime_facts: dict[str, Any] = {"cpu_repack": cpu_repack,
-                                              "flash_attn": flash_attn, "n_seq": n_seq}
+        self.n_ctx_seq = n_ctx_seq
+        self.runtime_facts: dict[str, Any] = {  # cpu_repack: what llama.cpp was given
+            "cpu_repack": bool(getattr(llm.model_params, "use_extra_bufts", True)),
+            "flash_attn": flash_attn,
+            "n_seq": n_seq}
         self._busy = threading.Lock()  # one generation at a time (held while it streams)
         self._lock = threading.Lock()  # any use of the llama object (tokenizer included)
         self._owner: int | None = None  # the thread whose generation holds ``_lock``
@@ -342,5 +341,5 @@ def load_llama(params: LoadParams) -> LlamaCppModel:
         raise ModelLoadError(
             f"model {params.name!r}: llama.cpp could not load {params.path}: {exc} (is it a "
             f"complete GGUF file? is there enough memory for n_ctx={params.n_ctx}?)") from None
-    return LlamaCppModel(params.name, llm, time.perf_counter() - started, params.cpu_repack,
-                         n_seq=n_seq, n_ctx_seq=params.n_ctx, flash_attn=params.flash_attn)
+    return LlamaCppModel(params.name, llm, time.perf_counter() - started, n_seq=n_seq,
+                         n_ctx_seq=params.n_ctx, flash_attn=params.flash_attn)

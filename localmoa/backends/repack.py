@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import constants
+from .. import constants, signals
 from ..errors import UsageError
 
 RepackMode = Literal["auto", "on", "off"]
@@ -170,7 +170,9 @@ def verdict(recheck: bool = False) -> Verdict:
 def cached_verdict() -> Verdict | None:
     """The verdict already known for this build and CPU, without running anything."""
     key = build_key()
-    return _memo.get(key) or _read_cache().get(key)
+    if key not in _memo and (found := _read_cache().get(key)) is not None:
+        _memo[key] = found  # read the cache file once per process
+    return _memo.get(key)
 
 
 def needs_canary(modes: list[RepackMode | None]) -> bool:
@@ -220,10 +222,7 @@ def run_canary(key: str) -> Verdict:
 
 
 def _signal_name(number: int) -> str:
-    try:
-        return f"{signal.Signals(number).name} (signal {number})"
-    except ValueError:
-        return f"signal {number}"
+    return f"{signals.name_of(number)} (signal {number})"
 
 
 @functools.cache

@@ -33,7 +33,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .. import constants
+from .. import constants, signals
 from ..errors import GenerationError, ModelLoadError
 from .base import ChatStream, GenerateOptions, Message
 from .batch import Batch
@@ -78,7 +78,6 @@ class WorkerProcess:
         self.label = "a model"  # the model's name once it loads one
         self.phase = "start-up"  # start-up, load, prefill, decode or idle: for a crash report
         self.ready = threading.Event()
-        self.ready_s: float | None = None  # start to ready (interpreter + llama.cpp import)
         self.ready_at: float | None = None
         self.dead = threading.Event()
         self.death: str | None = None
@@ -97,9 +96,14 @@ class WorkerProcess:
                          daemon=True).start()
 
     @property
+    def ready_s(self) -> float | None:
+        """Start to ready: the interpreter up and llama.cpp imported."""
+        return None if self.ready_at is None else self.ready_at - self.started_at
+
+    @property
     def alive(self) -> bool:
-        """Until its reader has seen it go and written why (``death``)."""
-        return not self.dead.is_set()
+        """Whether the process still runs (``death`` says why once it is gone)."""
+        return not self.dead.is_set() and self.proc.poll() is None
 
     # --- requests -----------------------------------------------------------------------
     def request(self, kind: str, *args: Any) -> tuple[int, queue.SimpleQueue[tuple[Any, ...]]]:
@@ -163,7 +167,6 @@ class WorkerProcess:
                 break
             if message[0] == "ready":
                 self.ready_at = time.perf_counter()
-                self.ready_s = self.ready_at - self.started_at
                 self.ready.set()
                 continue
             replies = self._queues.get(message[1])
@@ -192,10 +195,7 @@ class WorkerProcess:
         if self._stopping:
             return f"model {self.label} was unloaded"
         if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = "unknown signal"
+            name = signals.name_of(-code)
             text = f"model {self.label} crashed: signal {-code} ({name}) {self._when()}"
             if -code == signal.SIGKILL:
                 text += " (killed by the system, often for lack of memory, or by a user)"
@@ -228,7 +228,6 @@ class WorkerModel:
     def __init__(self, params: LoadParams, process: WorkerProcess, load_s: float,
                  facts: dict[str, Any], prestarted: bool) -> None:
         self.name = params.name
-        self.params = params
         self.process = process
         self.load_s = load_s
         self.runtime_facts: dict[str, Any] = {
@@ -247,6 +246,13 @@ class WorkerModel:
     def alive(self) -> bool:
         """False once its worker died (a later wave loads a fresh one)."""
         return self.process.alive
+
+    @property
+    def death(self) -> str | None:
+        """Why its worker is gone, one line (None while it runs)."""
+        if not self.process.alive:
+            self.process.dead.wait(EXIT_GRACE_S)  # its reader is writing why
+        return self.process.death
 
     def chat(self, messages: Sequence[Message], options: GenerateOptions) -> ChatStream:
         return ChatStream(lambda stream: self._generate(stream, messages, options))
@@ -272,7 +278,7 @@ class WorkerModel:
                     raise GenerationError(str(reply[2]))
             finally:
                 if not ended:  # its reader stopped early: the worker stops too
-                    self._cancel(rid, replies, ("cancel", rid, None), "end")
+                    self._cancel(rid, replies, "end")
                 process.forget(rid)
                 process.phase = "idle"
 
@@ -321,15 +327,15 @@ class WorkerModel:
                                          "of a cancel")
             finally:
                 if not ended:
-                    self._cancel(rid, replies, ("cancel", rid, None), "batch_end")
+                    self._cancel(rid, replies, "batch_end")
                 process.forget(rid)
                 process.phase = "idle"
 
     def _cancel(self, rid: int, replies: queue.SimpleQueue[tuple[Any, ...]],
-                message: tuple[Any, ...], last: str) -> None:
-        """Ask the worker to stop request ``rid`` and wait for it to say so; kill it when
-        it does not within CANCEL_GRACE_S (stuck in native code)."""
-        self.process.send(message)
+                last: str) -> None:
+        """Ask the worker to stop request ``rid`` and wait for its ``last`` reply; kill it
+        when it does not come within CANCEL_GRACE_S (stuck in native code)."""
+        self.process.send(("cancel", rid, None))
         deadline = time.monotonic() + CANCEL_GRACE_S
         while (left := deadline - time.monotonic()) > 0:
             try:

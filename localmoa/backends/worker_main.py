@@ -120,11 +120,8 @@ class _Server:
     def _answer(self, rid: int, compute: Callable[[], Any]) -> None:
         try:
             value = compute()
-        except LocalMoaError as exc:
-            self.send(("error", rid, str(exc)))
         except Exception as exc:  # noqa: BLE001 - the parent reports it as the agent's failure
-            self.send(("error", rid, f"internal error in the model worker: "
-                                     f"{type(exc).__name__}: {exc}"))
+            self.send(("error", rid, _error_text(exc)))
         else:
             self.send(("value", rid, value))
 
@@ -142,11 +139,8 @@ class _Server:
                     self._batch(rid, message[2], message[3])
                 else:
                     self.send(("error", rid, f"unknown request {kind!r}"))
-            except LocalMoaError as exc:
-                self.send(("error", rid, str(exc)))
             except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
-                self.send(("error", rid, f"internal error in the model worker: "
-                                         f"{type(exc).__name__}: {exc}"))
+                self.send(("error", rid, _error_text(exc)))
             finally:
                 with self._cancel_lock:
                     self._cancelled = {c for c in self._cancelled if c[0] != rid}
@@ -177,13 +171,18 @@ class _Server:
         message = "batched decoding ended without finishing this sequence"
         try:
             self.model.decode(members, n_threads)
-        except LocalMoaError as exc:
-            message = str(exc)
         except Exception as exc:  # noqa: BLE001 - the batch's agents fail, not the worker
-            message = f"internal error in the model worker: {type(exc).__name__}: {exc}"
+            message = _error_text(exc)
         for seq in members:  # whatever the loop did not finish
             seq.fail(message)
         self.send(("batch_end", rid))
+
+
+def _error_text(exc: Exception) -> str:
+    """The one line the parent reports for a failed request."""
+    if isinstance(exc, LocalMoaError):
+        return str(exc)
+    return f"internal error in the model worker: {type(exc).__name__}: {exc}"
 
 
 def main(argv: list[str]) -> None:

@@ -106,8 +106,6 @@ class Plan:
     #: What an instance of each model costs: the engine's check when reality departs
     #: from the plan (an agent that timed out keeps its instance busy).
     costs: dict[str, ModelCost] = field(default_factory=dict)
-    #: Sequences the first instance of each model kept at the end has room for.
-    resident_seqs_at_end: dict[str, int] = field(default_factory=dict)
 
     @property
     def loads(self) -> int:
@@ -264,8 +262,7 @@ def plan(graph: MoaGraph, footprints: Mapping[str, Footprint], budgets: Mapping[
             peak[pool] = max(peak.get(pool, 0), amount)
     return Plan(waves=waves, budgets=dict(budgets), peak_bytes=peak, cores=cores,
                 unloads_first=before, resident_at_end=dict(loaded),
-                costs={m: ModelCost.of(footprints[m]) for m in graph.models},
-                resident_seqs_at_end={m: seqs.get(m, 1) for m in loaded})
+                costs={m: ModelCost.of(footprints[m]) for m in graph.models})
 
 
 def _shape(members: Sequence[Agent], footprints: Mapping[str, Footprint],

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -229,10 +231,6 @@ class WorkerMemory:
     peak_rss_bytes: int = 0
     peak_pss_bytes: int = 0
 
-    def to_dict(self) -> dict[str, int | str]:
-        return {"instance": self.instance, "pid": self.pid,
-                "peak_rss_bytes": self.peak_rss_bytes, "peak_pss_bytes": self.peak_pss_bytes}
-
 
 class MemorySampler:
     """Peak RSS and PSS growth over the start (``peak_*``) of this process and its
@@ -287,6 +285,6 @@ class MemorySampler:
         self.peak_rss = max(self.peak_rss, rss - self.base_rss)
         self.peak_pss = max(self.peak_pss, pss - self.base_pss)
 
-    def worker_peaks(self) -> list[dict[str, int | str]]:
+    def worker_peaks(self) -> list[dict[str, Any]]:
         """Each worker's peaks, in the order they were first seen."""
-        return [w.to_dict() for w in self.workers.values()]
+        return [dataclasses.asdict(w) for w in self.workers.values()]
