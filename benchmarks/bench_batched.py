@@ -65,14 +65,14 @@ os.environ["LOCALMOA_WORKERS"] = "off"  # the models in this process: its memory
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.batch import Batch
 from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.config import ModelSpec, Source
+from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
 from localmoa.memory.planner import split_threads
 from localmoa.memory.probe import process_memory
 from localmoa.prompts import agent_messages
 path, fmt, n, shape = Path(sys.argv[1]), sys.argv[2] or None, int(sys.argv[3]), sys.argv[4]
 kind, cores = sys.argv[5], int(sys.argv[6])
 personas, question, references, max_tokens = json.loads(sys.argv[7])
-spec = ModelSpec(backend="llamacpp", source=Source(path=str(path)), n_ctx=1024, chat_format=fmt)
+spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(path)), n_ctx=1024, chat_format=fmt)
 conv = [{"role": "user", "content": question}]
 requests = []
 for i in range(n):

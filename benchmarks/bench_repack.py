@@ -39,9 +39,9 @@ import json, sys
 from pathlib import Path
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.config import ModelSpec, Source
+from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
 path, chat_format, threads = Path(sys.argv[1]), sys.argv[2] or None, int(sys.argv[3])
-spec = ModelSpec(backend="llamacpp", source=Source(path=str(path)), n_ctx=2048,
+spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(path)), n_ctx=2048,
                  chat_format=chat_format)
 model = LlamaCppBackend().load("m", spec, path, n_threads=threads)
 stream = model.chat([{"role": "user", "content": sys.argv[4]}],

@@ -46,11 +46,11 @@ class Control:
 
 
 def token_counter(model: LoadedModel) -> tuple[Callable[[str], int], Callable[[str, int], str]]:
-    """Count and cut text in the model's own tokens; ~3 characters a token without one."""
-    count = getattr(model, "count_tokens", None)
-    cut = getattr(model, "cut_tokens", None)
-    if callable(count) and callable(cut):
-        return count, cut
+    """Count and cut text in the model's own tokens; ~3 characters a token where the
+    model cannot tokenize (its count_tokens says None)."""
+    if model.count_tokens("") is not None:
+        return (lambda text: model.count_tokens(text) or 0), \
+            (lambda text, n: model.cut_tokens(text, n) or "")
     return (lambda text: len(text) // 3 + 1), (lambda text, n: text[: n * 3])
 
 
@@ -116,6 +116,7 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
             run.finish_reason = stats.finish_reason
             run.batch = stats.batch_size
             run.shared_prompt_tokens = stats.shared_tokens
+            run.timing = stats.timing
         run.answer = "".join(pieces).strip()
         run.ok = bool(run.answer)
         if not run.ok:

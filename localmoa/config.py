@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -20,7 +20,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -50,158 +49,49 @@ FLASH_ATTN_HELP = ("llama.cpp flash attention: auto lets llama.cpp decide (on wh
 WORKERS_HELP = ("Each loaded llama.cpp model runs in a worker process of its own, so a native "
                 "crash costs its agents, not the run, and unloading returns all its memory; "
                 "off loads models into localmoa's process (LOCALMOA_WORKERS wins).")
-PARALLEL_HELP = ("How many agents of this model are sent to the Ollama daemon at once; set it "
-                 "to the daemon's OLLAMA_NUM_PARALLEL. Default: 1.")
-
-#: Keys that only one backend reads, and what to write instead on the other one.
-_BACKEND_ONLY = {
-    "batch": ("llamacpp", "batch applies to backend: llamacpp only; for Ollama set parallel"),
-    "flash_attn": ("llamacpp", "flash_attn applies to backend: llamacpp only; Ollama sets it "
-                   "with OLLAMA_FLASH_ATTENTION on the daemon"),
-    "workers": ("llamacpp", "workers applies to backend: llamacpp only; an Ollama daemon "
-                "runs its own runner processes"),
-    "parallel": ("ollama", "parallel applies to backend: ollama only; llama.cpp models batch "
-                 "their agents themselves (batch: on)"),
-}
-#: Top-level keys that are every llama.cpp model's default where the model does not set them.
-_LLAMACPP_DEFAULTS = ("cpu_repack", "batch", "flash_attn", "workers")
 
 
-class _Strict(BaseModel):
-    # strict: "512" is not an int; extra=forbid: a typo is an error, not ignored.
+class StrictModel(BaseModel):
+    """A models.yaml mapping: strict types ("512" is not an int) and no unknown keys (a
+    typo is an error, not ignored). Backends build their entry schemas on it."""
+
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class Source(_Strict):
-    """Where a model's GGUF comes from. Exactly one form:
+class ModelSpec(StrictModel):
+    """What every model entry has. Each backend's ``spec_class`` subclasses it with its
+    own keys, so each backend validates its own entries (with file:line errors)."""
 
-    - ``path``: a local GGUF file;
-    - ``repo`` + ``file``: a file of a Hugging Face repo, from the local cache only;
-    - ``repo: org/name:QUANT``: the GGUF of that quant in a cached Hugging Face repo;
-    - ``package`` + ``file``: a GGUF shipped inside an installed Python package;
-    - ``ollama: TAG``: a model pulled into an Ollama daemon (backend: ollama).
-    """
-
-    path: str | None = Field(None, description="Local GGUF path (~ expanded).")
-    repo: str | None = Field(None, description="Hugging Face repo id, optionally ':QUANT'.")
-    file: str | None = Field(None, description="File inside the repo or the package.")
-    package: str | None = Field(None, description="Importable Python package holding the GGUF.")
-    ollama: str | None = Field(None, description="Ollama tag, e.g. qwen2.5:7b-instruct.")
-
-    @model_validator(mode="after")
-    def _one_form(self) -> Source:
-        if self.ollama is not None:
-            if self.path or self.repo or self.package or self.file:
-                raise ValueError("ollama: TAG stands alone; remove path/repo/package/file")
-            if not self.ollama.strip():
-                raise ValueError("ollama needs a tag such as qwen2.5:7b-instruct")
-        elif self.path is not None:
-            if self.repo or self.package or self.file:
-                raise ValueError("give either path, repo (+ file) or package + file, not several")
-        elif self.package is not None:
-            if self.repo:
-                raise ValueError("give either repo or package, not both")
-            if not self.file:
-                raise ValueError("package needs file: the GGUF's name inside the package")
-        elif self.repo is not None:
-            if ":" not in self.repo and not self.file:
-                raise ValueError("repo needs file, or write it as repo: org/name:QUANT")
-        else:
-            raise ValueError("give one of path, repo (+ file), package + file, or ollama")
-        return self
-
-    def describe(self) -> str:
-        """Short human form: the path, hf:repo/file, pkg:package/file or ollama:tag."""
-        if self.ollama is not None:
-            return f"ollama:{self.ollama}"
-        if self.path is not None:
-            return self.path
-        if self.package is not None:
-            return f"pkg:{self.package}/{self.file}"
-        return f"hf:{self.repo}" + (f"/{self.file}" if self.file else "")
-
-
-class ModelSpec(_Strict):
-    """A named model: which backend serves it, where its weights are, how to load it."""
-
-    backend: Literal["llamacpp", "ollama"] = Field(description="Which backend serves it.")
-    source: Source
+    backend: str = Field(description="Which backend serves it: llamacpp, ollama, openai, "
+                         "or an installed plugin's name.")
     description: str = ""
-    host: str | None = Field(None, description="Ollama daemon URL; default $OLLAMA_HOST or "
-                             "http://127.0.0.1:11434.")
-    allow_remote: bool = Field(False, description="Allow a host that is not this machine.")
     n_ctx: int = Field(2048, ge=64, le=1_048_576, description="Context length in tokens.")
-    n_batch: int = Field(512, ge=1, le=65_536, description="Prompt batch size in tokens.")
-    n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
-    kv_type: KvType = Field("f16", description="KV cache element type (q8_0 halves it).")
-    use_mmap: bool = True
-    chat_format: str | None = Field(
-        None, description="llama-cpp-python chat format (e.g. chatml, gemma, llama-3) for a "
-        "GGUF without a chat template; default: the template in the GGUF.")
-    cpu_repack: AutoOnOff | None = Field(None, description=REPACK_HELP + " Default: the "
-                                          "top-level cpu_repack, else auto.")
-    batch: OnOff | None = Field(None, description=BATCH_HELP + " Default: the top-level "
-                                "batch, else on. llamacpp only.")
-    flash_attn: AutoOnOff | None = Field(None, description=FLASH_ATTN_HELP + " Default: the "
-                                         "top-level flash_attn, else auto. llamacpp only.")
-    workers: OnOff | None = Field(None, description=WORKERS_HELP + " Default: the top-level "
-                                  "workers, else on. llamacpp only.")
-    parallel: int | None = Field(None, ge=1, le=64, description=PARALLEL_HELP + " ollama only.")
 
-    @field_validator("batch", "flash_attn", "workers", "parallel")
-    @classmethod
-    def _only_for_its_backend(cls, value: Any, info: ValidationInfo) -> Any:
-        # A field validator (not the model's) so the error names the key and its line.
-        backend, message = _BACKEND_ONLY[str(info.field_name)]
-        if value is not None and info.data.get("backend", backend) != backend:
-            raise ValueError(message)
-        return value
+    #: Top-level keys of models.yaml that are this backend's entries' defaults.
+    INHERITED: ClassVar[tuple[str, ...]] = ()
+    #: Keys other backends take, with what to write on this one instead.
+    MISPLACED: ClassVar[dict[str, str]] = {}
 
-    @model_validator(mode="after")
-    def _backend_matches_source(self) -> ModelSpec:
-        if self.backend == "ollama":
-            if self.source.ollama is None:
-                raise ValueError("backend ollama needs source: {ollama: TAG}")
-            if self.cpu_repack is not None:
-                raise ValueError("cpu_repack applies to backend: llamacpp only")
-            if self.host is not None:
-                try:  # the client's parser: a bad port is a config error with file:line
-                    constants.ollama_host(self.host)
-                except ConfigError as exc:
-                    raise ValueError(str(exc)) from None
-            if self.host is not None and not self.allow_remote and not is_loopback(self.host):
-                raise ValueError(
-                    f"host {self.host} is not this machine; localmoa only talks to loopback "
-                    "unless you add allow_remote: true to this model")
-        else:
-            if self.source.ollama is not None:
-                raise ValueError("source ollama needs backend: ollama")
-            if self.host is not None:
-                raise ValueError("host applies to backend: ollama only")
+    def where(self) -> str:
+        """Where the model lives, short (a path, hf:repo/file, ollama:tag, a URL)."""
+        return ""
+
+    def without_batching(self) -> ModelSpec:
+        """This entry with its agents on separate instances (``--no-batch``)."""
         return self
 
-
-def is_loopback(url: str) -> bool:
-    """Whether an Ollama host, in any form OLLAMA_HOST takes, names this machine.
-
-    The host is parsed as the official client parses it (``:56789`` is 127.0.0.1,
-    empty is OLLAMA_HOST's daemon); this machine is what the socket guard lets
-    through: localhost, 127/8, ::1 and the unspecified 0.0.0.0 / ::.
-    """
-    from urllib.parse import urlsplit
-
-    from .netguard import is_this_machine
-
-    return is_this_machine(urlsplit(constants.ollama_host(url)).hostname or "")
+    def report_facts(self) -> dict[str, Any]:
+        """The settings of this entry the run report shows next to the model."""
+        return {}
 
 
-class HostSpec(_Strict):
-    """An Ollama daemon on another machine: how much the planner may place on it."""
+class HostSpec(StrictModel):
+    """A daemon on another machine: how much the planner may place on it."""
 
     memory_budget: str | None = Field(None, description="e.g. 20GiB; default: no limit.")
 
 
-class AgentSpec(_Strict):
+class AgentSpec(StrictModel):
     """One agent of a profile: a model with its own prompt and sampling."""
 
     model: str
@@ -223,7 +113,7 @@ class AgentSpec(_Strict):
         return value
 
 
-class Profile(_Strict):
+class Profile(StrictModel):
     """A MoA recipe: proposer layers, then the final aggregator."""
 
     description: str = ""
@@ -238,7 +128,11 @@ class Profile(_Strict):
         return self
 
 
-class ConfigFile(_Strict):
+#: Top-level keys that are the default of the models whose backend lists them in INHERITED.
+_TOP_LEVEL_DEFAULTS = ("cpu_repack", "batch", "flash_attn", "workers")
+
+
+class ConfigFile(StrictModel):
     """The shape of one models.yaml."""
 
     default_profile: str | None = None
@@ -246,7 +140,8 @@ class ConfigFile(_Strict):
     batch: OnOff | None = Field(None, description=BATCH_HELP + " Default: on.")
     flash_attn: AutoOnOff | None = Field(None, description=FLASH_ATTN_HELP + " Default: auto.")
     workers: OnOff | None = Field(None, description=WORKERS_HELP + " Default: on.")
-    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    #: Each entry is validated by its backend's own schema (``parse_models``).
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     profiles: dict[str, Profile] = Field(default_factory=dict)
     ollama_hosts: dict[str, HostSpec] = Field(default_factory=dict)
 
@@ -297,11 +192,10 @@ class Config:
         return name, self.profiles[name]
 
     def without_batching(self) -> Config:
-        """A copy in which every llama.cpp model runs each agent on its own instance
-        (``--no-batch``); origins and files are kept, so errors still name lines."""
-        models = {name: spec.model_copy(update={"batch": "off"})
-                  if spec.backend == "llamacpp" else spec
-                  for name, spec in self.models.items()}
+        """A copy in which every model runs each agent on its own instance (``--no-batch``;
+        each backend's spec says what that means for it); origins and files are kept, so
+        errors still name lines."""
+        models = {name: spec.without_batching() for name, spec in self.models.items()}
         return replace(self, models=models, batch="off", files=list(self.files),
                        _origins=dict(self._origins))
 
@@ -367,9 +261,12 @@ def _find_duplicate_key(node: yaml.Node | None) -> tuple[str, int] | None:
     return None
 
 
-def _pydantic_message(err: Any) -> str:
+def _pydantic_message(err: Any, misplaced: dict[str, str] | None = None) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
+        key = str(err["loc"][-1]) if err["loc"] else ""
+        if misplaced and key in misplaced:
+            return misplaced[key]
         return "unknown key (check the spelling; see models.yaml in the README)"
     if kind == "missing":
         return "required field is missing"
@@ -380,8 +277,61 @@ def _pydantic_message(err: Any) -> str:
     return msg
 
 
-def read_config_file(path: Path) -> tuple[ConfigFile, _NodeIndex]:
-    """Parse and validate one models.yaml."""
+def _raise_first(exc: ValidationError, file: str, index: _NodeIndex,
+                 prefix: tuple[Any, ...] = (), misplaced: dict[str, str] | None = None) -> None:
+    """The first of pydantic's errors as one line with its file, line and field."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = (*prefix, *first["loc"])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    raise ConfigError(_pydantic_message(first, misplaced) + more, file=file,
+                      line=index.line_of(loc), field=_format_loc(loc)) from None
+
+
+def spec_class(backend: Any) -> type[ModelSpec]:
+    """The schema of ``backend: NAME`` entries (the backend's own pydantic model);
+    ConfigError when no installed backend has that name."""
+    from .backends import backend_class
+
+    if not isinstance(backend, str) or not backend:
+        from .backends import known_backends
+
+        raise ConfigError(f"backend must be a name: one of {', '.join(known_backends())}"
+                          f" (got {backend!r})")
+    return backend_class(backend).spec_class
+
+
+def model_spec(data: dict[str, Any]) -> ModelSpec:
+    """One model entry validated by its backend's schema (for code and tests; a file
+    goes through ``read_config_file``, whose errors name the line)."""
+    return spec_class(data.get("backend")).model_validate(data)
+
+
+def parse_models(entries: dict[str, dict[str, Any]], file: str,
+                 index: _NodeIndex) -> dict[str, ModelSpec]:
+    """Each model entry of one file, validated by its own backend's schema."""
+    specs: dict[str, ModelSpec] = {}
+    for name, entry in entries.items():
+        where = ("models", name)
+        if "backend" not in entry:
+            raise ConfigError("required field is missing (write backend: llamacpp, ollama, "
+                              "openai, or an installed plugin's name)", file=file,
+                              line=index.line_of(where), field=_format_loc((*where, "backend")))
+        try:
+            cls = spec_class(entry["backend"])
+        except ConfigError as exc:
+            raise ConfigError(exc.message, file=file,
+                              line=index.line_of((*where, "backend")),
+                              field=_format_loc((*where, "backend"))) from None
+        try:
+            specs[name] = cls.model_validate(entry)
+        except ValidationError as exc:
+            _raise_first(exc, file, index, where, cls.MISPLACED)
+    return specs
+
+
+def read_config_file(path: Path) -> tuple[ConfigFile, _NodeIndex, dict[str, ModelSpec]]:
+    """Parse and validate one models.yaml: the file, its node index, its models."""
     name = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -412,13 +362,8 @@ def read_config_file(path: Path) -> tuple[ConfigFile, _NodeIndex]:
     try:
         parsed = ConfigFile.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0]
-        loc = tuple(first["loc"])
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(_pydantic_message(first) + more, file=name,
-                          line=index.line_of(loc), field=_format_loc(loc)) from None
-    return parsed, index
+        _raise_first(exc, name, index)
+    return parsed, index, parse_models(parsed.models, name, index)
 
 
 def load_config(user_config: Path | None = None) -> Config:
@@ -436,28 +381,28 @@ def load_config(user_config: Path | None = None) -> Config:
 
     merged = Config(models={}, profiles={}, default_profile="tiny")
     for path in paths:
-        parsed, index = read_config_file(path)
+        parsed, index, models = read_config_file(path)
         merged.files.append(str(path))
         origin = Origin(str(path), None)
-        for name, spec in parsed.models.items():
+        for name, spec in models.items():
             merged.models[name] = spec
             merged._origins[("models", name)] = (origin, index)
         for name, prof in parsed.profiles.items():
             merged.profiles[name] = prof
             merged._origins[("profiles", name)] = (origin, index)
         merged.ollama_hosts.update(parsed.ollama_hosts)
-        for key in _LLAMACPP_DEFAULTS:
+        for key in _TOP_LEVEL_DEFAULTS:
             if getattr(parsed, key) is not None:
                 setattr(merged, key, getattr(parsed, key))
         if parsed.default_profile:
             merged.default_profile = parsed.default_profile
     _check_references(merged)
-    # A top-level value is every llama.cpp model's default.
-    defaults = {key: getattr(merged, key) for key in _LLAMACPP_DEFAULTS
+    # A top-level value is the default of every model whose backend inherits that key.
+    defaults = {key: getattr(merged, key) for key in _TOP_LEVEL_DEFAULTS
                 if getattr(merged, key) is not None}
     merged.models = {name: spec.model_copy(update={k: v for k, v in defaults.items()
-                                                   if getattr(spec, k) is None})
-                     if spec.backend == "llamacpp" else spec
+                                                   if k in spec.INHERITED
+                                                   and getattr(spec, k) is None})
                      for name, spec in merged.models.items()}
     return merged
 

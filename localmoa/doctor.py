@@ -2,7 +2,8 @@
 
 Every section is collected on its own: one that fails says why in its ``error``
 and the others are still reported. Nothing here contacts a host that is not
-this machine, except an Ollama host the config allows (``allow_remote``).
+this machine, except a host the config allows (``allow_remote``). Each backend adds
+its own section (Ollama: its daemons) and marks its models present or not.
 """
 
 from __future__ import annotations
@@ -14,11 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, constants
-from .config import Config, is_loopback, load_config
+from .config import Config, load_config
 from .errors import LocalMoaError
-
-#: How long doctor waits for an Ollama daemon to answer.
-OLLAMA_TIMEOUT_S = 3.0
 
 
 def collect(config_path: Path | None = None, recheck: bool = False) -> dict[str, Any]:
@@ -38,15 +36,56 @@ def collect(config_path: Path | None = None, recheck: bool = False) -> dict[str,
     report["memory"] = _section(_memory)
     report["gpus"] = _section(_gpus)
     report["llama_cpp"] = _section(lambda: _llama_cpp(config, recheck))
-    report["ollama"] = _section(lambda: _ollama(config))
-    if isinstance(report["ollama"], dict):  # the section failed as a whole
-        report["ollama"] = [report["ollama"] | {"host": os.environ.get("OLLAMA_HOST", ""),
-                                                "reachable": False}]
+    report["backends"] = _backends()
+    sections = _backend_sections(config)
+    report.update(sections)
     report["huggingface"] = _section(_huggingface)
     report["models"] = _models(config) if config is not None else []
-    _ollama_presence(report)
-    report["problems"] = problems(report)
+    found = _backend_problems(sections, report["models"])
+    report["problems"] = problems(report, found)
     return report
+
+
+def _backends() -> list[dict[str, Any]]:
+    """Every backend models.yaml may name here: its package and capabilities, or why it
+    cannot be imported."""
+    from .backends import backend_class, known_backends
+
+    rows = []
+    for name in known_backends():
+        try:
+            cls = backend_class(name)
+            rows.append({"name": name, "package": cls.package,
+                         "capabilities": cls.capabilities.to_dict()})
+        except LocalMoaError as exc:
+            rows.append({"name": name, "error": str(exc)})
+    return rows
+
+
+def _backend_sections(config: Config | None) -> dict[str, Any]:
+    """Each backend's own doctor section (e.g. "ollama": its daemons), by backend name."""
+    from .backends import get_backend, known_backends
+
+    sections = {}
+    for name in known_backends():
+        section = _section(lambda name=name: get_backend(name).doctor(config))
+        if section is not None:
+            sections[name] = section
+    return sections
+
+
+def _backend_problems(sections: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """What each backend finds in its section, its models' rows marked on the way."""
+    from .backends import get_backend
+
+    found = []
+    for name, section in sections.items():
+        mine = [r for r in rows if r["backend"] == name]
+        try:
+            found += get_backend(name).doctor_problems(section, mine)
+        except Exception as exc:  # noqa: BLE001 - a report must come out whatever fails
+            found.append(f"backend {name}: {type(exc).__name__}: {exc}")
+    return found
 
 
 def _section(gather: Any) -> Any:
@@ -120,50 +159,6 @@ def _llama_cpp(config: Config | None, recheck: bool) -> dict[str, Any]:
     return out
 
 
-def _ollama_hosts(config: Config | None) -> list[tuple[str, bool]]:
-    """(host, allowed to contact) for the default daemon and every configured one."""
-    hosts: dict[str, bool] = {constants.ollama_host(): False}
-    for spec in (config.models.values() if config is not None else []):
-        if spec.backend == "ollama":
-            host = constants.ollama_host(spec.host)
-            hosts[host] = hosts.get(host, False) or spec.allow_remote
-    return [(host, allowed or is_loopback(host)) for host, allowed in hosts.items()]
-
-
-def _ollama(config: Config | None) -> list[dict[str, Any]]:
-    import httpx
-
-    from . import netguard
-
-    found = []
-    try:
-        hosts = _ollama_hosts(config)
-    except LocalMoaError as exc:  # OLLAMA_HOST that no client could use
-        return [{"host": os.environ.get("OLLAMA_HOST", ""), "reachable": False,
-                 "version": None, "error": str(exc)}]
-    for host, allowed in hosts:
-        entry: dict[str, Any] = {"host": host, "reachable": False, "version": None}
-        if not allowed:
-            entry["error"] = ("not contacted: not this machine (a model needs allow_remote: "
-                              "true for localmoa to use it)")
-            found.append(entry)
-            continue
-        if not is_loopback(host):
-            netguard.allow_host(host)
-        try:
-            response = httpx.get(f"{host}/api/version", timeout=OLLAMA_TIMEOUT_S)
-            response.raise_for_status()
-            entry.update(reachable=True, version=response.json().get("version"))
-            tags = httpx.get(f"{host}/api/tags", timeout=OLLAMA_TIMEOUT_S).json()
-            entry["models"] = sorted(m.get("model") or m.get("name", "")
-                                     for m in tags.get("models") or [])
-        except Exception as exc:  # noqa: BLE001 - any answer but Ollama's: not reachable
-            entry["error"] = (f"no Ollama daemon answers at {host} ({type(exc).__name__}); "
-                              "start it with `ollama serve` if you use Ollama models")
-        found.append(entry)
-    return found
-
-
 def _huggingface() -> dict[str, Any]:
     cache = constants.hf_hub_cache()
     return {"cache": str(cache), "exists": cache.is_dir(),
@@ -171,42 +166,22 @@ def _huggingface() -> dict[str, Any]:
 
 
 def _models(config: Config) -> list[dict[str, Any]]:
-    from .sources import resolve_model_path
+    from .backends import get_backend
 
     rows = []
     for name in sorted(config.models):
         spec = config.models[name]
-        row: dict[str, Any] = {"name": name, "backend": spec.backend,
-                               "source": spec.source.describe(), "present": None,
-                               "path": None, "problem": None}
-        if spec.backend == "ollama":
-            row["host"] = constants.ollama_host(spec.host)
-        else:
-            try:
-                row["path"] = str(resolve_model_path(config, name))
-                row["present"] = True
-            except LocalMoaError as exc:
-                row.update(present=False, problem=str(exc))
+        row: dict[str, Any] = {"name": name, "backend": spec.backend, "source": spec.where(),
+                               "present": None, "path": None, "problem": None}
+        try:
+            row.update(get_backend(spec.backend).locate(config, name))
+        except LocalMoaError as exc:
+            row.update(present=False, problem=str(exc))
         rows.append(row)
     return rows
 
 
-def _ollama_presence(report: dict[str, Any]) -> None:
-    """Mark each Ollama model present or not by its daemon's tags (unknown: None)."""
-    daemons = {d["host"]: d for d in report.get("ollama") or [] if isinstance(d, dict)}
-    for row in report.get("models", []):
-        daemon = daemons.get(row.get("host", ""))
-        if row["backend"] != "ollama" or not daemon or not daemon.get("reachable"):
-            continue
-        tag = row["source"].removeprefix("ollama:")
-        pulled = set(daemon.get("models") or [])
-        row["present"] = tag in pulled or f"{tag}:latest" in pulled
-        if not row["present"]:
-            row["problem"] = (f"{tag} is not pulled in Ollama at {daemon['host']}; run "
-                              f"`localmoa models pull {row['name']}` or `ollama pull {tag}`")
-
-
-def problems(report: dict[str, Any]) -> list[str]:
+def problems(report: dict[str, Any], found: list[str]) -> list[str]:
     """The findings a user should act on, one line each."""
     out = []
     if report["localmoa"].get("config_error"):
@@ -217,14 +192,7 @@ def problems(report: dict[str, Any]) -> list[str]:
     repack_state = llama.get("repack") or {}
     if repack_state and not repack_state.get("enabled") and repack_state.get("mode") == "auto":
         out.append(f"llama.cpp weight repacking is off on this CPU: {repack_state['reason']}")
-    daemons = report.get("ollama")
-    for daemon in daemons if isinstance(daemons, list) else []:
-        used = [r["name"] for r in report.get("models", []) if r.get("host") == daemon["host"]]
-        if "is not an Ollama host" in str(daemon.get("error")):
-            out.append(str(daemon["error"]))
-        elif used and not daemon.get("reachable"):
-            out.append(f"Ollama at {daemon['host']} (for {', '.join(used)}): "
-                       f"{daemon.get('error')}")
+    out += found
     needed = set(report.get("default_profile_models") or [])
     missing = [r["name"] for r in report.get("models", [])
                if r["present"] is False and r["name"] in needed]

@@ -38,6 +38,7 @@ class ConfigError(LocalMoaError):
         if field:
             where += f"{field}: "
         super().__init__(where + message)
+        self.message = message
         self.file = file
         self.line = line
         self.field = field

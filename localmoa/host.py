@@ -149,9 +149,8 @@ class ModelHost:
     def reap_dead(self) -> list[tuple[Instance, str]]:
         """Drop the loaded instances whose worker process died (crashed, or was killed)
         and nobody is using: each with why, one line. Their memory went with them."""
-        gone = [(entry.inst, getattr(entry.model, "death", None) or f"{entry.inst} died")
-                for entry in self.loaded.values()
-                if not getattr(entry.model, "alive", True) and not entry.busy]
+        gone = [(entry.inst, entry.model.death or f"{entry.inst} died")
+                for entry in self.loaded.values() if not entry.model.alive and not entry.busy]
         for inst, _ in gone:  # after reading why: unloading is not the cause
             self.unload(inst)
         return gone
@@ -171,7 +170,7 @@ class ModelHost:
             self.load_errors[inst] = str(exc)
             return False
         self.loaded[inst] = Loaded(inst, model, started_at=started)
-        facts = getattr(model, "runtime_facts", None)
+        facts = model.runtime_facts
         if facts:
             self.runtime[inst.model] = dict(facts)
         with self.lock:
@@ -209,9 +208,8 @@ class ModelHost:
             del self.loaded[inst]
             entry.held_bytes = dict(held_bytes)
             self.held.append(entry)
-        kill = getattr(entry.model, "kill", None)
-        if kill is not None:  # a model worker: cut it off now, its call returns at once
-            kill("its agent did not stop in time")
+        # a model worker is cut off now, and its call returns at once
+        entry.model.kill("its agent did not stop in time")
 
     def unload(self, inst: Instance) -> None:
         with self.lock:
@@ -233,16 +231,14 @@ class ModelHost:
             spec = self.config.models[inst.model]
             specs.setdefault(spec.backend, []).append(spec)
         for name, group in specs.items():
-            start = getattr(get_backend(name), "prestart", None)
-            if start is not None:
-                start(group)
+            get_backend(name).prestart(group)
 
     def worker_pids(self) -> dict[int, str]:
         """The worker process of each loaded (or held) instance: pid -> instance."""
         with self.lock:
             entries = [*self.loaded.values(), *self.held]
         return {pid: str(entry.inst) for entry in entries
-                if (pid := getattr(entry.model, "pid", None)) is not None}
+                if (pid := entry.model.pid) is not None}
 
     def close(self) -> None:
         """Free every model (the end of a run, or of a chat); held ones go when their
@@ -251,6 +247,4 @@ class ModelHost:
             self.unload(inst)
         self.threads.stop()
         for backend in created_backends():
-            close = getattr(backend, "close", None)
-            if close is not None:
-                close()
+            backend.close()

@@ -40,6 +40,10 @@ class AgentRun:
     batch: int = 1
     #: Tokens of its prompt shared with the rest of its batch, evaluated once for all.
     shared_prompt_tokens: int = 0
+    #: Who measured its times: "local" (per token, by localmoa or its worker), "server"
+    #: (the server's own timings), "client" (an HTTP stream timed by localmoa: TTFT
+    #: includes the network, the decode rate counts streamed chunks).
+    timing: str = "local"
 
     @property
     def is_aggregator(self) -> bool:

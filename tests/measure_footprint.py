@@ -10,12 +10,12 @@ from pathlib import Path
 os.environ["LOCALMOA_WORKERS"] = "off"  # the model's own memory, in this process
 
 from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.config import ModelSpec, Source
+from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
 from localmoa.memory.probe import process_memory
 
 path, n_ctx, kv_type = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 n_seq = int(sys.argv[4]) if len(sys.argv) > 4 else 1  # room for a batch of n_seq sequences
-spec = ModelSpec(backend="llamacpp", source=Source(path=str(path)), n_ctx=n_ctx, kv_type=kv_type)
+spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(path)), n_ctx=n_ctx, kv_type=kv_type)
 rss0, pss0 = process_memory()
 model = LlamaCppBackend().load("m", spec, path, n_threads=2, n_seq=n_seq)
 llm = model.llm

@@ -10,11 +10,11 @@ from pathlib import Path
 os.environ["LOCALMOA_WORKERS"] = "off"  # the model's own memory, in this process
 
 from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.config import ModelSpec, Source
+from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
 from localmoa.memory.probe import process_memory
 
 path, n_ctx = Path(sys.argv[1]), int(sys.argv[2])
-spec = ModelSpec(backend="llamacpp", source=Source(path=str(path)), n_ctx=n_ctx)
+spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(path)), n_ctx=n_ctx)
 prompt = [1000 + i % 5000 for i in range(n_ctx - 8)]
 first = LlamaCppBackend().load("m", spec, path, n_threads=2)
 first.llm.eval([first.llm.token_bos(), *prompt])

@@ -14,11 +14,22 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localmoa.backends.base import ChatStream, GenerateOptions, GenerationStats, Message
+from localmoa.backends.base import (
+    BackendBase,
+    ChatStream,
+    Estimate,
+    GenerateOptions,
+    GenerationStats,
+    LoadedModel,
+    Message,
+)
 from localmoa.backends.batch import Batch
-from localmoa.config import AgentSpec, Config, ModelSpec, Profile, Source
+from localmoa.backends.llamacpp import LlamaCppBackend
+from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.config import AgentSpec, Config, ModelSpec, Profile
 from localmoa.errors import GenerationError, ModelLoadError
 from localmoa.memory.estimate import Footprint
+from localmoa.memory.probe import Resources
 
 MiB = 1 << 20
 
@@ -40,8 +51,9 @@ class Script:
 
 
 @dataclass
-class ScriptedBackend:
-    """Register it as ``backends.register("llamacpp", lambda: backend)``."""
+class ScriptedBackend(BackendBase):
+    """Register it as ``backends.register("llamacpp", lambda: backend)``: it takes llama.cpp
+    entries, estimates them as llama.cpp does (a GGUF header), and plays scripts."""
 
     scripts: dict[str, Script] = field(default_factory=dict)
     name: str = "llamacpp"
@@ -61,6 +73,13 @@ class ScriptedBackend:
         with self.lock:
             return table.setdefault(model, threading.Event())
 
+    spec_class = LlamaCppSpec
+    capabilities = LlamaCppBackend.capabilities
+
+    def estimate(self, name: str, spec: ModelSpec, config: Config, resources: Resources,
+                 batch_up_to: int = 1) -> Estimate:
+        return LlamaCppBackend().estimate(name, spec, config, resources, batch_up_to)
+
     def load(self, name: str, spec: ModelSpec, path: Path | None,
              n_threads: int, n_seq: int = 1) -> ScriptedModel:
         script = self.scripts.get(name, Script())
@@ -77,12 +96,13 @@ class ScriptedBackend:
         return ScriptedModel(self, name, script)
 
 
-class ScriptedModel:
+class ScriptedModel(LoadedModel):
     def __init__(self, backend: ScriptedBackend, name: str, script: Script) -> None:
         self.backend = backend
         self.name = name
         self.script = script
         self.load_s = 0.001
+        self.runtime_facts: dict = {}
         self._busy = threading.Lock()
         self.unloaded = False
 
@@ -181,7 +201,7 @@ def config(models: dict[str, dict], layers: list[list[dict]], aggregator: dict,
            path: Path | None = None) -> Config:
     """A Config of scripted models and one profile 'p'. Their source is ``path`` (read only
     by a preflight, for footprints), else a path nothing reads."""
-    specs = {name: ModelSpec(backend="llamacpp",
+    specs = {name: LlamaCppSpec(backend="llamacpp",
                              source=Source(path=str(path or f"/scripted/{name}.gguf")), **extra)
              for name, extra in models.items()}
     profile = Profile(layers=[[AgentSpec(**a) for a in layer] for layer in layers],

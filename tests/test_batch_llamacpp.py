@@ -14,7 +14,7 @@ from localmoa.backends.base import GenerateOptions, GenerationStats
 from localmoa.backends.batch import Batch
 from localmoa.backends.llamacpp import LlamaCppBackend
 from localmoa.backends.llamacpp_model import LoadParams, load_llama
-from localmoa.config import ModelSpec, Source
+from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
 from localmoa.errors import GenerationError
 from localmoa.prompts import agent_messages
 
@@ -32,7 +32,7 @@ def model(request: pytest.FixtureRequest, smollm2_path: Path):
     if request.param == "in-process":
         yield local_model_of(smollm2_path)
         return
-    spec = ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=1024)
+    spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=1024)
     loaded = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=2, n_seq=3)
     assert loaded.pid  # a worker process holds it
     yield loaded

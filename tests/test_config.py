@@ -219,14 +219,14 @@ def test_unknown_profile(capsys: pytest.CaptureFixture[str]) -> None:
 def test_incomplete_sources_are_refused(source: dict[str, str]) -> None:
     from pydantic import ValidationError
 
-    from localmoa.config import Source
+    from localmoa.backends.llamacpp_spec import Source
 
     with pytest.raises(ValidationError):
         Source(**source)
 
 
 def test_repo_quant_form_is_accepted() -> None:
-    from localmoa.config import Source
+    from localmoa.backends.llamacpp_spec import Source
 
     src = Source(repo="bartowski/Qwen2.5-7B-Instruct-GGUF:Q4_K_M")
     assert src.describe() == "hf:bartowski/Qwen2.5-7B-Instruct-GGUF:Q4_K_M"
@@ -251,8 +251,9 @@ def test_llamacpp_batching_keys(tmp_path: Path, key: str, written: str, expected
 def test_batching_keys_default_to_unset(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GOOD_MODEL + OLLAMA_MODEL.removeprefix("models:\n")))
     mini, oll = cfg.models["mini"], cfg.models["oll"]
-    assert (mini.batch, mini.flash_attn, mini.parallel) == (None, None, None)  # on, auto
-    assert (oll.batch, oll.flash_attn, oll.parallel) == (None, None, None)  # parallel 1
+    assert (mini.batch, mini.flash_attn) == (None, None)  # on, auto
+    assert oll.parallel is None  # parallel 1
+    assert not hasattr(mini, "parallel") and not hasattr(oll, "batch")  # each its own keys
     assert (cfg.batch, cfg.flash_attn) == (None, None)
 
 
@@ -280,7 +281,7 @@ def test_top_level_batching_keys_are_every_llamacpp_models_default(tmp_path: Pat
     assert (cfg.models["plain"].batch, cfg.models["plain"].flash_attn) == ("off", "on")
     assert cfg.models["smollm2-135m"].batch == "off"  # shipped models too
     oll = cfg.models["oll"]  # an Ollama model takes neither
-    assert (oll.batch, oll.flash_attn, oll.parallel) == (None, None, 2)
+    assert oll.parallel == 2 and "batch" not in oll.model_dump()
 
 
 def test_top_level_yaml_booleans(tmp_path: Path) -> None:

@@ -27,19 +27,14 @@ QUESTION = [{"role": "user", "content": "Which is larger, 9.11 or 9.9?"}]
 HANG = threading.Event()  # never set: a hung backend waits on it
 
 
-class FaultyBackend:
+class FaultyBackend(LlamaCppBackend):
     """llama.cpp, except for models named raises / hangs / crawls / noload. "crawls" never
     stops talking: it starts its real answer over and over, until its timeout cuts it."""
-
-    name = "llamacpp"
-
-    def __init__(self) -> None:
-        self.real = LlamaCppBackend()
 
     def load(self, name, spec, path, n_threads, **kw):
         if name == "noload":
             raise ModelLoadError(f"model {name!r}: injected load failure")
-        model = self.real.load(name, spec, path, n_threads, **kw)
+        model = super().load(name, spec, path, n_threads, **kw)
         if name in ("raises", "hangs", "crawls"):
             model.chat = self._faulty_chat(name, model.chat)  # type: ignore[method-assign]
         return model

@@ -9,13 +9,13 @@ import pytest
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.llamacpp import LlamaCppBackend
 from localmoa.backends.llamacpp_model import LoadParams, load_llama
-from localmoa.config import ModelSpec, Source
+from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
 from localmoa.errors import GenerationError, ModelLoadError
 
 
 @pytest.fixture(scope="module")
 def model(smollm2_path: Path):
-    spec = ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=512)
+    spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=512)
     loaded = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=2)
     yield loaded
     loaded.unload()
@@ -68,7 +68,7 @@ def test_one_instance_refuses_two_generations_at_once(model) -> None:
 
 
 def test_unload_frees(smollm2_path: Path) -> None:
-    spec = ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=256)
+    spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=256)
     loaded = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=1)
     pid = loaded.pid
     loaded.unload()
@@ -80,7 +80,7 @@ def test_unload_frees(smollm2_path: Path) -> None:
 def test_truncated_gguf_is_a_load_error(tmp_path: Path, smollm2_path: Path) -> None:
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(smollm2_path.read_bytes()[: 4 * 1024 * 1024])
-    spec = ModelSpec(backend="llamacpp", source=Source(path=str(cut)), n_ctx=256)
+    spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(cut)), n_ctx=256)
     with pytest.raises(ModelLoadError, match="could not load"):
         LlamaCppBackend().load("cut", spec, cut, n_threads=1)
 
@@ -150,7 +150,7 @@ def test_the_tokenizer_waits_for_a_generation_on_another_thread(smollm2_path: Pa
 
 
 def test_unload_during_a_paused_generation_waits_for_nothing(smollm2_path: Path) -> None:
-    spec = ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=256)
+    spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=256)
     loaded = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=1)
     stream = loaded.chat(QUESTION, GenerateOptions(temperature=0.0, max_tokens=16))
     pieces = iter(stream)

@@ -233,20 +233,22 @@ def test_footprint_from_api_show(httpserver: HTTPServer, tmp_path: Path) -> None
 
 
 def test_a_remote_daemon_is_its_own_pool() -> None:
-    from localmoa.config import Config, HostSpec, ModelSpec, Source
+    from localmoa.backends.ollama import UNLIMITED, ollama_pool
+    from localmoa.backends.ollama_spec import OllamaSource, OllamaSpec
+    from localmoa.config import Config, HostSpec
     from localmoa.memory.estimate import Footprint
     from localmoa.memory.probe import probe
-    from localmoa.preflight import UNLIMITED, ollama_pool, pool_budgets
+    from localmoa.preflight import pool_budgets
 
-    remote = ModelSpec(backend="ollama", source=Source(ollama=TAG), allow_remote=True,
-                       host="http://gpu-box:11434")
+    remote = OllamaSpec(backend="ollama", source=OllamaSource(ollama=TAG), allow_remote=True,
+                        host="http://gpu-box:11434")
     assert ollama_pool(remote) == "ollama@http://gpu-box:11434"
-    assert ollama_pool(ModelSpec(backend="ollama", source=Source(ollama=TAG))) == "ram"
+    assert ollama_pool(OllamaSpec(backend="ollama", source=OllamaSource(ollama=TAG))) == "ram"
     fp = Footprint(model="m", n_ctx=N_CTX, kv_type="f16", weights_bytes=1, kv_bytes=0,
                    compute_bytes=0, overhead_bytes=0, shared_weights_bytes=1,
                    pools={"ollama@http://gpu-box:11434": 1}, local=False)
     resources = probe("1GiB")
-    config = Config(models={}, profiles={}, default_profile="x")
+    config = Config(models={"m": remote}, profiles={}, default_profile="x")
     assert pool_budgets(config, resources, {"m": fp})["ollama@http://gpu-box:11434"] == UNLIMITED
     config.ollama_hosts["http://gpu-box:11434"] = HostSpec(memory_budget="20GiB")
     budgets = pool_budgets(config, resources, {"m": fp})

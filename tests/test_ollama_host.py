@@ -14,10 +14,11 @@ import pytest
 from ollama._client import _parse_host
 from pytest_httpserver import HTTPServer
 
-from localmoa.config import ModelSpec, Source, is_loopback, load_config
+from localmoa.backends.ollama import ollama_pool
+from localmoa.backends.ollama_spec import OllamaSource, OllamaSpec, is_loopback
+from localmoa.config import load_config
 from localmoa.constants import ollama_host
 from localmoa.errors import ConfigError
-from localmoa.preflight import ollama_pool
 
 from .conftest import cli
 from .test_ollama import QUESTION, TAG, expect_describe, expect_one_good_agent, write_config
@@ -58,7 +59,7 @@ def test_ollama_host_env(monkeypatch: pytest.MonkeyPatch, value: str, url: str,
     assert ollama_host() == url
     assert _parse_host(value.strip()) == url  # the client agrees
     assert is_loopback(value) is local
-    spec = ModelSpec(backend="ollama", source=Source(ollama=TAG))  # no host: OLLAMA_HOST
+    spec = OllamaSpec(backend="ollama", source=OllamaSource(ollama=TAG))  # no host: OLLAMA_HOST
     assert ollama_pool(spec) == pool_for(url, local)
 
 
@@ -66,7 +67,7 @@ def test_ollama_host_env(monkeypatch: pytest.MonkeyPatch, value: str, url: str,
 def test_model_host_key(monkeypatch: pytest.MonkeyPatch, value: str, url: str,
                         local: bool) -> None:
     monkeypatch.setenv("OLLAMA_HOST", "10.9.8.7:1234")  # a model's host wins over it
-    spec = ModelSpec(backend="ollama", source=Source(ollama=TAG), host=value,
+    spec = OllamaSpec(backend="ollama", source=OllamaSource(ollama=TAG), host=value,
                      allow_remote=not local)
     assert ollama_host(value) == url
     assert ollama_pool(spec) == pool_for(url, local)
@@ -75,7 +76,7 @@ def test_model_host_key(monkeypatch: pytest.MonkeyPatch, value: str, url: str,
 def test_no_ollama_host_is_the_local_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
     assert ollama_host() == "http://127.0.0.1:11434"
-    assert ollama_pool(ModelSpec(backend="ollama", source=Source(ollama=TAG))) == "ram"
+    assert ollama_pool(OllamaSpec(backend="ollama", source=OllamaSource(ollama=TAG))) == "ram"
 
 
 @pytest.mark.parametrize("value", ["example.com:abc", "localhost:99999", "[::1"])

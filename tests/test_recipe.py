@@ -74,10 +74,9 @@ def ollama_config(config):
     """The shipped config plus an Ollama-style model whose name holds ':'."""
     from dataclasses import replace
 
-    from localmoa.config import ModelSpec
+    from localmoa.config import model_spec
 
-    spec = ModelSpec.model_validate({"backend": "ollama",
-                                     "source": {"ollama": "qwen2.5:7b"}})
+    spec = model_spec({"backend": "ollama", "source": {"ollama": "qwen2.5:7b"}})
     extra = {"qwen2.5:7b": spec, "llama3:8": spec}
     return replace(config, models={**config.models, **extra})
 

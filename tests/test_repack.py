@@ -18,7 +18,8 @@ import pytest
 from localmoa.backends import repack
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.config import ModelSpec, Source, load_config
+from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.config import load_config
 from localmoa.errors import UsageError
 from localmoa.memory.estimate import LoadSettings, footprint, model_facts
 from localmoa.memory.gguf_header import read_header
@@ -70,7 +71,7 @@ def test_an_injected_segfault_turns_repacking_off(fresh: Path, monkeypatch: pyte
     assert repack.take_notices([choice, choice]) == [choice.notice]  # said once
     assert repack.take_notices([choice]) == []
     # a real model now loads without repacking, and answers
-    spec = ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=512)
+    spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=512)
     model = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=1)
     try:
         assert model.runtime_facts["cpu_repack"] is False  # what llama.cpp was given
@@ -149,7 +150,7 @@ models:
 @pytest.mark.parametrize(("text", "fragment"), [
     ("cpu_repack: never\n", "user.yaml:1: cpu_repack: Input should be 'auto', 'on' or 'off'"),
     ("models:\n  o: {backend: ollama, source: {ollama: x}, cpu_repack: off}\n",
-     "user.yaml:2: models.o: cpu_repack applies to backend: llamacpp only"),
+     "user.yaml:2: models.o.cpu_repack: cpu_repack applies to backend: llamacpp only"),
 ])
 def test_bad_cpu_repack_is_one_line_exit_2(tmp_path: Path, text: str, fragment: str) -> None:
     user = tmp_path / "user.yaml"

@@ -129,17 +129,14 @@ def test_show_layers_prints_intermediate_answers_to_stderr() -> None:
     assert "agents" not in proc.stderr  # --no-stats
 
 
-class Recorder:
+class Recorder(LlamaCppBackend):
     """The real llama.cpp backend, recording every message list it is asked."""
 
-    name = "llamacpp"
-
     def __init__(self) -> None:
-        self.real = LlamaCppBackend()
         self.calls: list[tuple[str, list[dict]]] = []
 
     def load(self, name, spec, path, n_threads, **kw):
-        model = self.real.load(name, spec, path, n_threads, **kw)
+        model = super().load(name, spec, path, n_threads, **kw)
         recorder = self
         original_chat = model.chat
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from localmoa.config import Config, ModelSpec, Origin, Source
+from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.config import Config, Origin
 from localmoa.errors import ConfigError, InvalidModelFileError, ModelNotFoundError
 from localmoa.pull import PullError, pull
 from localmoa.sources import resolve_model_path
@@ -15,7 +16,7 @@ REV = "0123456789abcdef0123456789abcdef01234567"
 
 
 def config_with(source: Source) -> Config:
-    spec = ModelSpec(backend="llamacpp", source=source)
+    spec = LlamaCppSpec(backend="llamacpp", source=source)
     return Config(models={"m": spec}, profiles={}, default_profile="x")
 
 

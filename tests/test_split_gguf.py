@@ -14,7 +14,8 @@ import pytest
 
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.config import Config, ModelSpec, Source
+from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.config import Config
 from localmoa.errors import InvalidModelFileError, ModelNotFoundError
 from localmoa.memory.estimate import LoadSettings, footprint, model_facts
 from localmoa.memory.gguf_header import (
@@ -178,7 +179,7 @@ def test_llama_cpp_loads_the_split_model(shards: list[Path], smollm2_path: Path)
     opts = GenerateOptions(temperature=0.0, max_tokens=12, seed=1)
     answers = []
     for path in (shards[0], smollm2_path):
-        spec = ModelSpec(backend="llamacpp", source=Source(path=str(path)), n_ctx=512)
+        spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(path)), n_ctx=512)
         model = LlamaCppBackend().load("m", spec, path, n_threads=2)
         try:
             answers.append(model.chat(question, opts).text())
@@ -195,7 +196,7 @@ def test_a_split_model_from_the_hugging_face_cache(shards: list[Path], tmp_path:
     for name, shard in zip(cache_names, shards, strict=True):
         (blobs / name.upper()).symlink_to(shard)  # a blob, named by its hash in real life
         (snap / name).symlink_to(blobs / name.upper())
-    cfg = Config(models={"m": ModelSpec(backend="llamacpp",
+    cfg = Config(models={"m": LlamaCppSpec(backend="llamacpp",
                                         source=Source(repo="org/SmolLM2-GGUF:Q4_1"))},
                  profiles={}, default_profile="x")
     path = resolve_model_path(cfg, "m")

@@ -19,7 +19,8 @@ from localmoa import build_graph, load_config
 from localmoa.backends import worker
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.config import ModelSpec, Source
+from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.config import ModelSpec
 from localmoa.engine import RunEvents, execute_plan, run_moa
 from localmoa.errors import GenerationError
 from localmoa.memory.planner import Instance, Plan, Task, Wave
@@ -115,7 +116,7 @@ def test_no_worker_outlives_a_localmoa_killed_with_sigkill() -> None:
 
 @pytest.fixture
 def spec(smollm2_path: Path) -> ModelSpec:
-    return ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=512)
+    return LlamaCppSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=512)
 
 
 def tree_pss() -> int:
@@ -282,7 +283,7 @@ def test_a_batch_worker_deaf_to_a_members_cancel_is_killed_after_the_grace(
     from localmoa.backends.batch import Batch
 
     monkeypatch.setattr(worker, "CANCEL_GRACE_S", 0.5)
-    spec = ModelSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=512)
+    spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(smollm2_path)), n_ctx=512)
     model = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=1, n_seq=2)
     batch = Batch(2, "smollm2#0")
     outcome: list[object] = []

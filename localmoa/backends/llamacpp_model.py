@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import GenerationError, ModelLoadError
 from . import repack
-from .base import ChatStream, GenerateOptions, GenerationStats, Message
+from .base import ChatStream, GenerateOptions, GenerationStats, LoadedModel, Message
 from .batch import Batch
 from .batch import Sequence as BatchSequence
 from .llamacpp_batch import decode_batch
@@ -134,7 +134,7 @@ class _TokenClock:
         return scores
 
 
-class LlamaCppModel:
+class LlamaCppModel(LoadedModel):
     """One llama.cpp model instance (model + context). One chat at a time."""
 
     def __init__(self, name: str, llm: Any, load_s: float, n_seq: int, n_ctx_seq: int,

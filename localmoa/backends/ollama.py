@@ -10,30 +10,56 @@ are counted, and only the first load and the last unload reach the daemon.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import constants
-from ..config import ModelSpec
+from ..config import Config, ModelSpec
 from ..errors import GenerationError, LocalMoaError, ModelLoadError, ModelNotFoundError
-from .base import ChatStream, GenerateOptions, GenerationStats, Message
+from .base import (
+    BackendBase,
+    Capabilities,
+    ChatStream,
+    Estimate,
+    GenerateOptions,
+    GenerationStats,
+    LoadedModel,
+    Message,
+)
+from .ollama_spec import OllamaSpec, is_loopback
+
+if TYPE_CHECKING:
+    from ..memory.probe import Resources
 
 #: How long Ollama keeps a model we loaded; every request renews it, unload ends it.
 KEEP_ALIVE = "30m"
+#: The budget of a remote daemon nobody gave one for (ollama_hosts): Ollama manages it.
+UNLIMITED = 1 << 62
+
+
+def _own(spec: ModelSpec) -> OllamaSpec:
+    assert isinstance(spec, OllamaSpec), f"not an ollama entry: {spec.backend}"
+    return spec
 
 
 def host_of(spec: ModelSpec) -> str:
     """The daemon's URL: the model's host, else OLLAMA_HOST, as the official client parses it."""
-    return constants.ollama_host(spec.host)
+    return constants.ollama_host(_own(spec).host)
 
 
 def tag_of(spec: ModelSpec) -> str:
-    assert spec.source.ollama is not None
-    return spec.source.ollama
+    return _own(spec).tag
+
+
+def ollama_pool(spec: ModelSpec) -> str:
+    """A daemon on this machine uses this machine's RAM; another one is its own pool."""
+    host = host_of(spec)
+    return "ram" if is_loopback(host) else f"ollama@{host}"
 
 
 def ollama_error(exc: Exception, spec: ModelSpec, name: str, doing: str) -> LocalMoaError:
@@ -75,10 +101,12 @@ class OllamaModelInfo:
     parameter_size: str
 
 
-class OllamaBackend:
+class OllamaBackend(BackendBase):
     """Loads and unloads models in Ollama daemons, by reference count."""
 
     name = "ollama"
+    spec_class = OllamaSpec
+    capabilities: ClassVar[Capabilities] = Capabilities(gpu_placement_report=True, pull=True)
 
     def __init__(self) -> None:
         self._clients: dict[str, Any] = {}
@@ -92,6 +120,71 @@ class OllamaBackend:
             if host not in self._clients:
                 self._clients[host] = ollama.Client(host=host)
             return self._clients[host]
+
+    def estimate(self, name: str, spec: ModelSpec, config: Config, resources: Resources,
+                 batch_up_to: int = 1) -> Estimate:
+        """The daemon's facts of the model (``/api/show``), as a footprint in its pool: this
+        machine's RAM for a daemon on loopback, else a pool of the daemon's own."""
+        from ..memory.estimate import LoadSettings, facts_from_model_info, footprint
+
+        spec = _own(spec)
+        info = self.describe(name, spec)
+        facts = facts_from_model_info(info.model_info, info.size_bytes, info.quant)
+        parallel = spec.parallel or 1  # the daemon keeps n_ctx x OLLAMA_NUM_PARALLEL cells
+        fp = footprint(name, facts, LoadSettings(n_ctx=spec.n_ctx, kv_type=spec.kv_type,
+                                                 parallel=parallel))
+        # The daemon holds one copy, whatever number of agents use it at once.
+        pool = ollama_pool(spec)
+        fp = dataclasses.replace(fp, pools={pool: fp.total_bytes},
+                                 shared_weights_bytes=fp.total_bytes, local=False,
+                                 parallel_limit=parallel, parallel_group=f"{pool}/{name}")
+        return Estimate(None, facts, fp)
+
+    def pool_budget(self, pool: str, config: Config) -> int | None:
+        """A remote daemon's budget: its ollama_hosts memory_budget, else unlimited."""
+        if not pool.startswith("ollama@"):
+            return None
+        from ..memory.probe import parse_size
+
+        # keys as written (gpu-box, http://gpu-box:11434/) name the host the pools are named by
+        hosts = {constants.ollama_host(url): h for url, h in config.ollama_hosts.items()}
+        host = hosts.get(pool.removeprefix("ollama@"))
+        return (parse_size(host.memory_budget, "ollama_hosts memory_budget")
+                if host and host.memory_budget else UNLIMITED)
+
+    def remote_hosts(self, spec: ModelSpec) -> list[str]:
+        """The daemon's host when allow_remote (host: or OLLAMA_HOST) lets localmoa use it."""
+        spec = _own(spec)
+        host = host_of(spec)
+        return [host] if spec.allow_remote and not is_loopback(host) else []
+
+    def pull(self, config: Config, name: str, report: Callable[[Any], None]) -> str:
+        """The daemon pulls the tag; its progress comes back."""
+        from ..pull import Progress, PullError
+
+        spec = config.models[name]
+        client = self.client(host_of(spec))
+        try:
+            for part in client.pull(tag_of(spec), stream=True):
+                report(Progress(str(part.status or ""), int(part.completed or 0),
+                                int(part.total or 0)))
+        except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
+            err = ollama_error(exc, spec, name, "pulling")
+            raise PullError(str(err)) from None
+        return f"{name}: Ollama at {host_of(spec)} has {tag_of(spec)}"
+
+    def locate(self, config: Config, name: str) -> dict[str, Any]:
+        return {"host": host_of(config.models[name])}
+
+    def doctor(self, config: Config | None) -> Any:
+        from .ollama_doctor import daemons
+
+        return daemons(config)
+
+    def doctor_problems(self, section: Any, models: list[dict[str, Any]]) -> list[str]:
+        from .ollama_doctor import problems
+
+        return problems(section, models)
 
     def describe(self, name: str, spec: ModelSpec) -> OllamaModelInfo:
         """``/api/show`` and ``/api/tags`` facts of a model: nothing is loaded."""
@@ -160,7 +253,7 @@ class OllamaBackend:
         return {}
 
 
-class OllamaModel:
+class OllamaModel(LoadedModel):
     """A model held by an Ollama daemon. The daemon queues concurrent requests itself."""
 
     def __init__(self, backend: OllamaBackend, name: str, spec: ModelSpec, load_s: float) -> None:
@@ -210,7 +303,7 @@ class OllamaModel:
             ttft_s=(first_text_at or ended) - started,
             prompt_s=prompt_ns / 1e9, decode_s=eval_ns / 1e9,
             decode_tokens=int(final.eval_count or 0),
-            finish_reason=final.done_reason)
+            finish_reason=final.done_reason, timing="server")
 
     def unload(self) -> None:
         if not self._released:

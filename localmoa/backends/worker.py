@@ -35,7 +35,7 @@ from typing import Any
 
 from .. import constants, signals
 from ..errors import GenerationError, ModelLoadError
-from .base import ChatStream, GenerateOptions, Message
+from .base import ChatStream, GenerateOptions, LoadedModel, Message
 from .batch import Batch
 from .llamacpp_model import LoadParams
 
@@ -221,7 +221,7 @@ class WorkerProcess:
                 sys.stderr.write(f"[worker {self.pid} {self.label}] {line}\n")
 
 
-class WorkerModel:
+class WorkerModel(LoadedModel):
     """A llama.cpp model in a worker process, as the engine sees a loaded model: chat,
     batch, tokenizer, unload; and ``kill`` for an agent that must be cut off."""
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..backends import get_backend, repack
+from ..backends import get_backend
 from ..config import Config, load_config
-from ..preflight import Preflight, preflight
+from ..preflight import Preflight, by_backend, preflight
 from ..recipe import MoaGraph
 from ._output import Output
 
@@ -18,13 +18,14 @@ def load_command_config(path: Path | None, no_batch: bool = False) -> Config:
 
 
 def check_cpu_once(out: Output, config: Config, models: list[str]) -> None:
-    """Run the repack canary now, with a spinner, if the models need its verdict and this
-    llama.cpp build has never been checked on this CPU (about a second, once)."""
-    modes = [config.models[m].cpu_repack for m in models
-             if config.models[m].backend == "llamacpp"]
-    if modes and repack.needs_canary(modes):
-        with out.status("checking llama.cpp's CPU fast paths on this machine (once)"):
-            repack.verdict()
+    """Run each backend's one-time machine check now, with a spinner, where its models
+    need one (llama.cpp: the repack canary, about a second, once per CPU and build)."""
+    for name, group in by_backend(config, models).items():
+        backend = get_backend(name)
+        doing = backend.check_machine(config, group)
+        if doing:
+            with out.status(doing):
+                backend.run_machine_check()
 
 
 def start_worker_early(config: Config, graph: MoaGraph) -> None:
@@ -32,9 +33,7 @@ def start_worker_early(config: Config, graph: MoaGraph) -> None:
     while the preflight reads headers and plans (``run``; never ``plan``)."""
     first = config.models[graph.layers[0][0].model] if graph.layers else None
     if first is not None:
-        start = getattr(get_backend(first.backend), "prestart", None)  # a backend may not
-        if start is not None:
-            start([first])
+        get_backend(first.backend).prestart([first])
 
 
 def prepare(out: Output, config: Config, graph: MoaGraph,

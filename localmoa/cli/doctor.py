@@ -92,13 +92,16 @@ def _facts(report: dict[str, Any]) -> Table:
         rp = llama["repack"]
         state = "[green]on[/]" if rp["enabled"] else "[yellow]off[/]"
         table.add_row("weight repacking", f"{state}: {escape(rp['reason'])}")
-    for daemon in report["ollama"]:
-        if daemon.get("reachable"):
-            text = (f"{escape(daemon['host'])}: Ollama {escape(str(daemon['version']))}, "
-                    f"{len(daemon.get('models') or [])} models pulled")
-        else:
-            text = f"{escape(str(daemon['host']))}: {escape(str(daemon.get('error')))}"
-        table.add_row("ollama", text)
+    table.add_row("backends", ", ".join(
+        b["name"] + ("" if b.get("package") == "localmoa" else
+                     f" ({escape(b.get('package') or b.get('error', '?'))})")
+        for b in report["backends"]))
+    for backend in report["backends"]:  # a backend's section: its daemons or servers
+        section = report.get(backend["name"])
+        for entry in section if isinstance(section, list) else []:
+            text = entry.get("summary") if entry.get("reachable") else entry.get("error")
+            table.add_row(backend["name"], f"{escape(str(entry.get('host')))}: "
+                          f"{escape(str(text))}")
     hf = report["huggingface"]
     if "error" not in hf:
         table.add_row("hf cache", f"{escape(hf['cache'])}"

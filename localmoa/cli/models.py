@@ -12,7 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from .. import constants
-from ..config import Config, ModelSpec, load_config, read_config_file, shipped_config_path
+from ..config import Config, load_config, model_spec, read_config_file, shipped_config_path
 from ..errors import ConfigError, LocalMoaError, UsageError
 from ..memory.estimate import Footprint, ModelFacts
 from ..memory.gguf_header import read_model_header, shard_paths
@@ -35,19 +35,21 @@ def _describe(config: Config, name: str, resources: Resources,
     with ``strict``, is raised as the one-line error it is."""
     spec = config.models[name]
     row: dict[str, Any] = {"name": name, "backend": spec.backend,
-                           "source": spec.source.describe(), "n_ctx": spec.n_ctx,
+                           "source": spec.where(), "n_ctx": spec.n_ctx,
                            "present": False, "problem": None}
     try:
-        path, facts, fp = estimate_model(config, name, resources)
+        found = estimate_model(config, name, resources)
     except LocalMoaError as exc:
         if strict:
             raise
         row["problem"] = str(exc)
         return row
+    path, fp = found.path, found.footprint
     row.update(present=True, path=str(path) if path else None,
                file_bytes=sum(p.stat().st_size for p in shard_paths(path) if p.is_file())
                if path else fp.weights_bytes,
-               **_facts_dict(facts), footprint=_footprint_dict(fp))
+               **(_facts_dict(found.facts) if found.facts else {}),
+               footprint=_footprint_dict(fp))
     return row
 
 
@@ -66,7 +68,7 @@ def _footprint_dict(fp: Footprint) -> dict[str, Any]:
     return {"weights_bytes": fp.weights_bytes, "kv_bytes": fp.kv_bytes,
             "compute_bytes": fp.compute_bytes, "overhead_bytes": fp.overhead_bytes,
             "total_bytes": fp.total_bytes, "extra_instance_bytes": fp.extra_instance_bytes,
-            "pools_bytes": fp.pools}
+            "pools_bytes": fp.pools, "external": fp.external}
 
 
 @app.command("list")
@@ -170,7 +172,7 @@ def add(
     ~/.config/localmoa/models.yaml). The file is checked after writing; the previous
     version is kept as .bak."""
     entry = _entry_for(source, n_ctx)
-    ModelSpec.model_validate(entry)  # the same rules as models.yaml
+    model_spec(entry)  # the same rules as models.yaml
     target = config or constants.user_config_path()
     data: dict[str, Any] = {}
     if target.exists():
@@ -180,8 +182,8 @@ def add(
     if name in models and not force:
         raise UsageError(f"{target} already has a model {name!r}; pick another --name or "
                          "add --force to replace it")
-    shipped, _ = read_config_file(shipped_config_path())
-    if name in shipped.models and name not in models and not force:
+    _, _, shipped = read_config_file(shipped_config_path())
+    if name in shipped and name not in models and not force:
         raise UsageError(f"{name!r} is a shipped model name; pick another --name or add --force")
     models[name] = entry
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
@@ -197,7 +199,7 @@ def add(
         raise
     tmp.replace(target)
     Output().note(f"added model {escape(name)!r} to {escape(str(target))}"
-                  + ("" if entry["backend"] == "ollama" or "path" in entry["source"]
+                  + ("" if "path" in entry["source"]
                      else f"; fetch it with `localmoa models pull {escape(name)}`"))
 
 

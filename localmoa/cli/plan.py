@@ -88,10 +88,13 @@ def plan_document(pre: Preflight) -> dict[str, Any]:
                               "total_bytes": fp.total_bytes,
                               "extra_instance_bytes": fp.extra_instance_bytes,
                               "pools_bytes": fp.pools, "n_ctx": fp.n_ctx,
-                              "kv_type": fp.kv_type, "quant": pre.facts[name].quant,
-                              "parameters": pre.facts[name].parameters,
+                              "kv_type": fp.kv_type,
+                              "quant": pre.facts[name].quant if name in pre.facts else None,
+                              "parameters": pre.facts[name].parameters
+                              if name in pre.facts else None,
                               "path": str(pre.paths[name]) if name in pre.paths else None,
-                              "backend": "ollama" if not fp.local else "llamacpp"}
+                              "backend": pre.backends.get(name), "external": fp.external,
+                              "parallel_limit": fp.parallel_limit or None}
                        for name, fp in pre.footprints.items()},
         "plan": pre.plan.to_dict(),
     }
@@ -113,7 +116,14 @@ def footprint_table(pre: Preflight) -> Table:
                 "overhead", "total", "+instance"):
         table.add_column(col, justify="left" if col in ("model", "quant", "kv") else "right")
     for name, fp in pre.footprints.items():
-        facts = pre.facts[name]
+        facts = pre.facts.get(name)
+        if fp.external or facts is None:
+            pools = ", ".join(fp.pools)
+            limit = f", {fp.parallel_limit} at once" if fp.parallel_limit else ""
+            table.add_row(escape(name), "-", "-", str(fp.n_ctx), "-",
+                          escape(f"external ({pools}{limit}): not budgeted here"),
+                          *[""] * 5)
+            continue
         table.add_row(escape(name), facts.quant, f"{facts.parameters / 1e6:.0f}M",
                       str(fp.n_ctx), fp.kv_type, format_bytes(fp.weights_bytes),
                       format_bytes(fp.kv_bytes), format_bytes(fp.compute_bytes),
@@ -153,7 +163,8 @@ def wave_agents(wave: Wave) -> str:
         if t.batch > 1:
             batched.setdefault((t.model, t.slot, t.threads), []).append(t.agent)
         else:
-            parts.append(f"{t.agent} {t.model}#{t.slot} x{t.threads}")
+            cores = f"x{t.threads}" if t.threads else "(its own cores)"
+            parts.append(f"{t.agent} {t.model}#{t.slot} {cores}")
     for (model, slot, threads), ids in batched.items():
         why = wave.choices.get(model, "")
         parts.insert(0, f"{', '.join(ids)} batched on {model}#{slot} x{threads}"

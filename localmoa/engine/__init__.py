@@ -142,7 +142,6 @@ def _model_facts(config: Config, graph: MoaGraph,
     facts: dict[str, dict[str, Any]] = {}
     for name in graph.models:
         spec = config.models[name]
-        facts[name] = {"backend": spec.backend, "source": spec.source.describe(),
-                       "n_ctx": spec.n_ctx, "kv_type": spec.kv_type,
-                       "n_gpu_layers": spec.n_gpu_layers, **runtime.get(name, {})}
+        facts[name] = {"backend": spec.backend, "source": spec.where(), "n_ctx": spec.n_ctx,
+                       **spec.report_facts(), **runtime.get(name, {})}
     return facts

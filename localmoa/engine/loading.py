@@ -56,9 +56,9 @@ def load_wave(ex: Execution, wave: Wave, agents: dict[str, Agent]) -> None:
         ex.log("loading", model=inst.model, instance=str(inst))
         if host.load(inst, task.threads if task else ex.plan.cores):
             model = host.loaded[inst].model
-            facts = getattr(model, "runtime_facts", {})
+            facts = model.runtime_facts
             ex.log("loaded", model=inst.model, instance=str(inst), load_s=round(model.load_s, 4),
-                   pid=getattr(model, "pid", None), prestarted=facts.get("worker_prestarted"),
+                   pid=model.pid, prestarted=facts.get("worker_prestarted"),
                    worker_wait_s=facts.get("worker_wait_s"))
         else:
             ex.log("load_failed", model=inst.model, instance=str(inst),

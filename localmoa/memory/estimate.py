@@ -139,8 +139,14 @@ class Footprint:
     #: Pools of one instance whose context has room for n sequences (a batch), by n;
     #: empty when its agents are not batched.
     batched_pools: dict[int, dict[str, int]] = field(default_factory=dict)
-    #: Most agents that may use the model at once (an Ollama daemon's parallel); 0: any.
+    #: Most agents that may use the model at once (an Ollama daemon's parallel, a
+    #: server's concurrency); 0: any.
     parallel_limit: int = 0
+    #: Models that share ``parallel_limit`` (one server's requests); "": the model alone.
+    parallel_group: str = ""
+    #: Its memory is not budgeted here (a server that holds the model already): its
+    #: pools carry no bytes, only the model's place.
+    external: bool = False
 
     @property
     def total_bytes(self) -> int:

@@ -297,11 +297,18 @@ def _shape(members: Sequence[Agent], footprints: Mapping[str, Footprint],
 def _fits_at_once(members: Sequence[Agent], footprints: Mapping[str, Footprint],
                   budgets: Mapping[str, int], cores: int) -> bool:
     """Whether these agents can run in one wave: their shape fits the budgets, and no
-    model gets more agents at once than it takes (an Ollama daemon's parallel)."""
-    for model, n in Counter(a.model for a in members).items():
-        limit = footprints[model].parallel_limit
-        if limit and n > limit:
-            return False
+    model (or group of models: one server) gets more agents at once than it takes (an
+    Ollama daemon's parallel, a server's concurrency)."""
+    groups: Counter[str] = Counter()
+    limits: dict[str, int] = {}
+    for agent in members:
+        fp = footprints[agent.model]
+        if fp.parallel_limit:
+            group = fp.parallel_group or agent.model
+            groups[group] += 1
+            limits[group] = min(limits.get(group, fp.parallel_limit), fp.parallel_limit)
+    if any(n > limits[group] for group, n in groups.items()):
+        return False
     shape, _ = _shape(members, footprints, budgets, cores)
     return fits(cost(footprints, {m: k for m, (k, _) in shape.items()},
                      {m: s for m, (_, s) in shape.items()}), budgets)

@@ -1,0 +1,459 @@
+"""Models served by an OpenAI-compatible server (llama-server, vLLM, LM Studio,
+llama-cpp-python's server), over its HTTP API with one shared httpx client.
+
+localmoa neither starts nor stops the server: ``load`` checks that the server serves
+the model (``GET /models``), ``unload`` does nothing, a chat is a streamed ``POST
+/chat/completions``. Times come from the server when it reports them (llama-server's
+``timings`` block), else they are measured on this side of the connection. Busy
+answers (HTTP 429 / 503) are tried again after the server's Retry-After or an
+exponential backoff. The API key is read from the environment variable the entry
+names, and never written into an error or a report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..config import Config, ModelSpec
+from ..errors import GenerationError, LocalMoaError, ModelLoadError, ModelNotFoundError
+from .base import (
+    BackendBase,
+    Capabilities,
+    ChatStream,
+    Estimate,
+    GenerateOptions,
+    GenerationStats,
+    LoadedModel,
+    Message,
+)
+from .openai_spec import OpenAISpec
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..memory.probe import Resources
+
+CONNECT_TIMEOUT_S = 10.0
+#: The first wait after a busy answer; each further one doubles, up to the cap.
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+#: The longest Retry-After honoured: a server asking for more gets this.
+RETRY_AFTER_MAX_S = 60.0
+BUSY_STATUSES = frozenset({429, 503})
+#: A server's pool has no budget here: the server holds its model already.
+UNLIMITED = 1 << 62
+
+
+def _wait(seconds: float) -> None:
+    """Wait before trying a busy server again (tests replace it, to record the waits)."""
+    threading.Event().wait(seconds)
+
+
+def _own(spec: ModelSpec) -> OpenAISpec:
+    assert isinstance(spec, OpenAISpec), f"not an openai entry: {spec.backend}"
+    return spec
+
+
+def api_key(name: str, spec: OpenAISpec) -> str | None:
+    """The key from the variable the entry names; None when it names none."""
+    if spec.api_key_env is None:
+        return None
+    key = os.environ.get(spec.api_key_env, "").strip()
+    if not key:
+        raise ModelLoadError(f"model {name!r}: api_key_env {spec.api_key_env} is not set; "
+                             "export it (the key is never read from models.yaml)")
+    return key
+
+
+def retry_delay(retry_after: str | None, attempt: int) -> float:
+    """Seconds to wait after busy answer number ``attempt`` (0 is the first): the
+    server's Retry-After (seconds or an HTTP date, capped), else exponential backoff."""
+    if retry_after:
+        seconds: float | None
+        try:
+            seconds = float(retry_after)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(retry_after)
+            except (TypeError, ValueError):
+                seconds = None
+            else:
+                when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+                seconds = (when - datetime.now(timezone.utc)).total_seconds()
+        if seconds is not None:
+            return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
+    return min(BACKOFF_FIRST_S * 2 ** attempt, BACKOFF_MAX_S)
+
+
+def _scrub(text: str, key: str | None) -> str:
+    """``text`` on one line, short, without the API key (some servers echo it)."""
+    if key:
+        text = text.replace(key, "***")
+    line = " ".join(text.split())
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def server_message(body: bytes, key: str | None) -> str:
+    """What a failed answer says: the error message of its JSON body (OpenAI's
+    ``error.message``, vLLM's ``message``, FastAPI's ``detail``), else its first line."""
+    text = body.decode("utf-8", "replace")
+    message: Any = None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        message = message or data.get("message") or data.get("detail")
+    if message is not None and not isinstance(message, str):
+        message = json.dumps(message)
+    if not message:
+        message = next((line for line in text.splitlines() if line.strip()), "(empty body)")
+    return _scrub(message, key)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One model's requests to its server: who asks, with which key, and which error a
+    failure becomes (ModelLoadError while loading, GenerationError while generating)."""
+
+    name: str
+    spec: OpenAISpec
+    key: str | None = field(repr=False)  # never in a repr, a log or a traceback
+    failure: type[LocalMoaError]
+
+    def fail(self, what: str) -> LocalMoaError:
+        return self.failure(f"model {self.name!r}: {what}")
+
+    def http_error(self, path: str, status: int, message: str) -> LocalMoaError:
+        """One line for an answer the server refused: what happened and the fix."""
+        url, spec = self.spec.base_url, self.spec
+        if status in (401, 403):
+            if spec.api_key_env:
+                return self.fail(f"the server at {url} refused the API key (HTTP {status}); "
+                                 f"check ${spec.api_key_env}")
+            return self.fail(f"the server at {url} needs an API key (HTTP {status}): add "
+                             "api_key_env: VAR to the model, VAR being the environment "
+                             "variable you export the key in (e.g. OPENAI_API_KEY)")
+        if status == 404:
+            if path == "/models":
+                return ModelLoadError(
+                    f"model {self.name!r}: the server at {url} has no {path} (HTTP 404); fix "
+                    "base_url (OpenAI-compatible servers usually want it to end with /v1)")
+            return ModelNotFoundError(
+                f"model {self.name!r}: the server at {url} does not serve {spec.model!r} or "
+                f"has no {path} (HTTP 404: {message}); fix model: or base_url (usually "
+                "ending with /v1)")
+        return self.fail(f"the server at {url} failed (HTTP {status}): {message}")
+
+    def transport_error(self, exc: Exception) -> LocalMoaError:
+        """One line for a request that got no answer."""
+        import httpx
+
+        url = self.spec.base_url
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return self.fail(f"no server answers at {url} ({type(exc).__name__}); start it "
+                             "or fix base_url")
+        if isinstance(exc, httpx.TimeoutException):
+            return self.fail(f"the server at {url} sent nothing for {self.spec.timeout_s:g} s "
+                             f"({type(exc).__name__}); raise timeout_s or lower its load")
+        return self.fail(f"the connection to {url} failed ({self.reason(exc)})")
+
+    def reason(self, exc: Exception) -> str:
+        return f"{type(exc).__name__}: {_scrub(str(exc), self.key)}"
+
+
+class OpenAIBackend(BackendBase):
+    """Models that an OpenAI-compatible server already holds; nothing is budgeted here."""
+
+    name = "openai"
+    spec_class = OpenAISpec
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self) -> None:
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def client(self) -> httpx.Client:
+        """The backend's one HTTP client (thread-safe), created on first use. It ignores
+        proxy variables: the servers localmoa talks to are reached directly."""
+        import httpx
+
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    trust_env=False,
+                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def estimate(self, name: str, spec: ModelSpec, config: Config, resources: Resources,
+                 batch_up_to: int = 1) -> Estimate:
+        """No facts and no bytes: the server holds the model. Its pool says where it is,
+        and its concurrency caps the agents of all the models it serves."""
+        from ..memory.estimate import Footprint
+
+        spec = _own(spec)
+        pool = f"openai@{spec.origin}"  # the models of one server share it
+        return Estimate(None, None, Footprint(
+            model=name, n_ctx=spec.n_ctx, kv_type="", weights_bytes=0, kv_bytes=0,
+            compute_bytes=0, overhead_bytes=0, shared_weights_bytes=0, pools={pool: 0},
+            local=False, parallel_limit=spec.concurrency, parallel_group=pool, external=True))
+
+    def pool_budget(self, pool: str, config: Config) -> int | None:
+        return UNLIMITED if pool.startswith("openai@") else None
+
+    def remote_hosts(self, spec: ModelSpec) -> list[str]:
+        spec = _own(spec)
+        return [spec.base_url] if spec.allow_remote and spec.is_remote else []
+
+    def locate(self, config: Config, name: str) -> dict[str, Any]:
+        spec = _own(config.models[name])
+        return {"host": spec.base_url, "served_model": spec.model}
+
+    def doctor(self, config: Config | None) -> Any:
+        """Each server the config names: whether it answers and the models it lists."""
+        from .openai_doctor import check_server
+
+        servers: dict[str, list[OpenAISpec]] = {}
+        for spec in config.models.values() if config is not None else []:
+            if isinstance(spec, OpenAISpec):
+                servers.setdefault(spec.base_url, []).append(spec)
+        return [check_server(url, specs) for url, specs in servers.items()] or None
+
+    def doctor_problems(self, section: Any, models: list[dict[str, Any]]) -> list[str]:
+        from .openai_doctor import server_problems
+
+        return server_problems(section, models)
+
+    def send(self, call: Call, method: str, path: str, body: dict[str, Any] | None = None,
+             *, stream: bool = False) -> tuple[httpx.Response, float]:
+        """A request to the model's server, tried again while it answers busy: the answer,
+        and when the try that got it began (``perf_counter``: the waits are not the
+        server's time). A refusal or a failed connection becomes ``call``'s error."""
+        import httpx
+
+        spec = call.spec
+        headers = {"Authorization": f"Bearer {call.key}"} if call.key else {}
+        timeout = httpx.Timeout(spec.timeout_s, connect=CONNECT_TIMEOUT_S)
+        client = self.client()
+        for attempt in range(spec.retries + 1):
+            request = client.build_request(method, spec.base_url + path, json=body,
+                                           headers=headers, timeout=timeout)
+            tried_at = time.perf_counter()
+            try:
+                response = client.send(request, stream=stream)
+                if response.status_code < 400:
+                    return response, tried_at
+                content = response.read()
+            except httpx.HTTPError as exc:
+                raise call.transport_error(exc) from None
+            response.close()
+            status = response.status_code
+            if status not in BUSY_STATUSES:
+                raise call.http_error(path, status, server_message(content, call.key))
+            if attempt < spec.retries:
+                _wait(retry_delay(response.headers.get("retry-after"), attempt))
+        raise call.fail(f"the server at {spec.base_url} is still busy after "
+                        f"{spec.retries + 1} tries (HTTP {status}); lower concurrency or "
+                        "raise retries")
+
+    def load(self, name: str, spec: ModelSpec, path: Path | None, n_threads: int,
+             n_seq: int = 1) -> OpenAIModel:
+        """Checks that the server answers and lists the model; loads nothing."""
+        spec = _own(spec)
+        call = Call(name, spec, api_key(name, spec), ModelLoadError)
+        started = time.perf_counter()
+        response, _ = self.send(call, "GET", "/models")
+        served = served_models(response)
+        if served is None:
+            raise call.fail(f"the server at {spec.base_url} answered /models with no model "
+                            "list; is base_url an OpenAI-compatible API (usually ending /v1)?")
+        if spec.model not in served:
+            listed = ", ".join(served) or "none"
+            raise ModelNotFoundError(
+                f"model {name!r}: the server at {spec.base_url} does not serve {spec.model!r}; "
+                f"it serves: {listed} (fix model: of {name} in models.yaml)")
+        return OpenAIModel(self, call, time.perf_counter() - started)
+
+
+def served_models(response: httpx.Response) -> list[str] | None:
+    """The ids of an OpenAI ``/models`` answer (``{"data": [{"id": ...}]}``); None when
+    the answer is not one."""
+    try:
+        data = response.json().get("data")
+        return [str(entry["id"]) for entry in data]
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return None
+
+
+@dataclass
+class Tally:
+    """What a streamed answer told so far; ``stats`` turns it into GenerationStats."""
+
+    started: float
+    pieces: int = 0
+    first_at: float | None = None
+    last_at: float | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    timings: dict[str, Any] | None = None
+    done: bool = False
+
+    def add(self, chunk: dict[str, Any], now: float) -> str | None:
+        """Take one chunk; returns its text, if any."""
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        if isinstance(chunk.get("timings"), dict):
+            self.timings = chunk["timings"]
+        choices = chunk.get("choices") or []
+        if not choices or not isinstance(choices[0], dict):
+            return None
+        self.finish_reason = choices[0].get("finish_reason") or self.finish_reason
+        delta = choices[0].get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else None
+        if not text:
+            return None
+        self.pieces += 1
+        self.first_at = self.first_at if self.first_at is not None else now
+        self.last_at = now
+        return str(text)
+
+    def stats(self, ended: float) -> GenerationStats:
+        first = self.first_at if self.first_at is not None else ended
+        last = self.last_at if self.last_at is not None else first
+        ttft = first - self.started
+        t = self.timings
+        if t and "predicted_n" in t:  # llama-server's own measurements
+            cached = int(t.get("cache_n") or 0)
+            predicted = int(t["predicted_n"])
+            return GenerationStats(
+                prompt_tokens=int(t.get("prompt_n") or 0) + cached, completion_tokens=predicted,
+                ttft_s=ttft, prompt_s=float(t.get("prompt_ms") or 0) / 1000,
+                decode_s=float(t.get("predicted_ms") or 0) / 1000, decode_tokens=predicted,
+                cached_tokens=cached, finish_reason=self.finish_reason, timing="server")
+        if self.usage:
+            prompt = int(self.usage.get("prompt_tokens") or 0)
+            completion = int(self.usage.get("completion_tokens") or 0)
+            details = self.usage.get("prompt_tokens_details") or {}
+            cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        else:  # llama-cpp-python's server streams no usage: a chunk is a token
+            prompt, completion, cached = 0, self.pieces, 0
+        return GenerationStats(
+            prompt_tokens=prompt, completion_tokens=completion, ttft_s=ttft, prompt_s=ttft,
+            decode_s=last - first, decode_tokens=max(completion - 1, 0), cached_tokens=cached,
+            finish_reason=self.finish_reason, timing="client")
+
+
+class OpenAIModel(LoadedModel):
+    """A model a server holds. One chat at a time; ``kill`` cuts the current one off."""
+
+    def __init__(self, backend: OpenAIBackend, call: Call, load_s: float) -> None:
+        self.backend = backend
+        self.name = call.name
+        self.spec = call.spec
+        self.load_s = load_s
+        self.runtime_facts: dict[str, Any] = {"base_url": call.spec.base_url,
+                                              "server_model": call.spec.model,
+                                              "external": True}
+        self._call = Call(call.name, call.spec, call.key, GenerationError)
+        self._response: httpx.Response | None = None
+        self._stopped: str | None = None
+
+    def chat(self, messages: Sequence[Message], options: GenerateOptions) -> ChatStream:
+        return ChatStream(lambda stream: self._generate(stream, messages, options))
+
+    def _body(self, messages: Sequence[Message], options: GenerateOptions) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.spec.model, "messages": [dict(m) for m in messages],
+                                "stream": True, "stream_options": {"include_usage": True},
+                                "temperature": options.temperature, "top_p": options.top_p,
+                                "max_tokens": options.max_tokens}
+        if options.seed is not None:
+            body["seed"] = options.seed
+        if options.stop:
+            body["stop"] = list(options.stop)
+        return body
+
+    def _generate(self, stream: ChatStream, messages: Sequence[Message],
+                  options: GenerateOptions) -> Iterator[str]:
+        import httpx
+
+        self._stopped = None
+        response, tried_at = self.backend.send(self._call, "POST", "/chat/completions",
+                                               self._body(messages, options), stream=True)
+        tally = Tally(tried_at)
+        self._response = response
+        try:
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, ": keep-alive" comments, event: / id:
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    tally.done = True
+                    break
+                text = tally.add(self._chunk(data, tally), time.perf_counter())
+                if text:
+                    yield text
+        except httpx.HTTPError as exc:
+            raise self._broken(tally, self._stopped or self._call.reason(exc)) from None
+        finally:
+            self._response = None
+            response.close()
+        if self._stopped:
+            raise self._broken(tally, self._stopped)
+        if not tally.done and tally.finish_reason is None:
+            raise self._broken(tally, "the answer ended without [DONE] or a finish_reason")
+        stream.stats = tally.stats(time.perf_counter())
+
+    def _chunk(self, data: str, tally: Tally) -> dict[str, Any]:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            raise GenerationError(
+                f"model {self.name!r}: the server at {self.spec.base_url} sent a stream line "
+                f"that is not a JSON object after {tally.pieces} pieces: "
+                f"{_scrub(data, self._call.key)[:80]}")
+        if chunk.get("error"):  # llama-server and vLLM report a failure mid-stream like this
+            message = server_message(json.dumps(chunk).encode(), self._call.key)
+            raise GenerationError(f"model {self.name!r}: the server at {self.spec.base_url} "
+                                  f"failed mid-answer after {tally.pieces} pieces: {message}")
+        return chunk
+
+    def _broken(self, tally: Tally, reason: str) -> GenerationError:
+        return GenerationError(f"model {self.name!r}: the stream from {self.spec.base_url} "
+                               f"broke after {tally.pieces} pieces: {reason}")
+
+    def unload(self) -> None:
+        """Nothing to free: the server keeps the model."""
+
+    def kill(self, reason: str) -> None:
+        """Cut the current answer off now (from any thread): its socket is shut, so the
+        reading thread wakes at once and its call ends with a one-line error."""
+        response = self._response
+        if response is None:
+            return
+        self._stopped = f"stopped: {reason}"
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
