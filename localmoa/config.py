@@ -261,10 +261,11 @@ def _find_duplicate_key(node: yaml.Node | None) -> tuple[str, int] | None:
     return None
 
 
-def _pydantic_message(err: Any, misplaced: dict[str, str] | None = None) -> str:
+def _pydantic_message(err: Any, misplaced: dict[str, str] | None = None,
+                      hide_input: bool = False) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        key = str(err["loc"][-1]) if err["loc"] else ""
+        key = str(err["loc"][0]) if len(err["loc"]) == 1 else ""  # a key of the entry itself
         if misplaced and key in misplaced:
             return misplaced[key]
         return "unknown key (check the spelling; see models.yaml in the README)"
@@ -272,19 +273,21 @@ def _pydantic_message(err: Any, misplaced: dict[str, str] | None = None) -> str:
         return "required field is missing"
     msg = str(err["msg"])
     msg = msg.removeprefix("Value error, ")
-    if kind.endswith("_type") or kind in ("literal_error", "enum"):
+    if (kind.endswith("_type") or kind in ("literal_error", "enum")) and not hide_input:
         msg += f" (got {err.get('input')!r})"
     return msg
 
 
 def _raise_first(exc: ValidationError, file: str, index: _NodeIndex,
-                 prefix: tuple[Any, ...] = (), misplaced: dict[str, str] | None = None) -> None:
-    """The first of pydantic's errors as one line with its file, line and field."""
+                 prefix: tuple[Any, ...] = (), misplaced: dict[str, str] | None = None,
+                 hide_input: bool = False) -> None:
+    """The first of pydantic's errors as one line with its file, line and field (without
+    the value written when the schema hides inputs: it may be a secret)."""
     errors = exc.errors()
     first = errors[0]
     loc = (*prefix, *first["loc"])
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    raise ConfigError(_pydantic_message(first, misplaced) + more, file=file,
+    raise ConfigError(_pydantic_message(first, misplaced, hide_input) + more, file=file,
                       line=index.line_of(loc), field=_format_loc(loc)) from None
 
 
@@ -326,7 +329,8 @@ def parse_models(entries: dict[str, dict[str, Any]], file: str,
         try:
             specs[name] = cls.model_validate(entry)
         except ValidationError as exc:
-            _raise_first(exc, file, index, where, cls.MISPLACED)
+            _raise_first(exc, file, index, where, cls.MISPLACED,
+                         bool(cls.model_config.get("hide_input_in_errors")))
     return specs
 
 

@@ -38,7 +38,8 @@ def collect(config_path: Path | None = None, recheck: bool = False) -> dict[str,
     report["llama_cpp"] = _section(lambda: _llama_cpp(config, recheck))
     report["backends"] = _backends()
     sections = _backend_sections(config)
-    report.update(sections)
+    for name, section in sections.items():  # a plugin's name never hides a core section
+        report[name if name not in report else f"{name}_backend"] = section
     report["huggingface"] = _section(_huggingface)
     report["models"] = _models(config) if config is not None else []
     found = _backend_problems(sections, report["models"])

@@ -163,11 +163,17 @@ class ModelHost:
         spec = self.config.models[inst.model]
         self.load_errors.pop(inst, None)
         started = time.perf_counter()
+        backend = get_backend(spec.backend)
         try:
-            model = get_backend(spec.backend).load(inst.model, spec, self.paths.get(inst.model),
-                                                   n_threads, n_seq=inst.seqs)
+            model = backend.load(inst.model, spec, self.paths.get(inst.model), n_threads,
+                                 n_seq=inst.seqs)
         except LocalMoaError as exc:
             self.load_errors[inst] = str(exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - a backend's bug (a plugin's) costs its agents
+            self.load_errors[inst] = (f"model {inst.model!r}: backend {spec.backend} (package "
+                                      f"{backend.package}) failed to load it: "
+                                      + internal_error(exc, f"loading {inst.model}"))
             return False
         self.loaded[inst] = Loaded(inst, model, started_at=started)
         facts = model.runtime_facts

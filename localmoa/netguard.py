@@ -89,7 +89,8 @@ def _check(host: str, what: str) -> None:
     _log("refuse", what)
     raise NetworkRefused(
         f"refused to contact {host}: localmoa runs offline and only talks to this machine "
-        "and hosts you configured (an Ollama host with allow_remote: true); "
+        "and hosts you configured (a model's Ollama host or OpenAI-compatible base_url with "
+        "allow_remote: true); "
         "`localmoa models pull` is the command that downloads")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -36,6 +35,9 @@ KEY = "sk-test-0123456789abcdef"  # what a user exports; it must never show in a
 MESSAGES: list[Message] = [{"role": "system", "content": "Be brief."},
                            {"role": "user", "content": "Name a colour."}]
 OPTIONS = GenerateOptions(temperature=0.0, max_tokens=16, seed=7)
+#: A question SmolLM2 answers at length: a stream still running when a test cuts it.
+LONG: list[Message] = [{"role": "user", "content": "Write a long story about a lighthouse "
+                                                   "keeper and the sea."}]
 
 
 def spec_for(base_url: str, **keys: Any) -> OpenAISpec:
@@ -54,7 +56,7 @@ def backend() -> Iterator[OpenAIBackend]:
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The waits the backend asks for between tries, recorded instead of waited."""
     asked: list[float] = []
-    monkeypatch.setattr(openai, "_wait", asked.append)
+    monkeypatch.setattr(openai, "_wait", lambda seconds, stop=None: asked.append(seconds))
     return asked
 
 
@@ -94,11 +96,9 @@ def test_a_model_the_real_server_does_not_serve(real_server: OpenAIServer,
 def test_closing_a_stream_after_its_first_piece(real_server: OpenAIServer,
                                                 backend: OpenAIBackend) -> None:
     model = backend.load("smol", spec_for(real_server.base_url), None, 1)
-    stream = model.chat(MESSAGES, GenerateOptions(temperature=0.0, max_tokens=400))
+    stream = model.chat(LONG, GenerateOptions(temperature=0.0, max_tokens=400))
     assert next(iter(stream))
-    started = time.perf_counter()
-    stream.close()
-    assert time.perf_counter() - started < 1.0
+    stream.close()  # the server stops generating: its next request is served at once
     assert stream.stats is None
     again = model.chat(MESSAGES, OPTIONS)
     assert again.text() and again.stats is not None and again.stats.finish_reason
@@ -112,7 +112,7 @@ def test_kill_cuts_a_chat_off_from_another_thread(real_server: OpenAIServer,
 
     def agent() -> None:
         try:
-            for _ in model.chat(MESSAGES, GenerateOptions(temperature=0.0, max_tokens=400)):
+            for _ in model.chat(LONG, GenerateOptions(temperature=0.0, max_tokens=400)):
                 first_piece.set()
             outcome.append(None)
         except BaseException as exc:  # noqa: BLE001 - the test reads it
@@ -129,14 +129,17 @@ def test_kill_cuts_a_chat_off_from_another_thread(real_server: OpenAIServer,
     assert str(outcome[0]).startswith(f"model 'smol': the stream from {real_server.base_url} "
                                       "broke after ")
     assert str(outcome[0]).endswith("pieces: stopped: its agent did not stop in time")
-    assert model.chat(MESSAGES, OPTIONS).text()  # the server serves the next one
+    with pytest.raises(GenerationError, match="stopped: its agent"):
+        model.chat(MESSAGES, OPTIONS).text()  # a killed instance answers no more
+    fresh = backend.load("smol", spec_for(real_server.base_url), None, 1)
+    assert fresh.chat(MESSAGES, OPTIONS).text()  # the server serves the next one
 
 
 def test_a_server_that_dies_mid_answer(smollm2_path: Path, backend: OpenAIBackend,
                                        isolated_home: Path) -> None:
     with OpenAIServer(smollm2_path, ALIAS) as server:
         model = backend.load("smol", spec_for(server.base_url), None, 1)
-        stream = model.chat(MESSAGES, GenerateOptions(temperature=0.0, max_tokens=400))
+        stream = model.chat(LONG, GenerateOptions(temperature=0.0, max_tokens=400))
         pieces = iter(stream)
         assert next(pieces)
         server.kill()
@@ -331,6 +334,68 @@ def test_busy_then_served_honours_retry_after(httpserver: HTTPServer, backend: O
     assert waits == [2.0, 1.0]  # the server's 2 s, then the backoff's second step
 
 
+def test_kill_ends_the_wait_for_a_busy_server(httpserver: HTTPServer,
+                                              backend: OpenAIBackend) -> None:
+    """An agent abandoned while its server is busy: no try follows, the wait ends at once
+    (the server asked for 30 s)."""
+    model = loaded(httpserver, backend)
+    busy = threading.Event()
+
+    def answer_busy(request: Any) -> Response:
+        busy.set()
+        return Response(json.dumps({"error": {"message": "slots busy"}}), status=429,
+                        headers={"Retry-After": "30"}, content_type="application/json")
+
+    httpserver.expect_request("/v1/chat/completions").respond_with_handler(answer_busy)
+    outcome: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _collect(model, outcome))
+    thread.start()
+    assert busy.wait(30)
+    model.kill("its agent did not stop in time")
+    thread.join(10)
+    assert not thread.is_alive() and isinstance(outcome[0], GenerationError)
+    assert "stopped" in str(outcome[0])
+    assert len([r for r, _ in httpserver.log if r.path == "/v1/chat/completions"]) == 1
+
+
+def _collect(model: OpenAIModel, outcome: list[BaseException]) -> None:
+    try:
+        model.chat(MESSAGES, OPTIONS).text()
+    except BaseException as exc:  # noqa: BLE001 - the test reads it
+        outcome.append(exc)
+
+
+def test_a_servers_concurrency_holds_across_instances(httpserver: HTTPServer,
+                                                      backend: OpenAIBackend) -> None:
+    """With concurrency 1, a second instance's chat waits for the first one's request to
+    end (an abandoned agent's request still counts), then goes."""
+    first, second = loaded(httpserver, backend), loaded(httpserver, backend)
+    inside = threading.Event()
+    release = threading.Event()
+    seen: list[int] = []
+
+    def slow(request: Any) -> Response:
+        seen.append(len(seen))
+        inside.set()
+        release.wait(30)
+        return sse(chunk("ok", finish="stop"))
+
+    httpserver.expect_request("/v1/chat/completions").respond_with_handler(slow)
+    outcome: list[BaseException] = []
+    one = threading.Thread(target=lambda: _collect(first, outcome))
+    one.start()
+    assert inside.wait(30)
+    answers: list[str] = []
+    two = threading.Thread(target=lambda: answers.append(second.chat(MESSAGES, OPTIONS).text()))
+    two.start()
+    two.join(0.5)  # it may not reach the server while the first request is out
+    assert two.is_alive() and seen == [0]
+    release.set()
+    one.join(30)
+    two.join(30)
+    assert answers == ["ok"] and seen == [0, 1] and not outcome
+
+
 @pytest.mark.parametrize("status", [429, 503])
 def test_busy_for_ever(httpserver: HTTPServer, backend: OpenAIBackend, waits: list[float],
                        status: int) -> None:
@@ -421,13 +486,14 @@ def test_estimate_pool_and_hosts(backend: OpenAIBackend) -> None:
     estimate = backend.estimate("m", spec, None, None)  # type: ignore[arg-type]
     fp = estimate.footprint
     assert (estimate.path, estimate.facts) == (None, None)
-    assert fp.pools == {"openai@http://localhost:8080": 0} and fp.total_bytes == 0
+    # localhost, 127.0.0.1 and ::1 are one machine: one server's pool and limit
+    assert fp.pools == {"openai@http://127.0.0.1:8080": 0} and fp.total_bytes == 0
     assert (fp.local, fp.external, fp.parallel_limit, fp.parallel_group) == (
-        False, True, 4, "openai@http://localhost:8080")
+        False, True, 4, "openai@http://127.0.0.1:8080")
     assert fp.n_ctx == 4096
     assert backend.pool_budget("openai@http://localhost:8080", None) == 1 << 62  # type: ignore
     assert backend.pool_budget("ram", None) is None  # type: ignore[arg-type]
-    assert spec_for("https://[::1]/v1").origin == "https://[::1]:443"
+    assert spec_for("https://[::1]/v1").origin == "https://127.0.0.1:443"
     assert backend.remote_hosts(spec) == []
     remote = spec_for("https://gpu-box.lan/v1", allow_remote=True)
     assert backend.remote_hosts(remote) == ["https://gpu-box.lan/v1"]
@@ -527,3 +593,39 @@ def test_a_good_entry(tmp_path: Path) -> None:
             spec.retries) == ("https://gpu-box.lan:8443/v1", "smollm2", "GPU_BOX_KEY", 8,
                               120.0, 0)
     assert spec.origin == "https://gpu-box.lan:8443"
+
+
+@pytest.mark.parametrize("entry", [
+    'base_url: "http://127.0.0.1:8080/v1?api-key=sk-live-0123456789abcdef"',
+    "base_url: http://127.0.0.1:8080/v1\n    api_key_env: 12345678901234567890123456789",
+    'base_url: "http://user:sk-live-0123456789abcdef@127.0.0.1:8080/v1"',
+])
+def test_a_config_error_never_repeats_a_secret(tmp_path: Path, entry: str) -> None:
+    path = tmp_path / "user.yaml"
+    path.write_text(f"models:\n  m:\n    backend: openai\n    model: x\n    {entry}\n",
+                    encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "0123456789abcdef" not in str(err.value) and "1234567890123" not in str(err.value)
+    assert str(err.value).startswith(f"{path}:")
+
+
+def test_the_socket_guard_lets_exactly_the_allowed_server_through(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from localmoa import netguard
+    from localmoa.memory.probe import probe
+    from localmoa.preflight import estimate_model
+
+    monkeypatch.setattr(netguard, "_allowed_hosts", set())
+    monkeypatch.setattr(netguard, "_allowed_ips", set())
+    path = tmp_path / "user.yaml"
+    path.write_text("models:\n  far: {backend: openai, base_url: 'http://10.1.2.3:8000/v1', "
+                    "model: m, allow_remote: true}\n", encoding="utf-8")
+    config = load_config(path)
+    with pytest.raises(netguard.NetworkRefused):
+        netguard._check("10.1.2.3", "connect 10.1.2.3:8000")  # nothing allowed it yet
+    found = estimate_model(config, "far", probe())
+    assert found.footprint.external and found.facts is None and found.path is None
+    netguard._check("10.1.2.3", "connect 10.1.2.3:8000")  # the configured host: allowed
+    with pytest.raises(netguard.NetworkRefused, match="base_url with allow_remote"):
+        netguard._check("10.9.9.9", "connect 10.9.9.9:8000")  # any other: refused

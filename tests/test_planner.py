@@ -212,3 +212,39 @@ def test_warm_start_evicts_before_the_first_wave_when_memory_is_short() -> None:
     p = plan(g, EQUAL, ONE_MODEL, cores=2, resident={"A": 1}, keep=True)
     assert [str(i) for i in p.unloads_first] == ["A#0"]
     assert p.peak_bytes["ram"] <= ONE_MODEL["ram"] and p.resident_at_end == {"B": 1}
+
+
+def server(name: str, concurrency: int, pool: str = "openai@http://127.0.0.1:8080") -> Footprint:
+    """A model on an OpenAI-compatible server: external, its server's pool and limit."""
+    return Footprint(model=name, n_ctx=2048, kv_type="", weights_bytes=0, kv_bytes=0,
+                     compute_bytes=0, overhead_bytes=0, shared_weights_bytes=0,
+                     pools={pool: 0}, local=False, parallel_limit=concurrency,
+                     parallel_group=pool, external=True)
+
+
+@pytest.mark.parametrize(("limits", "widest"), [
+    ((1, 1), 1),  # one request at a time: two models of one server never share a wave
+    ((3, 3), 3),
+    ((3, 1), 1),  # models that disagree: the server takes the smallest
+    ((2, 4), 2),
+])
+def test_models_of_one_server_share_its_concurrency(limits: tuple[int, int],
+                                                    widest: int) -> None:
+    footprints = {"X": server("X", limits[0]), "Y": server("Y", limits[1]),
+                  "A": FOOTPRINTS["A"]}
+    g = graph("XYXY", aggregator="A")
+    budgets = {"ram": 10_000 * MiB, "openai@http://127.0.0.1:8080": 1 << 62}
+    p = plan(g, footprints, budgets, cores=2)
+    on_server = [sum(t.model in "XY" for t in w.tasks) for w in p.waves if w.layer == 1]
+    assert max(on_server) == widest and sum(on_server) == 4
+    assert all(t.threads == 0 for w in p.waves for t in w.tasks if t.model in "XY")
+    assert p.peak_bytes["openai@http://127.0.0.1:8080"] == 0  # external: nothing budgeted
+    assert p.peak_bytes["ram"] == FOOTPRINTS["A"].total_bytes
+
+
+def test_two_servers_each_keep_their_own_limit() -> None:
+    other = "openai@http://10.0.0.2:8000"
+    footprints = {"X": server("X", 1), "Z": server("Z", 1, other), "A": FOOTPRINTS["A"]}
+    budgets = {"ram": 10_000 * MiB, "openai@http://127.0.0.1:8080": 1 << 62, other: 1 << 62}
+    p = plan(graph("XZ", aggregator="A"), footprints, budgets, cores=2)
+    assert [sorted(t.model for t in w.tasks) for w in p.waves if w.layer == 1] == [["X", "Z"]]

@@ -107,9 +107,15 @@ def test_an_entry_point_that_is_not_a_backend(monkeypatch: pytest.MonkeyPatch) -
         backends.backend_class("odd")
 
 
-def test_a_plugin_that_fails_to_load_costs_its_agent(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("key", "error"), [
+    ("fail_load", "model 'parrot': echo was told not to load"),
+    ("bug_in_load", "model 'parrot': backend echo (package localmoa-echo) failed to load it: "
+                    "internal error: RuntimeError: echo's load has a bug"),
+])
+def test_a_plugin_that_fails_to_load_costs_its_agent(tmp_path: Path, key: str,
+                                                     error: str) -> None:
     config = write(tmp_path, f"""\
-  parrot: {{backend: echo, reply: "hello", fail_load: true}}
+  parrot: {{backend: echo, reply: "hello", {key}: true}}
   smol: {{backend: llamacpp, source: {SMOL}, n_ctx: 1024}}
 """, """\
   duo:
@@ -122,7 +128,7 @@ def test_a_plugin_that_fails_to_load_costs_its_agent(tmp_path: Path) -> None:
                "--json")
     assert proc.returncode == 0, proc.stderr
     parrot = next(a for a in json.loads(proc.stdout)["agents"] if a["model"] == "parrot")
-    assert not parrot["ok"] and "echo was told not to load" in parrot["error"]
+    assert not parrot["ok"] and parrot["error"].startswith(error), parrot["error"]
 
 
 def test_doctor_lists_installed_backends() -> None:
@@ -135,3 +141,14 @@ def test_doctor_lists_installed_backends() -> None:
     assert listed["llamacpp"]["capabilities"]["batched_sequences"] is True
     assert listed["openai"]["capabilities"]["batched_sequences"] is False
     assert doc["echo"][0]["summary"].endswith("echo models")
+
+
+def test_models_show_and_list_say_external(tmp_path: Path) -> None:
+    config = write(tmp_path, '  parrot: {backend: echo, reply: "hi"}\n')
+    proc = cli("models", "show", "parrot", "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert "external (echo): not budgeted here" in proc.stdout + proc.stderr
+    assert "architecture" not in proc.stdout  # no header facts to show
+    listed = json.loads(cli("models", "list", "--config", str(config), "--json").stdout)
+    row = next(r for r in listed["models"] if r["name"] == "parrot")
+    assert row["backend"] == "echo" and row["footprint"]["external"] is True

@@ -74,10 +74,16 @@ def _factory(name: str) -> Callable[[], Backend]:
             f"backend {name!r} (package {package}) cannot be imported: "
             f"{type(exc).__name__}: {exc}; reinstall it: pip install --force-reinstall "
             f"{package}") from None
+    from ..config import ModelSpec
+
     for attr in ("spec_class", "capabilities", "load", "estimate"):
         if not hasattr(factory, attr):
             raise ConfigError(f"backend {name!r} (package {package}) is not a localmoa "
                               f"backend: it has no {attr} (see localmoa.backends.base)")
+    spec = getattr(factory, "spec_class", None)
+    if not (isinstance(spec, type) and issubclass(spec, ModelSpec)):
+        raise ConfigError(f"backend {name!r} (package {package}) is not a localmoa backend: "
+                          "its spec_class is not a localmoa.config.ModelSpec")
     _FACTORIES[name] = factory
     return factory
 

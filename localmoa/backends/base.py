@@ -7,7 +7,7 @@ LoadedModel; a LoadedModel answers a chat with a ChatStream: iterate it to recei
 text pieces as they are generated; once it is exhausted, ``stats`` holds what the
 call cost. The engine, preflight, pull and the CLI use only this protocol.
 
-Third-party backends subclass ``BackendBase`` (and ``ModelBase``) and register
+Third-party backends subclass ``BackendBase`` (and ``LoadedModel``) and register
 through the ``localmoa.backends`` entry point (see backends/__init__.py).
 """
 
@@ -175,6 +175,10 @@ class BatchedModel(LoadedModel, Protocol):
     engine's driver thread calls ``run_batch`` while each agent reads its own stream."""
 
     def run_batch(self, batch: Batch, n_threads: int) -> None: ...
+
+
+#: The budget of a pool a backend does not limit (a daemon or a server manages itself).
+UNLIMITED = 1 << 62
 
 
 @dataclass(frozen=True)

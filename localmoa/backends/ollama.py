@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .. import constants
 from ..config import Config, ModelSpec
 from ..errors import GenerationError, LocalMoaError, ModelLoadError, ModelNotFoundError
+from .base import UNLIMITED as UNLIMITED  # a remote daemon with no ollama_hosts budget
 from .base import (
     BackendBase,
     Capabilities,
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 
 #: How long Ollama keeps a model we loaded; every request renews it, unload ends it.
 KEEP_ALIVE = "30m"
-#: The budget of a remote daemon nobody gave one for (ollama_hosts): Ollama manages it.
-UNLIMITED = 1 << 62
 
 
 def _own(spec: ModelSpec) -> OllamaSpec:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..config import Config, ModelSpec
 from ..errors import GenerationError, LocalMoaError, ModelLoadError, ModelNotFoundError
+from .base import UNLIMITED as UNLIMITED  # a server's pool: it holds its model already
 from .base import (
     BackendBase,
     Capabilities,
@@ -51,13 +52,12 @@ BACKOFF_MAX_S = 30.0
 #: The longest Retry-After honoured: a server asking for more gets this.
 RETRY_AFTER_MAX_S = 60.0
 BUSY_STATUSES = frozenset({429, 503})
-#: A server's pool has no budget here: the server holds its model already.
-UNLIMITED = 1 << 62
 
 
-def _wait(seconds: float) -> None:
-    """Wait before trying a busy server again (tests replace it, to record the waits)."""
-    threading.Event().wait(seconds)
+def _wait(seconds: float, stop: threading.Event | None = None) -> None:
+    """Wait before trying a busy server again, or until ``stop`` is set (tests replace
+    it, to record the waits)."""
+    (stop or threading.Event()).wait(seconds)
 
 
 def _own(spec: ModelSpec) -> OpenAISpec:
@@ -185,6 +185,16 @@ class OpenAIBackend(BackendBase):
     def __init__(self) -> None:
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+
+    def slots(self, spec: OpenAISpec) -> threading.BoundedSemaphore:
+        """The server's request slots: ``concurrency`` of them (the first model of a server
+        sets it; the planner already keeps to the smallest). They hold the limit even where
+        an abandoned agent's request is still out when a fresh instance starts."""
+        with self._lock:
+            if spec.origin not in self._slots:
+                self._slots[spec.origin] = threading.BoundedSemaphore(spec.concurrency)
+            return self._slots[spec.origin]
 
     def client(self) -> httpx.Client:
         """The backend's one HTTP client (thread-safe), created on first use. It ignores
@@ -244,10 +254,12 @@ class OpenAIBackend(BackendBase):
         return server_problems(section, models)
 
     def send(self, call: Call, method: str, path: str, body: dict[str, Any] | None = None,
-             *, stream: bool = False) -> tuple[httpx.Response, float]:
+             *, stream: bool = False, stop: threading.Event | None = None
+             ) -> tuple[httpx.Response, float]:
         """A request to the model's server, tried again while it answers busy: the answer,
         and when the try that got it began (``perf_counter``: the waits are not the
-        server's time). A refusal or a failed connection becomes ``call``'s error."""
+        server's time). A refusal or a failed connection becomes ``call``'s error; a set
+        ``stop`` ends the tries."""
         import httpx
 
         spec = call.spec
@@ -255,12 +267,14 @@ class OpenAIBackend(BackendBase):
         timeout = httpx.Timeout(spec.timeout_s, connect=CONNECT_TIMEOUT_S)
         client = self.client()
         for attempt in range(spec.retries + 1):
+            if stop is not None and stop.is_set():
+                raise call.fail(f"stopped before the server at {spec.base_url} answered")
             request = client.build_request(method, spec.base_url + path, json=body,
                                            headers=headers, timeout=timeout)
             tried_at = time.perf_counter()
             try:
                 response = client.send(request, stream=stream)
-                if response.status_code < 400:
+                if response.status_code < 300:
                     return response, tried_at
                 content = response.read()
             except httpx.HTTPError as exc:
@@ -270,7 +284,7 @@ class OpenAIBackend(BackendBase):
             if status not in BUSY_STATUSES:
                 raise call.http_error(path, status, server_message(content, call.key))
             if attempt < spec.retries:
-                _wait(retry_delay(response.headers.get("retry-after"), attempt))
+                _wait(retry_delay(response.headers.get("retry-after"), attempt), stop)
         raise call.fail(f"the server at {spec.base_url} is still busy after "
                         f"{spec.retries + 1} tries (HTTP {status}); lower concurrency or "
                         "raise retries")
@@ -376,6 +390,9 @@ class OpenAIModel(LoadedModel):
         self._call = Call(call.name, call.spec, call.key, GenerationError)
         self._response: httpx.Response | None = None
         self._stopped: str | None = None
+        #: Set by ``kill``: this instance answers no more (the engine abandoned it).
+        self._killed = threading.Event()
+        self._lock = threading.Lock()  # _response between the reading thread and kill
 
     def chat(self, messages: Sequence[Message], options: GenerateOptions) -> ChatStream:
         return ChatStream(lambda stream: self._generate(stream, messages, options))
@@ -393,13 +410,30 @@ class OpenAIModel(LoadedModel):
 
     def _generate(self, stream: ChatStream, messages: Sequence[Message],
                   options: GenerateOptions) -> Iterator[str]:
+        slots = self.backend.slots(self.spec)
+        while not slots.acquire(timeout=0.2):  # the server's concurrency, however it is held
+            if self._killed.is_set():
+                raise self._broken(Tally(0.0), str(self._stopped))
+        try:
+            yield from self._stream(stream, messages, options)
+        finally:
+            slots.release()
+
+    def _stream(self, stream: ChatStream, messages: Sequence[Message],
+                options: GenerateOptions) -> Iterator[str]:
         import httpx
 
-        self._stopped = None
+        if self._killed.is_set():
+            raise self._broken(Tally(0.0), str(self._stopped))
         response, tried_at = self.backend.send(self._call, "POST", "/chat/completions",
-                                               self._body(messages, options), stream=True)
+                                               self._body(messages, options), stream=True,
+                                               stop=self._killed)
         tally = Tally(tried_at)
-        self._response = response
+        with self._lock:
+            if self._killed.is_set():  # killed while the server had not answered yet
+                response.close()
+                raise self._broken(tally, str(self._stopped))
+            self._response = response
         try:
             for line in response.iter_lines():
                 if not line.startswith("data:"):
@@ -414,7 +448,8 @@ class OpenAIModel(LoadedModel):
         except httpx.HTTPError as exc:
             raise self._broken(tally, self._stopped or self._call.reason(exc)) from None
         finally:
-            self._response = None
+            with self._lock:
+                self._response = None
             response.close()
         if self._stopped:
             raise self._broken(tally, self._stopped)
@@ -446,14 +481,18 @@ class OpenAIModel(LoadedModel):
         """Nothing to free: the server keeps the model."""
 
     def kill(self, reason: str) -> None:
-        """Cut the current answer off now (from any thread): its socket is shut, so the
-        reading thread wakes at once and its call ends with a one-line error."""
-        response = self._response
-        if response is None:
-            return
-        self._stopped = f"stopped: {reason}"
-        stream = response.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        """Cut the current answer off now (from any thread), and every later one: a stream
+        has its socket shut, so the reading thread wakes at once; a request the server
+        has not answered yet is closed as soon as it answers, and no try follows a busy
+        answer. The call ends with a one-line error."""
+        with self._lock:
+            self._stopped = f"stopped: {reason}"
+            self._killed.set()
+            response = self._response
+            if response is None:
+                return
+            stream = response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

@@ -29,8 +29,8 @@ def check_server(url: str, specs: list[OpenAISpec]) -> dict[str, Any]:
                               "true for localmoa to use it)")
             return entry
         netguard.allow_host(url)
-    key = next((os.environ[s.api_key_env] for s in specs
-                if s.api_key_env and os.environ.get(s.api_key_env)), None)
+    key = next((os.environ[s.api_key_env].strip() for s in specs
+                if s.api_key_env and os.environ.get(s.api_key_env, "").strip()), None)
     try:
         response = httpx.get(f"{url}/models", timeout=DOCTOR_TIMEOUT_S, trust_env=False,
                              headers={"Authorization": f"Bearer {key}"} if key else {})

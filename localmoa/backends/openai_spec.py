@@ -88,11 +88,11 @@ class OpenAISpec(ModelSpec):
         try:
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError:
-            raise ValueError(f"base_url {value!r} is not a URL; {fix}") from None
+            raise ValueError(f"base_url is not a URL (a bad port); {fix}") from None
         if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
-            raise ValueError(f"base_url {value!r} needs http:// or https:// and a host; {fix}")
-        if parts.query or parts.fragment:
-            raise ValueError(f"base_url {value!r} takes no ?query or #fragment; {fix}")
+            raise ValueError(f"base_url needs http:// or https:// and a host; {fix}")
+        if parts.query or parts.fragment:  # the value is not repeated: a query may hold a key
+            raise ValueError(f"base_url takes no ?query or #fragment; {fix}")
         if not info.data.get("allow_remote") and not is_this_machine(parts.hostname):
             raise ValueError(
                 f"host {parts.hostname} is not this machine; localmoa only talks to loopback "
@@ -113,8 +113,12 @@ class OpenAISpec(ModelSpec):
     def origin(self) -> str:
         """``scheme://host:port`` of the server (the port filled in from the scheme): the
         models of one server share its pool and its concurrency."""
+        from ..netguard import is_this_machine
+
         parts = urlsplit(self.base_url)
         host = parts.hostname or ""
+        if is_this_machine(host):  # localhost, 127.0.0.1, ::1: one server on this machine
+            host = "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         return f"{parts.scheme}://{host}:{parts.port or _DEFAULT_PORTS[parts.scheme]}"
 

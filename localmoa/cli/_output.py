@@ -140,13 +140,14 @@ def agent_table(report: RunReport) -> Table:
         mark = {"server": " s", "client": " c"}.get(r.timing, "")
         table.add_row(r.agent, escape(r.model), str(r.threads) if r.threads else "-",
                       f"{r.load_s:.2f}", str(r.prompt_tokens), str(r.completion_tokens),
-                      f"{r.ttft_s:.2f}{mark}", f"{r.prompt_tok_per_s:.0f}",
+                      f"{r.ttft_s:.2f}" + (mark if r.timing == "client" else ""),
+                      f"{r.prompt_tok_per_s:.0f}",
                       f"{r.decode_tok_per_s:.1f}{mark}", f"{r.start_s:.2f}-{r.end_s:.2f}",
                       status)
     table.caption = ("in = prompt (prefill), out = generated (decode); "
                      "span = start-end from the run's start"
-                     + ("; s: timed by the server, c: by localmoa over HTTP (TTFT includes "
-                        "the network)" if any(r.timing != "local" for r in report.agents)
+                     + ("; s: the server's own timing, c: timed by localmoa over HTTP (TTFT "
+                        "includes the network)" if any(r.timing != "local" for r in report.agents)
                         else ""))
     table.caption_justify = "left"
     return table

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from .. import constants
+from ..backends import backend_class
 from ..config import Config, load_config, model_spec, read_config_file, shipped_config_path
 from ..errors import ConfigError, LocalMoaError, UsageError
 from ..memory.estimate import Footprint, ModelFacts
@@ -90,11 +91,12 @@ def list_models(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     for r in rows:
         here = "[green]yes[/]" if r["present"] else "[red]no[/]"
         table.add_row(escape(r["name"]), r["backend"], escape(r["source"]), here,
-                      format_bytes(r["file_bytes"]) if r["present"] else "-",
+                      format_bytes(r["file_bytes"]) if r["present"] and r.get("path") else "-",
                       r.get("quant", "-"),
                       f"{r['parameters'] / 1e9:.2f}B" if r.get("parameters") else "-",
                       str(r.get("context_length", "-")), str(r["n_ctx"]),
-                      format_bytes(r["footprint"]["total_bytes"]) if r["present"] else "-")
+                      ("external" if r["footprint"]["external"] else
+                       format_bytes(r["footprint"]["total_bytes"])) if r["present"] else "-")
     out.show(table)
     missing = [r["name"] for r in rows if not r["present"]]
     if missing:
@@ -120,11 +122,16 @@ def show(name: Annotated[str, typer.Argument(help="A model name from the config.
                 "heads", "kv_heads", "key_length", "value_length", "context_length", "vocab",
                 "sliding_window", "sliding_window_layers", "chat_template", "n_ctx"):
         value = row.get(key)
+        if value is None and key not in ("backend", "source", "n_ctx"):
+            continue  # the backend cannot know it (a server's model)
         if key == "parameters" and value:
             value = f"{value:,}"
         facts.add_row(key, escape(str(value)))
     out.show(facts)
     fp = row["footprint"]
+    if fp["external"]:
+        out.show(f"footprint: external ({', '.join(fp['pools_bytes'])}): not budgeted here")
+        return
     parts = Table(title=f"footprint at n_ctx {row['n_ctx']}", title_justify="left",
                   header_style="bold")
     for col in ("weights", "KV cache", "compute", "overhead", "total", "+instance"):
@@ -143,7 +150,8 @@ def pull(name: Annotated[str, typer.Argument(help="A model name from the config.
     that uses the network."""
     cfg = load_config(config)
     out = Output()
-    out.note(f"[dim]localmoa models pull uses the network to fetch {escape(name)}[/]")
+    if name in cfg.models and backend_class(cfg.models[name].backend).capabilities.pull:
+        out.note(f"[dim]localmoa models pull uses the network to fetch {escape(name)}[/]")
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), console=out.err, transient=True) as bar:
         tasks: dict[str, Any] = {}

@@ -117,14 +117,15 @@ def footprint_table(pre: Preflight) -> Table:
         table.add_column(col, justify="left" if col in ("model", "quant", "kv") else "right")
     for name, fp in pre.footprints.items():
         facts = pre.facts.get(name)
-        if fp.external or facts is None:
+        if fp.external:
             pools = ", ".join(fp.pools)
             limit = f", {fp.parallel_limit} at once" if fp.parallel_limit else ""
             table.add_row(escape(name), "-", "-", str(fp.n_ctx), "-",
                           escape(f"external ({pools}{limit}): not budgeted here"),
                           *[""] * 5)
             continue
-        table.add_row(escape(name), facts.quant, f"{facts.parameters / 1e6:.0f}M",
+        table.add_row(escape(name), facts.quant if facts else "-",
+                      f"{facts.parameters / 1e6:.0f}M" if facts else "-",
                       str(fp.n_ctx), fp.kv_type, format_bytes(fp.weights_bytes),
                       format_bytes(fp.kv_bytes), format_bytes(fp.compute_bytes),
                       format_bytes(fp.overhead_bytes), format_bytes(fp.total_bytes),

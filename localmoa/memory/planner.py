@@ -299,14 +299,13 @@ def _fits_at_once(members: Sequence[Agent], footprints: Mapping[str, Footprint],
     """Whether these agents can run in one wave: their shape fits the budgets, and no
     model (or group of models: one server) gets more agents at once than it takes (an
     Ollama daemon's parallel, a server's concurrency)."""
-    groups: Counter[str] = Counter()
-    limits: dict[str, int] = {}
-    for agent in members:
-        fp = footprints[agent.model]
+    limits: dict[str, int] = {}  # a group's limit: the smallest any of its models gives
+    for fp in footprints.values():
         if fp.parallel_limit:
-            group = fp.parallel_group or agent.model
-            groups[group] += 1
+            group = fp.parallel_group or fp.model
             limits[group] = min(limits.get(group, fp.parallel_limit), fp.parallel_limit)
+    groups = Counter(footprints[a.model].parallel_group or a.model for a in members
+                     if footprints[a.model].parallel_limit)
     if any(n > limits[group] for group, n in groups.items()):
         return False
     shape, _ = _shape(members, footprints, budgets, cores)

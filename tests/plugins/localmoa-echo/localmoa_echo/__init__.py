@@ -34,6 +34,8 @@ class EchoSpec(ModelSpec):
                        "message.")
     concurrency: int = Field(2, ge=1, le=8, description="Agents answered at once.")
     fail_load: bool = Field(False, description="Refuse to load (for tests).")
+    bug_in_load: bool = Field(False, description="Raise an exception that is not localmoa's "
+                              "in load, as a buggy backend would (for tests).")
 
     MISPLACED: ClassVar[dict[str, str]] = {
         "source": "source does not apply to backend: echo; write reply:"}
@@ -65,6 +67,8 @@ class EchoBackend(BackendBase):
         assert isinstance(spec, EchoSpec)
         if spec.fail_load:
             raise ModelLoadError(f"model {name!r}: echo was told not to load")
+        if spec.bug_in_load:
+            raise RuntimeError("echo's load has a bug")
         return EchoModel(name, spec)
 
     def doctor(self, config: Config | None) -> Any:
