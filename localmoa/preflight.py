@@ -89,13 +89,16 @@ def pool_budgets(config: Config, resources: Resources,
 
 
 def preflight(config: Config, graph: MoaGraph, memory_budget: str | None = None,
-              resources: Resources | None = None) -> Preflight:
-    """Plan ``graph`` on this machine; raises before loading anything if it cannot fit."""
+              resources: Resources | None = None,
+              batch_up_to: dict[str, int] | None = None) -> Preflight:
+    """Plan ``graph`` on this machine; raises before loading anything if it cannot fit.
+    ``batch_up_to``: batches of a model to know footprints for beyond this graph's own
+    (a server keeps an instance another profile loaded with room for its batch)."""
     resources = resources or probe(memory_budget)
     paths: dict[str, Path] = {}
     facts: dict[str, ModelFacts] = {}
     footprints: dict[str, Footprint] = {}
-    widest = graph.widest()
+    widest = {m: max(n, (batch_up_to or {}).get(m, 1)) for m, n in graph.widest().items()}
     for name in graph.models:
         found = estimate_model(config, name, resources, widest[name])
         footprints[name] = found.footprint

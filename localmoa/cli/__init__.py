@@ -21,6 +21,8 @@ from .plan import plan
 from .profiles import profiles
 from .run import EPILOG as RUN_EPILOG
 from .run import run
+from .serve import EPILOG as SERVE_EPILOG
+from .serve import serve
 
 app = typer.Typer(
     name="localmoa",
@@ -47,6 +49,7 @@ app.command("bench", epilog=BENCH_EPILOG)(bench)
 app.command("plan", epilog=PLAN_EPILOG)(plan)
 app.command("profiles")(profiles)
 app.command("doctor", epilog=DOCTOR_EPILOG)(doctor)
+app.command("serve", epilog=SERVE_EPILOG)(serve)
 app.add_typer(models_app, name="models")
 
 

@@ -11,6 +11,7 @@ says so.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,14 @@ def run_moa(config: Config, graph: MoaGraph, conversation: Sequence[Message], *,
 def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message], plan: Plan,
                  paths: dict[str, Path], *, events: RunEvents | None = None,
                  host: ModelHost | None = None,
-                 runtime: dict[str, Any] | None = None) -> RunReport:
+                 runtime: dict[str, Any] | None = None,
+                 cancel: threading.Event | None = None) -> RunReport:
     """Run ``graph`` on ``conversation`` exactly as ``plan`` says and return the report.
 
     With a ``host`` (a chat), models already loaded are used and whatever the
     plan keeps stays loaded; without one, every model is freed at the end.
-    ``runtime`` (e.g. the cpu_repack choice) goes into the report as it is.
+    ``runtime`` (e.g. the cpu_repack choice) goes into the report as it is. ``cancel``,
+    set from another thread, stops the run as Ctrl-C does (RunInterrupted).
     Raises LayerFailedError when a whole layer produced nothing and
     AggregatorFailedError when the aggregator failed; both carry ``report``
     with everything produced so far.
@@ -57,7 +60,7 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
     host = host or ModelHost(config)
     host.paths.update(paths)
     ex = Execution(host=host, plan=plan, conversation=conversation,
-                    events=events or RunEvents(), held_before=list(host.held))
+                    events=events or RunEvents(), held_before=list(host.held), cancel=cancel)
     host.load_errors.clear()  # a chat's earlier turns' failures are not this run's
     start_loads, start_unloads, start_load_s = host.loads, host.unloads, host.load_s
     agents = {a.id: a for a in graph.all_agents()}

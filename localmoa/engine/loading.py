@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-from .. import signals
 from ..memory.estimate import WORKER_PROCESS_BYTES
 from ..memory.planner import Instance, Wave
 from ..memory.probe import format_bytes
@@ -34,7 +33,7 @@ def load_wave(ex: Execution, wave: Wave, agents: dict[str, Agent]) -> None:
         deadline = time.monotonic() + state.GRACE_S  # an abandoned agent may be about to return
         while over and time.monotonic() < deadline and host.held:
             host.released.wait(0.1)
-            signals.check()
+            ex.check()
             over = over_budget(ex, wave, loads)
     if over:
         if fresh and not over_budget(ex, wave, list(wave.loads)):
@@ -63,7 +62,7 @@ def load_wave(ex: Execution, wave: Wave, agents: dict[str, Agent]) -> None:
         else:
             ex.log("load_failed", model=inst.model, instance=str(inst),
                    error=host.load_errors.get(inst))
-        signals.check()  # a Ctrl-C during a load may have been swallowed
+        ex.check()  # a Ctrl-C during a load may have been swallowed
 
 
 def clear_dead(ex: Execution) -> None:

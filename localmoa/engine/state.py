@@ -3,12 +3,13 @@ event callbacks, the control flags agents check, and what the run has seen so fa
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import constants
+from .. import constants, signals
 from ..agents import Control, internal_error
 from ..backends.base import Message
 from ..eventlog import EventLog
@@ -59,9 +60,18 @@ class Execution:
     #: Instances whose worker died, as they were loaded: a later wave that needs one
     #: loads it afresh, with room for its batch.
     crashed: dict[Instance, Instance] = field(default_factory=dict)
+    #: Set from another thread to stop this run as Ctrl-C would (a served request whose
+    #: client went away); None: only signals stop it.
+    cancel: threading.Event | None = None
 
     def __post_init__(self) -> None:
         self.log = EventLog(constants.event_log(), self.t0)
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt when a signal or ``cancel`` says the run must stop."""
+        signals.check()
+        if self.cancel is not None and self.cancel.is_set():
+            raise KeyboardInterrupt
 
     def now(self) -> float:
         return time.perf_counter() - self.t0

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from .. import signals
 from ..agents import internal_error, run_agent
 from ..backends.base import BatchedModel
 from ..backends.batch import Batch
@@ -127,7 +126,7 @@ def run_wave(ex: Execution, wave: Wave, agents: dict[str, Agent],
                 elif now >= cancelled_at[agent_id] + state.GRACE_S:
                     abandon(ex, agents[agent_id], wave, results)
             (workers[waiting[0]] if waiting else decoding[0]).idle.wait(0.05)
-            signals.check()
+            ex.check()
     except KeyboardInterrupt:
         ex.control.stop.set()  # every agent stops at its next piece of text
         for batch in batches.values():

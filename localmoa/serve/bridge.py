@@ -1,0 +1,93 @@
+"""From the service's worker thread to an HTTP response: a run's events as an async
+stream, and the run's end as an awaitable. A client that goes away cancels its run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine import RunEvents
+from ..metrics import AgentRun
+from ..recipe import Agent
+from .service import Job, MoaService, Sampling
+
+#: The end of a job's event stream.
+END = "end"
+#: The aggregator's agent id: its text is the reply.
+AGGREGATOR = "AGG"
+
+
+@dataclass
+class Event:
+    """One thing that happened in a run, for a client: ``kind`` and its data."""
+
+    kind: str  # agent_loading, agent_start, text, agent_done, layer_done, end
+    data: dict[str, Any] = field(default_factory=dict)
+    agent: Agent | None = None
+
+
+class JobStream:
+    """A submitted job whose events arrive on the event loop, in order."""
+
+    def __init__(self, service: MoaService, model: str, messages: list[Any],
+                 sampling: Sampling) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.job = Job(model=model, messages=messages, sampling=sampling,
+                       events=RunEvents(on_agent_loading=self._loading,
+                                        on_agent_start=self._start, on_text=self._text,
+                                        on_agent_done=self._done,
+                                        on_layer_done=self._layer),
+                       on_done=lambda job: self._put(Event(END)))
+        service.submit(self.job)  # QueueFull / UnknownModel / draining: raised here
+
+    def _put(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    def _loading(self, agent: Agent) -> None:
+        self._put(Event("agent_loading", {"agent": agent.id, "model": agent.model,
+                                          "layer": agent.layer}, agent))
+
+    def _start(self, agent: Agent) -> None:
+        self._put(Event("agent_start", {"agent": agent.id, "model": agent.model,
+                                        "layer": agent.layer}, agent))
+
+    def _text(self, agent: Agent, text: str) -> None:
+        self._put(Event("text", {"agent": agent.id, "layer": agent.layer, "text": text}, agent))
+
+    def _done(self, agent: Agent, run: AgentRun) -> None:
+        self._put(Event("agent_done", agent_dict(run), agent))
+
+    def _layer(self, layer: int, runs: list[AgentRun]) -> None:
+        self._put(Event("layer_done", {"layer": layer, "agents": len(runs),
+                                       "failed": sum(not r.ok for r in runs)}))
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event until the run ends; the run is cancelled if the reader stops
+        early (the client went away)."""
+        try:
+            while True:
+                event = await self.queue.get()
+                yield event
+                if event.kind == END:
+                    return
+        finally:
+            if not self.job.done.is_set():
+                self.job.cancel.set()
+
+    async def finished(self) -> Job:
+        """Wait for the run's end (cancelling it if the request is cancelled)."""
+        async for _ in self.events():
+            pass
+        return self.job
+
+
+def agent_dict(run: AgentRun) -> dict[str, Any]:
+    """An agent's metrics for a client (no answer text: that streamed already)."""
+    return {"agent": run.agent, "model": run.model, "layer": run.layer, "role": run.role,
+            "ok": run.ok, "error": run.error, "prompt_tokens": run.prompt_tokens,
+            "completion_tokens": run.completion_tokens, "ttft_s": run.ttft_s,
+            "decode_tok_per_s": run.decode_tok_per_s, "start_s": run.start_s,
+            "end_s": run.end_s, "batch": run.batch, "timing": run.timing}

@@ -1,0 +1,228 @@
+"""`localmoa serve` through the clients people use: the real `openai` and `ollama`
+Python clients, raw HTTP with bad bodies, keys, a full queue, a client that goes away,
+SIGTERM during a request. The server is a real `localmoa serve` process running the
+shipped tiny profile (SmolLM2-135M) on loopback."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from .conftest import cli
+from .serve_process import Served
+
+QUESTION = [{"role": "user", "content": "Which is larger, 9.11 or 9.9?"}]
+LONG = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, repack_verdicts: bytes) -> Iterator[Served]:
+    from localmoa.backends import repack
+
+    home = tmp_path_factory.mktemp("serve-home")
+    (home / repack.CACHE_FILE).write_bytes(repack_verdicts)
+    env = {**os.environ, "LOCALMOA_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    for name in ("LOCALMOA_CONFIG", "LOCALMOA_DEBUG", "LOCALMOA_API_KEY", "OLLAMA_HOST"):
+        env.pop(name, None)
+    with Served("--queue", "4", env=env) as served:
+        yield served
+
+
+def test_the_openai_client_non_streaming(server: Served) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    ids = [m.id for m in client.models.list().data]
+    assert "moa:tiny" in ids and "smollm2-135m" in ids
+    reply = client.chat.completions.create(model="moa:tiny", messages=QUESTION,  # type: ignore[arg-type]
+                                           max_tokens=24, temperature=0, seed=1)
+    assert reply.choices[0].message.content and reply.choices[0].finish_reason in ("stop",
+                                                                                    "length")
+    assert reply.usage is not None and reply.usage.completion_tokens > 24  # every agent's
+    extra = reply.model_extra or {}
+    agents = extra["localmoa"]["agents"]
+    assert [a["agent"] for a in agents] == ["L1.1", "L1.2", "L1.3", "AGG"]
+    assert agents[-1]["completion_tokens"] <= 24  # max_tokens reached the aggregator
+
+
+def test_the_openai_client_streaming_with_usage(server: Served) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    pieces, usage, finish = [], None, None
+    for chunk in client.chat.completions.create(
+            model="moa:tiny", messages=QUESTION, max_tokens=24, temperature=0,  # type: ignore[arg-type]
+            stream=True, stream_options={"include_usage": True}):
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert "".join(pieces).strip() and finish in ("stop", "length")
+    assert usage is not None and usage.total_tokens > 0
+
+
+def test_the_openai_client_errors(server: Served) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="moa:nope", messages=QUESTION)  # type: ignore[arg-type]
+    assert "model 'moa:nope' not found" in str(missing.value)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="moa:tiny", messages=QUESTION,  # type: ignore[arg-type]
+                                       temperature=5)
+    assert "temperature" in str(bad.value)
+
+
+def test_the_ollama_client(server: Served) -> None:
+    client = ollama.Client(host=server.url)
+    names = [m.model for m in client.list().models]
+    assert "moa:tiny" in names
+    reply = client.chat(model="moa:tiny", messages=QUESTION,
+                        options={"num_predict": 16, "temperature": 0})
+    assert reply.message.content and reply.done and reply.eval_count and reply.total_duration
+    streamed = list(client.chat(model="smollm2-135m", messages=QUESTION, stream=True,
+                                options={"num_predict": 16, "temperature": 0}))
+    assert streamed[-1].done and streamed[-1].eval_count
+    assert "".join(p.message.content or "" for p in streamed).strip()
+    generated = client.generate(model="smollm2-135m", prompt="Say hi",
+                                options={"num_predict": 8})
+    assert generated.response and generated.done
+    running = [m.model for m in client.ps().models]
+    assert "smollm2-135m" in running  # kept loaded between requests
+    assert client.show("moa:tiny").details is not None
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.chat(model="nope", messages=QUESTION)
+    assert missing.value.status_code == 404
+
+
+@pytest.mark.parametrize(("path", "body", "status", "shape"), [
+    ("/v1/chat/completions", "{not json", 400, "openai"),
+    ("/v1/chat/completions", '{"model": "moa:tiny"}', 400, "openai"),
+    ("/v1/chat/completions", '{"model": "moa:tiny", "messages": [], "max_tokens": 8}', 400,
+     "openai"),
+    ("/v1/chat/completions", '{"model": "moa:tiny", "messages": [{"role": "user", '
+     '"content": "x"}], "max_tokens": -1}', 400, "openai"),
+    ("/api/chat", '{"messages": []}', 400, "ollama"),
+    ("/api/generate", '[1, 2]', 400, "ollama"),
+])
+def test_bad_bodies_are_400_in_the_apis_shape(server: Served, path: str, body: str,
+                                              status: int, shape: str) -> None:
+    response = httpx.post(server.url + path, content=body,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    if shape == "openai":
+        assert error["type"] == "invalid_request_error" and error["message"]
+    else:
+        assert isinstance(error, str) and error
+
+
+def test_a_body_over_the_cap_is_413(server: Served) -> None:
+    response = httpx.post(server.url + "/v1/chat/completions", content=b"x" * (2 << 20),
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_health_and_metrics(server: Served) -> None:
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("localmoa_requests_total", "localmoa_queue_depth", "localmoa_tokens_total",
+                 "localmoa_loads_total", "localmoa_resident_bytes"):
+        assert f"# TYPE {name}" in text
+
+
+def test_a_client_that_goes_away_stops_its_agents(server: Served) -> None:
+    before = _metric(server, "localmoa_requests_cancelled_total")
+    body = {"model": "smollm2-135m", "messages": LONG, "max_tokens": 2000, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body,
+                      timeout=120) as response:
+        for line in response.iter_lines():
+            if '"content": "' in line and '"content": ""' not in line:
+                break  # a first piece of the answer: now go away
+    # the next request is served, after the abandoned run stopped
+    reply = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+        "model": "smollm2-135m", "messages": QUESTION, "max_tokens": 8})
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+    assert _metric(server, "localmoa_requests_cancelled_total") == before + 1
+
+
+def test_twenty_concurrent_clients(server: Served) -> None:
+    """Every request gets an answer or a clean 429; the server stays up; memory stays
+    within the plan."""
+    def ask(i: int) -> int:
+        response = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={
+            "model": "moa:tiny", "messages": [{"role": "user", "content": f"Count to {i}."}],
+            "max_tokens": 8})
+        if response.status_code == 429:
+            assert response.headers["retry-after"] and response.json()["error"]["code"] == \
+                "queue_full"
+        else:
+            assert response.status_code == 200, response.text
+            assert response.json()["choices"][0]["message"]["content"] is not None
+        return response.status_code
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(ask, range(20)))
+    assert set(statuses) <= {200, 429} and statuses.count(200) >= 5  # the queue holds 4 + 1
+    assert 429 in statuses
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    planned = json.loads(cli("plan", "--profile", "tiny", "--json").stdout)
+    peak = planned["plan"]["peak_bytes"]["ram"]
+    resident = _metric(server, "localmoa_resident_bytes")
+    baseline = 200 << 20  # the server process itself: Python, FastAPI, llama.cpp imported
+    assert resident <= baseline + 1.5 * peak, (resident >> 20, peak >> 20)
+
+
+def _metric(server: Served, name: str) -> float:
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_a_non_loopback_bind_needs_a_key() -> None:
+    proc = cli("serve", "--host", "0.0.0.0", "--port", "9")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "localmoa: error: --host 0.0.0.0 lets other machines in: give --api-key KEY (or set "
+        "LOCALMOA_API_KEY), or bind 127.0.0.1"]
+
+
+def test_a_key_guards_every_route_but_health(isolated_home: Path) -> None:
+    with Served("--api-key", "s3cret") as served:
+        assert httpx.get(served.url + "/health").status_code == 200
+        refused = httpx.get(served.url + "/v1/models")
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == \
+            "authentication_error"
+        assert httpx.get(served.url + "/api/tags").status_code == 401
+        assert httpx.get(served.url + "/v1/models",
+                         headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert httpx.get(served.url + "/api/tags",
+                         headers={"x-api-key": "s3cret"}).status_code == 200
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
+
+
+def test_sigterm_drains_the_request_in_flight(isolated_home: Path) -> None:
+    with Served() as served:
+        body = {"model": "smollm2-135m", "messages": LONG, "max_tokens": 64, "stream": True}
+        lines = []
+        with httpx.stream("POST", served.url + "/v1/chat/completions", json=body,
+                          timeout=120) as response:
+            for line in response.iter_lines():
+                if line:
+                    lines.append(line)
+                if len(lines) == 3:  # under way: now the server is told to stop
+                    served.terminate()
+        assert lines[-1] == "data: [DONE]", (lines[-3:], served.output)  # it finished
+        finish = [json.loads(x[6:]) for x in lines if x.startswith("data: {")][-1]
+        assert finish["choices"][0]["finish_reason"] in ("stop", "length")
+        code = served.stop()
+        assert code in (0, 143), served.output
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(served.url + "/health")  # no new requests
