@@ -1,7 +1,7 @@
 """`localmoa serve` against `localmoa run` on the same profile, and its throughput.
 
 (1) Overhead: the tiny profile (3 SmolLM2-135M proposers batched, then the aggregator;
-temperature 0, seed 1, 96 tokens) asked R times over HTTP (`POST
+temperature 0, seed 1, the profile's own max_tokens) asked R times over HTTP (`POST
 /v1/chat/completions`, not streamed) of a warm server, and R times with `localmoa run
 --json` in a fresh process each, interleaved. Ratios: the client's wall time per
 request over the engine's own wall time of that run (what HTTP, the queue and the JSON
@@ -9,7 +9,8 @@ add), and the served request over the `localmoa run` command (what keeping model
 loaded saves).
 
 (2) Throughput: 1, 4 and 8 concurrent clients, each asking the same profile K times
-in a row (queue 16): requests per second and generated tokens per second.
+in a row (queue 16, the aggregator's max_tokens 96): requests per second and generated
+tokens per second (every agent's). --requests 0 skips it.
 
     python benchmarks/bench_serve.py --repeat 5 --requests 4
 """
@@ -38,11 +39,13 @@ from tests.serve_process import Served  # noqa: E402
 QUESTION = "Which is larger, 9.11 or 9.9?"
 
 
-def ask(url: str, max_tokens: int, content: str = QUESTION) -> dict[str, Any]:
+def ask(url: str, max_tokens: int | None, content: str = QUESTION) -> dict[str, Any]:
     started = time.perf_counter()
-    response = httpx.post(f"{url}/v1/chat/completions", timeout=600, json={
-        "model": "moa:tiny", "messages": [{"role": "user", "content": content}],
-        "max_tokens": max_tokens, "temperature": 0, "seed": 1})
+    body: dict[str, Any] = {"model": "moa:tiny", "temperature": 0, "seed": 1,
+                            "messages": [{"role": "user", "content": content}]}
+    if max_tokens:
+        body["max_tokens"] = max_tokens
+    response = httpx.post(f"{url}/v1/chat/completions", timeout=600, json=body)
     wall = time.perf_counter() - started
     response.raise_for_status()
     body = response.json()
@@ -51,12 +54,11 @@ def ask(url: str, max_tokens: int, content: str = QUESTION) -> dict[str, Any]:
             "answer": body["choices"][0]["message"]["content"]}
 
 
-def run_command(max_tokens: int, env: dict[str, str]) -> dict[str, Any]:
+def run_command(env: dict[str, str]) -> dict[str, Any]:
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "localmoa", "run", QUESTION, "--json",
-                           "--temperature", "0", "--seed", "1", "--max-tokens",
-                           str(max_tokens)], capture_output=True, text=True, env=env,
-                          check=True)
+                           "--temperature", "0", "--seed", "1"], capture_output=True,
+                          text=True, env=env, check=True)
     wall = time.perf_counter() - started
     report = json.loads(proc.stdout)
     return {"wall_s": wall, "engine_s": report["totals"]["wall_s"], "answer": report["answer"]}
@@ -85,14 +87,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "LOCALMOA_HOME": home}
         with Served("--queue", "16", env=env) as served:
-            ask(served.url, args.max_tokens)  # load the models once: a server keeps them
+            ask(served.url, None)  # load the models once: a server keeps them
             served_runs, commands = [], []
-            for i in range(args.repeat):
+            for i in range(args.repeat):  # the profile's own max_tokens on both sides
                 for side in (["serve", "run"] if i % 2 == 0 else ["run", "serve"]):
                     if side == "serve":
-                        served_runs.append(ask(served.url, args.max_tokens))
+                        served_runs.append(ask(served.url, None))
                     else:
-                        commands.append(run_command(args.max_tokens, env))
+                        commands.append(run_command(env))
             results: dict[str, Any] = {
                 "serve_request_s": statistics.median(r["wall_s"] for r in served_runs),
                 "serve_engine_s": statistics.median(r["engine_s"] for r in served_runs),
@@ -107,7 +109,7 @@ def main() -> None:
             results["serve_vs_run_engine"] = round(
                 results["serve_request_s"] / results["run_engine_s"], 3)
             results["throughput"] = [throughput(served.url, n, args.requests, args.max_tokens)
-                                     for n in (1, 4, 8)]
+                                     for n in (1, 4, 8) if args.requests]
     results.update(repeat=args.repeat, max_tokens=args.max_tokens)
     print(json.dumps(results, indent=2))
 
