@@ -150,6 +150,18 @@ def test_a_client_that_goes_away_stops_its_agents(server: Served) -> None:
     assert _metric(server, "localmoa_requests_cancelled_total") == before + 1
 
 
+def test_a_waiting_client_that_gives_up_cancels_its_run(server: Served) -> None:
+    """Not streamed: the client stops waiting (its timeout) long before the answer."""
+    before = _metric(server, "localmoa_requests_cancelled_total")
+    body = {"model": "smollm2-135m", "messages": LONG, "max_tokens": 2000}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=1.0)
+    reply = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+        "model": "smollm2-135m", "messages": QUESTION, "max_tokens": 8})
+    assert reply.status_code == 200
+    assert _metric(server, "localmoa_requests_cancelled_total") == before + 1
+
+
 def test_twenty_concurrent_clients(server: Served) -> None:
     """Every request gets an answer or a clean 429; the server stays up; memory stays
     within the plan."""
@@ -167,7 +179,7 @@ def test_twenty_concurrent_clients(server: Served) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         statuses = list(pool.map(ask, range(20)))
-    assert set(statuses) <= {200, 429} and statuses.count(200) >= 5  # the queue holds 4 + 1
+    assert set(statuses) <= {200, 429} and statuses.count(200) >= 4  # the queue holds 4
     assert 429 in statuses
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     planned = json.loads(cli("plan", "--profile", "tiny", "--json").stdout)

@@ -84,7 +84,7 @@ def serve(
     out.note(f"localmoa serve on http://{_url_host(host)}:{port} (page at /, OpenAI API at "
              f"/v1, Ollama API at /api); models: {', '.join(service.model_ids())}")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
-                                           timeout_graceful_shutdown=int(drain) or None,
+                                           timeout_graceful_shutdown=max(drain, 0.001),  # type: ignore[arg-type]
                                            access_log=bool(os.environ.get("LOCALMOA_DEBUG"))))
     try:
         server.run(sockets=[sock])

@@ -44,7 +44,12 @@ class JobStream:
         service.submit(self.job)  # QueueFull / UnknownModel / draining: raised here
 
     def _put(self, event: Event) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        if self.loop.is_closed():  # the server stopped: nobody reads this job any more
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # closed in between
+            return
 
     def _loading(self, agent: Agent) -> None:
         self._put(Event("agent_loading", {"agent": agent.id, "model": agent.model,
@@ -77,8 +82,27 @@ class JobStream:
             if not self.job.done.is_set():
                 self.job.cancel.set()
 
-    async def finished(self) -> Job:
-        """Wait for the run's end (cancelling it if the request is cancelled)."""
+    async def finished(self, request: Any = None) -> Job | None:
+        """Wait for the run's end; None (and the run cancelled) if the client of
+        ``request`` goes away first."""
+        waiter = asyncio.ensure_future(self._drained())
+        if request is None:
+            return await waiter
+
+        async def gone() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        watcher = asyncio.ensure_future(gone())
+        done, _ = await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter in done:
+            watcher.cancel()
+            return waiter.result()
+        self.job.cancel.set()
+        waiter.cancel()
+        return None
+
+    async def _drained(self) -> Job:
         async for _ in self.events():
             pass
         return self.job

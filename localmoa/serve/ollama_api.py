@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -128,7 +128,7 @@ def router(service: MoaService) -> APIRouter:
                 "capabilities": ["completion"], "modified_at": _now()}
 
     @api.post("/api/chat", response_model=None)
-    async def chat(body: ChatBody) -> JSONResponse | StreamingResponse:
+    async def chat(body: ChatBody, request: Request) -> JSONResponse | StreamingResponse:
         model = _name(body.model)
         if not body.messages:  # Ollama's preload: nothing to answer
             try:
@@ -140,10 +140,10 @@ def router(service: MoaService) -> APIRouter:
                                  "done": True, "done_reason": "load"})
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
         return await _respond(service, body.model, model, messages, body.options,
-                              body.stream, chat=True)
+                              body.stream, chat=True, request=request)
 
     @api.post("/api/generate", response_model=None)
-    async def generate(body: GenerateBody) -> JSONResponse | StreamingResponse:
+    async def generate(body: GenerateBody, request: Request) -> JSONResponse | StreamingResponse:
         model = _name(body.model)
         if not body.prompt:
             try:
@@ -155,13 +155,13 @@ def router(service: MoaService) -> APIRouter:
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + \
             [{"role": "user", "content": body.prompt}]
         return await _respond(service, body.model, model, messages, body.options,
-                              body.stream, chat=False)
+                              body.stream, chat=False, request=request)
 
     return api
 
 
 async def _respond(service: MoaService, asked: str, model: str, messages: list[Any],
-                   options: Options, stream: bool, chat: bool
+                   options: Options, stream: bool, chat: bool, request: Request
                    ) -> JSONResponse | StreamingResponse:
     try:
         job = JobStream(service, model, messages,
@@ -172,7 +172,9 @@ async def _respond(service: MoaService, asked: str, model: str, messages: list[A
     if stream:
         return StreamingResponse(_lines(job, asked, chat, started),
                                  media_type="application/x-ndjson")
-    done = await job.finished()
+    done = await job.finished(request)
+    if done is None:  # the client went away: its run was cancelled
+        return JSONResponse({}, status_code=499)
     if done.report is None or done.error is not None and not done.report.answer:
         return run_error(done, ollama=True)
     return JSONResponse(_final(done.report, asked, chat, started, done.report.answer))

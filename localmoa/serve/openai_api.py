@@ -2,7 +2,7 @@
 (streamed as ``chat.completion.chunk`` SSE deltas then ``data: [DONE]``, or whole).
 
 Every profile is a model (``moa:tiny``), and so is every configured model by itself.
-``temperature``, ``top_p`` and ``seed`` reach every agent; ``max_tokens`` and ``stop``
+``temperature`` and ``seed`` reach every agent; ``top_p``, ``max_tokens`` and ``stop``
 the aggregator, whose answer is the reply. ``usage`` counts every agent's tokens (what
 the request cost); the per-agent and per-layer metrics ride in an extra ``localmoa``
 field that standard clients ignore.
@@ -94,7 +94,9 @@ def router(service: MoaService) -> APIRouter:
             return StreamingResponse(_chunks(job, body.model, cid, created, usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        done = await job.finished()
+        done = await job.finished(request)
+        if done is None:  # the client went away: its run was cancelled
+            return JSONResponse({}, status_code=499)
         if done.report is None or done.error is not None and not done.report.answer:
             return run_error(done)
         report = done.report

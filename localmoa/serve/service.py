@@ -9,6 +9,7 @@ from the worker thread). A full queue refuses at once (``QueueFull``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
 import threading
@@ -24,6 +25,7 @@ from ..engine import RunEvents, execute_plan
 from ..errors import InsufficientMemoryError, LocalMoaError, UsageError
 from ..host import ModelHost
 from ..memory.planner import Plan, plan
+from ..memory.probe import probe
 from ..metrics import RunReport
 from ..preflight import Preflight, preflight
 from ..recipe import Agent, MoaGraph, Overrides, build_graph
@@ -102,6 +104,9 @@ class MoaService:
         self.config = config
         self.options = options or ServeOptions()
         self.host = ModelHost(config)
+        # the machine as it is before anything loads: what models hold later is counted
+        # by the plans (resident, other runs' models), never twice
+        self.resources = probe(self.options.memory_budget)
         self.counters = Counters()
         self.lock = threading.Lock()
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self.options.queue_size)
@@ -195,8 +200,7 @@ class MoaService:
             finally:
                 self._running = None
                 job.done.set()
-                if job.on_done is not None:
-                    job.on_done(job)
+                _tell(job)
             self._expire()
 
     def _run(self, job: Job) -> None:
@@ -207,6 +211,8 @@ class MoaService:
             return
         try:
             graph = self.graph_for(job.model, job.sampling)
+            for model in graph.models:
+                self._last_used[model] = time.monotonic()
             pre = self._preflight(graph)
             try:  # other models stay loaded when the plan allows
                 run_plan = self._plan(graph, pre)
@@ -256,6 +262,7 @@ class MoaService:
         key = f"{graph.profile}|{','.join(graph.models)}"
         if key not in self._prepared:
             self._prepared[key] = preflight(self.config, graph, self.options.memory_budget,
+                                            resources=self.resources,
                                             batch_up_to=self._widest)
         pre = self._prepared[key]
         return Preflight(graph=graph, paths=pre.paths, facts=pre.facts,
@@ -271,7 +278,8 @@ class MoaService:
                 continue
             for known in self._prepared.values():
                 if model in known.footprints:
-                    for pool, amount in known.footprints[model].cost(count).items():
+                    seqs = self.host.resident_seqs().get(model, 1)
+                    for pool, amount in known.footprints[model].cost(count, seqs).items():
                         out[pool] = out.get(pool, 0) + amount
                     break
         return out
@@ -280,7 +288,7 @@ class MoaService:
         """Unload the models no run used for ``keep_alive_s`` (Ollama's keep_alive)."""
         now = time.monotonic()
         for inst in list(self.host.loaded):
-            used = self._last_used.get(inst.model, now)
+            used = self._last_used.get(inst.model, 0.0)
             if now - used >= self.options.keep_alive_s:
                 self.host.unload(inst)
 
@@ -308,14 +316,20 @@ class MoaService:
                 waiting.cancel.set()
                 waiting.error = UsageError("the server is shutting down")
                 waiting.done.set()
-                if waiting.on_done is not None:
-                    waiting.on_done(waiting)
+                _tell(waiting)
         if running is not None and not running.done.wait(timeout_s):
             running.cancel.set()
             running.done.wait(timeout_s)
         self._queue.put(None)
         self._thread.join(timeout_s)
         self.host.close()
+
+
+def _tell(job: Job) -> None:
+    """The job's end, to whoever waits for it; their failure is not the service's."""
+    if job.on_done is not None:
+        with contextlib.suppress(Exception):  # e.g. its event loop closed
+            job.on_done(job)
 
 
 def _or(value: Any, default: Any) -> Any:
