@@ -238,3 +238,22 @@ def test_sigterm_drains_the_request_in_flight(isolated_home: Path) -> None:
         assert code in (0, 143), served.output
         with pytest.raises(httpx.ConnectError):
             httpx.get(served.url + "/health")  # no new requests
+
+
+def test_a_run_that_fails_is_not_retried_by_the_client(tmp_path: Path,
+                                                        isolated_home: Path) -> None:
+    """A model whose file is gone: one line, 500 with x-should-retry: false, so the openai
+    client does not run the whole MoA again."""
+    config = tmp_path / "gone.yaml"
+    config.write_text("models:\n  gone: {backend: llamacpp, source: {path: /nonexistent.gguf}}\n",
+                      encoding="utf-8")
+    with Served("--config", str(config)) as served:
+        response = httpx.post(served.url + "/v1/chat/completions", timeout=60, json={
+            "model": "gone", "messages": QUESTION, "max_tokens": 8})
+        assert response.status_code == 500 and response.headers["x-should-retry"] == "false"
+        message = response.json()["error"]["message"]
+        assert "/nonexistent.gguf does not exist" in message and "\n" not in message
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused")  # retries on
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="gone", messages=QUESTION)  # type: ignore[arg-type]
+        assert _metric(served, "localmoa_requests_total") == 2  # one run each: no retries

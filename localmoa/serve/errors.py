@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from ..errors import UsageError
+from ..errors import RunInterrupted, UsageError
 from .service import Job, QueueFull, UnknownModel
 
 #: Seconds a client is asked to wait when the queue is full or the server drains.
@@ -45,9 +45,14 @@ def ollama_error(exc: BaseException, status: int | None = None) -> JSONResponse:
 
 
 def run_error(job: Job, ollama: bool = False) -> JSONResponse:
-    """A run that produced no answer: 500 with what went wrong, one line."""
+    """A run that produced no answer: 500 with what went wrong, one line, and
+    ``x-should-retry: false`` (the openai client would run the whole MoA again, and a
+    run that failed once fails again); a run cut off by a shutdown is 503."""
     message = str(job.error) if job.error is not None else "the run produced no answer"
+    status, headers = 500, {"x-should-retry": "false"}
+    if isinstance(job.error, RunInterrupted):  # the server stopping (a gone client reads
+        status, headers = 503, _headers(503)     # nothing)
     if ollama:
-        return JSONResponse({"error": message}, status_code=500)
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
     return JSONResponse({"error": {"message": message, "type": "server_error", "param": None,
-                                   "code": "run_failed"}}, status_code=500)
+                                   "code": "run_failed"}}, status_code=status, headers=headers)
