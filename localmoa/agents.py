@@ -47,11 +47,16 @@ class Control:
 
 def token_counter(model: LoadedModel) -> tuple[Callable[[str], int], Callable[[str, int], str]]:
     """Count and cut text in the model's own tokens; ~3 characters a token where the
-    model cannot tokenize (its count_tokens says None)."""
-    if model.count_tokens("") is not None:
-        return (lambda text: model.count_tokens(text) or 0), \
-            (lambda text, n: model.cut_tokens(text, n) or "")
-    return (lambda text: len(text) // 3 + 1), (lambda text, n: text[: n * 3])
+    model cannot tokenize (its count_tokens / cut_tokens say None)."""
+    def count(text: str) -> int:
+        tokens = model.count_tokens(text)
+        return len(text) // 3 + 1 if tokens is None else tokens
+
+    def cut(text: str, n: int) -> str:
+        kept = model.cut_tokens(text, n)
+        return text[: n * 3] if kept is None else kept
+
+    return count, cut
 
 
 def fitted_messages(agent: Agent, spec: ModelSpec, model: LoadedModel,

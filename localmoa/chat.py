@@ -17,7 +17,6 @@ from .backends.base import Message
 from .config import Config
 from .engine import RunEvents, execute_plan
 from .host import ModelHost
-from .memory.planner import plan
 from .metrics import RunReport
 from .preflight import Preflight, preflight
 from .recipe import MoaGraph, Overrides, build_graph
@@ -86,13 +85,7 @@ class ChatSession:
             self.host.unload(inst)
         # An agent of an earlier turn that timed out may still hold an instance: it is
         # nobody's now, and its memory is not this turn's to plan with.
-        self.host.compact()
-        resident = {m: n for m, n in self.host.resident().items() if m in pre.footprints}
-        held = self.host.held_bytes()
-        budgets = {pool: budget - held.get(pool, 0) for pool, budget in pre.budgets.items()}
-        seqs = {m: n for m, n in self.host.resident_seqs().items() if m in resident}
-        turn_plan = plan(self.graph, pre.footprints, budgets, pre.resources.usable_cores,
-                         resident=resident, resident_seqs=seqs, keep=True)
+        turn_plan = self.host.warm_plan(self.graph, pre)
         report = execute_plan(self.config, self.graph, conversation, turn_plan, pre.paths,
                               events=events, host=self.host, runtime=pre.runtime)
         turn = Turn(user=text, report=report, dropped_turns=dropped)

@@ -15,14 +15,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .agents import internal_error
 from .backends import created_backends, get_backend
 from .backends.base import LoadedModel
 from .config import Config, ModelSpec
 from .errors import LocalMoaError
-from .memory.planner import Instance
+from .memory.planner import Instance, Plan, plan
+
+if TYPE_CHECKING:
+    from .preflight import Preflight
+    from .recipe import MoaGraph
 
 
 @dataclass(eq=False)
@@ -133,6 +137,21 @@ class ModelHost:
                 for pool, amount in entry.held_bytes.items():
                     total[pool] = total.get(pool, 0) + amount
         return total
+
+    def warm_plan(self, graph: MoaGraph, pre: Preflight,
+                  taken: dict[str, int] | None = None) -> Plan:
+        """The plan of ``graph`` starting from what is loaded now (a chat's previous turn,
+        a server's previous request) and keeping its models loaded at the end. Held
+        instances (an agent that never returned) and ``taken`` (bytes per pool that
+        others hold) are not this plan's to use."""
+        self.compact()
+        resident = {m: n for m, n in self.resident().items() if m in pre.footprints}
+        held = self.held_bytes()
+        budgets = {pool: budget - held.get(pool, 0) - (taken or {}).get(pool, 0)
+                   for pool, budget in pre.budgets.items()}
+        seqs = {m: n for m, n in self.resident_seqs().items() if m in resident}
+        return plan(graph, pre.footprints, budgets, pre.resources.usable_cores,
+                    resident=resident, resident_seqs=seqs, keep=True)
 
     def compact(self) -> None:
         """Number each model's usable instances 0..n-1 again (a held one left a gap),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from pytest_httpserver import HTTPServer
 from localmoa import doctor
 from localmoa.backends import repack
 
+from .child_server import free_port
 from .conftest import cli
 
 SEGFAULT = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
@@ -22,12 +22,6 @@ def doctor_json(*args: str, env: dict[str, str] | None = None) -> dict:
     proc = cli("doctor", "--json", *args, env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_doctor_json_reports_this_machine(tmp_path: Path) -> None:

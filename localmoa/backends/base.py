@@ -196,8 +196,6 @@ class Capabilities:
     token_counting: bool = False
     #: Each model runs in a process localmoa starts (prestart hides its start-up).
     worker_processes: bool = False
-    #: The model runs on this machine's cores, so the planner splits the cores with it.
-    local_cores: bool = False
 
     def to_dict(self) -> dict[str, bool]:
         return {k: bool(v) for k, v in self.__dict__.items()}

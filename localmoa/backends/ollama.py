@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .. import constants
 from ..config import Config, ModelSpec
 from ..errors import GenerationError, LocalMoaError, ModelLoadError, ModelNotFoundError
-from .base import UNLIMITED as UNLIMITED  # a remote daemon with no ollama_hosts budget
 from .base import (
+    UNLIMITED,
     BackendBase,
     Capabilities,
     ChatStream,

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..config import Config, ModelSpec
 from ..errors import GenerationError, LocalMoaError, ModelLoadError, ModelNotFoundError
-from .base import UNLIMITED as UNLIMITED  # a server's pool: it holds its model already
 from .base import (
+    UNLIMITED,
     BackendBase,
     Capabilities,
     ChatStream,

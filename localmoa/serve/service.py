@@ -24,7 +24,6 @@ from ..config import Config
 from ..engine import RunEvents, execute_plan
 from ..errors import InsufficientMemoryError, LocalMoaError, UsageError
 from ..host import ModelHost
-from ..memory.planner import Plan, plan
 from ..memory.probe import probe
 from ..metrics import RunReport
 from ..preflight import Preflight, preflight
@@ -129,9 +128,11 @@ class MoaService:
     # --- what is offered ---------------------------------------------------------------
 
     def model_ids(self) -> list[str]:
-        """Every profile as ``moa:NAME``, then every configured model by itself."""
-        return [f"{PROFILE_PREFIX}{p}" for p in sorted(self.config.profiles)] + \
-            sorted(self.config.models)
+        """Every profile as ``moa:NAME`` (the default one first: clients pick the first),
+        then every configured model by itself."""
+        first = self.options.default_profile or self.config.default_profile
+        profiles = sorted(self.config.profiles, key=lambda p: (p != first, p))
+        return [f"{PROFILE_PREFIX}{p}" for p in profiles] + sorted(self.config.models)
 
     def graph_for(self, model: str, sampling: Sampling) -> MoaGraph:
         """The graph a model id names: a profile's MoA, or one model answering alone."""
@@ -214,12 +215,12 @@ class MoaService:
             for model in graph.models:
                 self._last_used[model] = time.monotonic()
             pre = self._preflight(graph)
-            try:  # other models stay loaded when the plan allows
-                run_plan = self._plan(graph, pre)
+            try:  # other runs' models stay loaded when the plan allows
+                run_plan = self.host.warm_plan(graph, pre, self._others_bytes(pre))
             except InsufficientMemoryError:
                 for inst in [i for i in self.host.loaded if i.model not in pre.footprints]:
                     self.host.unload(inst)
-                run_plan = self._plan(graph, pre)
+                run_plan = self.host.warm_plan(graph, pre)
             job.report = execute_plan(self.config, graph, job.messages, run_plan, pre.paths,
                                       events=job.events, host=self.host, runtime=pre.runtime,
                                       cancel=job.cancel)
@@ -245,30 +246,13 @@ class MoaService:
                 peak = int(job.report.actual.get("peak_pss_growth_bytes") or 0)
                 self.counters.peak_pss_bytes = max(self.counters.peak_pss_bytes, peak)
 
-    def _plan(self, graph: MoaGraph, pre: Preflight) -> Plan:
-        """This run's plan, warm (what earlier runs left loaded), keeping its models
-        loaded at the end; the memory that models of other runs hold is not its own."""
-        self.host.compact()
-        resident = {m: n for m, n in self.host.resident().items() if m in pre.footprints}
-        held = self.host.held_bytes()
-        others = self._others_bytes(pre)
-        budgets = {pool: budget - held.get(pool, 0) - others.get(pool, 0)
-                   for pool, budget in pre.budgets.items()}
-        seqs = {m: n for m, n in self.host.resident_seqs().items() if m in resident}
-        return plan(graph, pre.footprints, budgets, pre.resources.usable_cores,
-                    resident=resident, resident_seqs=seqs, keep=True)
-
     def _preflight(self, graph: MoaGraph) -> Preflight:
         key = f"{graph.profile}|{','.join(graph.models)}"
         if key not in self._prepared:
             self._prepared[key] = preflight(self.config, graph, self.options.memory_budget,
                                             resources=self.resources,
                                             batch_up_to=self._widest)
-        pre = self._prepared[key]
-        return Preflight(graph=graph, paths=pre.paths, facts=pre.facts,
-                         footprints=pre.footprints, resources=pre.resources, plan=pre.plan,
-                         budgets=pre.budgets, runtime=pre.runtime, notices=pre.notices,
-                         backends=pre.backends)
+        return dataclasses.replace(self._prepared[key], graph=graph)
 
     def _others_bytes(self, pre: Preflight) -> dict[str, int]:
         """What models this run does not use, kept loaded, hold: not this run's to plan."""
