@@ -12,6 +12,10 @@ loaded saves).
 in a row (queue 16, the aggregator's max_tokens 96): requests per second and generated
 tokens per second (every agent's). --requests 0 skips it.
 
+(3) Merged requests: 4 concurrent clients against a second server that runs each
+request alone (--batch-requests 1), the two servers taking turns; the ratio of
+requests per second, merged over alone.
+
     python benchmarks/bench_serve.py --repeat 5 --requests 4
 """
 
@@ -110,6 +114,19 @@ def main() -> None:
                 results["serve_request_s"] / results["run_engine_s"], 3)
             results["throughput"] = [throughput(served.url, n, args.requests, args.max_tokens)
                                      for n in (1, 4, 8) if args.requests]
+            if args.requests:
+                with Served("--queue", "16", "--batch-requests", "1", env=env) as alone:
+                    ask(alone.url, None)
+                    merged, single = [], []
+                    for i in range(2):  # taking turns: drift favours neither
+                        for side in ([served, alone] if i == 0 else [alone, served]):
+                            rate = throughput(side.url, 4, args.requests, args.max_tokens)
+                            (merged if side is served else single).append(rate)
+                results["merged_4_clients"] = merged
+                results["alone_4_clients"] = single
+                results["merged_vs_alone_requests_per_s"] = round(
+                    statistics.median(r["requests_per_s"] for r in merged)
+                    / statistics.median(r["requests_per_s"] for r in single), 3)
     results.update(repeat=args.repeat, max_tokens=args.max_tokens)
     print(json.dumps(results, indent=2))
 

@@ -7,6 +7,7 @@ there, keeping what it produced.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from .backends.base import ChatStream, GenerateOptions, LoadedModel, Message
 from .config import ModelSpec
 from .errors import LocalMoaError
 from .metrics import AgentRun
-from .prompts import agent_messages, fit_references
+from .prompts import agent_messages, fit_references, reference_slots
 from .recipe import Agent
 
 #: Tokens kept free for the chat template's own markup around the messages.
@@ -36,10 +37,17 @@ class Control:
 
     stop: threading.Event = field(default_factory=threading.Event)  # the whole run
     cancelled: set[str] = field(default_factory=set)  # agent ids whose time is up
+    #: Per request of a merged run (``Agent.job``): set when its client went away.
+    cancels: list[threading.Event | None] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def dropped(self, job: int) -> bool:
+        """Whether request ``job`` was cancelled."""
+        cancel = self.cancels[job] if job < len(self.cancels) else None
+        return cancel is not None and cancel.is_set()
+
     def check(self, agent: Agent) -> None:
-        if self.stop.is_set():
+        if self.stop.is_set() or self.dropped(agent.job):
             raise Stopped("interrupted")
         if agent.id in self.cancelled:
             raise Stopped(f"timed out after {agent.timeout_s:g} s (per-agent timeout)")
@@ -62,21 +70,26 @@ def token_counter(model: LoadedModel) -> tuple[Callable[[str], int], Callable[[s
 def fitted_messages(agent: Agent, spec: ModelSpec, model: LoadedModel,
                     conversation: Sequence[Message], references: list[str] | None,
                     run: AgentRun) -> list[Message]:
-    """The agent's messages; references shortened fairly when they would overflow n_ctx."""
-    messages = agent_messages(conversation, agent.system, references)
-    if not references:
+    """The agent's messages (its prompt template, if any, rendered); references shortened
+    fairly when they would overflow n_ctx. Everything else (the template's own text, the
+    query, the personas) counts as fixed; a template that places the references k times
+    leaves each place 1/k of what is left."""
+    template, layer = agent.prompt_template, agent.layer
+    messages = agent_messages(conversation, agent.system, references, template, layer)
+    slots = 1 if template is None else reference_slots(template)
+    if not references or slots == 0:
         return messages
     count, cut = token_counter(model)
     limit = spec.n_ctx - agent.max_tokens - TEMPLATE_MARGIN_TOKENS
     refs_tokens = sum(count(r) for r in references)
-    others = sum(count(m["content"]) for m in messages) - refs_tokens
-    budget = limit - others
+    others = sum(count(m["content"]) for m in messages) - slots * refs_tokens
+    budget = (limit - others) // slots
     if refs_tokens <= budget:
         return messages
     kept, before, after = fit_references(references, max(0, budget), count, cut)
     run.references_trimmed = {"references": len(references), "tokens_before": before,
                               "tokens_after": after, "n_ctx": spec.n_ctx}
-    return agent_messages(conversation, agent.system, kept)
+    return agent_messages(conversation, agent.system, kept, template, layer)
 
 
 def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: int,
@@ -100,7 +113,9 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
         messages = fitted_messages(agent, spec, model, conversation, references, run)
         options = GenerateOptions(temperature=agent.temperature, top_p=agent.top_p,
                                   max_tokens=agent.max_tokens, seed=agent.seed,
-                                  n_threads=task_threads or None, stop=agent.stop)
+                                  n_threads=task_threads or None, stop=agent.stop,
+                                  json_schema=json.loads(agent.json_schema)
+                                  if agent.json_schema else None)
         control.check(agent)
         stream = model.chat(messages, options)
         for piece in stream:

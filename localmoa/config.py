@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -26,6 +27,14 @@ from pydantic import (
 
 from . import constants
 from .errors import ConfigError
+from .prompts import check_template, reference_slots
+
+TEMPLATE_HELP = ("Replaces the aggregate-and-synthesize prompt and the numbered references at "
+                 "the head of the agent's system message; placeholders {references} (alias "
+                 "{helper_response}), {query} and {layer}; {{ and }} are literal braces.")
+
+#: A prompt template: placeholders checked when the file is read (prompts.py).
+PromptTemplate = Annotated[str, AfterValidator(check_template)]
 
 KvType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 
@@ -104,6 +113,9 @@ class AgentSpec(StrictModel):
                                     "agent after this many seconds (dropped, reported).")
     stop: list[str] = Field(default_factory=list, max_length=16, description="Strings that "
                             "end the agent's answer where they appear (not included).")
+    prompt_template: PromptTemplate | None = Field(
+        default=None, description=TEMPLATE_HELP + " Default: the profile's "
+        "prompt_template, else the paper's prompt.")
 
     @field_validator("stop")
     @classmethod
@@ -113,15 +125,76 @@ class AgentSpec(StrictModel):
         return value
 
 
+class RouterSpec(StrictModel):
+    """The model in front of a profile's specialists, and how it picks them."""
+
+    model: str
+    kind: Literal["choose", "embed"] = Field(
+        default="choose", description="choose: the model reads the query and names the "
+        "specialists (its output constrained to their names); embed: the query's "
+        "embedding against each specialist's description (cosine), cheaper.")
+    pick: int = Field(default=1, ge=1, le=8, description="The most specialists chosen.")
+    system: str | None = Field(default=None, description="Extra instructions for the "
+                               "choosing router.")
+    max_tokens: int = Field(default=48, ge=8, le=1024)
+
+
+class Specialist(StrictModel):
+    """A named specialist: what it is good at, and its agents or a whole profile."""
+
+    description: str = Field(min_length=1)
+    agents: list[AgentSpec] | None = Field(default=None, min_length=1, description="One "
+                                           "layer of proposers.")
+    profile: str | None = Field(default=None, description="A profile whose proposer "
+                                "layers this specialist runs.")
+
+    @model_validator(mode="after")
+    def _agents_or_profile(self) -> Specialist:
+        if (self.agents is None) == (self.profile is None):
+            raise ValueError("give either agents: (a list of agents) or profile: (a "
+                             "profile's name), not both and not neither")
+        return self
+
+
 class Profile(StrictModel):
-    """A MoA recipe: proposer layers, then the final aggregator."""
+    """A MoA recipe: proposer layers, then the final aggregator. A routing profile has a
+    router and specialists instead of layers: the router picks specialists per query and
+    their agents are the proposers."""
 
     description: str = ""
-    layers: list[list[AgentSpec]] = Field(min_length=1)
+    layers: list[list[AgentSpec]] = Field(default_factory=list)
     aggregator: AgentSpec
+    router: RouterSpec | None = None
+    specialists: dict[str, Specialist] = Field(default_factory=dict)
+    prompt_template: PromptTemplate | None = Field(
+        default=None, description=TEMPLATE_HELP + " The default of the profile's "
+        "agents (aggregator included) that set none.")
+
+    aggregate: Literal["always", "auto", "never"] = Field(
+        default="always",
+        description="always: the aggregator writes the answer; auto: skipped when "
+        "the last layer's proposers agree (their answer is returned); never: the answer "
+        "most proposers share (majority vote, ties to the first agent).")
+    layers_up_to: int | None = Field(
+        default=None, ge=1, le=32, description="Up to N proposer layers (the last one repeated), "
+        "stopping early once a layer's answers agree.")
+
+    def template_for(self, agent: AgentSpec) -> str | None:
+        """The agent's prompt template: its own, else the profile's; None: the default."""
+        return agent.prompt_template if agent.prompt_template is not None \
+            else self.prompt_template
 
     @model_validator(mode="after")
     def _no_empty_layer(self) -> Profile:
+        if self.router is None and not self.layers:
+            raise ValueError("a profile needs layers: (proposer agents), or a router: with "
+                             "specialists:")
+        if self.router is not None and self.layers:
+            raise ValueError("a routing profile's proposers are its specialists: drop layers:")
+        if self.router is not None and len(self.specialists) < 2:
+            raise ValueError("a router needs at least two specialists: to choose from")
+        if self.specialists and self.router is None:
+            raise ValueError("specialists: need a router: to choose among them")
         for i, layer in enumerate(self.layers):
             if not layer:
                 raise ValueError(f"layer {i + 1} has no agents")
@@ -428,3 +501,62 @@ def _check_references(config: Config) -> None:
     if config.default_profile not in config.profiles:
         raise ConfigError(f"default_profile {config.default_profile!r} is not a profile",
                           file=config.files[-1])
+    for pname, prof in config.profiles.items():
+        _check_templates(config, pname, prof)
+        _check_routing(config, pname, prof)
+
+
+def _check_routing(config: Config, pname: str, prof: Profile) -> None:
+    """The router's model exists; each specialist's agents' models exist and its profile
+    is a plain profile."""
+    def fail(message: str, *path: str | int) -> None:
+        origin = config.origin("profiles", pname, *path)
+        raise ConfigError(message, file=origin.file, line=origin.line,
+                          field=_format_loc(("profiles", pname, *path)))
+
+    known = ", ".join(sorted(config.models)) or "none"
+    if prof.router is not None and prof.router.model not in config.models:
+        fail(f"no model named {prof.router.model!r} (define it under models:; known: "
+             f"{known})", "router", "model")
+    for name, spec in prof.specialists.items():
+        for j, agent in enumerate(spec.agents or []):
+            if agent.model not in config.models:
+                fail(f"no model named {agent.model!r} (define it under models:; known: "
+                     f"{known})", "specialists", name, "agents", j, "model")
+        if spec.profile is not None:
+            other = config.profiles.get(spec.profile)
+            if other is None:
+                fail(f"no profile named {spec.profile!r}; known: "
+                     f"{', '.join(sorted(config.profiles))}", "specialists", name, "profile")
+            elif other.router is not None:
+                fail(f"profile {spec.profile!r} routes itself; a specialist's profile must "
+                     "have layers:", "specialists", name, "profile")
+
+
+def _check_templates(config: Config, pname: str, prof: Profile) -> None:
+    """Every agent that gets the previous layer's answers (layer 2 on, the aggregator)
+    has a template that places them, or none (the default does); the error names the
+    line of the template it uses, its own or the profile's."""
+    agents: list[tuple[str, tuple[str | int, ...], AgentSpec]] = [
+        (f"L{i + 1}.{j + 1}", ("layers", i, j), a) for i, layer in enumerate(prof.layers)
+        for j, a in enumerate(layer) if i > 0]
+    agents.append(("AGG", ("aggregator",), prof.aggregator))
+    for agent_id, path, agent in agents:
+        template = prof.template_for(agent)
+        if template is None or reference_slots(template) > 0:
+            continue
+        who = "the aggregator (AGG)" if agent_id == "AGG" else f"agent {agent_id}"
+        if agent.prompt_template is not None:
+            where: tuple[str | int, ...] = (*path, "prompt_template")
+            message = (f"has no {{references}} (or {{helper_response}}), but {who} gets the "
+                       "previous layer's answers: they would be lost; put {references} "
+                       "where they belong")
+        else:
+            where = ("prompt_template",)
+            message = (f"has no {{references}} (or {{helper_response}}), but {who}, which gets "
+                       "the previous layer's answers, uses it (it sets no prompt_template of "
+                       "its own): they would be lost; put {references} where they belong, or "
+                       "give that agent its own prompt_template")
+        origin = config.origin("profiles", pname, *where)
+        raise ConfigError(message, file=origin.file, line=origin.line,
+                          field=_format_loc(("profiles", pname, *where)))

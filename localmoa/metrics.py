@@ -144,13 +144,17 @@ class RunReport:
     runtime: dict[str, Any] = field(default_factory=dict)
     #: Things that went wrong without costing an answer (e.g. a display callback failed).
     warnings: list[str] = field(default_factory=list)
+    #: What the recipe decided: ``routing`` (the router's choice, why, what it cost),
+    #: ``consensus`` (aggregation skipped: who agreed, time saved), ``early_exit``.
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, *, profile: str, prompt: str, answer: str, runs: list[AgentRun],
               wall_s: float, cores: int, models: dict[str, dict[str, Any]],
               error: str | None = None, plan: dict[str, Any] | None = None,
               actual: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None,
-              warnings: list[str] | None = None) -> RunReport:
+              warnings: list[str] | None = None,
+              recipe: dict[str, Any] | None = None) -> RunReport:
         by_layer: dict[int, list[AgentRun]] = {}
         for run in runs:
             by_layer.setdefault(run.layer, []).append(run)
@@ -168,7 +172,7 @@ class RunReport:
         return cls(profile=profile, prompt=prompt, answer=answer, agents=runs, layers=layers,
                    totals=totals, cores=cores, models=models, ok=error is None, error=error,
                    plan=plan or {}, actual=actual or {}, runtime=runtime or {},
-                   warnings=warnings or [])
+                   warnings=warnings or [], recipe=recipe or {})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,4 +188,5 @@ class RunReport:
             ok=data.get("ok", True), error=data.get("error"), models=data.get("models", {}),
             plan=data.get("plan", {}), actual=data.get("actual", {}),
             runtime=data.get("runtime", {}), warnings=data.get("warnings", []),
+            recipe=data.get("recipe", {}),
         )

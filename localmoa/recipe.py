@@ -12,10 +12,12 @@ the same model (``--self MODEL[:N]``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from .config import AgentSpec, Config, Profile
 from .errors import UsageError
+from .prompts import reference_slots
 
 #: Self-MoA samples when ``--self MODEL`` gives no N, and the range N may take.
 SELF_DEFAULT_SAMPLES = 4
@@ -42,10 +44,21 @@ class Agent:
     seed: int | None
     timeout_s: float | None = None
     stop: tuple[str, ...] = ()
+    #: Which request of a merged run (``merge_graphs``) the agent belongs to; 0 alone.
+    job: int = 0
+    #: Its prompt template (its own, else its profile's; prompts.py); None: the default.
+    prompt_template: str | None = None
+    #: JSON schema (as JSON text) the agent's answer must follow: a router's choice.
+    json_schema: str | None = None
 
     @property
     def is_aggregator(self) -> bool:
-        return self.id == "AGG"
+        return self.local_id == "AGG"
+
+    @property
+    def local_id(self) -> str:
+        """The id within its own request's graph: ``L1.2`` for a merged run's ``2/L1.2``."""
+        return self.id.rpartition("/")[2]
 
 
 @dataclass(frozen=True)
@@ -56,14 +69,29 @@ class MoaGraph:
     layers: list[list[Agent]]
     aggregator: Agent
     models: list[str] = field(default_factory=list)
+    #: A merged run's other requests' aggregators (``merge_graphs``); empty alone.
+    more_aggregators: tuple[Agent, ...] = ()
+    #: ``always`` | ``auto`` (skipped when the proposers agree) | ``never`` (majority vote).
+    aggregate: str = "always"
+    #: Stop adding proposer layers once a layer's answers agree (``layers_up_to``).
+    early_exit: bool = False
+
+    @property
+    def jobs(self) -> int:
+        """How many requests run in this graph (``merge_graphs``): 1 alone."""
+        return 1 + len(self.more_aggregators)
+
+    def stages(self) -> list[list[Agent]]:
+        """The proposer layers, then the final stage: the aggregator(s)."""
+        return [*self.layers, [self.aggregator, *self.more_aggregators]]
 
     def all_agents(self) -> list[Agent]:
-        return [a for layer in self.layers for a in layer] + [self.aggregator]
+        return [a for layer in self.stages() for a in layer]
 
     def widest(self) -> dict[str, int]:
         """The most agents of each model in one layer: its largest batch."""
         out: dict[str, int] = {}
-        for layer in [*self.layers, [self.aggregator]]:
+        for layer in self.stages():
             for agent in layer:
                 n = sum(a.model == agent.model for a in layer)
                 out[agent.model] = max(out.get(agent.model, 0), n)
@@ -83,6 +111,8 @@ class Overrides:
     timeout_s: float | None = None
     #: Self-MoA: (model, samples) replaces the profile's proposers and aggregator.
     self_moa: tuple[str, int] | None = None
+    #: ``always`` | ``auto`` | ``never``: the profile's ``aggregate`` for this run.
+    aggregate: str | None = None
 
 
 def self_moa_profile(model: str, samples: int) -> Profile:
@@ -134,7 +164,8 @@ def _check_self(config: Config, model: str, samples: int, value: str) -> None:
 
 
 def build_graph(config: Config, profile: str | None,
-                overrides: Overrides | None = None) -> MoaGraph:
+                overrides: Overrides | None = None,
+                chosen: Sequence[str] | None = None) -> MoaGraph:
     """Expand a profile into agents, applying ``overrides``.
 
     - ``layers=N``: N proposer layers; the profile's layers are truncated, or
@@ -147,6 +178,9 @@ def build_graph(config: Config, profile: str | None,
     - ``self_moa=(model, N)``: the profile is ignored; the graph is
       ``self_moa_profile`` (named ``self:MODEL``), and ``layers`` and the
       sampling overrides still apply. Without ``seed`` agent k gets 1000 + k.
+
+    A routing profile needs ``chosen``, the specialists its router picked: their
+    agents are the proposers (``routed_layers``).
     """
     ov = overrides or Overrides()
     if ov.self_moa is not None:
@@ -164,9 +198,16 @@ def build_graph(config: Config, profile: str | None,
             raise UsageError(f"no model named {model!r} in the config; known models: {known}")
     _check_overrides(ov)
 
-    specs: list[list[AgentSpec]] = [list(layer) for layer in prof.layers]
-    if ov.layers is not None:
-        specs = [specs[min(i, len(specs) - 1)] for i in range(ov.layers)]
+    if prof.router is not None:
+        if chosen is None:
+            raise UsageError(f"profile {name!r} routes each query to its specialists: run "
+                             "its router first (localmoa run does)")
+        specs = routed_layers(config, prof, chosen)
+    else:
+        specs = [list(layer) for layer in prof.layers]
+    depth = ov.layers if ov.layers is not None else prof.layers_up_to
+    if depth is not None:
+        specs = [specs[min(i, len(specs) - 1)] for i in range(depth)]
     if ov.proposers:
         specs = [[replace_model(layer[j % len(layer)], m) for j, m in enumerate(ov.proposers)]
                  for layer in specs]
@@ -187,7 +228,15 @@ def build_graph(config: Config, profile: str | None,
         agent = Agent(id=agent_id, layer=layer, index=index, model=spec.model,
                       system=spec.system, temperature=spec.temperature, top_p=spec.top_p,
                       max_tokens=spec.max_tokens, seed=seed, stop=tuple(spec.stop),
-                      timeout_s=ov.timeout_s if ov.timeout_s is not None else spec.timeout_s)
+                      timeout_s=ov.timeout_s if ov.timeout_s is not None else spec.timeout_s,
+                      prompt_template=prof.template_for(spec))
+        if layer > 1 and agent.prompt_template is not None \
+                and not reference_slots(agent.prompt_template):  # a first layer repeated
+            repeats = f"--layers {ov.layers}" if ov.layers is not None else f"layer {layer}"
+            raise UsageError(
+                f"agent {agent_id} gets the previous layer's answers, but its prompt_template "
+                "has no {references} (or {helper_response}): they would be lost "
+                f"({repeats} repeats the profile's last layer); add {{references}} to it")
         if ov.temperature is not None:
             agent = replace(agent, temperature=ov.temperature)
         if ov.max_tokens is not None:
@@ -198,7 +247,51 @@ def build_graph(config: Config, profile: str | None,
               for i, layer in enumerate(specs)]
     aggregator = make(agg_spec, len(layers) + 1, 1, "AGG")
     models = list(dict.fromkeys(a.model for a in [*sum(layers, []), aggregator]))
-    return MoaGraph(profile=name, layers=layers, aggregator=aggregator, models=models)
+    return MoaGraph(profile=name, layers=layers, aggregator=aggregator, models=models,
+                    aggregate=ov.aggregate or prof.aggregate,
+                    early_exit=prof.layers_up_to is not None and ov.layers is None)
+
+
+def routed_layers(config: Config, prof: Profile, chosen: Sequence[str]) -> list[list[AgentSpec]]:
+    """The proposer layers of the chosen specialists: layer k holds every chosen
+    specialist's layer k (a specialist's ``agents`` are one layer; a ``profile``'s
+    layers keep their own prompt templates)."""
+    unknown = [c for c in chosen if c not in prof.specialists]
+    if unknown or not chosen:
+        raise UsageError(f"no specialist named {', '.join(unknown) or '(none)'}; the "
+                         f"profile's specialists: {', '.join(prof.specialists)}")
+    per: list[list[list[AgentSpec]]] = []
+    for name in dict.fromkeys(chosen):
+        spec = prof.specialists[name]
+        if spec.agents is not None:
+            per.append([list(spec.agents)])
+        else:
+            sub = config.profiles[str(spec.profile)]
+            per.append([[a.model_copy(update={"prompt_template": sub.template_for(a)})
+                         for a in layer] for layer in sub.layers])
+    depth = max(len(layers) for layers in per)
+    return [[a for layers in per if k < len(layers) for a in layers[k]] for k in range(depth)]
+
+
+def merge_graphs(graphs: list[MoaGraph]) -> MoaGraph:
+    """Several requests' graphs of the same shape as one run: layer k holds every
+    request's layer k, so agents on one model decode as one batch across requests. The
+    agents of request j > 0 get ``job = j`` and ids ``j/L1.1``, ``j/AGG``."""
+    if len({len(g.layers) for g in graphs}) != 1:
+        raise ValueError("merged graphs must have the same number of layers")
+    tagged = [graphs[0]] + [
+        replace(g, layers=[[_tag(a, j) for a in layer] for layer in g.layers],
+                aggregator=_tag(g.aggregator, j)) for j, g in enumerate(graphs[1:], start=1)]
+    layers = [[a for g in tagged for a in g.layers[k]] for k in range(len(graphs[0].layers))]
+    models = list(dict.fromkeys(m for g in graphs for m in g.models))
+    return MoaGraph(profile=graphs[0].profile, layers=layers,
+                    aggregator=tagged[0].aggregator, models=models,
+                    more_aggregators=tuple(g.aggregator for g in tagged[1:]),
+                    aggregate=graphs[0].aggregate, early_exit=graphs[0].early_exit)
+
+
+def _tag(agent: Agent, job: int) -> Agent:
+    return replace(agent, id=f"{job}/{agent.id}", job=job)
 
 
 def replace_model(spec: AgentSpec, model: str) -> AgentSpec:
@@ -206,6 +299,8 @@ def replace_model(spec: AgentSpec, model: str) -> AgentSpec:
 
 
 def _check_overrides(ov: Overrides) -> None:
+    if ov.aggregate is not None and ov.aggregate not in ("always", "auto", "never"):
+        raise UsageError(f"--aggregate {ov.aggregate}: give always, auto or never")
     if ov.layers is not None and not 1 <= ov.layers <= 32:
         raise UsageError(f"--layers {ov.layers}: give 1 to 32 proposer layers")
     if ov.temperature is not None and not 0.0 <= ov.temperature <= 2.0:

@@ -9,6 +9,7 @@ time and its generator holds that claim until it is closed.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class Script:
     forever_over: int | None = None
     load_error: str | None = None
     load_hold: threading.Event | None = None  # a load blocks on it
+    embeds: bool = False  # ``embed`` works (letter counts), else it says it cannot
 
 
 @dataclass
@@ -60,6 +62,7 @@ class ScriptedBackend(BackendBase):
     loads: list[str] = field(default_factory=list)
     unloads: list[str] = field(default_factory=list)
     calls: list[tuple[str, list[Message]]] = field(default_factory=list)
+    options: list[tuple[str, GenerateOptions]] = field(default_factory=list)  # per chat call
     loading: dict[str, threading.Event] = field(default_factory=dict)
     started: dict[str, threading.Event] = field(default_factory=dict)
     wrote: dict[str, threading.Event] = field(default_factory=dict)  # a first piece is out
@@ -74,7 +77,8 @@ class ScriptedBackend(BackendBase):
             return table.setdefault(model, threading.Event())
 
     spec_class = LlamaCppSpec
-    capabilities = LlamaCppBackend.capabilities
+    capabilities = dataclasses.replace(LlamaCppBackend.capabilities, constrained_output=True,
+                                       embeddings=True)
 
     def estimate(self, name: str, spec: ModelSpec, config: Config, resources: Resources,
                  batch_up_to: int = 1) -> Estimate:
@@ -109,6 +113,7 @@ class ScriptedModel(LoadedModel):
     def chat(self, messages: Sequence[Message], options: GenerateOptions) -> ChatStream:
         with self.backend.lock:
             self.backend.calls.append((self.name, [dict(m) for m in messages]))  # type: ignore[misc]
+            self.backend.options.append((self.name, options))
         return ChatStream(lambda stream: self._generate(stream, options))
 
     def _generate(self, stream: ChatStream, options: GenerateOptions) -> Iterator[str]:
@@ -189,6 +194,17 @@ class ScriptedModel(LoadedModel):
                 threading.Event().wait(0.001)  # let the readers run between steps
         finally:
             self._busy.release()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
+        """Letter counts, normalised: texts that share words score high."""
+        if not self.script.embeds:
+            return None
+        vectors = []
+        for text in texts:
+            counts = [float(text.lower().count(c)) for c in "abcdefghijklmnopqrstuvwxyz"]
+            norm = sum(x * x for x in counts) ** 0.5 or 1.0
+            vectors.append([x / norm for x in counts])
+        return vectors
 
     def unload(self) -> None:
         self.unloaded = True

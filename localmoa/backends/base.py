@@ -42,6 +42,10 @@ class GenerateOptions:
     seed: int | None = None
     n_threads: int | None = None
     stop: tuple[str, ...] = ()
+    #: A JSON schema the answer must follow (constrained decoding: a grammar on
+    #: llama.cpp, ``format`` on Ollama, ``response_format`` on OpenAI-compatible
+    #: servers); only for backends whose Capabilities.constrained_output is set.
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,10 @@ class LoadedModel(Protocol):
 
     def unload(self) -> None: ...
 
+    def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
+        """One vector per text (mean-pooled, L2-normalised); None: this model cannot."""
+        return None
+
     def count_tokens(self, text: str) -> int | None:
         """Tokens of ``text`` in the model's own tokenizer; None: this model cannot say
         (the engine then counts about three characters a token)."""
@@ -196,6 +204,10 @@ class Capabilities:
     token_counting: bool = False
     #: Each model runs in a process localmoa starts (prestart hides its start-up).
     worker_processes: bool = False
+    #: Chat honours GenerateOptions.json_schema: the answer always parses.
+    constrained_output: bool = False
+    #: Loaded models ``embed`` texts (as vectors), for the embedding router.
+    embeddings: bool = False
 
     def to_dict(self) -> dict[str, bool]:
         return {k: bool(v) for k, v in self.__dict__.items()}

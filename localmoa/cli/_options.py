@@ -28,6 +28,12 @@ MemoryBudgetOpt = Annotated[
                  "2GB. Default: $LOCALMOA_MEMORY_BUDGET, else 90% of the RAM available now.",
                  show_default=False),
 ]
+AggregateOpt = Annotated[
+    str | None,
+    typer.Option("--aggregate", help="always: the aggregator writes the answer; auto: "
+                 "skip it when the proposers agree; never: majority vote of the proposers. "
+                 "Default: the profile's (always).", show_default=False),
+]
 LayersOpt = Annotated[
     int | None,
     typer.Option("--layers", "-l", help="Number of proposer layers: the profile's are truncated "

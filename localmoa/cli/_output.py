@@ -103,6 +103,8 @@ class Output:
             return
         self.err.print(agent_table(report))
         self.err.print(layer_table(report))
+        for line in recipe_lines(report.recipe):
+            self.err.print(line, soft_wrap=True)
         if report.plan and report.actual:
             p, a = report.plan, report.actual
             ram_peak = p["predicted_peak_bytes"].get("ram", 0)
@@ -168,3 +170,28 @@ def layer_table(report: RunReport) -> Table:
                      "evaluated/sent (a batch's shared prefix is evaluated once)")
     table.caption_justify = "left"
     return table
+
+
+def recipe_lines(recipe: dict[str, Any]) -> list[str]:
+    """What the recipe decided, one line each: routing, early exit, consensus."""
+    lines = []
+    routing = recipe.get("routing")
+    if routing:
+        chosen = ", ".join(routing.get("chosen", []))
+        lines.append(f"[bold]router[/] {escape(str(routing.get('router', '')))} chose "
+                     f"{escape(chosen)} ({escape(str(routing.get('reason', '')))}); "
+                     f"{routing.get('wall_s', 0):.2f} s, TTFT {routing.get('ttft_s', 0):.2f} s, "
+                     f"{routing.get('tokens', 0)} tokens")
+    early = recipe.get("early_exit")
+    if early:
+        lines.append(f"[bold]early exit[/] after layer {early['after_layer']}: "
+                     f"{escape(early['agreement'])}; {early['layers_skipped']} layer(s) "
+                     f"skipped, ~{early['estimated_time_saved_s']:.1f} s saved (estimated)")
+    agreed = recipe.get("consensus")
+    if agreed and agreed.get("aggregation") == "skipped":
+        lines.append(f"[bold]consensus[/] {escape(agreed['summary'])}; the answer of "
+                     f"{agreed['answer_from']}, ~{agreed['estimated_time_saved_s']:.1f} s "
+                     "saved (estimated)")
+    elif agreed:
+        lines.append(f"[bold]consensus[/] aggregation ran: {escape(agreed['agreement'])}")
+    return lines

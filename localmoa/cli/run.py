@@ -10,13 +10,16 @@ import typer
 from rich.markup import escape
 
 from ..backends.base import Message
-from ..engine import run_moa
+from ..engine import execute_plan
 from ..errors import RunFailedError, UsageError
+from ..host import ModelHost
 from ..metrics import RunReport
 from ..recipe import Overrides, build_graph, parse_self
+from ..routing import route, routes, warm_plan_beside_router
 from ._errors import EXIT_RUNTIME
 from ._options import (
     AgentTimeoutOpt,
+    AggregateOpt,
     AggregatorOpt,
     ConfigOpt,
     JsonOpt,
@@ -31,7 +34,7 @@ from ._options import (
     TemperatureOpt,
 )
 from ._output import Output
-from ._prepare import load_command_config, prepare, start_worker_early
+from ._prepare import check_cpu_once, load_command_config, prepare, start_worker_early
 from ._progress import RunDisplay
 
 EPILOG = """\
@@ -90,6 +93,7 @@ def run(
     seed: SeedOpt = None,
     agent_timeout: AgentTimeoutOpt = None,
     self_moa: SelfOpt = None,
+    aggregate: AggregateOpt = None,
     no_batch: NoBatchOpt = False,
     show_layers: Annotated[bool, typer.Option(
         "--show-layers", help="Print each layer's answers to stderr as the layer finishes.")
@@ -112,22 +116,43 @@ def run(
     out = Output(json_mode=json_out)
     text = read_prompt(prompt, file)
     cfg = load_command_config(config, no_batch)
-    graph = build_graph(cfg, profile, Overrides(
+    overrides = Overrides(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
         temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout,
-        self_moa=parse_self(self_moa, cfg)))
+        self_moa=parse_self(self_moa, cfg), aggregate=aggregate)
     conversation = [Message(role="user", content=text)]
-    start_worker_early(cfg, graph)
-    prepared = prepare(out, cfg, graph, memory_budget)  # refuses here, before any load
-
-    with RunDisplay(out, graph, show_layers=show_layers) as display:
-        try:
-            report = run_moa(cfg, graph, conversation, prepared=prepared,
-                             events=display.events())
-        except RunFailedError as exc:
-            if isinstance(exc.report, RunReport):
-                _finish(out, exc.report, json_out, no_stats, show_layers, display.streamed)
-            raise
+    host = ModelHost(cfg)
+    try:
+        if overrides.self_moa is None and routes(cfg, profile):
+            # the router first (on the same host: its model stays loaded when it fits)
+            check_cpu_once(out, cfg, [cfg.profile(profile)[1].router.model])  # type: ignore[union-attr]
+            with out.status(f"[bold]{cfg.profile(profile)[0]}[/]: routing"):
+                decision = route(cfg, profile, conversation, host, memory_budget=memory_budget)
+            out.note(f"[bold]router[/] {escape(decision.router)} chose "
+                     f"{escape(', '.join(decision.chosen))} ({escape(decision.reason)})")
+            graph = build_graph(cfg, profile, overrides, chosen=decision.chosen)
+            prepared = prepare(out, cfg, graph, memory_budget)
+            the_plan = warm_plan_beside_router(host, graph, prepared, decision)
+            recipe = {"routing": decision.to_dict()}
+        else:
+            graph = build_graph(cfg, profile, overrides)
+            start_worker_early(cfg, graph)
+            prepared = prepare(out, cfg, graph, memory_budget)  # refuses here, before any load
+            the_plan, recipe = prepared.plan, {}
+        with RunDisplay(out, graph, show_layers=show_layers) as display:
+            try:
+                report = execute_plan(cfg, graph, conversation, the_plan, prepared.paths,
+                                      events=display.events(), host=host,
+                                      runtime=prepared.runtime)
+            except RunFailedError as exc:
+                if isinstance(exc.report, RunReport):
+                    exc.report.recipe.update(recipe)
+                    _finish(out, exc.report, json_out, no_stats, show_layers,
+                            display.streamed)
+                raise
+    finally:
+        host.close()
+    report.recipe.update(recipe)
     _finish(out, report, json_out, no_stats, show_layers, display.streamed)
     return 0 if report.ok else EXIT_RUNTIME
 
@@ -138,6 +163,9 @@ def _finish(out: Output, report: RunReport, json_out: bool, no_stats: bool,
         out.document(report.to_dict())
         return
     if streamed:
+        out.end_stream()
+    elif report.answer:  # no aggregator wrote it (aggregation skipped): the proposers' answer
+        out.stream(report.answer)
         out.end_stream()
     if not report.answer and not show_layers:
         # The run stopped before its answer: nothing the user waited for is lost.

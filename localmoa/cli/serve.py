@@ -47,6 +47,9 @@ def serve(
     ] = 300.0,
     queue: Annotated[int, typer.Option("--queue", min=1, max=1024, help="Requests that may "
                                        "wait; more get 429 with Retry-After.")] = 8,
+    batch_requests: Annotated[int, typer.Option(
+        "--batch-requests", min=1, max=64, help="Waiting requests for the same model that "
+        "run together, their agents decoded as one batch; 1 runs each alone.")] = 4,
     max_tokens: Annotated[int, typer.Option("--max-tokens-cap", min=1, help="The most "
                                             "tokens a request may ask for.")] = 4096,
     drain: Annotated[float, typer.Option("--drain", min=0, help="On SIGTERM, seconds given "
@@ -57,7 +60,8 @@ def serve(
     """Serve profiles and models over OpenAI's and Ollama's APIs, with a live page at /.
 
     Profiles are models named moa:PROFILE; every configured model is also served alone.
-    Runs go one at a time; models stay loaded between requests (--keep-alive)."""
+    Runs go one at a time; requests for the same model that wait meanwhile run together
+    as one batch (--batch-requests); models stay loaded between requests (--keep-alive)."""
     from ..netguard import is_this_machine
 
     if (not is_this_machine(host) or host in ("0.0.0.0", "::")) and not api_key:
@@ -78,6 +82,7 @@ def serve(
     check_cpu_once(out, cfg, sorted(cfg.models))
     service = MoaService(cfg, ServeOptions(default_profile=profile, keep_alive_s=keep_alive,
                                            queue_size=queue, max_tokens_cap=max_tokens,
+                                           batch_requests=batch_requests,
                                            memory_budget=memory_budget))
     app = create_app(service, AppSettings(api_key=api_key, cors=list(cors or [])))
     sock = _bind(host, port)  # bound before the line below: a client may connect at once

@@ -11,14 +11,22 @@ says so.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import consensus
 from ..backends.base import Message
 from ..config import Config
-from ..errors import AggregatorFailedError, LayerFailedError, RunInterrupted, Terminated
+from ..errors import (
+    AggregatorFailedError,
+    LayerFailedError,
+    LocalMoaError,
+    RunInterrupted,
+    Terminated,
+)
 from ..host import ModelHost
 from ..memory.planner import Plan
 from ..memory.probe import MemorySampler
@@ -29,7 +37,7 @@ from .loading import clear_dead, load_wave, prestart_next
 from .state import Execution, RunEvents
 from .waves import run_wave
 
-__all__ = ["ModelHost", "RunEvents", "execute_plan", "run_moa"]
+__all__ = ["ModelHost", "RunEvents", "execute_jobs", "execute_plan", "run_moa"]
 
 
 def run_moa(config: Config, graph: MoaGraph, conversation: Sequence[Message], *,
@@ -56,28 +64,58 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
     AggregatorFailedError when the aggregator failed; both carry ``report``
     with everything produced so far.
     """
+    [outcome] = execute_jobs(config, graph, [conversation], plan, paths, events=events,
+                             host=host, runtime=runtime, cancels=[cancel])
+    if isinstance(outcome, LocalMoaError):
+        raise outcome
+    return outcome
+
+
+def execute_jobs(config: Config, graph: MoaGraph, conversations: Sequence[Sequence[Message]],
+                 plan: Plan, paths: dict[str, Path], *, events: RunEvents | None = None,
+                 host: ModelHost | None = None, runtime: dict[str, Any] | None = None,
+                 cancels: Sequence[threading.Event | None] | None = None,
+                 ) -> list[RunReport | LocalMoaError]:
+    """Run a graph of one or more requests (``merge_graphs``: request j's agents have
+    ``job = j`` and see ``conversations[j]``) and return each request's outcome: its
+    report, or the error ``execute_plan`` would raise for it, carrying its report.
+
+    Requests share waves, so agents of several requests on one model decode as one
+    batch; each request's references are its own. A request whose layer failed, or
+    whose ``cancels[j]`` was set, ends there while the others go on. The events get
+    the merged agents (``Agent.job``, ids ``j/L1.1``); the reports their own ids.
+    """
     own_host = host is None
     host = host or ModelHost(config)
     host.paths.update(paths)
-    ex = Execution(host=host, plan=plan, conversation=conversation,
-                    events=events or RunEvents(), held_before=list(host.held), cancel=cancel)
+    jobs = graph.jobs
+    if len(conversations) != jobs:
+        raise ValueError(f"{jobs} requests in the graph, {len(conversations)} conversations")
+    ex = Execution(host=host, plan=plan, conversations=list(conversations),
+                    events=events or RunEvents(), held_before=list(host.held),
+                    cancels=list(cancels or [None] * jobs))
     host.load_errors.clear()  # a chat's earlier turns' failures are not this run's
     start_loads, start_unloads, start_load_s = host.loads, host.unloads, host.load_s
     agents = {a.id: a for a in graph.all_agents()}
     runs: dict[str, AgentRun] = {}
-    prompt = conversation[-1]["content"] if conversation else ""
-    layers = [*graph.layers, [graph.aggregator]]
-    ex.log("run_start", profile=graph.profile, waves=len(plan.waves))
+    stages = graph.stages()
+    outcomes: dict[int, RunReport | LocalMoaError] = {}
+    skipping: set[int] = set()  # requests whose proposer layers ended early
+    recipes: list[dict[str, Any]] = [{} for _ in range(jobs)]  # what each one decided
+    ex.log("run_start", profile=graph.profile, waves=len(plan.waves), requests=jobs)
 
     with MemorySampler(host.worker_pids) as memory:
 
-        def report(answer: str = "", error: str | None = None) -> RunReport:
+        def report(job: int, answer: str = "", error: str | None = None) -> RunReport:
             memory.sample()
-            ordered = [runs[a.id] for layer in layers for a in layer if a.id in runs]
-            ex.log("run_end", ok=error is None, error=error)
+            ordered = [dataclasses.replace(runs[a.id], agent=a.local_id)
+                       for stage in stages for a in stage if a.job == job and a.id in runs]
+            conversation = ex.conversations[job]
+            ex.log("run_end", ok=error is None, error=error, request=job)
             return RunReport.build(
-                profile=graph.profile, prompt=prompt, answer=answer, runs=ordered,
-                wall_s=ex.now(), cores=plan.cores,
+                profile=graph.profile,
+                prompt=conversation[-1]["content"] if conversation else "",
+                answer=answer, runs=ordered, wall_s=ex.now(), cores=plan.cores,
                 models=_model_facts(config, graph, host.runtime),
                 error=error, plan=_plan_summary(plan),
                 actual={"loads": host.loads - start_loads,
@@ -88,49 +126,138 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
                         "abandoned_agents": len(ex.abandoned_ids),
                         "held_bytes": host.held_bytes(),
                         "workers": memory.worker_peaks(),
-                        "crashed_workers": list(ex.crashes)},
-                runtime=dict(runtime or {}), warnings=list(ex.warnings))
+                        "crashed_workers": list(ex.crashes),
+                        **({"requests_batched": jobs} if jobs > 1 else {})},
+                runtime=dict(runtime or {}), warnings=list(ex.warnings),
+                recipe=dict(recipes[job]))
 
         try:
             for inst in plan.unloads_first:
                 host.unload(inst)
-            references: list[str] | None = None
-            for number, layer in enumerate(layers, start=1):
+            references: dict[int, list[str]] = {}
+            for number, stage in enumerate(stages, start=1):
                 for wave in plan.waves_of_layer(number):
-                    load_wave(ex, wave, agents)
-                    prestart_next(ex, wave)
-                    memory.sample()
-                    run_wave(ex, wave, agents, references, runs)
-                    memory.sample()  # the wave's peak: its contexts are filled now
-                    clear_dead(ex)
+                    live = dataclasses.replace(wave, tasks=[
+                        t for t in wave.tasks if agents[t.agent].job not in outcomes
+                        and (agents[t.agent].job not in skipping or number == len(stages))])
+                    if live.tasks:
+                        load_wave(ex, live, agents)
+                        prestart_next(ex, wave)
+                        memory.sample()
+                        run_wave(ex, live, agents, references, runs)
+                        memory.sample()  # the wave's peak: its contexts are filled now
+                        clear_dead(ex)
                     for inst in wave.unloads:
                         host.unload(inst)
-                layer_runs = [runs[a.id] for a in layer]
-                if number == len(layers):
-                    final = layer_runs[0]
-                    if not final.ok:
-                        message = f"the aggregator ({final.model}) failed: {final.error}"
-                        raise AggregatorFailedError(message, report(error=message))
-                    return report(answer=final.answer)
-                ex.log("layer_done", layer=number)
-                ex.emit("on_layer_done", number, layer_runs)
-                answers = [r.answer for r in layer_runs if r.ok]
-                if not answers:
-                    reasons = "; ".join(f"{r.agent}: {r.error}" for r in layer_runs)
-                    message = f"every agent of layer {number} failed ({reasons})"
-                    raise LayerFailedError(message, report(error=message))
-                references = answers
-            raise AssertionError("unreachable: the plan has no aggregator layer")
+                for job in range(jobs):
+                    if job in outcomes or (job in skipping and number < len(stages)):
+                        continue
+                    job_runs = [runs[a.id] for a in stage if a.job == job]
+                    outcome = _stage_end(ex, graph, job, number, job_runs, recipes[job],
+                                         report)
+                    if isinstance(outcome, str):  # early exit: on to the aggregator
+                        skipping.add(job)
+                    elif outcome is not None:
+                        outcomes[job] = outcome
+                        continue
+                    references[job] = [r.answer for r in job_runs if r.ok]
+            return [outcomes[j] for j in range(jobs)]
         except KeyboardInterrupt as exc:
             ex.control.stop.set()
             code = 143 if isinstance(exc, Terminated) else 130
             what = "terminated (SIGTERM)" if code == 143 else "interrupted"
             ex.log("interrupted", signal="SIGTERM" if code == 143 else "SIGINT")
-            raise RunInterrupted(what, report(error=what), exit_code=code) from None
+            for job in range(jobs):
+                if job not in outcomes:
+                    outcomes[job] = RunInterrupted(what, report(job, error=what), exit_code=code)
+            return [outcomes[j] for j in range(jobs)]
         finally:
             ex.log.close()
             if own_host:
                 host.close()
+
+
+def _stage_end(ex: Execution, graph: MoaGraph, job: int, number: int,
+               job_runs: list[AgentRun], recipe: dict[str, Any],
+               report: Callable[..., RunReport]) -> RunReport | LocalMoaError | str | None:
+    """What the end of stage ``number`` means for request ``job``: its outcome when it
+    is over (answered, failed, cancelled, or the proposers' answer stands), "skip" when
+    it goes straight to the aggregator (early exit), None when it goes on. ``recipe``
+    gets what was decided."""
+    last = len(graph.layers) + 1
+    if ex.control.dropped(job):
+        return RunInterrupted("interrupted", report(job, error="interrupted"), exit_code=130)
+    if number == last:
+        final = job_runs[0]
+        if not final.ok:
+            message = f"the aggregator ({final.model}) failed: {final.error}"
+            return AggregatorFailedError(message, report(job, error=message))
+        return report(job, answer=final.answer)
+    ex.log("layer_done", layer=number, request=job)
+    ex.emit("on_layer_done", number, job_runs)
+    ok = [r for r in job_runs if r.ok]
+    if not ok:
+        reasons = "; ".join(f"{r.agent.rpartition('/')[2]}: {r.error}" for r in job_runs)
+        message = f"every agent of layer {number} failed ({reasons})"
+        return LayerFailedError(message, report(job, error=message))
+    answers = [r.answer for r in ok]
+    final_layer = number == last - 1
+    agreed = consensus.agreement(answers)
+    if graph.early_exit and agreed.agree and not final_layer:
+        recipe["early_exit"] = {"after_layer": number, "layers_skipped": last - 1 - number,
+                                "agreement": agreed.summary(),
+                                "estimated_time_saved_s": _layer_time(job_runs)
+                                * (last - 1 - number)}
+    if graph.aggregate == "never" and (final_layer or "early_exit" in recipe):
+        chosen = consensus.vote(answers)
+        return _short_cut(ex, job, recipe, chosen, ok, "never", report)
+    if graph.aggregate == "auto" and agreed.agree and (final_layer or "early_exit" in recipe):
+        return _short_cut(ex, job, recipe, agreed, ok, "auto", report)
+    if graph.aggregate == "auto" and final_layer:
+        recipe["consensus"] = {"aggregation": "ran", "agreement": _disagree(answers)}
+    return "skip" if "early_exit" in recipe else None
+
+
+def _short_cut(ex: Execution, job: int, recipe: dict[str, Any], chosen: consensus.Agreement,
+               ok: list[AgentRun], mode: str, report: Callable[..., RunReport]) -> RunReport:
+    """The answer without the aggregator: the agreed (or voted) proposer's."""
+    source = ok[chosen.index]
+    saved = recipe.get("early_exit", {}).get("estimated_time_saved_s", 0.0)
+    recipe["consensus"] = {
+        "aggregation": "skipped", "aggregate": mode,
+        "agreement": chosen.summary(), "rule": chosen.rule,
+        "answer_from": source.agent.rpartition("/")[2],
+        "summary": f"aggregation skipped: {chosen.summary()}",
+        "estimated_time_saved_s": round(saved + _aggregator_time(ok), 3)}
+    ex.log("aggregation_skipped", request=job, agreement=chosen.summary())
+    return report(job, answer=source.answer)
+
+
+def _disagree(answers: list[str]) -> str:
+    best = consensus.vote(answers)
+    return f"{best.count}/{best.of} agree at most"
+
+
+def _layer_time(runs: list[AgentRun]) -> float:
+    """A layer's wall time: from its first agent's start to its last one's end."""
+    return round(max(r.end_s for r in runs) - min(r.start_s for r in runs), 3)
+
+
+def _aggregator_time(ok: list[AgentRun]) -> float:
+    """What an aggregator call would have taken, estimated from the proposers that ran:
+    reading every answer at their prompt rate (the prompt they read, plus the answers),
+    then writing an answer as long as theirs (the median) at their decode rate."""
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        return values[len(values) // 2] if values else 0.0
+
+    prompt = median([r.prompt_tokens for r in ok]) + sum(r.completion_tokens for r in ok)
+    prefill_rate = median([r.prompt_tok_per_s for r in ok if r.prompt_tok_per_s > 0])
+    decode_rate = median([r.decode_tok_per_s for r in ok if r.decode_tok_per_s > 0])
+    written = median([r.completion_tokens for r in ok])
+    if prefill_rate <= 0 or decode_rate <= 0:
+        return _layer_time(ok)
+    return prompt / prefill_rate + written / decode_rate
 
 
 def _plan_summary(plan: Plan) -> dict[str, Any]:

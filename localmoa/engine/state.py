@@ -43,7 +43,8 @@ class Execution:
 
     host: ModelHost
     plan: Plan
-    conversation: Sequence[Message]
+    #: Each request's conversation (one, unless requests were merged: ``merge_graphs``).
+    conversations: list[Sequence[Message]]
     events: RunEvents
     t0: float = field(default_factory=time.perf_counter)
     control: Control = field(default_factory=Control)
@@ -60,17 +61,19 @@ class Execution:
     #: Instances whose worker died, as they were loaded: a later wave that needs one
     #: loads it afresh, with room for its batch.
     crashed: dict[Instance, Instance] = field(default_factory=dict)
-    #: Set from another thread to stop this run as Ctrl-C would (a served request whose
-    #: client went away); None: only signals stop it.
-    cancel: threading.Event | None = None
+    #: Per request, set from another thread to stop it (a served request whose client
+    #: went away): its agents stop at their next token; when every request's is set the
+    #: run stops as Ctrl-C would. None: only signals stop it.
+    cancels: list[threading.Event | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.control.cancels = self.cancels
         self.log = EventLog(constants.event_log(), self.t0)
 
     def check(self) -> None:
         """Raise KeyboardInterrupt when a signal or ``cancel`` says the run must stop."""
         signals.check()
-        if self.cancel is not None and self.cancel.is_set():
+        if self.cancels and all(self.control.dropped(j) for j in range(len(self.cancels))):
             raise KeyboardInterrupt
 
     def now(self) -> float:
@@ -91,7 +94,8 @@ class Execution:
 
     def stopping(self, agent: Agent) -> bool:
         """Whether ``agent`` must stop: the run is stopping or its time is up."""
-        return self.control.stop.is_set() or agent.id in self.control.cancelled
+        return (self.control.stop.is_set() or agent.id in self.control.cancelled
+                or self.control.dropped(agent.job))
 
     def agent_start(self, agent: Agent, instance: str = "") -> None:
         self.started[agent.id] = self.now()

@@ -20,10 +20,11 @@ from .state import Execution, role
 
 
 def run_wave(ex: Execution, wave: Wave, agents: dict[str, Agent],
-              references: list[str] | None, results: dict[str, AgentRun]) -> None:
+              references: dict[int, list[str]], results: dict[str, AgentRun]) -> None:
     """Run the wave's agents on worker threads, recording each into ``results`` as it ends;
     enforce timeouts; on Ctrl-C stop them all (what they made is kept). Agents that share
-    an instance as a batch each read their own stream; one more thread decodes for them."""
+    an instance as a batch each read their own stream; one more thread decodes for them.
+    ``references``: each request's (``Agent.job``) answers of the previous layer."""
     workers: dict[str, Any] = {}
     groups: dict[Instance, list[Task]] = {}
     for task in wave.tasks:
@@ -57,7 +58,8 @@ def run_wave(ex: Execution, wave: Wave, agents: dict[str, Agent],
                         if entry.started_at >= ex.t0:  # loaded during this run
                             run.load_start_s = round(entry.started_at - ex.t0, 4)
                     run_agent(agent, model, ex.host.config.models[agent.model],
-                              task.threads, ex.conversation, references, ex.control, run,
+                              task.threads, ex.conversations[agent.job],
+                              references.get(agent.job), ex.control, run,
                               ex.t0, functools.partial(ex.agent_start, instance=str(entry.inst)),
                               ex.text)
                 finally:

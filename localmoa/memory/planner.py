@@ -200,7 +200,7 @@ def plan(graph: MoaGraph, footprints: Mapping[str, Footprint], budgets: Mapping[
     """
     for model in graph.models:
         refuse_if_too_big(footprints[model], budgets)
-    layers = order_layers([*graph.layers, [graph.aggregator]])
+    layers = order_layers(graph.stages())
     flat = [a for layer in layers for a in layer]
     uses: dict[str, list[int]] = {}
     for pos, agent in enumerate(flat):

@@ -8,6 +8,7 @@ only for the origins given. Errors come in each API's own shape.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +26,7 @@ from fastapi.responses import (
     StreamingResponse,
 )
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from . import ollama_api, openai_api
@@ -73,11 +75,9 @@ def create_app(service: MoaService, settings: AppSettings | None = None) -> Fast
                 and not _authorized(request, settings.api_key):
             return _refuse(path, 401, "missing or wrong API key: send Authorization: Bearer "
                            "KEY (or x-api-key: KEY)")
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit()
-                                   or int(length) > settings.max_body_bytes):
-            return _refuse(path, 413, f"request body over {settings.max_body_bytes} bytes")
         return await call_next(request)
+
+    app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes)  # outermost: first
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -119,15 +119,64 @@ def create_app(service: MoaService, settings: AppSettings | None = None) -> Fast
 
 
 async def _run_events(job: JobStream) -> AsyncIterator[str]:
-    async for event in job.events():
-        if event.kind == END:
-            break
-        yield f"event: {event.kind}\ndata: {json.dumps(event.data)}\n\n"
+    async with contextlib.aclosing(job.events()) as events:  # closed: the run is cancelled
+        async for event in events:
+            if event.kind == END:
+                break
+            yield f"event: {event.kind}\ndata: {json.dumps(event.data)}\n\n"
     done = job.job
     if done.report is not None:
         yield f"event: report\ndata: {json.dumps(done.report.to_dict())}\n\n"
     if done.error is not None:
         yield f"event: error\ndata: {json.dumps({'message': str(done.error)})}\n\n"
+
+
+class BodyCap:
+    """Refuse request bodies over ``max_bytes`` with 413, whether announced by
+    Content-Length or sent chunked (then counted as it arrives, and replayed to the
+    app when it stays under the cap)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        over = _refuse(scope["path"], 413, f"request body over {self.max_bytes} bytes")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                await over(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        if b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await over(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # later: the disconnect a stream watches for
+
+        await self.app(scope, replay, send)
 
 
 def _authorized(request: Request, key: str) -> bool:
@@ -159,6 +208,9 @@ def prometheus(service: MoaService) -> str:
          [("", c.rejected)]),
         ("requests_cancelled_total", "counter", "Runs whose client went away.",
          [("", c.cancelled)]),
+        ("requests_batched_total", "counter",
+         "Runs merged with other requests for the same model, decoded as one batch.",
+         [("", c.batched)]),
         ("queue_depth", "gauge", "Runs waiting or running.", [("", service.queue_depth())]),
         ("tokens_total", "counter", "Tokens of every agent.",
          [('{kind="prompt"}', c.prompt_tokens), ('{kind="completion"}', c.completion_tokens)]),

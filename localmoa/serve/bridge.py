@@ -4,7 +4,7 @@ stream, and the run's end as an awaitable. A client that goes away cancels its r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +69,7 @@ class JobStream:
         self._put(Event("layer_done", {"layer": layer, "agents": len(runs),
                                        "failed": sum(not r.ok for r in runs)}))
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         """Every event until the run ends; the run is cancelled if the reader stops
         early (the client went away)."""
         try:

@@ -9,6 +9,7 @@ Model names are the ones ``/v1/models`` lists (``moa:tiny`` reads as Ollama's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -181,17 +182,18 @@ async def _respond(service: MoaService, asked: str, model: str, messages: list[A
 
 
 async def _lines(job: JobStream, asked: str, chat: bool, started: int) -> AsyncIterator[str]:
-    async for event in job.events():
-        if event.kind == "text" and event.data["agent"] == AGGREGATOR:
-            piece = event.data["text"]
-            line: dict[str, Any] = {"model": asked, "created_at": _now(), "done": False}
-            if chat:
-                line["message"] = {"role": "assistant", "content": piece}
-            else:
-                line["response"] = piece
-            yield json.dumps(line) + "\n"
-        elif event.kind == END:
-            break
+    async with contextlib.aclosing(job.events()) as events:  # closed: the run is cancelled
+        async for event in events:
+            if event.kind == "text" and event.data["agent"] == AGGREGATOR:
+                piece = event.data["text"]
+                line: dict[str, Any] = {"model": asked, "created_at": _now(), "done": False}
+                if chat:
+                    line["message"] = {"role": "assistant", "content": piece}
+                else:
+                    line["response"] = piece
+                yield json.dumps(line) + "\n"
+            elif event.kind == END:
+                break
     done = job.job
     if done.report is None or done.error is not None and not done.report.answer:
         yield json.dumps({"error": str(done.error or "the run produced no answer")}) + "\n"

@@ -10,6 +10,7 @@ field that standard clients ignore.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -118,11 +119,12 @@ async def _chunks(job: JobStream, model: str, cid: str, created: int,
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    async for event in job.events():
-        if event.kind == "text" and event.data["agent"] == AGGREGATOR:
-            yield chunk({"content": event.data["text"]})
-        elif event.kind == END:
-            break
+    async with contextlib.aclosing(job.events()) as events:  # closed: the run is cancelled
+        async for event in events:
+            if event.kind == "text" and event.data["agent"] == AGGREGATOR:
+                yield chunk({"content": event.data["text"]})
+            elif event.kind == END:
+                break
     done = job.job
     report = done.report
     if done.error is not None and (report is None or not report.answer):

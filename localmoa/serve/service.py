@@ -5,13 +5,20 @@ bounded queue, cancellation, and the counters /metrics reports.
 Runs execute on one worker thread, in order: the engine runs one plan at a time on a
 host. A request is a ``Job``; its agent events arrive through ``Job.events`` (called
 from the worker thread). A full queue refuses at once (``QueueFull``).
+
+Requests for the same model id that wait together run together: the worker takes the
+first waiting request and, up to ``batch_requests``, the later ones for the same model,
+and runs their graphs merged (``merge_graphs``): every layer's agents of all of them in
+one wave, so agents on one llama.cpp model decode as sequences of one batch. Each
+request keeps its own conversation, sampling, stream, cancellation and report. When
+the merged run does not fit in memory, they run one after another.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -21,13 +28,14 @@ from typing import Any
 from ..agents import internal_error
 from ..backends.base import Message
 from ..config import Config
-from ..engine import RunEvents, execute_plan
+from ..engine import RunEvents, execute_jobs
 from ..errors import InsufficientMemoryError, LocalMoaError, UsageError
 from ..host import ModelHost
 from ..memory.probe import probe
-from ..metrics import RunReport
+from ..metrics import AgentRun, RunReport
 from ..preflight import Preflight, preflight
-from ..recipe import Agent, MoaGraph, Overrides, build_graph
+from ..recipe import Agent, MoaGraph, Overrides, build_graph, merge_graphs
+from ..routing import Decision, route
 
 #: How a profile is offered as a model: ``moa:tiny``.
 PROFILE_PREFIX = "moa:"
@@ -48,6 +56,8 @@ class ServeOptions:
     default_profile: str | None = None
     keep_alive_s: float = 300.0
     queue_size: int = 8
+    #: Waiting requests for one model id run merged, as one batch, up to this many.
+    batch_requests: int = 4
     max_tokens_cap: int = 4096
     memory_budget: str | None = None
 
@@ -91,6 +101,8 @@ class Counters:
     cancelled: int = 0
     completion_tokens: int = 0
     prompt_tokens: int = 0
+    #: Requests that ran merged with others (in batches of two or more).
+    batched: int = 0
     #: The last run's aggregate tok/s per layer (layer number -> tok/s).
     layer_tok_per_s: dict[int, float] = field(default_factory=dict)
     peak_pss_bytes: int = 0
@@ -99,7 +111,8 @@ class Counters:
 class MoaService:
     """The profiles and models of a config, served one run at a time."""
 
-    def __init__(self, config: Config, options: ServeOptions | None = None) -> None:
+    def __init__(self, config: Config, options: ServeOptions | None = None, *,
+                 start: bool = True) -> None:
         self.config = config
         self.options = options or ServeOptions()
         self.host = ModelHost(config)
@@ -108,7 +121,8 @@ class MoaService:
         self.resources = probe(self.options.memory_budget)
         self.counters = Counters()
         self.lock = threading.Lock()
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self.options.queue_size)
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._wake = threading.Condition(self.lock)
         self._prepared: dict[str, Preflight] = {}
         #: Each model's widest batch over every profile: an instance one run leaves
         #: loaded may serve another, so every plan knows footprints that wide.
@@ -120,10 +134,18 @@ class MoaService:
             except LocalMoaError:
                 continue
         self._last_used: dict[str, float] = {}  # model -> when a run last used it
-        self._running: Job | None = None
+        self._running: list[Job] = []
         self._closing = False
+        self._stopped = False
         self._thread = threading.Thread(target=self._work, name="localmoa-serve", daemon=True)
-        self._thread.start()
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start running requests (``start=False`` queues them until then: a test can
+        queue several that must run merged)."""
+        if not self._thread.is_alive():
+            self._thread.start()
 
     # --- what is offered ---------------------------------------------------------------
 
@@ -134,14 +156,19 @@ class MoaService:
         profiles = sorted(self.config.profiles, key=lambda p: (p != first, p))
         return [f"{PROFILE_PREFIX}{p}" for p in profiles] + sorted(self.config.models)
 
-    def graph_for(self, model: str, sampling: Sampling) -> MoaGraph:
-        """The graph a model id names: a profile's MoA, or one model answering alone."""
+    def graph_for(self, model: str, sampling: Sampling,
+                  chosen: list[str] | None = None) -> MoaGraph:
+        """The graph a model id names: a profile's MoA, or one model answering alone. A
+        routing profile's is that of the ``chosen`` specialists (None: all of them)."""
         if model.startswith(PROFILE_PREFIX):
             name = model.removeprefix(PROFILE_PREFIX)
             if name not in self.config.profiles:
                 raise UnknownModel(f"model {model!r} not found; GET /v1/models lists them")
+            prof = self.config.profiles[name]
+            if prof.router is not None and chosen is None:
+                chosen = list(prof.specialists)
             graph = build_graph(self.config, name, Overrides(temperature=sampling.temperature,
-                                                             seed=sampling.seed))
+                                                             seed=sampling.seed), chosen)
         elif model in self.config.models:
             alone = Agent("AGG", 1, 1, model, None, 0.7, 0.95, 512, sampling.seed)
             graph = MoaGraph(profile=model, layers=[], aggregator=alone, models=[model])
@@ -168,15 +195,14 @@ class MoaService:
         if self._closing:
             raise UsageError("the server is shutting down; try another instance")
         self.graph_for(job.model, job.sampling)  # an unknown model fails now, not queued
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            with self.lock:
-                self.counters.rejected += 1
-            raise QueueFull(f"{self._queue.qsize()} requests are waiting (the queue holds "
-                            f"{self.options.queue_size}); try again shortly") from None
         with self.lock:
+            if len(self._waiting) >= self.options.queue_size:
+                self.counters.rejected += 1
+                raise QueueFull(f"{len(self._waiting)} requests are waiting (the queue "
+                                f"holds {self.options.queue_size}); try again shortly")
+            self._waiting.append(job)
             self.counters.requests += 1
+            self._wake.notify()
         return job
 
     @property
@@ -184,34 +210,87 @@ class MoaService:
         return self._closing
 
     def queue_depth(self) -> int:
-        return self._queue.qsize() + (1 if self._running is not None else 0)
+        with self.lock:
+            return len(self._waiting) + len(self._running)
+
+    def _routes(self, model: str) -> bool:
+        """Whether ``model`` names a routing profile (its requests never run merged: each
+        one's router may choose other specialists)."""
+        prof = self.config.profiles.get(model.removeprefix(PROFILE_PREFIX))
+        return model.startswith(PROFILE_PREFIX) and prof is not None and prof.router is not None
+
+    def _take(self) -> list[Job] | None:
+        """The next run's requests: the first waiting, and the later ones for the same
+        model (up to ``batch_requests``); [] after a second with none; None to stop."""
+        with self.lock:
+            if not self._waiting and not self._stopped:
+                self._wake.wait(1.0)
+            if self._stopped:
+                return None
+            if not self._waiting:
+                return []
+            first = self._waiting.popleft()
+            taken = [first]
+            for job in list(self._waiting):
+                if len(taken) >= self.options.batch_requests:
+                    break
+                if job.model == first.model and not self._routes(job.model):
+                    self._waiting.remove(job)
+                    taken.append(job)
+            self._running = taken
+            return taken
 
     def _work(self) -> None:
         while True:
-            try:
-                job = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                self._expire()
-                continue
-            if job is None:
+            jobs = self._take()
+            if jobs is None:
                 return
-            self._running = job
             try:
-                self._run(job)
+                if jobs:
+                    self._run(jobs)
             finally:
-                self._running = None
-                job.done.set()
-                _tell(job)
+                with self.lock:
+                    self._running = []
+                for job in jobs:
+                    job.done.set()
+                    _tell(job)
             self._expire()
 
-    def _run(self, job: Job) -> None:
-        if job.cancel.is_set():
-            job.error = UsageError("cancelled before it ran")
-            with self.lock:
-                self.counters.cancelled += 1
-            return
+    def _run(self, jobs: list[Job]) -> None:
+        live = []
+        for job in jobs:
+            if job.cancel.is_set():
+                job.error = UsageError("cancelled before it ran")
+                with self.lock:
+                    self.counters.cancelled += 1
+            else:
+                live.append(job)
+        if len(live) > 1:
+            try:
+                self._execute(live)
+            except InsufficientMemoryError:  # merged they do not fit: one at a time
+                for job in live:
+                    self._execute([job])
+        elif live:
+            self._execute(live)
+        for job in live:
+            self._account(job, merged=len(live) > 1 and job.report is not None
+                          and "requests_batched" in job.report.actual)
+
+    def _execute(self, jobs: list[Job]) -> None:
+        """Run ``jobs`` (one, or several merged) and set each one's report or error.
+        InsufficientMemoryError escapes for several (the caller runs them apart)."""
+        decision: Decision | None = None
         try:
-            graph = self.graph_for(job.model, job.sampling)
+            if len(jobs) == 1 and self._routes(jobs[0].model):
+                name = jobs[0].model.removeprefix(PROFILE_PREFIX)
+                decision = route(self.config, name, jobs[0].messages, self.host,
+                                 memory_budget=self.options.memory_budget,
+                                 resources=self.resources)
+                self._last_used[decision.router] = time.monotonic()
+            graphs = [self.graph_for(job.model, job.sampling,
+                                     decision.chosen if decision else None) for job in jobs]
+            graph = graphs[0] if len(jobs) == 1 else merge_graphs(graphs)
             for model in graph.models:
                 self._last_used[model] = time.monotonic()
             pre = self._preflight(graph)
@@ -221,18 +300,33 @@ class MoaService:
                 for inst in [i for i in self.host.loaded if i.model not in pre.footprints]:
                     self.host.unload(inst)
                 run_plan = self.host.warm_plan(graph, pre)
-            job.report = execute_plan(self.config, graph, job.messages, run_plan, pre.paths,
-                                      events=job.events, host=self.host, runtime=pre.runtime,
-                                      cancel=job.cancel)
+            events = jobs[0].events if len(jobs) == 1 else _dispatch(jobs)
+            outcomes = execute_jobs(self.config, graph, [job.messages for job in jobs],
+                                    run_plan, pre.paths, events=events, host=self.host,
+                                    runtime=pre.runtime, cancels=[job.cancel for job in jobs])
         except LocalMoaError as exc:
-            job.error = exc
-            job.report = getattr(exc, "report", None)
+            if isinstance(exc, InsufficientMemoryError) and len(jobs) > 1:
+                raise
+            outcomes = [exc] * len(jobs)
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the service
-            job.error = LocalMoaError(internal_error(exc, f"serving {job.model}"))
+            error = LocalMoaError(internal_error(exc, f"serving {jobs[0].model}"))
+            outcomes = [error] * len(jobs)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, LocalMoaError):
+                job.error = outcome
+                job.report = getattr(outcome, "report", None)
+            else:
+                job.report = outcome
+            if decision is not None and isinstance(job.report, RunReport):
+                job.report.recipe["routing"] = decision.to_dict()
+
+    def _account(self, job: Job, merged: bool) -> None:
         now = time.monotonic()
         for model in (job.report.models if job.report else {}):
             self._last_used[model] = now
         with self.lock:
+            if merged:
+                self.counters.batched += 1
             if job.error is not None:
                 self.counters.failed += 1
                 if job.cancel.is_set():
@@ -247,11 +341,12 @@ class MoaService:
                 self.counters.peak_pss_bytes = max(self.counters.peak_pss_bytes, peak)
 
     def _preflight(self, graph: MoaGraph) -> Preflight:
-        key = f"{graph.profile}|{','.join(graph.models)}"
+        key = f"{graph.profile}|{sorted(graph.widest().items())}|{graph.jobs}"
         if key not in self._prepared:
+            widest = {m: max(n, self._widest.get(m, 1)) for m, n in graph.widest().items()}
             self._prepared[key] = preflight(self.config, graph, self.options.memory_budget,
                                             resources=self.resources,
-                                            batch_up_to=self._widest)
+                                            batch_up_to={**self._widest, **widest})
         return dataclasses.replace(self._prepared[key], graph=graph)
 
     def _others_bytes(self, pre: Preflight) -> dict[str, int]:
@@ -287,26 +382,57 @@ class MoaService:
         return out
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Take no more requests, let the running one finish (up to ``timeout_s``, then
-        it is cancelled), and free every model."""
+        """Take no more requests, let the running ones finish (up to ``timeout_s``, then
+        they are cancelled), and free every model."""
         self._closing = True
-        running = self._running
-        while True:
-            try:
-                waiting = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if waiting is not None:
-                waiting.cancel.set()
-                waiting.error = UsageError("the server is shutting down")
-                waiting.done.set()
-                _tell(waiting)
-        if running is not None and not running.done.wait(timeout_s):
-            running.cancel.set()
-            running.done.wait(timeout_s)
-        self._queue.put(None)
-        self._thread.join(timeout_s)
+        with self.lock:
+            running, waiting = list(self._running), list(self._waiting)
+            self._waiting.clear()
+        for job in waiting:
+            job.cancel.set()
+            job.error = UsageError("the server is shutting down")
+            job.done.set()
+            _tell(job)
+        deadline = time.monotonic() + timeout_s
+        for job in running:
+            if not job.done.wait(max(0.0, deadline - time.monotonic())):
+                job.cancel.set()
+        for job in running:
+            job.done.wait(timeout_s)
+        with self.lock:
+            self._stopped = True
+            self._wake.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
         self.host.close()
+
+
+def _dispatch(jobs: list[Job]) -> RunEvents:
+    """Events of a merged run, each to its own request's events, with the agents and
+    runs as that request's own graph names them (``L1.1``, not ``2/L1.1``)."""
+    def own(agent: Agent) -> Agent:
+        return dataclasses.replace(agent, id=agent.local_id, job=0)
+
+    def forward(name: str, agent: Agent, *rest: Any) -> None:
+        callback = getattr(jobs[agent.job].events, name)
+        if callback is not None:
+            args = [dataclasses.replace(r, agent=agent.local_id)
+                    if isinstance(r, AgentRun) else r for r in rest]
+            callback(own(agent), *args)
+
+    def layer_done(number: int, runs: list[AgentRun]) -> None:
+        job = int(runs[0].agent.partition("/")[0]) if "/" in runs[0].agent else 0
+        callback = jobs[job].events.on_layer_done
+        if callback is not None:
+            callback(number, [dataclasses.replace(r, agent=r.agent.rpartition("/")[2])
+                              for r in runs])
+
+    return RunEvents(
+        on_agent_loading=lambda a: forward("on_agent_loading", a),
+        on_agent_start=lambda a: forward("on_agent_start", a),
+        on_text=lambda a, piece: forward("on_text", a, piece),
+        on_agent_done=lambda a, run: forward("on_agent_done", a, run),
+        on_layer_done=layer_done)
 
 
 def _tell(job: Job) -> None:

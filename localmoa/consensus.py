@@ -1,0 +1,118 @@
+"""When proposers agree, and which answer a vote picks.
+
+Two answers agree when their *keys* are equal. The key of an answer is, in order:
+
+1. its normalised text (case folded, Markdown emphasis, quotes and surrounding
+   punctuation dropped, white space collapsed): "9.9" and "**9.9.**" agree;
+2. for a short answer (at most ``SHORT_WORDS`` words), its final number
+   ("The answer is 42." and "42") or its choice letter ("B", "(B)", "Answer: B");
+
+Answers agree when every one has the same normalised text, or every one is short and
+they all give the same final number, or the same choice. Failed agents do not vote; at
+least two answers must agree.
+
+``vote`` is the rule of ``aggregate: never``: the answer whose key the most agents
+share, ties going to the agent listed first; when no two share a key, the first
+agent's answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+#: An answer of at most this many words is short: its final number or choice counts.
+SHORT_WORDS = 40
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_CHOICE = re.compile(
+    r"^\(?([A-E])\)?[.):]?(?:\s|$)|\b(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-E])\b",
+    re.IGNORECASE)
+_EMPHASIS = re.compile(r"[*_`\"'“”‘’]")
+
+
+def normalise(text: str) -> str:
+    """Case folded, without Markdown emphasis or quotes, white space collapsed, and no
+    punctuation at either end."""
+    plain = _EMPHASIS.sub("", text).casefold()
+    return " ".join(plain.split()).strip(" .,;:!?")
+
+
+def final_number(text: str) -> str | None:
+    """The last number in ``text`` in a canonical form ("1,234.50" -> "1234.5")."""
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    digits = found[-1].replace(",", "")
+    try:
+        value = float(digits)
+    except ValueError:
+        return None
+    return f"{value:.10g}"
+
+
+def choice(text: str) -> str | None:
+    """A choice letter A-E the answer gives: "B", "(B) Paris", "The answer is B"."""
+    match = _CHOICE.search(text.strip())
+    if match is None:
+        return None
+    return (match.group(1) or match.group(2)).upper()
+
+
+def is_short(text: str) -> bool:
+    return len(text.split()) <= SHORT_WORDS
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Whether answers agree, by which rule, and how many."""
+
+    agree: bool
+    count: int  # answers that share the winning key
+    of: int  # answers that voted
+    rule: str  # "same text" | "same final number" | "same choice" | "majority" | ...
+    index: int  # which answer stands for them (the first with the winning key)
+
+    def summary(self) -> str:
+        return f"{self.count}/{self.of} agree ({self.rule})"
+
+
+def _keys(answers: Sequence[str]) -> list[tuple[str, list[str | None]]]:
+    """The keys to try, strongest first: the text, then for short answers the final
+    number and the choice."""
+    keys: list[tuple[str, list[str | None]]] = [("same text", [normalise(a) or None
+                                                               for a in answers])]
+    if all(is_short(a) for a in answers):
+        keys.append(("same final number", [final_number(a) for a in answers]))
+        keys.append(("same choice", [choice(a) for a in answers]))
+    return keys
+
+
+def agreement(answers: Sequence[str]) -> Agreement:
+    """Whether every answer agrees with every other (two at least)."""
+    if len(answers) < 2:
+        return Agreement(False, len(answers), len(answers), "too few answers", 0)
+    for rule, keys in _keys(answers):
+        if keys[0] is not None and all(k == keys[0] for k in keys):
+            return Agreement(True, len(answers), len(answers), rule, 0)
+    return Agreement(False, 0, len(answers), "no agreement", 0)
+
+
+def vote(answers: Sequence[str]) -> Agreement:
+    """The answer most agents share (see the module's rule)."""
+    if not answers:
+        raise ValueError("no answers to vote on")
+    best = Agreement(False, 1, len(answers), "first answer (no two agree)", 0)
+    for rule, keys in _keys(answers):
+        counts = Counter(k for k in keys if k is not None)
+        if not counts:
+            continue
+        top = max(counts.values())
+        if top < 2 or top <= best.count:
+            continue
+        winner = next(k for k in keys if k is not None and counts[k] == top)
+        best = Agreement(top == len(answers), top, len(answers), f"majority, {rule}",
+                         keys.index(winner))
+    return best
