@@ -200,8 +200,9 @@ def build_graph(config: Config, profile: str | None,
 
     if prof.router is not None:
         if chosen is None:
-            raise UsageError(f"profile {name!r} routes each query to its specialists: run "
-                             "its router first (localmoa run does)")
+            raise UsageError(f"profile {name!r} routes each query to its specialists, which "
+                             "only `localmoa run` and `localmoa serve` do so far; use one "
+                             "of them, or a profile with layers:")
         specs = routed_layers(config, prof, chosen)
     else:
         specs = [list(layer) for layer in prof.layers]

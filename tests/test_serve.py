@@ -103,6 +103,33 @@ def test_the_ollama_client(server: Served) -> None:
     assert missing.value.status_code == 404
 
 
+def test_a_skipped_aggregation_still_streams_its_answer(server: Served) -> None:
+    """tiny-auto's temperature-0 proposers agree: no aggregator writes, and the stream
+    (OpenAI and Ollama) still carries the answer, the same as the whole response."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    whole = client.chat.completions.create(model="moa:tiny-auto", messages=QUESTION,  # type: ignore[arg-type]
+                                           temperature=0, seed=1)
+    decided = (whole.model_extra or {})["localmoa"]["recipe"]["consensus"]
+    assert decided["aggregation"] == "skipped"
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="moa:tiny-auto", messages=QUESTION, temperature=0, seed=1, stream=True)  # type: ignore[arg-type]
+        if c.choices)
+    assert streamed and streamed == whole.choices[0].message.content
+    lines = list(ollama.Client(host=server.url).chat(
+        model="moa:tiny-auto", messages=QUESTION, stream=True,
+        options={"temperature": 0, "seed": 1}))
+    assert "".join(line.message.content or "" for line in lines) == streamed
+
+
+def test_a_routing_profile_routes_each_request(server: Served) -> None:
+    body = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={
+        "model": "moa:tiny-router", "max_tokens": 8,
+        "messages": [{"role": "user", "content": "What is 17 + 25?"}]}).json()
+    routing = body["localmoa"]["recipe"]["routing"]
+    assert routing["kind"] == "choose" and len(routing["chosen"]) == 1
+    assert body["choices"][0]["message"]["content"]
+
+
 @pytest.mark.parametrize(("path", "body", "status", "shape"), [
     ("/v1/chat/completions", "{not json", 400, "openai"),
     ("/v1/chat/completions", '{"model": "moa:tiny"}', 400, "openai"),

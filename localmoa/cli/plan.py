@@ -58,10 +58,17 @@ def plan(
     models swapped (the one needed farthest in the future is evicted first).
     """
     cfg = load_command_config(config, no_batch)
-    graph = build_graph(cfg, profile, Overrides(
-        layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
-        self_moa=parse_self(self_moa, cfg)))
+    overrides = Overrides(layers=layers, proposers=tuple(proposer or ()),
+                          aggregator=aggregator, self_moa=parse_self(self_moa, cfg))
+    router = cfg.profile(profile)[1].router if overrides.self_moa is None else None
     out = Output(json_mode=json_out)
+    chosen = None
+    if router is not None:  # the router runs first; then its choice: shown, all of them
+        chosen = list(cfg.profile(profile)[1].specialists)
+        out.note(f"routing profile: the router ({router.model}, kind {router.kind}) runs "
+                 f"first, planned alone and kept loaded when it fits; below, the plan with "
+                 f"every specialist chosen ({', '.join(chosen)})")
+    graph = build_graph(cfg, profile, overrides, chosen)
     pre = prepare(out, cfg, graph, memory_budget)
     if json_out:
         out.document(plan_document(pre))

@@ -26,6 +26,12 @@ def profiles(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
             "description": prof.description,
             "layers": [[a.model for a in layer] for layer in prof.layers],
             "aggregator": prof.aggregator.model,
+            "aggregate": prof.aggregate,
+            "layers_up_to": prof.layers_up_to,
+            "router": prof.router.model_dump() if prof.router else None,
+            "specialists": {n: {"description": s.description, "profile": s.profile,
+                                "agents": [a.model for a in s.agents or []]}
+                            for n, s in prof.specialists.items()},
         } for name, prof in sorted(cfg.profiles.items())]
         out.document({"profiles": rows, "config_files": cfg.files})
         return
@@ -35,6 +41,15 @@ def profiles(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     for name, prof in sorted(cfg.profiles.items()):
         layers = "\n".join(f"{i}: " + ", ".join(a.model for a in layer)
                            for i, layer in enumerate(prof.layers, 1))
+        if prof.router is not None:
+            layers = f"router {prof.router.model} ({prof.router.kind}) picks:\n" + "\n".join(
+                f"{n}: " + (f"profile {s.profile}" if s.profile else
+                            ", ".join(a.model for a in s.agents or []))
+                for n, s in prof.specialists.items())
+        if prof.layers_up_to:
+            layers += f"\n(up to {prof.layers_up_to} layers, early exit)"
+        if prof.aggregate != "always":
+            layers += f"\n(aggregate: {prof.aggregate})"
         label = name + (" (default)" if name == cfg.default_profile else "")
         table.add_row(escape(label), escape(layers), escape(prof.aggregator.model),
                       escape(prof.description))

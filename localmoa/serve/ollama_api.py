@@ -182,22 +182,28 @@ async def _respond(service: MoaService, asked: str, model: str, messages: list[A
 
 
 async def _lines(job: JobStream, asked: str, chat: bool, started: int) -> AsyncIterator[str]:
+    def line(piece: str) -> str:
+        data: dict[str, Any] = {"model": asked, "created_at": _now(), "done": False}
+        if chat:
+            data["message"] = {"role": "assistant", "content": piece}
+        else:
+            data["response"] = piece
+        return json.dumps(data) + "\n"
+
+    streamed = False
     async with contextlib.aclosing(job.events()) as events:  # closed: the run is cancelled
         async for event in events:
             if event.kind == "text" and event.data["agent"] == AGGREGATOR:
-                piece = event.data["text"]
-                line: dict[str, Any] = {"model": asked, "created_at": _now(), "done": False}
-                if chat:
-                    line["message"] = {"role": "assistant", "content": piece}
-                else:
-                    line["response"] = piece
-                yield json.dumps(line) + "\n"
+                streamed = True
+                yield line(event.data["text"])
             elif event.kind == END:
                 break
     done = job.job
     if done.report is None or done.error is not None and not done.report.answer:
         yield json.dumps({"error": str(done.error or "the run produced no answer")}) + "\n"
         return
+    if not streamed:  # no aggregator wrote it (aggregation skipped): the proposers' answer
+        yield line(done.report.answer)
     yield json.dumps(_final(done.report, asked, chat, started, "")) + "\n"
 
 

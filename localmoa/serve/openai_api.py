@@ -119,9 +119,11 @@ async def _chunks(job: JobStream, model: str, cid: str, created: int,
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
+    streamed = False
     async with contextlib.aclosing(job.events()) as events:  # closed: the run is cancelled
         async for event in events:
             if event.kind == "text" and event.data["agent"] == AGGREGATOR:
+                streamed = True
                 yield chunk({"content": event.data["text"]})
             elif event.kind == END:
                 break
@@ -133,6 +135,8 @@ async def _chunks(job: JobStream, model: str, cid: str, created: int,
         yield "data: [DONE]\n\n"
         return
     assert report is not None
+    if not streamed and report.answer:  # no aggregator wrote it: the proposers' answer
+        yield chunk({"content": report.answer})
     yield chunk({}, _finish(report), localmoa=localmoa_field(report))
     if include_usage:
         body = {"id": cid, "object": "chat.completion.chunk", "created": created,
@@ -164,4 +168,5 @@ def localmoa_field(report: RunReport) -> dict[str, Any]:
                         "timing": a.timing} for a in report.agents],
             "layers": [{"layer": s.layer, "role": s.role, "agents": s.agents,
                         "failed": s.failed, "wall_s": s.wall_s,
-                        "agg_tok_per_s": s.agg_tok_per_s} for s in report.layers]}
+                        "agg_tok_per_s": s.agg_tok_per_s} for s in report.layers],
+            "recipe": report.recipe}
