@@ -118,6 +118,7 @@ def route(config: Config, profile: str | None, conversation: Sequence[Message],
     pre = preflight(config, graph, memory_budget, resources=resources)
     the_plan = host.warm_plan(graph, pre)
     if prof.router.kind == "embed":
+        host.paths.update(pre.paths)
         decision = _embed(prof, query, host, the_plan.waves[0], [*the_plan.unloads_first])
     else:
         report = execute_plan(config, graph, [Message(role="user", content=query)],

@@ -24,11 +24,13 @@ class OpenAIServer(ChildServer):
     """llama-cpp-python's server on ``model_path`` as ``alias``; a context manager.
 
     ``env`` is the child's environment (give it a LOCALMOA_HOME holding the repack
-    verdict, so that no start runs the canary).
+    verdict, so that no start runs the canary); ``args``, more llama_cpp.server options
+    (``["--embedding", "true"]``).
     """
 
     def __init__(self, model_path: Path, alias: str = "smollm2", *,
-                 env: dict[str, str] | None = None, ready_timeout_s: float = 120.0) -> None:
+                 env: dict[str, str] | None = None, ready_timeout_s: float = 120.0,
+                 args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         #: The wrapper's "localmoa repack: ..." line (llama.cpp prints thousands after it).
@@ -36,7 +38,7 @@ class OpenAIServer(ChildServer):
         super().__init__([sys.executable, "-m", "tests.openai_server", "--serve",
                           "--model", str(model_path), "--model_alias", alias,
                           "--host", "127.0.0.1", "--port", str(self.port),
-                          "--n_ctx", "2048", "--n_threads", "1"],
+                          "--n_ctx", "2048", "--n_threads", "1", *args],
                          READY_LINE, env=env, ready_timeout_s=ready_timeout_s)
 
     def seen(self, line: str) -> None:

@@ -253,3 +253,97 @@ def test_a_remote_daemon_is_its_own_pool() -> None:
     config.ollama_hosts["http://gpu-box:11434"] = HostSpec(memory_budget="20GiB")
     budgets = pool_budgets(config, resources, {"m": fp})
     assert budgets == {"ram": 2**30, "ollama@http://gpu-box:11434": 20 * 2**30}
+
+
+# --- structured output and embeddings, through the backend ------------------------------
+
+ROUTE = {"type": "object", "properties": {"specialist": {"enum": ["math", "writing", "trivia"]}},
+         "required": ["specialist"], "additionalProperties": False}
+ROUTED = ['{"specialist": ', '"math"}']
+TEXTS = ["What is 2 + 2?", "Write a haiku."]
+
+
+def loaded_model(server: HTTPServer):
+    """The backend's model on the test daemon (loaded: Ollama's preload and /api/ps)."""
+    from localmoa.backends.ollama import OllamaBackend
+    from localmoa.backends.ollama_spec import OllamaSource, OllamaSpec
+
+    expect_load(server)
+    spec = OllamaSpec(backend="ollama", source=OllamaSource(ollama=TAG), n_ctx=N_CTX,
+                      host=server.url_for("").rstrip("/"))
+    return OllamaBackend().load("llama-ollama", spec, None, n_threads=1)
+
+
+def routed_request(**options: object) -> dict:
+    request = chat_request()
+    request["options"] = {"temperature": 1.5, "top_p": 0.95, "num_predict": 32,
+                          "num_ctx": N_CTX, **options}
+    request["format"] = ROUTE  # Ollama's structured outputs: the schema itself
+    return request
+
+
+def test_a_json_schema_goes_in_format(httpserver: HTTPServer) -> None:
+    import jsonschema
+
+    from localmoa.backends.base import GenerateOptions
+    from localmoa.backends.ollama import OllamaBackend
+
+    assert OllamaBackend.capabilities.constrained_output
+    model = loaded_model(httpserver)
+    httpserver.expect_ordered_request("/api/chat", method="POST", json=routed_request(seed=3)) \
+        .respond_with_response(ndjson(*(chat_line(t) for t in ROUTED),
+                                      chat_line("", done=True, **FINAL)))
+    # a stop string never goes with a schema: the schema says where the answer ends
+    options = GenerateOptions(temperature=1.5, max_tokens=32, seed=3, json_schema=ROUTE,
+                              stop=("}",))
+    stream = model.chat([{"role": "system", "content": SYSTEM},
+                         {"role": "user", "content": QUESTION}], options)
+    jsonschema.validate(json.loads(stream.text()), ROUTE)
+    httpserver.check_assertions()  # the exact request, format included
+
+
+def test_a_schema_answer_cut_by_num_predict_is_an_error(httpserver: HTTPServer) -> None:
+    from localmoa.backends.base import GenerateOptions
+    from localmoa.errors import GenerationError
+
+    model = loaded_model(httpserver)
+    httpserver.expect_ordered_request("/api/chat", method="POST", json=routed_request()) \
+        .respond_with_response(ndjson(chat_line(ROUTED[0]),
+                                      chat_line("", done=True, **{**FINAL,
+                                                                 "done_reason": "length"})))
+    options = GenerateOptions(temperature=1.5, max_tokens=32, json_schema=ROUTE)
+    with pytest.raises(GenerationError) as err:
+        model.chat([{"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": QUESTION}], options).text()
+    assert str(err.value) == ("model 'llama-ollama': the answer reached max_tokens (32) before "
+                              "the JSON its schema asks for was complete; raise max_tokens")
+
+
+def test_embed_is_api_embed(httpserver: HTTPServer) -> None:
+    from localmoa.backends.ollama import OllamaBackend
+
+    assert OllamaBackend.capabilities.embeddings
+    model = loaded_model(httpserver)
+    # Ollama's documented /api/embed: input as a list, embeddings back (already normalised
+    # by the daemon; localmoa normalises whatever it gets)
+    httpserver.expect_ordered_request("/api/embed", method="POST", json={
+        "model": TAG, "input": TEXTS, "options": {"num_ctx": N_CTX}, "keep_alive": "30m"}) \
+        .respond_with_json({"model": TAG, "embeddings": [[3.0, 4.0, 0.0], [0.0, 0.0, 2.0]],
+                            "total_duration": 14143917, "load_duration": 1019500,
+                            "prompt_eval_count": 8})
+    assert model.embed(TEXTS) == [[0.6, 0.8, 0.0], [0.0, 0.0, 1.0]]
+    httpserver.check_assertions()
+
+
+def test_a_model_that_does_not_embed(httpserver: HTTPServer) -> None:
+    from localmoa.errors import GenerationError
+
+    model = loaded_model(httpserver)
+    httpserver.expect_ordered_request("/api/embed", method="POST").respond_with_json(
+        {"error": "this model does not support embeddings"}, status=400)
+    assert model.embed(TEXTS) is None  # cannot, as the protocol says it
+    httpserver.expect_ordered_request("/api/embed", method="POST").respond_with_json(
+        {"error": "llama runner process has terminated"}, status=500)
+    with pytest.raises(GenerationError, match="^model 'llama-ollama': Ollama at .* failed "
+                       "while embedding \\(HTTP 500\\): llama runner process has terminated$"):
+        model.embed(TEXTS)

@@ -155,6 +155,85 @@ def test_a_server_that_dies_mid_answer(smollm2_path: Path, backend: OpenAIBacken
                                "(ConnectError); start it or fix base_url")
 
 
+ROUTE = {"type": "object", "properties": {"specialist": {"enum": ["math", "writing", "trivia"]}},
+         "required": ["specialist"], "additionalProperties": False}
+ASK: list[Message] = [{"role": "system", "content": "Pick the specialist for the question."},
+                      {"role": "user", "content": "What is the integral of x squared?"}]
+TEXTS = ["What is the integral of x squared?", "Write a haiku about autumn leaves."]
+
+
+def test_a_real_server_follows_a_schema(real_server: OpenAIServer,
+                                        backend: OpenAIBackend) -> None:
+    import jsonschema
+
+    # llama-cpp-python's server takes the schema as {type: json_object, schema}
+    model = backend.load("smol", spec_for(real_server.base_url, response_format="json_object"),
+                         None, 1)
+    for seed in range(4):
+        options = GenerateOptions(temperature=1.5, max_tokens=32, seed=seed, json_schema=ROUTE)
+        jsonschema.validate(json.loads(model.chat(ASK, options).text()), ROUTE)
+
+
+def test_a_real_server_that_refuses_openais_json_schema(real_server: OpenAIServer,
+                                                        backend: OpenAIBackend) -> None:
+    model = backend.load("smol", spec_for(real_server.base_url), None, 1)
+    options = GenerateOptions(temperature=1.5, max_tokens=32, seed=1, json_schema=ROUTE)
+    with pytest.raises(GenerationError) as err:
+        model.chat(ASK, options).text()
+    message = str(err.value)
+    assert message.startswith(f"model 'smol': the server at {real_server.base_url} failed")
+    assert message.endswith("if this server takes the schema as response_format {type: "
+                            "json_object, schema} (llama-cpp-python's server does), add "
+                            "response_format: json_object to model smol in models.yaml")
+    assert "\n" not in message
+
+
+def test_a_real_server_without_embeddings_says_so(real_server: OpenAIServer,
+                                                  backend: OpenAIBackend) -> None:
+    model = backend.load("smol", spec_for(real_server.base_url), None, 1)
+    with pytest.raises(GenerationError, match=f"^model 'smol': the server at "
+                       f"{real_server.base_url} failed \\(HTTP 500\\): .*embedding=True"):
+        model.embed(TEXTS)
+
+
+@pytest.fixture(scope="module")
+def embedding_server(smollm2_path: Path, repack_verdicts: bytes,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAIServer]:
+    """llama-cpp-python's server with embeddings on (its --embedding true)."""
+    import os
+
+    from localmoa.backends import repack
+
+    home = tmp_path_factory.mktemp("embedding-server-home")
+    (home / repack.CACHE_FILE).write_bytes(repack_verdicts)
+    env = {**os.environ, "LOCALMOA_HOME": str(home)}
+    env.pop("LOCALMOA_CPU_REPACK", None)
+    with OpenAIServer(smollm2_path, ALIAS, env=env, args=("--embedding", "true")) as server:
+        yield server
+
+
+def test_a_real_server_embeds(embedding_server: OpenAIServer, backend: OpenAIBackend,
+                              smollm2_path: Path) -> None:
+    from localmoa.backends.llamacpp_model import LoadParams, load_llama
+
+    model = backend.load("smol", spec_for(embedding_server.base_url), None, 1)
+    both = model.embed(TEXTS)
+    # SmolLM2 has no pooling: the server answers a vector per token, averaged here
+    assert both is not None and [len(v) for v in both] == [576, 576]
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-6 for v in both)
+    # one text a request: llama-cpp-python 0.3's server reads the token vectors of every
+    # text after the first from the wrong place (Llama.embed, pooling none)
+    vectors = [model.embed([text])[0] for text in TEXTS]  # type: ignore[index]
+    assert vectors[0] == both[0]
+    local = load_llama(LoadParams(name="smol", path=str(smollm2_path), n_ctx=512, n_threads=1))
+    try:  # the llama.cpp backend's own vectors (the server decodes without flash attention
+        # and all tokens at once: the last digits differ)
+        for ours, theirs in zip(local.embed(TEXTS), vectors, strict=True):
+            assert sum(a * b for a, b in zip(ours, theirs, strict=True)) > 0.999
+    finally:
+        local.unload()
+
+
 # --- the wire, against pytest-httpserver ------------------------------------------------
 
 
@@ -205,6 +284,79 @@ def test_the_request_is_openai_chat_streaming(httpserver: HTTPServer, backend: O
     assert (stream.stats.timing, stream.stats.finish_reason) == ("client", "stop")
     assert (stream.stats.prompt_tokens, stream.stats.completion_tokens,
             stream.stats.decode_tokens) == (0, 2, 1)
+
+
+def test_a_schema_is_openais_response_format(httpserver: HTTPServer,
+                                             backend: OpenAIBackend) -> None:
+    assert OpenAIBackend.capabilities.constrained_output
+    model = loaded(httpserver, backend)
+    # no stop with a schema (one inside a JSON string would cut it short)
+    httpserver.expect_request("/v1/chat/completions", method="POST", json={
+        "model": ALIAS, "messages": MESSAGES, "stream": True,
+        "stream_options": {"include_usage": True}, "temperature": 1.5, "top_p": 0.95,
+        "max_tokens": 32, "seed": 7, "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": ROUTE, "strict": True}}}) \
+        .respond_with_response(sse(chunk('{"specialist": '), chunk('"math"}'),
+                                   chunk(finish="stop")))
+    options = GenerateOptions(temperature=1.5, max_tokens=32, seed=7, json_schema=ROUTE,
+                              stop=("}",))
+    assert json.loads(model.chat(MESSAGES, options).text()) == {"specialist": "math"}
+
+
+def test_a_schema_as_json_object(httpserver: HTTPServer, backend: OpenAIBackend) -> None:
+    model = loaded(httpserver, backend, response_format="json_object")
+    httpserver.expect_request("/v1/chat/completions", method="POST", json={
+        "model": ALIAS, "messages": MESSAGES, "stream": True,
+        "stream_options": {"include_usage": True}, "temperature": 0.0, "top_p": 0.95,
+        "max_tokens": 16, "seed": 7,
+        "response_format": {"type": "json_object", "schema": ROUTE}}) \
+        .respond_with_response(sse(chunk('{"specialist": "trivia"}'), chunk(finish="stop")))
+    options = GenerateOptions(temperature=0.0, max_tokens=16, seed=7, json_schema=ROUTE)
+    assert json.loads(model.chat(MESSAGES, options).text()) == {"specialist": "trivia"}
+
+
+def test_a_schema_answer_cut_by_max_tokens_is_an_error(httpserver: HTTPServer,
+                                                       backend: OpenAIBackend) -> None:
+    model = loaded(httpserver, backend)
+    httpserver.expect_request("/v1/chat/completions").respond_with_response(sse(
+        chunk('{"specialist": "ma'), chunk(finish="length")))
+    options = GenerateOptions(temperature=1.5, max_tokens=5, json_schema=ROUTE)
+    with pytest.raises(GenerationError) as err:
+        model.chat(MESSAGES, options).text()
+    assert str(err.value) == ("model 'm': the answer reached max_tokens (5) before the JSON "
+                              "its schema asks for was complete; raise max_tokens")
+
+
+def test_embeddings_request_and_answer(httpserver: HTTPServer,
+                                       backend: OpenAIBackend) -> None:
+    assert OpenAIBackend.capabilities.embeddings
+    model = loaded(httpserver, backend)
+    httpserver.expect_request("/v1/embeddings", method="POST",
+                              json={"model": ALIAS, "input": TEXTS}).respond_with_json({
+        "object": "list", "model": ALIAS, "usage": {"prompt_tokens": 12, "total_tokens": 12},
+        "data": [{"object": "embedding", "index": 1, "embedding": [0.0, 2.0]},  # any order
+                 {"object": "embedding", "index": 0, "embedding": [3.0, 4.0]}]})
+    assert model.embed(TEXTS) == [[0.6, 0.8], [0.0, 1.0]]
+
+
+@pytest.mark.parametrize(("status", "body", "said"), [
+    (501, {"error": {"code": 501, "message": "This server does not support embeddings. Start "
+                     "it with `--embeddings`", "type": "not_supported_error"}},
+     "failed (HTTP 501): This server does not support embeddings. Start it with "
+     "`--embeddings`"),
+    (200, {"object": "list", "data": [{"index": 0}]},
+     "answered /embeddings with no embedding list (data[].embedding)"),
+    (200, {"object": "list", "data": [{"index": 0, "embedding": [1.0]}]},
+     "returned 1 embeddings for 2 texts"),
+])
+def test_embeddings_a_server_will_not_give(httpserver: HTTPServer, backend: OpenAIBackend,
+                                           status: int, body: dict, said: str) -> None:
+    model = loaded(httpserver, backend)
+    httpserver.expect_request("/v1/embeddings").respond_with_json(body, status=status)
+    with pytest.raises(GenerationError) as err:
+        model.embed(TEXTS)
+    assert str(err.value).startswith("model 'm': ") and str(err.value).endswith(said)
 
 
 def test_llama_server_timings_are_the_servers(httpserver: HTTPServer,
@@ -498,7 +650,11 @@ def test_estimate_pool_and_hosts(backend: OpenAIBackend) -> None:
     remote = spec_for("https://gpu-box.lan/v1", allow_remote=True)
     assert backend.remote_hosts(remote) == ["https://gpu-box.lan/v1"]
     assert remote.origin == "https://gpu-box.lan:443"
-    assert backend.capabilities.to_dict() == dict.fromkeys(backend.capabilities.to_dict(), False)
+    # a server neither batches for localmoa, places layers, pulls nor counts tokens; it
+    # takes a JSON schema and embeds
+    capable = {"constrained_output", "embeddings"}
+    assert backend.capabilities.to_dict() == {
+        k: k in capable for k in backend.capabilities.to_dict()}
 
 
 def test_doctor_lists_each_servers_models(httpserver: HTTPServer, backend: OpenAIBackend,
@@ -562,6 +718,9 @@ BAD_ENTRIES = [
     ("no base_url", "", 2, ["models.srv.base_url", "required field is missing"]),
     ("concurrency zero", "    base_url: http://localhost:8080/v1\n    concurrency: 0\n", 6,
      ["models.srv.concurrency", "greater than or equal to 1"]),
+    ("an unknown response_format", "    base_url: http://localhost:8080/v1\n"
+     "    response_format: grammar\n", 6,
+     ["models.srv.response_format", "'json_schema' or 'json_object'"]),
 ]
 
 
@@ -593,6 +752,7 @@ def test_a_good_entry(tmp_path: Path) -> None:
             spec.retries) == ("https://gpu-box.lan:8443/v1", "smollm2", "GPU_BOX_KEY", 8,
                               120.0, 0)
     assert spec.origin == "https://gpu-box.lan:8443"
+    assert spec.response_format == "json_schema"  # OpenAI's, unless the entry says otherwise
 
 
 @pytest.mark.parametrize("entry", [

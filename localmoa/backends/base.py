@@ -44,7 +44,10 @@ class GenerateOptions:
     stop: tuple[str, ...] = ()
     #: A JSON schema the answer must follow (constrained decoding: a grammar on
     #: llama.cpp, ``format`` on Ollama, ``response_format`` on OpenAI-compatible
-    #: servers); only for backends whose Capabilities.constrained_output is set.
+    #: servers); only for backends whose Capabilities.constrained_output is set. With
+    #: a schema, ``stop`` is not used (the schema says where the answer ends), and an
+    #: answer cut short by ``max_tokens`` is a GenerationError, never malformed JSON
+    #: (backends/structured.py).
     json_schema: dict[str, Any] | None = None
 
 

@@ -35,7 +35,7 @@ class LlamaCppBackend(BackendBase):
     spec_class = LlamaCppSpec
     capabilities: ClassVar[Capabilities] = Capabilities(
         batched_sequences=True, gpu_placement_report=True, pull=True, token_counting=True,
-        worker_processes=True)
+        worker_processes=True, constrained_output=True, embeddings=True)
 
     def estimate(self, name: str, spec: ModelSpec, config: Config, resources: Resources,
                  batch_up_to: int = 1) -> Estimate:

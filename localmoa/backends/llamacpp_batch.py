@@ -11,7 +11,8 @@ The context was created with room for several sequences in one unified KV cache
 3. each prompt's own rest is decoded, all sequences in one batch, and each
    sequence samples its first token from its last prompt position;
 4. then one ``llama_decode`` per step serves every live sequence, each with its
-   own sampler chain (temperature, top_p, seed), max_tokens and stop strings;
+   own sampler chain (temperature, top_p, seed, and the grammar of its JSON schema
+   when it has one), max_tokens and stop strings;
 5. a sequence that ends, or whose agent stopped reading, leaves at once: its KV
    cells are freed and the others go on.
 
@@ -34,6 +35,7 @@ from typing import Any
 from ..errors import GenerationError
 from .base import Message
 from .batch import Sequence
+from .structured import check_json_answer, gbnf, stops_for
 
 #: Sampling defaults of llama-cpp-python's chat completion, so that a batched agent
 #: samples as a lone one does.
@@ -118,8 +120,9 @@ class _Live:
     """The state of one sequence while it decodes."""
 
     def __init__(self, seq: Sequence, seq_id: int, tokens: list[int], stops: list[str],
-                 n_ctx: int, lib: Any) -> None:
+                 n_ctx: int, lib: Any, vocab: Any, model: str) -> None:
         self.seq = seq
+        self.model = model
         self.id = seq_id
         self.tokens = tokens
         self.pos = 0  # positions decoded so far
@@ -129,8 +132,21 @@ class _Live:
         options = seq.options
         room = n_ctx - len(tokens)
         self.max_tokens = min(options.max_tokens, room) if options.max_tokens > 0 else room
-        self.text = _Text([*stops, *options.stop])
-        self.sampler = _sampler(lib, options.temperature, options.top_p, options.seed)
+        self.text = _Text([*stops, *stops_for(options)])
+        #: The answer so far, kept only to check it is whole JSON (a schema is given).
+        self.answer: list[str] | None = None if options.json_schema is None else []
+        grammar = None
+        if options.json_schema is not None:
+            try:
+                grammar = grammar_sampler(lib, vocab, gbnf(options.json_schema))
+            except GenerationError as exc:
+                raise GenerationError(f"model {model!r}: {exc}") from None
+        self.sampler = _sampler(lib, options.temperature, options.top_p, options.seed, grammar)
+
+    def write(self, text: str) -> None:
+        if self.answer is not None:
+            self.answer.append(text)
+        self.seq.write(text)
 
     def close(self, lib: Any) -> None:
         if self.sampler is not None:
@@ -138,8 +154,23 @@ class _Live:
             self.sampler = None
 
 
-def _sampler(lib: Any, temperature: float, top_p: float, seed: int | None) -> Any:
+def grammar_sampler(lib: Any, vocab: Any, grammar: str) -> Any:
+    """A llama.cpp grammar sampler for GBNF text whose root rule is ``root``."""
+    sampler = lib.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+    if not sampler:
+        raise GenerationError("llama.cpp could not parse the grammar made from the JSON "
+                              "schema")
+    return sampler
+
+
+def _sampler(lib: Any, temperature: float, top_p: float, seed: int | None,
+             grammar: Any = None) -> Any:
+    """The chain llama-cpp-python builds for a lone chat: the grammar first (only the
+    tokens it allows are left to the others), then greedy, or top-k, typical, top-p,
+    min-p, temperature and the seeded draw."""
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    if grammar is not None:
+        lib.llama_sampler_chain_add(chain, grammar)  # the chain owns it from here
     if temperature <= 0:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         return chain
@@ -167,8 +198,10 @@ def common_prefix(prompts: list[list[int]]) -> int:
     return min(n, min(len(p) for p in prompts) - 1)
 
 
-def decode_batch(llm: Any, seqs: list[Sequence], n_threads: int, n_ctx_seq: int) -> None:
-    """Decode ``seqs`` together in ``llm``'s context until each has finished."""
+def decode_batch(llm: Any, seqs: list[Sequence], n_threads: int, n_ctx_seq: int,
+                 model: str = "") -> None:
+    """Decode ``seqs`` together in ``llm``'s context until each has finished (``model``:
+    its name, for messages)."""
     import llama_cpp.llama_cpp as lib
 
     ctx = llm.ctx
@@ -195,7 +228,11 @@ def decode_batch(llm: Any, seqs: list[Sequence], n_threads: int, n_ctx_seq: int)
                 seq.fail(f"the prompt has {len(tokens)} tokens; the context window is "
                          f"{n_ctx_seq} (raise n_ctx or shorten the prompt)")
                 continue
-            live.append(_Live(seq, len(live), tokens, stops, n_ctx_seq, lib))
+            try:
+                live.append(_Live(seq, len(live), tokens, stops, n_ctx_seq, lib, vocab,
+                                  model))
+            except GenerationError as exc:  # its schema: only this sequence fails
+                seq.fail(str(exc))
         _run(lib, ctx, vocab, memory, live, int(lib.llama_n_batch(ctx)))
     finally:
         for state in live:
@@ -253,7 +290,13 @@ def _run(lib: Any, ctx: Any, vocab: Any, memory: Any, live: list[_Live], n_batch
 
     def leave(state: _Live, reason: str | None) -> None:
         tail = state.text.flush() if reason != "cancelled" else ""
-        state.seq.write(tail)
+        state.write(tail)
+        try:
+            if state.answer is not None and reason != "cancelled":
+                check_json_answer(state.model, "".join(state.answer), reason,
+                                  state.seq.options.max_tokens)
+        except GenerationError as exc:
+            state.seq.fail(str(exc))
         state.seq.finish(reason, state.generated)
         lib.llama_memory_seq_rm(memory, state.id, -1, -1)  # its cells are free again
         state.close(lib)
@@ -267,7 +310,7 @@ def _run(lib: Any, ctx: Any, vocab: Any, memory: Any, live: list[_Live], n_batch
         state.generated += 1
         data = _piece(lib, vocab, token, piece)
         text, stopped = state.text.feed(data)
-        state.seq.write(text)
+        state.write(text)
         if stopped:
             leave(state, "stop")
         elif state.generated >= state.max_tokens:

@@ -24,7 +24,9 @@ from . import repack
 from .base import ChatStream, GenerateOptions, GenerationStats, LoadedModel, Message
 from .batch import Batch
 from .batch import Sequence as BatchSequence
-from .llamacpp_batch import decode_batch
+from .llamacpp_batch import decode_batch, grammar_sampler
+from .llamacpp_embed import embed_texts
+from .structured import check_json_answer, gbnf, stops_for
 
 # llama.cpp's ggml_type numbers for the KV cache element types models.yaml accepts.
 _GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
@@ -176,7 +178,7 @@ class LlamaCppModel(LoadedModel):
             if self.llm is None:
                 raise GenerationError(f"model instance {self.name!r} was unloaded")
             try:
-                decode_batch(self.llm, seqs, n_threads, self.n_ctx_seq)
+                decode_batch(self.llm, seqs, n_threads, self.n_ctx_seq, self.name)
             except (RuntimeError, ValueError) as exc:
                 raise GenerationError(f"{self.name}: {exc}") from exc
 
@@ -202,17 +204,19 @@ class LlamaCppModel(LoadedModel):
             raise GenerationError(f"model instance {self.name!r} was unloaded")
         if options.n_threads:
             llama_cpp.llama_set_n_threads(llm.ctx, options.n_threads, options.n_threads)
+        grammar = self._grammar(llm, options.json_schema)
         previous = list(llm.input_ids[: llm.n_tokens])
         clock = _TokenClock()
         started = time.perf_counter()
         first_text_at: float | None = None
         finish: str | None = None
+        answer: list[str] = []
         try:
             chunks = llm.create_chat_completion(
                 messages=[dict(m) for m in messages], temperature=options.temperature,
                 top_p=options.top_p, max_tokens=options.max_tokens, seed=options.seed,
-                stop=list(options.stop) or None, stream=True,
-                logits_processor=processors([clock]))
+                stop=list(stops_for(options)) or None, stream=True,
+                logits_processor=processors([clock]), grammar=grammar)
             with contextlib.closing(chunks):
                 for chunk in chunks:
                     choice = chunk["choices"][0]
@@ -220,10 +224,14 @@ class LlamaCppModel(LoadedModel):
                     if text:
                         if first_text_at is None:
                             first_text_at = time.perf_counter()
+                        if grammar is not None:
+                            answer.append(text)
                         yield text
                     finish = choice.get("finish_reason") or finish
         except (RuntimeError, ValueError) as exc:
             raise GenerationError(f"{self.name}: {exc}") from exc
+        if grammar is not None:
+            check_json_answer(self.name, "".join(answer), finish, options.max_tokens)
         ended = time.perf_counter()
         prefill_end = clock.first_at or ended
         # A final end-of-generation token is sampled but never part of the answer.
@@ -239,6 +247,34 @@ class LlamaCppModel(LoadedModel):
             cached_tokens=_reused_prefix(previous, prompt_ids),
             finish_reason=finish,
         )
+
+    def _grammar(self, llm: Any, schema: dict[str, Any] | None) -> Any:
+        """llama-cpp-python's grammar for answers that follow ``schema`` (None: no schema),
+        checked by llama.cpp's own parser first: a grammar it refuses would crash the
+        sampler chain instead of failing the call."""
+        if schema is None:
+            return None
+        import llama_cpp.llama_cpp as lib
+        from llama_cpp import LlamaGrammar
+
+        try:
+            text = gbnf(schema)
+            lib.llama_sampler_free(grammar_sampler(lib, lib.llama_model_get_vocab(llm.model),
+                                                   text))
+        except GenerationError as exc:
+            raise GenerationError(f"model {self.name!r}: {exc}") from None
+        return LlamaGrammar.from_string(text, verbose=False)
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
+        """One mean-pooled, L2-normalised vector per text (backends/llamacpp_embed.py),
+        between chats or batches; None for a reranker. The KV cache is left empty."""
+        with self._claim():
+            if self.llm is None:
+                raise GenerationError(f"model instance {self.name!r} was unloaded")
+            try:
+                return embed_texts(self.llm, list(texts), self.n_ctx_seq)
+            except (RuntimeError, ValueError) as exc:
+                raise GenerationError(f"{self.name}: {exc}") from exc
 
     @contextlib.contextmanager
     def _using(self) -> Iterator[Any]:

@@ -33,6 +33,7 @@ from .base import (
     Message,
 )
 from .ollama_spec import OllamaSpec, is_loopback
+from .structured import check_json_answer, normalised
 
 if TYPE_CHECKING:
     from ..memory.probe import Resources
@@ -105,7 +106,8 @@ class OllamaBackend(BackendBase):
 
     name = "ollama"
     spec_class = OllamaSpec
-    capabilities: ClassVar[Capabilities] = Capabilities(gpu_placement_report=True, pull=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        gpu_placement_report=True, pull=True, constrained_output=True, embeddings=True)
 
     def __init__(self) -> None:
         self._clients: dict[str, Any] = {}
@@ -278,13 +280,17 @@ class OllamaModel(LoadedModel):
         started = time.perf_counter()
         first_text_at: float | None = None
         final: Any = None
+        answer: list[str] = []
         try:
+            # a JSON schema goes in ``format``: the daemon constrains the answer to it
             for part in client.chat(model=tag_of(self.spec), messages=[dict(m) for m in messages],
-                                    stream=True, options=wire_options, keep_alive=KEEP_ALIVE):
+                                    stream=True, options=wire_options, keep_alive=KEEP_ALIVE,
+                                    format=options.json_schema):
                 text = part.message.content if part.message else None
                 if text:
                     if first_text_at is None:
                         first_text_at = time.perf_counter()
+                    answer.append(text)
                     yield text
                 if part.done:
                     final = part
@@ -294,6 +300,8 @@ class OllamaModel(LoadedModel):
         if final is None:
             raise GenerationError(f"model {self.name!r}: the Ollama stream ended without its "
                                   "final message")
+        if options.json_schema is not None:
+            check_json_answer(self.name, "".join(answer), final.done_reason, options.max_tokens)
         prompt_ns = int(final.prompt_eval_duration or 0)
         eval_ns = int(final.eval_duration or 0)
         stream.stats = GenerationStats(
@@ -303,6 +311,27 @@ class OllamaModel(LoadedModel):
             prompt_s=prompt_ns / 1e9, decode_s=eval_ns / 1e9,
             decode_tokens=int(final.eval_count or 0),
             finish_reason=final.done_reason, timing="server")
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
+        """One vector per text from the daemon's ``/api/embed`` (pooled as the model
+        pools), L2-normalised; None when the daemon says the model does not embed."""
+        import ollama
+
+        client = self.backend.client(host_of(self.spec))
+        try:
+            answer = client.embed(model=tag_of(self.spec), input=list(texts),
+                                  options={"num_ctx": self.spec.n_ctx}, keep_alive=KEEP_ALIVE)
+        except ollama.ResponseError as exc:
+            if "does not support embeddings" in str(exc.error).lower():
+                return None
+            raise ollama_error(exc, self.spec, self.name, "embedding") from None
+        except Exception as exc:  # noqa: BLE001 - mapped to a one-line error
+            raise ollama_error(exc, self.spec, self.name, "embedding") from None
+        vectors = [normalised(v) for v in answer.embeddings or []]
+        if len(vectors) != len(texts):
+            raise GenerationError(f"model {self.name!r}: Ollama at {host_of(self.spec)} "
+                                  f"returned {len(vectors)} embeddings for {len(texts)} texts")
+        return vectors
 
     def unload(self) -> None:
         if not self._released:

@@ -39,6 +39,7 @@ from .base import (
     Message,
 )
 from .openai_spec import OpenAISpec
+from .structured import check_json_answer, mean_pooled, normalised, stops_for
 
 if TYPE_CHECKING:
     import httpx
@@ -180,7 +181,8 @@ class OpenAIBackend(BackendBase):
 
     name = "openai"
     spec_class = OpenAISpec
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    capabilities: ClassVar[Capabilities] = Capabilities(constrained_output=True,
+                                                        embeddings=True)
 
     def __init__(self) -> None:
         self._client: httpx.Client | None = None
@@ -318,6 +320,22 @@ def served_models(response: httpx.Response) -> list[str] | None:
         return None
 
 
+def response_format(schema: dict[str, Any], style: str) -> dict[str, Any]:
+    """The ``response_format`` that makes a server follow ``schema``, in the style the
+    server takes (OpenAISpec.response_format)."""
+    if style == "json_object":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+
+
+def _one_vector(embedding: Any) -> list[float]:
+    """A normalised vector from one ``data[].embedding``: a vector, or one per token."""
+    if embedding and isinstance(embedding[0], list):
+        return mean_pooled([[float(x) for x in row] for row in embedding])
+    return normalised([float(x) for x in embedding])
+
+
 @dataclass
 class Tally:
     """What a streamed answer told so far; ``stats`` turns it into GenerationStats."""
@@ -330,6 +348,7 @@ class Tally:
     usage: dict[str, Any] | None = None
     timings: dict[str, Any] | None = None
     done: bool = False
+    answer: list[str] = field(default_factory=list)
 
     def add(self, chunk: dict[str, Any], now: float) -> str | None:
         """Take one chunk; returns its text, if any."""
@@ -348,6 +367,7 @@ class Tally:
         self.pieces += 1
         self.first_at = self.first_at if self.first_at is not None else now
         self.last_at = now
+        self.answer.append(str(text))
         return str(text)
 
     def stats(self, ended: float) -> GenerationStats:
@@ -404,18 +424,28 @@ class OpenAIModel(LoadedModel):
                                 "max_tokens": options.max_tokens}
         if options.seed is not None:
             body["seed"] = options.seed
-        if options.stop:
-            body["stop"] = list(options.stop)
+        if stops_for(options):
+            body["stop"] = list(stops_for(options))
+        if options.json_schema is not None:
+            body["response_format"] = response_format(options.json_schema,
+                                                      self.spec.response_format)
         return body
 
     def _generate(self, stream: ChatStream, messages: Sequence[Message],
                   options: GenerateOptions) -> Iterator[str]:
+        with self._slot():
+            yield from self._stream(stream, messages, options)
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """One of the server's request slots (its concurrency, however it is held), for
+        the length of a request; a kill ends the wait."""
         slots = self.backend.slots(self.spec)
-        while not slots.acquire(timeout=0.2):  # the server's concurrency, however it is held
+        while not slots.acquire(timeout=0.2):
             if self._killed.is_set():
                 raise self._broken(Tally(0.0), str(self._stopped))
         try:
-            yield from self._stream(stream, messages, options)
+            yield
         finally:
             slots.release()
 
@@ -425,9 +455,12 @@ class OpenAIModel(LoadedModel):
 
         if self._killed.is_set():
             raise self._broken(Tally(0.0), str(self._stopped))
-        response, tried_at = self.backend.send(self._call, "POST", "/chat/completions",
-                                               self._body(messages, options), stream=True,
-                                               stop=self._killed)
+        try:
+            response, tried_at = self.backend.send(self._call, "POST", "/chat/completions",
+                                                   self._body(messages, options), stream=True,
+                                                   stop=self._killed)
+        except GenerationError as exc:
+            raise self._format_hint(exc, options) from None
         tally = Tally(tried_at)
         with self._lock:
             if self._killed.is_set():  # killed while the server had not answered yet
@@ -455,7 +488,22 @@ class OpenAIModel(LoadedModel):
             raise self._broken(tally, self._stopped)
         if not tally.done and tally.finish_reason is None:
             raise self._broken(tally, "the answer ended without [DONE] or a finish_reason")
+        if options.json_schema is not None:
+            check_json_answer(self.name, "".join(tally.answer), tally.finish_reason,
+                              options.max_tokens)
         stream.stats = tally.stats(time.perf_counter())
+
+    def _format_hint(self, exc: GenerationError, options: GenerateOptions) -> GenerationError:
+        """A refused OpenAI-style ``json_schema`` response_format, with what to set for a
+        server that takes the schema as ``json_object`` (llama-cpp-python's refuses it)."""
+        said = str(exc)
+        if (options.json_schema is None or self.spec.response_format != "json_schema"
+                or "json_schema" not in said):
+            return exc
+        return GenerationError(f"{said}; if this server takes the schema as response_format "
+                               "{type: json_object, schema} (llama-cpp-python's server does), "
+                               f"add response_format: json_object to model {self.name} in "
+                               "models.yaml")
 
     def _chunk(self, data: str, tally: Tally) -> dict[str, Any]:
         try:
@@ -476,6 +524,31 @@ class OpenAIModel(LoadedModel):
     def _broken(self, tally: Tally, reason: str) -> GenerationError:
         return GenerationError(f"model {self.name!r}: the stream from {self.spec.base_url} "
                                f"broke after {tally.pieces} pieces: {reason}")
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
+        """One vector per text from the server's ``POST /embeddings``, L2-normalised; a
+        server that answers one vector per token (llama-cpp-python's, for a model without
+        pooling) has them mean-pooled here. A server that does not embed answers with an
+        error (llama-server wants --embeddings, llama-cpp-python's server --embedding
+        true), which becomes a GenerationError saying what it said."""
+        if self._killed.is_set():
+            raise GenerationError(f"model {self.name!r}: {self._stopped}")
+        body = {"model": self.spec.model, "input": list(texts)}
+        with self._slot():
+            response, _ = self.backend.send(self._call, "POST", "/embeddings", body,
+                                            stop=self._killed)
+        try:
+            data = response.json()["data"]
+            rows = sorted(data, key=lambda item: int(item.get("index", 0)))
+            vectors = [_one_vector(item["embedding"]) for item in rows]
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            raise GenerationError(
+                f"model {self.name!r}: the server at {self.spec.base_url} answered "
+                "/embeddings with no embedding list (data[].embedding)") from None
+        if len(vectors) != len(texts):
+            raise GenerationError(f"model {self.name!r}: the server at {self.spec.base_url} "
+                                  f"returned {len(vectors)} embeddings for {len(texts)} texts")
+        return vectors
 
     def unload(self) -> None:
         """Nothing to free: the server keeps the model."""

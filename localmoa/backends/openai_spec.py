@@ -4,7 +4,7 @@ server already serves (llama-server, vLLM, LM Studio, llama-cpp-python's server)
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
@@ -16,6 +16,11 @@ BASE_URL_HELP = ("The server's OpenAI API root, e.g. http://127.0.0.1:8080/v1 (l
                  "trailing /.")
 API_KEY_ENV_HELP = ("The name of the environment variable that holds the API key (e.g. "
                     "OPENAI_API_KEY); the key itself is never written in models.yaml.")
+RESPONSE_FORMAT_HELP = (
+    "How the server takes the JSON schema an answer must follow (a router's choice): "
+    "json_schema, OpenAI's {type: json_schema, json_schema: {name, schema, strict}} "
+    "(llama-server, vLLM, LM Studio, OpenAI); json_object, {type: json_object, schema} "
+    "(llama-cpp-python's server, which refuses json_schema). Default: json_schema.")
 CONCURRENCY_HELP = ("How many requests the server takes at once (llama-server --parallel, vLLM "
                     "max_num_seqs); localmoa sends no more. Default: 1.")
 
@@ -51,6 +56,8 @@ class OpenAISpec(ModelSpec):
                              "wait for the server's next bytes, in seconds.")
     retries: int = Field(4, ge=0, le=20, description="Tries again on HTTP 429 / 503 (server "
                          "busy), with exponential backoff or the server's Retry-After.")
+    response_format: Literal["json_schema", "json_object"] = Field(
+        "json_schema", description=RESPONSE_FORMAT_HELP)
 
     MISPLACED: ClassVar[dict[str, str]] = {
         "source": "source applies to backends llamacpp and ollama; an openai model is "

@@ -76,7 +76,8 @@ class WorkerProcess:
         self.pid = self.proc.pid
         self.conn = Connection(parent_end.detach())
         self.label = "a model"  # the model's name once it loads one
-        self.phase = "start-up"  # start-up, load, prefill, decode or idle: for a crash report
+        #: start-up, load, prefill, decode, embedding or idle: for a crash report
+        self.phase = "start-up"
         self.ready = threading.Event()
         self.ready_at: float | None = None
         self.dead = threading.Event()
@@ -361,6 +362,18 @@ class WorkerModel(LoadedModel):
                 self._busy.release()
             if pending:
                 self.unload()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
+        """One mean-pooled, L2-normalised vector per text, computed by the worker between
+        chats (backends/llamacpp_embed.py); None for a model that gives none."""
+        with self._claim():
+            process = self.process
+            process.phase = "embedding"
+            try:
+                vectors = process.call("embed", list(texts))
+            finally:
+                process.phase = "idle"
+        return None if vectors is None else [list(v) for v in vectors]
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in this model's vocabulary (counted by the worker)."""

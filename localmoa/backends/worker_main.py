@@ -12,12 +12,14 @@ message (``multiprocessing.connection`` framing):
                                                   ("fail", rid, i, message), ("batch_end", rid)
     ("cancel", rid, i | None)                     (the chat or sequence ends as "cancelled")
     ("count", rid, text), ("cut", rid, text, n)   ("value", rid, value)
+    ("embed", rid, texts)                         ("value", rid, vectors | None)
     ("exit",)                                     (it exits at once)
                                                   ("error", rid, message) for any request
 
-Loads, chats and batches run one at a time on the main thread; a reader thread
-takes cancels and tokenizer calls meanwhile (llama.cpp's tokenizer only reads
-the vocabulary). Per-agent timings are taken here, where they are exact.
+Loads, chats, batches and embeddings run one at a time on the main thread (they
+use the context); a reader thread takes cancels and tokenizer calls meanwhile
+(llama.cpp's tokenizer only reads the vocabulary). Per-agent timings are taken
+here, where they are exact.
 
 The worker ignores SIGINT: a Ctrl-C in the terminal reaches the whole process
 group, and it is localmoa that decides what stops (a chat keeps its models).
@@ -137,6 +139,8 @@ class _Server:
                     self._chat(rid, message[2], message[3])
                 elif kind == "batch":
                     self._batch(rid, message[2], message[3])
+                elif kind == "embed":
+                    self._answer(rid, functools.partial(self._embed, message[2]))
                 else:
                     self.send(("error", rid, f"unknown request {kind!r}"))
             except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
@@ -152,6 +156,11 @@ class _Server:
             raise LocalMoaError("this worker already holds a model")
         self.model = load_llama(params)
         self.send(("loaded", rid, self.model.load_s, dict(self.model.runtime_facts)))
+
+    def _embed(self, texts: list[str]) -> Any:
+        if self.model is None:
+            raise LocalMoaError("no model is loaded in this worker")
+        return self.model.embed(texts)
 
     def _chat(self, rid: int, messages: list[Message], options: GenerateOptions) -> None:
         stream = self.model.chat(messages, options)

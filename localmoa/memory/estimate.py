@@ -18,6 +18,9 @@ loading and filling the context; see docs/architecture.md, "Memory model"):
   (98 MiB SmolLM2, 515 MiB Gemma-3) but a chat touches only the attention
   scratch, which grows with the context: fitted below.
 - overhead: context, vocabulary tables and the like, fitted below.
+- not counted: a model that has embedded text (LoadedModel.embed) keeps llama.cpp's
+  output buffer at one embedding chunk's rows, at most
+  backends/llamacpp_embed.EMBED_OUTPUT_BYTES (4 MiB; SmolLM2: +4.2 MiB measured).
 """
 
 from __future__ import annotations
