@@ -136,3 +136,16 @@ def test_tiny_router_with_the_real_model() -> None:
     expected = {"math": 2, "writing": 2, "general": 3}[routing["chosen"][0]]
     assert sum(a["role"] == "proposer" for a in report["agents"]) == expected
     assert report["answer"]
+
+
+@pytest.mark.slow
+def test_tiny_router_embed_with_the_real_model() -> None:
+    proc = cli("run", "--profile", "tiny-router-embed", "--json", "--max-tokens", "8",
+               "Write a short poem about the sea.")
+    assert proc.returncode == 0, proc.stderr
+    routing = json.loads(proc.stdout)["recipe"]["routing"]
+    assert routing["kind"] == "embed" and set(routing["scores"]) == {"math", "writing",
+                                                                     "general"}
+    best = max(routing["scores"], key=routing["scores"].get)
+    assert routing["chosen"] == [best] and routing["completion_tokens"] == 0
+    assert routing["prompt_tokens"] > 0
