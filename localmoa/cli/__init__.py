@@ -15,6 +15,8 @@ from .bench import bench
 from .chat import chat
 from .doctor import EPILOG as DOCTOR_EPILOG
 from .doctor import doctor
+from .eval import EPILOG as EVAL_EPILOG
+from .eval import eval_command
 from .models import app as models_app
 from .plan import EPILOG as PLAN_EPILOG
 from .plan import plan
@@ -46,6 +48,7 @@ app = typer.Typer(
 app.command("run", epilog=RUN_EPILOG)(run)
 app.command("chat")(chat)
 app.command("bench", epilog=BENCH_EPILOG)(bench)
+app.command("eval", epilog=EVAL_EPILOG)(eval_command)
 app.command("plan", epilog=PLAN_EPILOG)(plan)
 app.command("profiles")(profiles)
 app.command("doctor", epilog=DOCTOR_EPILOG)(doctor)

@@ -1,0 +1,183 @@
+"""`localmoa eval`: accuracy of a profile against its members, per second and per token."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from ..bench import SEED, machine_facts
+from ..errors import LocalMoaError, UsageError
+from ..eval.checks import RULES
+from ..eval.contenders import KINDS, build_contenders, parse_kinds
+from ..eval.plot import draw_accuracy_vs_time, require_matplotlib
+from ..eval.runner import check_samples, prepare, run_eval
+from ..eval.taskfile import load_tasks
+from ..eval.tasks import DEFAULT_LIMIT, DEFAULT_SEED, SET_NAMES
+from ..recipe import SELF_DEFAULT_SAMPLES, Overrides
+from ._options import ConfigOpt, JsonOpt, MaxTokensOpt, MemoryBudgetOpt, NoBatchOpt
+from ._output import Output
+from ._prepare import check_cpu_once, load_command_config
+
+NEWLINE = "\n"
+EPILOG = f"""\
+Examples:
+
+\b
+  localmoa eval --limit 20                  # tiny's contenders, 20 tasks
+  localmoa eval -p tiny -p tiny-self --limit 20
+  localmoa eval --tasks compare --contenders single,moa
+  localmoa eval --tasks mine.jsonl --json > scores.json
+
+Task sets: {", ".join(SET_NAMES)} (generated from --seed; mixed takes
+each in turn), or a JSONL file of your own, one task a line:
+
+\b
+  {{"prompt": "What is 6 x 7?", "answer": 42}}
+  {{"prompt": "Capital?", "choices": ["Rome", "Oslo"], "answer": "A"}}
+  {{"prompt": "Three colours.", "check": {{"words": 3, "no_commas": true}}}}
+
+Check rules: {", ".join(RULES)}.
+
+\b
+Contenders (--contenders):
+{NEWLINE.join(f"  {k.name}: {k.help}" for k in KINDS)}
+
+How answers are extracted and timed: docs/eval.md.
+"""
+
+
+def eval_command(
+    profile: Annotated[list[str] | None, typer.Option(
+        "--profile", "-p", help="A profile to evaluate with its contenders; repeat for "
+        "several. Default: the default profile (tiny).", show_default=False)] = None,
+    tasks: Annotated[str, typer.Option(
+        "--tasks", metavar="NAME|FILE", help=f"A task set ({', '.join(SET_NAMES)}) or a "
+        "JSONL file of your own tasks.")] = "mixed",
+    limit: Annotated[int | None, typer.Option(
+        "--limit", help=f"Use the first N tasks. Default: {DEFAULT_LIMIT} of a task set, "
+        "all of a file.", show_default=False)] = None,
+    repeat: Annotated[int, typer.Option(
+        "--repeat", "-r", help="Rounds over the tasks, each with new sampling seeds.")] = 1,
+    samples: Annotated[int, typer.Option(
+        "--samples", help="Samples of self-consistency and Self-MoA.")] = SELF_DEFAULT_SAMPLES,
+    contenders: Annotated[str | None, typer.Option(
+        "--contenders", metavar="KIND,...", help="Only these kinds of contender: "
+        + ", ".join(k.name for k in KINDS) + ". Default: all.", show_default=False)] = None,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Seed of the generated task sets: the same seed, the same tasks.")
+    ] = DEFAULT_SEED,
+    max_tokens: MaxTokensOpt = None,
+    no_batch: NoBatchOpt = False,
+    memory_budget: MemoryBudgetOpt = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for results.json and accuracy_vs_time.png/.svg. Default: "
+        "./localmoa-eval-DATE-TIME", show_default=False, file_okay=False)] = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score a profile against its own members on tasks with a known answer: each model
+    alone, majority vote, self-consistency and Self-MoA over N samples, and the MoA
+    itself. Per contender: accuracy with a 95% interval, tokens, seconds, tok/s and
+    accuracy per second. Writes results.json (every answer, raw and extracted, with its
+    verdict) and accuracy_vs_time.png/.svg."""
+    if repeat < 1:
+        raise UsageError(f"--repeat {repeat}: give at least 1")
+    check_samples(samples)
+    kinds = parse_kinds(contenders)
+    task_list = load_tasks(tasks, seed, limit)
+    require_matplotlib()
+    cfg = load_command_config(config, no_batch)
+    names = list(profile or [cfg.default_profile])
+    chosen = build_contenders(cfg, names, kinds, samples,
+                              Overrides(seed=SEED, max_tokens=max_tokens))
+    if not chosen:
+        raise UsageError(f"--contenders {contenders}: none applies to {', '.join(names)} "
+                         "(vote needs two proposers or more)")
+    out = Output(json_mode=json_out)
+    check_cpu_once(out, cfg, sorted({m for c in chosen for m in c.graph.models}))
+    prepared = prepare(cfg, chosen, memory_budget)
+    for notice in prepared.notices():
+        out.notice(notice)
+    target = out_dir or Path(f"localmoa-eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:  # before the models run, not after
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {target}: cannot create the folder ({exc.strerror})") from None
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                  console=out.err, transient=True,
+                  disable=json_out or not out.err.is_terminal) as bar:
+        task = bar.add_task("evaluating", total=None)
+
+        def progress(done: float, total: float, message: str) -> None:
+            bar.update(task, completed=done, total=total, description=escape(message))
+
+        results = run_eval(cfg, task_list, prepared, repeat=repeat, progress=progress)
+    settings = {"profiles": names, "tasks": tasks, "seed": seed, "limit": limit,
+                "task_count": len(task_list), "repeat": repeat, "samples": samples,
+                "contenders": list(kinds), "max_tokens": max_tokens,
+                "memory_budget": memory_budget, "no_batch": no_batch, "sampling_seed": SEED}
+    document = {"settings": settings, "machine": machine_facts(),
+                "tasks": [t.to_dict() for t in task_list], **results}
+    (target / "results.json").write_text(json.dumps(document, indent=2, ensure_ascii=False)
+                                         + "\n", encoding="utf-8")
+    pictures = draw_accuracy_vs_time(results["summaries"], target)
+    summaries = results["summaries"]
+    if json_out:
+        out.document({"out": str(target), "settings": settings, "summaries": summaries})
+    else:
+        out.show(summary_table(summaries, len(task_list), repeat))
+        out.show(by_set_table(summaries))
+        out.show(f"wrote {escape(str(target / 'results.json'))} and "
+                 f"{', '.join(escape(p.name) for p in pictures)}")
+    if all(s["failed_runs"] == s["answers"] for s in summaries.values()):
+        first = next((a["error"] for a in results["answers"] if a["error"]), "unknown")
+        raise LocalMoaError(f"every run failed ({first}); the details are in "
+                            f"{target / 'results.json'}")
+
+
+def summary_table(summaries: dict[str, Any], tasks: int, repeat: int) -> Table:
+    rounds = f" x {repeat} rounds" if repeat > 1 else ""
+    table = Table(title=f"contenders on {tasks} tasks{rounds} (time: model loading excluded)",
+                  title_justify="left", header_style="bold")
+    for col in ("contender", "calls", "accuracy", "95% CI", "tokens", "wall s", "mean s",
+                "med s", "tok/s", "acc/s"):
+        table.add_column(col, justify="left" if col == "contender" else "right", no_wrap=True)
+    for name, s in summaries.items():
+        low, high = s["ci95"]
+        table.add_row(escape(name), str(s["calls"]),
+                      f"{s['accuracy']:.0%} ({s['correct']}/{s['answers']})",
+                      f"{low:.0%}-{high:.0%}", str(s["tokens"]), f"{s['wall_s']:.1f}",
+                      f"{s['s_per_answer']:.2f}", f"{s['median_s']:.2f}",
+                      f"{s['tok_per_s']:.1f}",
+                      f"{s['acc_per_s']:.3f}")
+    return table
+
+
+def by_set_table(summaries: dict[str, Any]) -> Table:
+    sets = sorted({name for s in summaries.values() for name in s["by_set"]})
+    table = Table(title="accuracy per task set", title_justify="left", header_style="bold")
+    table.add_column("contender")
+    for name in sets:
+        table.add_column(name, justify="right")
+    for name, s in summaries.items():
+        cells = []
+        for set_name in sets:
+            row = s["by_set"].get(set_name)
+            cells.append(f"{row['correct']}/{row['answers']}" if row else "-")
+        table.add_row(escape(name), *cells)
+    return table

@@ -1,0 +1,217 @@
+"""Contenders: the ways of answering that an eval compares, each at a stated budget.
+
+A contender is a graph to run and a way to read its runs: "final" takes the graph's
+answer; "vote" takes the majority of the first layer's extracted answers (vote.py). Two
+contenders on one graph share its runs: the profile's run gives both `moa:P` and
+`vote:P`; one Self-MoA run gives both `self-moa:M:N` and `self-consistency:M:N`.
+
+Kinds (``KINDS``; ``--contenders`` picks among them):
+
+- single: each distinct model of the profile alone (the aggregator's settings where it
+  is the aggregator's model, else its first proposer's)
+- vote: majority vote over the profile's first-layer proposers
+- self-consistency: majority vote over N samples of the aggregator's model
+- self-moa: the same N samples, aggregated by that model (Self-MoA)
+- moa: the profile itself
+- consensus: the profile with ``aggregate: auto``: its aggregator is skipped when the
+  proposers agree (localmoa/consensus.py), their answer returned
+
+A new kind is a function from (config, profile, overrides, samples) to contenders
+and one line in KINDS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..bench import single_model_graph
+from ..config import Config
+from ..errors import UsageError
+from ..metrics import AgentRun, RunReport
+from ..recipe import MoaGraph, Overrides, build_graph
+from .checks import Verdict, score, vote_key
+from .tasks import Task
+from .vote import majority
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One way of answering. ``graph`` is what runs; contenders whose graphs have the
+    same name (``graph.profile``) read the same runs. ``reads``: "final" or "vote"."""
+
+    name: str
+    kind: str
+    graph: MoaGraph
+    reads: str = "final"
+
+    @property
+    def run(self) -> str:
+        return self.graph.profile
+
+    def agents(self) -> list[Any]:
+        """The agents whose calls this contender pays for."""
+        return list(self.graph.layers[0]) if self.reads == "vote" else self.graph.all_agents()
+
+    def budget(self) -> dict[str, int]:
+        """The stated budget: model calls per answer and the most tokens they may write."""
+        agents = self.agents()
+        return {"calls": len(agents), "max_tokens": sum(a.max_tokens for a in agents)}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "run": self.run, "reads": self.reads,
+                "models": sorted({a.model for a in self.agents()}), **self.budget()}
+
+    def read(self, task: Task, report: RunReport) -> dict[str, Any]:
+        """This contender's answer to ``task`` from one run's ``report``: the raw reply,
+        what was extracted, the verdict, tokens and seconds (model loading excluded)."""
+        if self.reads == "vote":
+            return read_vote(task, report)
+        raw = report.answer if report.ok else ""
+        verdict = score(task, raw) if report.ok else Verdict(None, False,
+                                                              f"run failed: {report.error}")
+        loading = loading_s(report.agents, report.totals.wall_s)
+        return {"raw": raw, "extracted": verdict.extracted, "correct": verdict.correct,
+                "why": verdict.why, "tokens": report.totals.completion_tokens,
+                "seconds": round(max(0.0, report.totals.wall_s - loading), 4),
+                "load_s": round(loading, 4), "error": report.error}
+
+
+def read_vote(task: Task, report: RunReport) -> dict[str, Any]:
+    """The majority of the first layer. Its time is when that layer ended (the latest
+    end of its agents), less model loading until then."""
+    layer = [r for r in report.agents if r.layer == 1 and r.role == "proposer"]
+    verdicts = [score(task, r.answer) if r.ok else None for r in layer]
+    keys = [vote_key(v) if v is not None else None for v in verdicts]
+    winner = majority(keys)
+    if winner is None:  # nothing extracted: the earliest sample that answered stands
+        winner = next((i for i, v in enumerate(verdicts) if v is not None), None)
+    end = max((r.end_s for r in layer), default=0.0)
+    loading = loading_s(report.agents, end)
+    chosen = verdicts[winner] if winner is not None else None
+    samples = [{"agent": r.agent, "ok": r.ok, "raw": r.answer, "error": r.error,
+                "extracted": v.extracted if v else None, "correct": bool(v and v.correct)}
+               for r, v in zip(layer, verdicts, strict=True)]
+    return {"raw": layer[winner].answer if winner is not None else "",
+            "extracted": chosen.extracted if chosen else None,
+            "correct": bool(chosen and chosen.correct),
+            "why": chosen.why if chosen else "every sample failed",
+            "tokens": sum(r.completion_tokens for r in layer),
+            "seconds": round(max(0.0, end - loading), 4), "load_s": round(loading, 4),
+            "error": None if chosen else "every sample failed",
+            "votes": sum(k is not None and k == keys[winner] for k in keys)
+            if winner is not None else 0,
+            "samples": samples}
+
+
+def loading_s(runs: list[AgentRun], until_s: float) -> float:
+    """Seconds of ``[0, until_s]`` spent loading models: the union of the runs' load
+    spans (loads that overlap count once)."""
+    spans = sorted((r.load_start_s, r.load_start_s + r.load_s) for r in runs
+                   if r.load_start_s is not None and r.load_s > 0)
+    total, reached = 0.0, 0.0
+    for start, end in spans:
+        start, end = max(start, reached, 0.0), min(end, until_s)
+        if end > start:
+            total += end - start
+            reached = end
+    return total
+
+
+def single_graph(graph: MoaGraph, model: str) -> MoaGraph:
+    """``model`` answering alone, with the settings of the profile's aggregator when it
+    is that model, else of the first proposer on it."""
+    agents = [graph.aggregator, *(a for layer in graph.layers for a in layer)]
+    agent = next(a for a in agents if a.model == model)
+    agent = replace(agent, id="AGG", layer=1, index=1)
+    alone = single_model_graph(replace(graph, aggregator=agent))
+    return replace(alone, profile=f"single:{model}")
+
+
+def singles(config: Config, profile: str, base: Overrides, samples: int) -> list[Contender]:
+    graph = build_graph(config, profile, base)
+    return [Contender(f"single:{m}", "single", single_graph(graph, m)) for m in graph.models]
+
+
+def vote(config: Config, profile: str, base: Overrides, samples: int) -> list[Contender]:
+    graph = build_graph(config, profile, base)
+    if len(graph.layers[0]) < 2:
+        return []  # one proposer: nothing to vote on
+    return [Contender(f"vote:{graph.profile}", "vote", graph, "vote")]
+
+
+def _self_moa_graph(config: Config, profile: str, base: Overrides, samples: int) -> MoaGraph:
+    model = build_graph(config, profile, base).aggregator.model
+    return build_graph(config, None, replace(base, self_moa=(model, samples)))
+
+
+def self_consistency(config: Config, profile: str, base: Overrides,
+                     samples: int) -> list[Contender]:
+    graph = _self_moa_graph(config, profile, base, samples)
+    model = graph.aggregator.model
+    return [Contender(f"self-consistency:{model}:{samples}", "self-consistency", graph,
+                      "vote")]
+
+
+def self_moa(config: Config, profile: str, base: Overrides, samples: int) -> list[Contender]:
+    graph = _self_moa_graph(config, profile, base, samples)
+    return [Contender(f"self-moa:{graph.aggregator.model}:{samples}", "self-moa", graph)]
+
+
+def moa(config: Config, profile: str, base: Overrides, samples: int) -> list[Contender]:
+    graph = build_graph(config, profile, base)
+    return [Contender(f"moa:{graph.profile}", "moa", graph)]
+
+
+def consensus(config: Config, profile: str, base: Overrides,
+              samples: int) -> list[Contender]:
+    graph = build_graph(config, profile, replace(base, aggregate="auto"))
+    return [Contender(f"consensus:{graph.profile}", "consensus",
+                      replace(graph, profile=f"consensus:{graph.profile}"))]
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    help: str
+    make: Callable[[Config, str, Overrides, int], list[Contender]]
+
+
+KINDS: tuple[Kind, ...] = (
+    Kind("single", "each model of the profile alone", singles),
+    Kind("vote", "majority vote over the profile's first-layer proposers", vote),
+    Kind("self-consistency", "majority vote over N samples of the aggregator's model",
+         self_consistency),
+    Kind("self-moa", "N samples of the aggregator's model, aggregated by it", self_moa),
+    Kind("moa", "the profile itself", moa),
+    Kind("consensus", "the profile, its aggregator skipped when the proposers agree",
+         consensus),
+)
+
+
+def parse_kinds(value: str | None) -> tuple[str, ...]:
+    """``--contenders single,moa`` -> the kinds, in KINDS order; all when None."""
+    known = [k.name for k in KINDS]
+    if value is None:
+        return tuple(known)
+    asked = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in asked if v not in known]
+    if unknown or not asked:
+        raise UsageError(f"--contenders {value}: "
+                         + (f"no kind {unknown[0]!r}; " if unknown else "name at least one; ")
+                         + f"give a comma-separated list of {', '.join(known)}")
+    return tuple(k for k in known if k in asked)
+
+
+def build_contenders(config: Config, profiles: list[str], kinds: tuple[str, ...],
+                     samples: int, base: Overrides) -> list[Contender]:
+    """Every contender of every profile, in KINDS order per profile; one of each name (a
+    model's single comes from the first profile that has it)."""
+    out: dict[str, Contender] = {}
+    for profile in profiles:
+        for kind in KINDS:
+            if kind.name in kinds:
+                for contender in kind.make(config, profile, base, samples):
+                    out.setdefault(contender.name, contender)
+    return list(out.values())

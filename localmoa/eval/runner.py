@@ -1,0 +1,208 @@
+"""Running an eval: every contender's graph over every task, models kept loaded.
+
+Each distinct graph is planned once (one preflight, before anything loads); every run
+is planned warm on one ModelHost from what is loaded, so a model loads once, not per
+task. When all the graphs' models fit in memory together, the graphs take turns task
+by task (fair to each when the machine slows down for a while); otherwise each graph
+runs every task of a round before the next one loads. Round r reseeds every agent
+(seed + r x ROUND_SEED_STEP), so repeats draw new samples and each round is
+reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..config import Config
+from ..engine import execute_plan
+from ..errors import RunFailedError, RunInterrupted, UsageError
+from ..host import ModelHost
+from ..memory.estimate import Footprint
+from ..memory.probe import probe
+from ..metrics import RunReport
+from ..preflight import Preflight, preflight
+from ..recipe import SELF_MAX_SAMPLES, SELF_MIN_SAMPLES, MoaGraph
+from .contenders import Contender
+from .stats import summarise
+from .tasks import Task
+
+#: Added to every agent's seed per repeat round.
+ROUND_SEED_STEP = 10_000
+#: progress(done, total, message): work is counted in agents' max_tokens, a cost proxy
+#: that makes the ETA fair between a single model and a six-sample Self-MoA.
+Progress = Callable[[float, float, str], None]
+
+
+def check_samples(samples: int) -> None:
+    if not SELF_MIN_SAMPLES <= samples <= SELF_MAX_SAMPLES:
+        raise UsageError(f"--samples {samples}: give {SELF_MIN_SAMPLES} to {SELF_MAX_SAMPLES} "
+                         "samples for self-consistency and Self-MoA")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The graphs to run (by name, widest batch first), the contenders reading each, their
+    plans, each model's widest batch, and whether the graphs take turns task by task."""
+
+    contenders: list[Contender]
+    graphs: dict[str, MoaGraph]
+    readers: dict[str, list[Contender]]
+    preflights: dict[str, Preflight]
+    widest: dict[str, int]
+    interleaved: bool
+
+    def notices(self) -> list[str]:
+        return list(dict.fromkeys(n for p in self.preflights.values() for n in p.notices))
+
+
+def prepare(config: Config, contenders: list[Contender],
+            memory_budget: str | None = None) -> Prepared:
+    """One preflight per distinct graph, before any load: a graph that cannot fit is
+    refused here. Every plan knows each model's widest batch over all graphs, since an
+    instance one graph leaves loaded serves the next."""
+    graphs: dict[str, MoaGraph] = {}
+    readers: dict[str, list[Contender]] = {}
+    for c in contenders:
+        graphs.setdefault(c.run, c.graph)
+        readers.setdefault(c.run, []).append(c)
+    # the widest batches first: their instance then serves the narrower graphs unreloaded
+    graphs = dict(sorted(graphs.items(), key=lambda kv: -max(kv[1].widest().values())))
+    widest: dict[str, int] = {}
+    for graph in graphs.values():
+        for model, n in graph.widest().items():
+            widest[model] = max(widest.get(model, 1), n)
+    resources = probe(memory_budget)
+    preflights = {name: preflight(config, graph, resources=resources, batch_up_to=widest)
+                  for name, graph in graphs.items()}
+    return Prepared(list(contenders), graphs, readers, preflights, widest,
+                    fit_together(preflights, widest))
+
+
+def fit_together(preflights: dict[str, Preflight], widest: dict[str, int]) -> bool:
+    """Whether one instance of every model of every graph, with room for its widest batch,
+    fits the memory budget at once: then nothing need be unloaded between graphs."""
+    need: dict[str, int] = {}
+    budgets: dict[str, int] = {}
+    footprints: dict[str, Footprint] = {}
+    for pre in preflights.values():
+        budgets.update(pre.budgets)
+        footprints.update(pre.footprints)
+    for model, fp in footprints.items():
+        n = widest.get(model, 1)
+        cost = fp.cost(1, n) if n == 1 or n in fp.batched_pools else fp.cost(n)
+        for pool, amount in cost.items():
+            need[pool] = need.get(pool, 0) + amount
+    return all(amount <= budgets.get(pool, amount) for pool, amount in need.items())
+
+
+def schedule(prepared: Prepared, tasks: int, repeat: int) -> list[tuple[int, str, int]]:
+    """(round, graph, task index) in the order they run. When the models fit together the
+    graphs take turns on each task, in reverse order every other task (as bench does), so
+    a machine that slows down for a while slows every contender alike; otherwise each
+    graph runs all its tasks before the next loads."""
+    names = list(prepared.graphs)
+    if not prepared.interleaved:
+        return [(r, name, i) for r in range(repeat) for name in names for i in range(tasks)]
+    order: list[tuple[int, str, int]] = []
+    for r in range(repeat):
+        for i in range(tasks):
+            turn = r * tasks + i
+            order += [(r, name, i) for name in (names if turn % 2 == 0 else names[::-1])]
+    return order
+
+
+def reseed(graph: MoaGraph, offset: int) -> MoaGraph:
+    """``graph`` with every seeded agent's seed moved by ``offset`` (same ids, same plan)."""
+    if offset == 0:
+        return graph
+
+    def moved(agent: Any) -> Any:
+        return agent if agent.seed is None else replace(agent, seed=agent.seed + offset)
+
+    return replace(graph, layers=[[moved(a) for a in layer] for layer in graph.layers],
+                   aggregator=moved(graph.aggregator))
+
+
+def cost(graph: MoaGraph) -> int:
+    return sum(a.max_tokens for a in graph.all_agents())
+
+
+def run_eval(config: Config, tasks: list[Task], prepared: Prepared, *, repeat: int = 1,
+             progress: Progress | None = None) -> dict[str, Any]:
+    """Run every graph of ``prepared`` on every task, ``repeat`` rounds (see ``schedule``).
+    Returns the contenders, their summaries, every answer (raw, extracted, verdict, tokens,
+    seconds) and every run's report."""
+    if repeat < 1:
+        raise UsageError(f"--repeat {repeat}: give at least 1")
+    order = schedule(prepared, len(tasks), repeat)
+    total = float(sum(cost(prepared.graphs[name]) for _, name, _ in order))
+    done = 0.0
+    answers: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    host = ModelHost(config)
+    try:
+        for round_no, name, index in order:
+            graph, pre, task = prepared.graphs[name], prepared.preflights[name], tasks[index]
+            if progress:
+                progress(done, total, f"{name}: task {index + 1}/{len(tasks)}"
+                         + (f", round {round_no + 1}/{repeat}" if repeat > 1 else ""))
+            if not prepared.interleaved:
+                for inst in [i for i in host.loaded if i.model not in pre.footprints]:
+                    host.unload(inst)  # a model this graph never uses makes room
+            seeded = reseed(graph, round_no * ROUND_SEED_STEP)
+            report = run_one(config, seeded, pre, host, task.prompt,
+                             others_bytes(host, prepared, pre))
+            runs.append({"run": name, "task": task.id, "round": round_no,
+                         "report": report.to_dict()})
+            for contender in prepared.readers[name]:
+                answers.append({"contender": contender.name, "task": task.id,
+                                "set": task.set, "round": round_no,
+                                **contender.read(task, report)})
+            done += cost(graph)
+        if progress:
+            progress(total, total, "done")
+    finally:
+        host.close()
+    contenders = prepared.contenders
+    position = {c.name: i for i, c in enumerate(contenders)}
+    answers.sort(key=lambda a: (position[a["contender"]], a["round"]))  # stable: task order
+    summaries = {c.name: {**c.describe(),
+                          **summarise([a for a in answers if a["contender"] == c.name])}
+                 for c in contenders}
+    return {"contenders": [c.describe() for c in contenders], "summaries": summaries,
+            "answers": answers, "runs": runs}
+
+
+def others_bytes(host: ModelHost, prepared: Prepared, pre: Preflight) -> dict[str, int]:
+    """Bytes per pool that loaded models this graph does not use hold (other graphs'):
+    not this plan's to use."""
+    out: dict[str, int] = {}
+    seqs = host.resident_seqs()
+    for model, count in host.resident().items():
+        if model in pre.footprints:
+            continue
+        fp = next(p.footprints[model] for p in prepared.preflights.values()
+                  if model in p.footprints)
+        n = seqs.get(model, 1)
+        for pool, amount in fp.cost(count, n if n in fp.batched_pools else 1).items():
+            out[pool] = out.get(pool, 0) + amount
+    return out
+
+
+def run_one(config: Config, graph: MoaGraph, pre: Preflight, host: ModelHost,
+            prompt: str, taken: dict[str, int] | None = None) -> RunReport:
+    """One run of ``graph`` on the host's loaded models (``taken``: bytes others hold); a
+    run that fails part-way gives its partial report (the contenders reading it count it
+    wrong)."""
+    plan = host.warm_plan(graph, pre, taken)
+    try:
+        return execute_plan(config, graph, [{"role": "user", "content": prompt}], plan,
+                            pre.paths, host=host, runtime=pre.runtime)
+    except RunInterrupted:
+        raise
+    except RunFailedError as exc:
+        if isinstance(exc.report, RunReport):
+            return exc.report
+        raise
