@@ -115,7 +115,9 @@ def route(config: Config, profile: str | None, conversation: Sequence[Message],
                                                        prof.router.pick)))
     graph = MoaGraph(profile=f"{name}:router", layers=[], aggregator=agent,
                      models=[prof.router.model])
-    pre = preflight(config, graph, memory_budget, resources=resources)
+    # footprints as wide as the instances already loaded (a host's earlier runs)
+    pre = preflight(config, graph, memory_budget, resources=resources,
+                    batch_up_to=host.resident_seqs())
     the_plan = host.warm_plan(graph, pre)
     if prof.router.kind == "embed":
         host.paths.update(pre.paths)
@@ -222,7 +224,7 @@ def run_routed(config: Config, profile: str | None, conversation: Sequence[Messa
         if on_decision is not None:
             on_decision(decision)
         graph = build_graph(config, profile, overrides, chosen=decision.chosen)
-        pre = preflight(config, graph, memory_budget)
+        pre = preflight(config, graph, memory_budget, batch_up_to=host.resident_seqs())
         the_plan = warm_plan_beside_router(host, graph, pre, decision)
         try:
             report = execute_plan(config, graph, conversation, the_plan, pre.paths,

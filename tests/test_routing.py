@@ -77,6 +77,28 @@ def test_the_choosing_router_runs_only_its_choice(scripted: ScriptedBackend,
     assert scripted.calls[0][1][-1]["content"] == "What is 17 + 25?"
 
 
+def test_a_host_reused_across_routed_runs(scripted: ScriptedBackend,
+                                          smollm2_path: Path) -> None:
+    """The router's model is also a specialist's: the second query's router is planned
+    beside the instance the first query's batch left loaded (room for 2 sequences)."""
+    scripted.scripts["m"] = Script(pieces=('{"specialist": ', '"math"}'))
+    cfg = routed_config(path=smollm2_path)
+    cfg.profiles["r"] = cfg.profiles["r"].model_copy(update={
+        "router": RouterSpec(model="m")})
+    host = ModelHost(cfg)
+    try:
+        loads = []
+        for _ in range(2):
+            report = run_routed(cfg, "r", QUESTION, host=host)
+            assert report.recipe["routing"]["chosen"] == ["math"]
+            loads.append(scripted.loads.count("m"))
+        # the first query loads it for the router, then with room for math's batch of 2;
+        # the second query's router and MoA both use that instance
+        assert loads == [2, 2] and scripted.seqs[-1] == ("m", 2)
+    finally:
+        host.close()
+
+
 def test_the_embedding_router_scores_the_descriptions(scripted: ScriptedBackend,
                                                        smollm2_path: Path) -> None:
     scripted.scripts["router"] = Script(embeds=True)

@@ -128,8 +128,9 @@ class MoaService:
         #: loaded may serve another, so every plan knows footprints that wide.
         self._widest: dict[str, int] = {}
         for name in config.profiles:
-            try:
-                for model, n in build_graph(config, name, Overrides()).widest().items():
+            try:  # a routing profile: all its specialists
+                graph = self.graph_for(f"{PROFILE_PREFIX}{name}", Sampling())
+                for model, n in graph.widest().items():
                     self._widest[model] = max(self._widest.get(model, 1), n)
             except LocalMoaError:
                 continue
