@@ -137,3 +137,26 @@ def test_waiting_requests_for_one_model_share_a_batch_in_serve() -> None:
         assert service.counters.batched == 3 and service.counters.requests == 4
     finally:
         service.close(timeout_s=30)
+
+
+def test_a_run_after_a_wider_merged_run_plans_with_its_instance(
+        scripted: ScriptedBackend, smollm2_path) -> None:
+    """Two merged requests leave an instance with room for 4 sequences; the next request
+    alone (a batch of 2) plans with that instance loaded, and reuses it."""
+    cfg = config({"m": {}}, [[{"model": "m"}, {"model": "m"}]], {"model": "m"},
+                 smollm2_path)
+    service = MoaService(cfg, ServeOptions(queue_size=8), start=False)
+    try:
+        first = [Job(model="moa:p", messages=ask(q)) for q in ("A", "B")]
+        for job in first:
+            service.submit(job)
+        service.start()
+        assert all(job.done.wait(WAIT_S) for job in first)
+        assert all(job.error is None for job in first), [str(j.error) for j in first]
+        assert service.host.resident_seqs() == {"m": 4}
+        alone = service.submit(Job(model="moa:p", messages=ask("C")))
+        assert alone.done.wait(WAIT_S)
+        assert alone.error is None, str(alone.error)
+        assert alone.report is not None and alone.report.actual["loads"] == 0
+    finally:
+        service.close(timeout_s=30)

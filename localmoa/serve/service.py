@@ -344,10 +344,13 @@ class MoaService:
     def _preflight(self, graph: MoaGraph) -> Preflight:
         key = f"{graph.profile}|{sorted(graph.widest().items())}|{graph.jobs}"
         if key not in self._prepared:
-            widest = {m: max(n, self._widest.get(m, 1)) for m, n in graph.widest().items()}
+            # footprints as wide as any instance a run may leave loaded: a model's widest
+            # batch in any profile, times the requests merged into one run
+            merged = self.options.batch_requests
+            room = {m: n * merged for m, n in self._widest.items()}
+            room.update({m: max(n, room.get(m, merged)) for m, n in graph.widest().items()})
             self._prepared[key] = preflight(self.config, graph, self.options.memory_budget,
-                                            resources=self.resources,
-                                            batch_up_to={**self._widest, **widest})
+                                            resources=self.resources, batch_up_to=room)
         return dataclasses.replace(self._prepared[key], graph=graph)
 
     def _others_bytes(self, pre: Preflight) -> dict[str, int]:
