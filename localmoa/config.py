@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -162,10 +163,10 @@ class Profile(StrictModel):
     their agents are the proposers."""
 
     description: str = ""
-    layers: list[list[AgentSpec]] = Field(default_factory=list)
-    aggregator: AgentSpec
     router: RouterSpec | None = None
     specialists: dict[str, Specialist] = Field(default_factory=dict)
+    layers: list[list[AgentSpec]] = Field(default_factory=list)
+    aggregator: AgentSpec
     prompt_template: PromptTemplate | None = Field(
         default=None, description=TEMPLATE_HELP + " The default of the profile's "
         "agents (aggregator included) that set none.")
@@ -184,11 +185,17 @@ class Profile(StrictModel):
         return agent.prompt_template if agent.prompt_template is not None \
             else self.prompt_template
 
+    @field_validator("layers")
+    @classmethod
+    def _some_layers(cls, value: list[list[AgentSpec]],
+                     info: ValidationInfo) -> list[list[AgentSpec]]:
+        if not value and info.data.get("router") is None:
+            raise ValueError("needs at least 1 layer of proposer agents (or, instead, a "
+                             "router: with specialists:)")
+        return value
+
     @model_validator(mode="after")
     def _no_empty_layer(self) -> Profile:
-        if self.router is None and not self.layers:
-            raise ValueError("a profile needs layers: (proposer agents), or a router: with "
-                             "specialists:")
         if self.router is not None and self.layers:
             raise ValueError("a routing profile's proposers are its specialists: drop layers:")
         if self.router is not None and len(self.specialists) < 2:
