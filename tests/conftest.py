@@ -51,6 +51,9 @@ def signal_state():
 
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     signals.clear()
+    # Ctrl-C raises KeyboardInterrupt even where the suite runs as a background job
+    # (a shell starts those with SIGINT ignored, and Python then keeps it ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, handlers[0])
     signal.signal(signal.SIGTERM, handlers[1])
