@@ -23,7 +23,8 @@ from werkzeug import Response
 
 from localmoa.backends import openai
 from localmoa.backends.base import GenerateOptions, Message
-from localmoa.backends.openai import OpenAIBackend, OpenAIModel, retry_delay
+from localmoa.backends.openai import OpenAIBackend, OpenAIModel
+from localmoa.backends.openai_http import retry_delay
 from localmoa.backends.openai_spec import OpenAISpec
 from localmoa.config import load_config
 from localmoa.errors import ConfigError, GenerationError, ModelLoadError, ModelNotFoundError

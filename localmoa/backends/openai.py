@@ -13,20 +13,16 @@ names, and never written into an error or a report.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import json
-import os
 import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..config import Config, ModelSpec
-from ..errors import GenerationError, LocalMoaError, ModelLoadError, ModelNotFoundError
+from ..errors import GenerationError, ModelLoadError, ModelNotFoundError
 from .base import (
     UNLIMITED,
     BackendBase,
@@ -34,26 +30,28 @@ from .base import (
     ChatStream,
     Estimate,
     GenerateOptions,
-    GenerationStats,
     LoadedModel,
     Message,
 )
+from .openai_answers import Tally, one_vector
+from .openai_http import (
+    BUSY_STATUSES,
+    CONNECT_TIMEOUT_S,
+    Call,
+    api_key,
+    response_format,
+    retry_delay,
+    scrub,
+    served_models,
+    server_message,
+)
 from .openai_spec import OpenAISpec
-from .structured import check_json_answer, mean_pooled, normalised, stops_for
+from .structured import check_json_answer, stops_for
 
 if TYPE_CHECKING:
     import httpx
 
     from ..memory.probe import Resources
-
-CONNECT_TIMEOUT_S = 10.0
-#: The first wait after a busy answer; each further one doubles, up to the cap.
-BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
-#: The longest Retry-After honoured: a server asking for more gets this.
-RETRY_AFTER_MAX_S = 60.0
-BUSY_STATUSES = frozenset({429, 503})
-
 
 def _wait(seconds: float, stop: threading.Event | None = None) -> None:
     """Wait before trying a busy server again, or until ``stop`` is set (tests replace
@@ -64,116 +62,6 @@ def _wait(seconds: float, stop: threading.Event | None = None) -> None:
 def _own(spec: ModelSpec) -> OpenAISpec:
     assert isinstance(spec, OpenAISpec), f"not an openai entry: {spec.backend}"
     return spec
-
-
-def api_key(name: str, spec: OpenAISpec) -> str | None:
-    """The key from the variable the entry names; None when it names none."""
-    if spec.api_key_env is None:
-        return None
-    key = os.environ.get(spec.api_key_env, "").strip()
-    if not key:
-        raise ModelLoadError(f"model {name!r}: api_key_env {spec.api_key_env} is not set; "
-                             "export it (the key is never read from models.yaml)")
-    return key
-
-
-def retry_delay(retry_after: str | None, attempt: int) -> float:
-    """Seconds to wait after busy answer number ``attempt`` (0 is the first): the
-    server's Retry-After (seconds or an HTTP date, capped), else exponential backoff."""
-    if retry_after:
-        seconds: float | None
-        try:
-            seconds = float(retry_after)
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(retry_after)
-            except (TypeError, ValueError):
-                seconds = None
-            else:
-                when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-                seconds = (when - datetime.now(timezone.utc)).total_seconds()
-        if seconds is not None:
-            return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
-    return min(BACKOFF_FIRST_S * 2 ** attempt, BACKOFF_MAX_S)
-
-
-def _scrub(text: str, key: str | None) -> str:
-    """``text`` on one line, short, without the API key (some servers echo it)."""
-    if key:
-        text = text.replace(key, "***")
-    line = " ".join(text.split())
-    return line if len(line) <= 300 else line[:297] + "..."
-
-
-def server_message(body: bytes, key: str | None) -> str:
-    """What a failed answer says: the error message of its JSON body (OpenAI's
-    ``error.message``, vLLM's ``message``, FastAPI's ``detail``), else its first line."""
-    text = body.decode("utf-8", "replace")
-    message: Any = None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        error = data.get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-        message = message or data.get("message") or data.get("detail")
-    if message is not None and not isinstance(message, str):
-        message = json.dumps(message)
-    if not message:
-        message = next((line for line in text.splitlines() if line.strip()), "(empty body)")
-    return _scrub(message, key)
-
-
-@dataclass(frozen=True)
-class Call:
-    """One model's requests to its server: who asks, with which key, and which error a
-    failure becomes (ModelLoadError while loading, GenerationError while generating)."""
-
-    name: str
-    spec: OpenAISpec
-    key: str | None = field(repr=False)  # never in a repr, a log or a traceback
-    failure: type[LocalMoaError]
-
-    def fail(self, what: str) -> LocalMoaError:
-        return self.failure(f"model {self.name!r}: {what}")
-
-    def http_error(self, path: str, status: int, message: str) -> LocalMoaError:
-        """One line for an answer the server refused: what happened and the fix."""
-        url, spec = self.spec.base_url, self.spec
-        if status in (401, 403):
-            if spec.api_key_env:
-                return self.fail(f"the server at {url} refused the API key (HTTP {status}); "
-                                 f"check ${spec.api_key_env}")
-            return self.fail(f"the server at {url} needs an API key (HTTP {status}): add "
-                             "api_key_env: VAR to the model, VAR being the environment "
-                             "variable you export the key in (e.g. OPENAI_API_KEY)")
-        if status == 404:
-            if path == "/models":
-                return ModelLoadError(
-                    f"model {self.name!r}: the server at {url} has no {path} (HTTP 404); fix "
-                    "base_url (OpenAI-compatible servers usually want it to end with /v1)")
-            return ModelNotFoundError(
-                f"model {self.name!r}: the server at {url} does not serve {spec.model!r} or "
-                f"has no {path} (HTTP 404: {message}); fix model: or base_url (usually "
-                "ending with /v1)")
-        return self.fail(f"the server at {url} failed (HTTP {status}): {message}")
-
-    def transport_error(self, exc: Exception) -> LocalMoaError:
-        """One line for a request that got no answer."""
-        import httpx
-
-        url = self.spec.base_url
-        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-            return self.fail(f"no server answers at {url} ({type(exc).__name__}); start it "
-                             "or fix base_url")
-        if isinstance(exc, httpx.TimeoutException):
-            return self.fail(f"the server at {url} sent nothing for {self.spec.timeout_s:g} s "
-                             f"({type(exc).__name__}); raise timeout_s or lower its load")
-        return self.fail(f"the connection to {url} failed ({self.reason(exc)})")
-
-    def reason(self, exc: Exception) -> str:
-        return f"{type(exc).__name__}: {_scrub(str(exc), self.key)}"
 
 
 class OpenAIBackend(BackendBase):
@@ -310,92 +198,6 @@ class OpenAIBackend(BackendBase):
         return OpenAIModel(self, call, time.perf_counter() - started)
 
 
-def served_models(response: httpx.Response) -> list[str] | None:
-    """The ids of an OpenAI ``/models`` answer (``{"data": [{"id": ...}]}``); None when
-    the answer is not one."""
-    try:
-        data = response.json().get("data")
-        return [str(entry["id"]) for entry in data]
-    except (ValueError, AttributeError, KeyError, TypeError):
-        return None
-
-
-def response_format(schema: dict[str, Any], style: str) -> dict[str, Any]:
-    """The ``response_format`` that makes a server follow ``schema``, in the style the
-    server takes (OpenAISpec.response_format)."""
-    if style == "json_object":
-        return {"type": "json_object", "schema": schema}
-    return {"type": "json_schema",
-            "json_schema": {"name": "answer", "schema": schema, "strict": True}}
-
-
-def _one_vector(embedding: Any) -> list[float]:
-    """A normalised vector from one ``data[].embedding``: a vector, or one per token."""
-    if embedding and isinstance(embedding[0], list):
-        return mean_pooled([[float(x) for x in row] for row in embedding])
-    return normalised([float(x) for x in embedding])
-
-
-@dataclass
-class Tally:
-    """What a streamed answer told so far; ``stats`` turns it into GenerationStats."""
-
-    started: float
-    pieces: int = 0
-    first_at: float | None = None
-    last_at: float | None = None
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    timings: dict[str, Any] | None = None
-    done: bool = False
-    answer: list[str] = field(default_factory=list)
-
-    def add(self, chunk: dict[str, Any], now: float) -> str | None:
-        """Take one chunk; returns its text, if any."""
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
-        if isinstance(chunk.get("timings"), dict):
-            self.timings = chunk["timings"]
-        choices = chunk.get("choices") or []
-        if not choices or not isinstance(choices[0], dict):
-            return None
-        self.finish_reason = choices[0].get("finish_reason") or self.finish_reason
-        delta = choices[0].get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else None
-        if not text:
-            return None
-        self.pieces += 1
-        self.first_at = self.first_at if self.first_at is not None else now
-        self.last_at = now
-        self.answer.append(str(text))
-        return str(text)
-
-    def stats(self, ended: float) -> GenerationStats:
-        first = self.first_at if self.first_at is not None else ended
-        last = self.last_at if self.last_at is not None else first
-        ttft = first - self.started
-        t = self.timings
-        if t and "predicted_n" in t:  # llama-server's own measurements
-            cached = int(t.get("cache_n") or 0)
-            predicted = int(t["predicted_n"])
-            return GenerationStats(
-                prompt_tokens=int(t.get("prompt_n") or 0) + cached, completion_tokens=predicted,
-                ttft_s=ttft, prompt_s=float(t.get("prompt_ms") or 0) / 1000,
-                decode_s=float(t.get("predicted_ms") or 0) / 1000, decode_tokens=predicted,
-                cached_tokens=cached, finish_reason=self.finish_reason, timing="server")
-        if self.usage:
-            prompt = int(self.usage.get("prompt_tokens") or 0)
-            completion = int(self.usage.get("completion_tokens") or 0)
-            details = self.usage.get("prompt_tokens_details") or {}
-            cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-        else:  # llama-cpp-python's server streams no usage: a chunk is a token
-            prompt, completion, cached = 0, self.pieces, 0
-        return GenerationStats(
-            prompt_tokens=prompt, completion_tokens=completion, ttft_s=ttft, prompt_s=ttft,
-            decode_s=last - first, decode_tokens=max(completion - 1, 0), cached_tokens=cached,
-            finish_reason=self.finish_reason, timing="client")
-
-
 class OpenAIModel(LoadedModel):
     """A model a server holds. One chat at a time; ``kill`` cuts the current one off."""
 
@@ -514,7 +316,7 @@ class OpenAIModel(LoadedModel):
             raise GenerationError(
                 f"model {self.name!r}: the server at {self.spec.base_url} sent a stream line "
                 f"that is not a JSON object after {tally.pieces} pieces: "
-                f"{_scrub(data, self._call.key)[:80]}")
+                f"{scrub(data, self._call.key)[:80]}")
         if chunk.get("error"):  # llama-server and vLLM report a failure mid-stream like this
             message = server_message(json.dumps(chunk).encode(), self._call.key)
             raise GenerationError(f"model {self.name!r}: the server at {self.spec.base_url} "
@@ -540,7 +342,7 @@ class OpenAIModel(LoadedModel):
         try:
             data = response.json()["data"]
             rows = sorted(data, key=lambda item: int(item.get("index", 0)))
-            vectors = [_one_vector(item["embedding"]) for item in rows]
+            vectors = [one_vector(item["embedding"]) for item in rows]
         except (ValueError, KeyError, TypeError, AttributeError, IndexError):
             raise GenerationError(
                 f"model {self.name!r}: the server at {self.spec.base_url} answered "

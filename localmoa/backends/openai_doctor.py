@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .openai import served_models, server_message
+from .openai_http import served_models, server_message
 from .openai_spec import OpenAISpec
 
 #: How long `localmoa doctor` waits for a server to list its models.
