@@ -15,8 +15,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from .config import AgentSpec, Config, Profile
+from .config import Config
 from .errors import UsageError
+from .profile_spec import AgentSpec, Profile
 from .prompts import reference_slots
 
 #: Self-MoA samples when ``--self MODEL`` gives no N, and the range N may take.

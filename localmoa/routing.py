@@ -26,7 +26,7 @@ from typing import Any
 
 from .backends import get_backend
 from .backends.base import Message
-from .config import Config, Profile
+from .config import Config
 from .engine import RunEvents, execute_plan
 from .errors import InsufficientMemoryError, RunFailedError, UsageError
 from .host import ModelHost
@@ -34,6 +34,7 @@ from .memory.planner import Instance, Plan
 from .memory.probe import Resources
 from .metrics import RunReport
 from .preflight import Preflight, preflight
+from .profile_spec import Profile
 from .recipe import Agent, MoaGraph, Overrides, build_graph
 
 ROUTER_PROMPT = (

@@ -27,10 +27,11 @@ from localmoa.backends.base import (
 from localmoa.backends.batch import Batch
 from localmoa.backends.llamacpp import LlamaCppBackend
 from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
-from localmoa.config import AgentSpec, Config, ModelSpec, Profile
+from localmoa.config import Config, ModelSpec
 from localmoa.errors import GenerationError, ModelLoadError
 from localmoa.memory.estimate import Footprint
 from localmoa.memory.probe import Resources
+from localmoa.profile_spec import AgentSpec, Profile
 
 MiB = 1 << 20
 

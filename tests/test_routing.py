@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from localmoa.config import AgentSpec, Profile, RouterSpec, Specialist, load_config
+from localmoa.config import load_config
 from localmoa.errors import ConfigError, UsageError
 from localmoa.host import ModelHost
+from localmoa.profile_spec import AgentSpec, Profile, RouterSpec, Specialist
 from localmoa.recipe import build_graph
 from localmoa.routing import choice_schema, route, router_system, run_routed
 

@@ -6,14 +6,14 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from ..config import (
+from ..config import ModelSpec
+from ..spec_types import (
     BATCH_HELP,
     FLASH_ATTN_HELP,
     REPACK_HELP,
     WORKERS_HELP,
     AutoOnOff,
     KvType,
-    ModelSpec,
     OnOff,
     StrictModel,
 )

@@ -1,0 +1,39 @@
+"""The building blocks of models.yaml's schemas: StrictModel (strict types, no unknown
+keys), on/off values as YAML writes them, KV cache types, and the help texts of the load
+options that models.yaml may also set at its top level."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+KvType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
+
+
+def _yaml_on_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare on / off as true / false: take them as written."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
+
+
+OnOff = Annotated[Literal["on", "off"], BeforeValidator(_yaml_on_off)]
+AutoOnOff = Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_on_off)]
+REPACK_HELP = ("llama.cpp weight repacking (AMX, AVX2/AVX-512 and ARM fast paths): auto checks "
+               "once per CPU that it does not crash, on, or off.")
+BATCH_HELP = ("Agents of one wave on this model decode as sequences of one llama.cpp context "
+              "(shared prompt prefix, one decode step for all); off runs each agent on its "
+              "own instance.")
+FLASH_ATTN_HELP = ("llama.cpp flash attention: auto lets llama.cpp decide (on wherever it "
+                   "supports it, which on CPU is always), on, or off.")
+WORKERS_HELP = ("Each loaded llama.cpp model runs in a worker process of its own, so a native "
+                "crash costs its agents, not the run, and unloading returns all its memory; "
+                "off loads models into localmoa's process (LOCALMOA_WORKERS wins).")
+
+
+class StrictModel(BaseModel):
+    """A models.yaml mapping: strict types ("512" is not an int) and no unknown keys (a
+    typo is an error, not ignored). Backends build their entry schemas on it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
