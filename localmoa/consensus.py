@@ -5,7 +5,8 @@ Two answers agree when their *keys* are equal. The key of an answer is, in order
 1. its normalised text (case folded, Markdown emphasis, quotes and surrounding
    punctuation dropped, white space collapsed): "9.9" and "**9.9.**" agree;
 2. for a short answer (at most ``SHORT_WORDS`` words), its final number
-   ("The answer is 42." and "42") or its choice letter ("B", "(B)", "Answer: B");
+   ("The answer is 42." and "42") or its choice letter ("B", "(B)", "Answer: B"), read
+   by the rules `localmoa eval` scores with (answers.py);
 
 Answers agree when every one has the same normalised text, or every one is short and
 they all give the same final number, or the same choice. Failed agents do not vote; at
@@ -23,13 +24,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import answers
+
 #: An answer of at most this many words is short: its final number or choice counts.
 SHORT_WORDS = 40
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_CHOICE = re.compile(
-    r"^\(?([A-E])\)?[.):]?(?:\s|$)|\b(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-E])\b",
-    re.IGNORECASE)
 _EMPHASIS = re.compile(r"[*_`\"'“”‘’]")
 
 
@@ -41,24 +40,16 @@ def normalise(text: str) -> str:
 
 
 def final_number(text: str) -> str | None:
-    """The last number in ``text`` in a canonical form ("1,234.50" -> "1234.5")."""
-    found = _NUMBER.findall(text)
-    if not found:
-        return None
-    digits = found[-1].replace(",", "")
-    try:
-        value = float(digits)
-    except ValueError:
-        return None
-    return f"{value:.10g}"
+    """The number the answer ends on, written one way ("1,234.50" -> "1234.5"; the
+    rules of answers.extract_number)."""
+    value = answers.extract_number(text)
+    return None if value is None else answers.canonical(value)
 
 
 def choice(text: str) -> str | None:
-    """A choice letter A-E the answer gives: "B", "(B) Paris", "The answer is B"."""
-    match = _CHOICE.search(text.strip())
-    if match is None:
-        return None
-    return (match.group(1) or match.group(2)).upper()
+    """A choice letter A-E the answer gives: "B", "(B) Paris", "The answer is B"; not
+    the article of "A cat sleeps" (answers.choice_letter)."""
+    return answers.choice_letter(text, "ABCDE")
 
 
 def is_short(text: str) -> bool:

@@ -26,6 +26,8 @@ QUESTION = [{"role": "user", "content": "Which is larger, 9.11 or 9.9?"}]
     (["1,234.50", "1234.5"], True, "same final number"),
     (["(B) Paris", "The answer is B", "B."], True, "same choice"),
     (["9.9", "9.11"], False, "no agreement"),
+    (["A cat sleeps on the mat.", "A dog barks at night."], False, "no agreement"),
+    (["Answer: 7 (5+2)", "Answer: 7"], True, "same final number"),
     (["42"], False, "too few answers"),
     # a long answer's last number is not its answer: only the text counts there
     (["word " * 50 + "1", "other " * 50 + "1"], False, "no agreement"),

@@ -1,4 +1,4 @@
-"""Answer extraction (localmoa/eval/extract.py): the final number, the choice letter, the
+"""Answer extraction (localmoa.answers.py): the final number, the choice letter, the
 first JSON object. Pure: no model."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from localmoa.eval.extract import (
+from localmoa.answers import (
     canonical,
     extract_choice,
     extract_json,
@@ -20,6 +20,8 @@ from localmoa.eval.extract import (
     ("42", "42"),
     ("17 + 25 = 42.", "42"),
     ("Answer: 9.9", "9.9"),
+    ("Answer: 47 + 385 = 432", "432"),  # the marker's line writes the sum out
+    ("The answer is 3 + 4 = 7.\nThat was easy, 1 step.", "7"),
     ("The answer is 9.90.", "9.9"),
     ("the final answer is: 12", "12"),
     ("**Answer:** 36", "36"),

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from localmoa.answers import parse_number
 from localmoa.errors import UsageError
 from localmoa.eval.checks import check_problem, score
-from localmoa.eval.extract import parse_number
 from localmoa.eval.facts import FACTS
 from localmoa.eval.taskfile import load_tasks, parse_task, read_task_file
 from localmoa.eval.tasks import DEFAULT_LIMIT, GENERATORS, SET_NAMES, shipped

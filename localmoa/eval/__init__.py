@@ -3,7 +3,7 @@ deterministic checker (no judge), against the time and tokens each contender spe
 
     tasks.py / facts.py   the shipped task sets, generated from a seed
     taskfile.py           users' own tasks (JSONL), validated line by line
-    extract.py            the final number, the choice letter, the first JSON object
+    (../answers.py        the final number, the choice letter, the first JSON object)
     checks.py             a reply and its task -> a Verdict; the instruction rules
     vote.py               majority vote and its tie rule
     contenders.py         what is compared, and how each reads a run's report

@@ -13,7 +13,7 @@ stripped). The rules, with the value each takes:
     no_commas: true   no comma anywhere
     starts_with: S    the reply begins with S (case-insensitive)
     ends_with: S      the reply ends with S (case-insensitive)
-    json_keys: [K..]  the reply holds a JSON object (see extract.py) with every key K
+    json_keys: [K..]  the reply holds a JSON object (see answers.py) with every key K
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .extract import canonical, extract_choice, extract_json, extract_number, parse_number
+from ..answers import canonical, extract_choice, extract_json, extract_number, parse_number
 from .tasks import Task
 
 

@@ -15,9 +15,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from ..answers import canonical, letters, parse_number
 from ..errors import UsageError
 from .checks import check_problem
-from .extract import canonical, letters, parse_number
 from .tasks import DEFAULT_SEED, SET_NAMES, Task, choice_prompt, shipped
 
 KEYS = ("id", "prompt", "answer", "choices", "check")

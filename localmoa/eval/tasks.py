@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from .extract import canonical, letters
+from ..answers import canonical, letters
 from .facts import FACTS
 
 #: Tasks a shipped set gives when --limit is not given.

@@ -1,11 +1,13 @@
-"""Answer extraction: the final number, the choice letter, the first JSON object.
+"""Answer extraction: the final number, the choice letter, the first JSON object. Used
+by `localmoa eval` to score answers and by the consensus short-cut to compare them.
 
 Each function takes a model's raw reply and returns what it answered, or None when
 it answered nothing recognisable. The rules (docs/eval.md says the same):
 
 - number: the first number after the last "answer" marker ("Answer: 42", "the answer
-  is 42", "final answer = 42"; "answer" followed by is, was, would be, ":" or "="),
-  else the last number in the reply. Thousands separators (1,234), signs (-3.5),
+  is 42", "final answer = 42"; "answer" followed by is, was, would be, ":" or "="), or,
+  when the marker's line writes a sum out ("Answer: 47 + 385 = 432"), the first number
+  after its last "="; else the last number in the reply. Thousands separators (1,234), signs (-3.5),
   decimals (.5) and fractions (3/4) are read; values compare exactly, so 9.9 equals
   9.90 and 0.75 equals 3/4. A reply with no number in digits is read for number words
   ("four", "twenty-five"; the last one).
@@ -61,6 +63,9 @@ def extract_number(reply: str) -> Fraction | None:
     markers = list(_MARKER.finditer(reply))
     if markers:
         after = reply[markers[-1].end():]
+        line = after.split("\n", 1)[0]
+        if "=" in line:  # "Answer: 47 + 385 = 432": the result, not the first term
+            after = line.rsplit("=", 1)[1]
         for match in _NUMBER.finditer(after):
             value = _value(match)
             if value is not None:
@@ -111,6 +116,17 @@ def letters(count: int) -> str:
 def extract_choice(reply: str, choices: tuple[str, ...] | list[str]) -> str | None:
     """The letter of the choice a reply picks (see the module's rules), or None."""
     valid = letters(len(choices))
+    found = choice_letter(reply, valid)
+    if found is not None:
+        return found
+    named = [valid[i] for i, text in enumerate(choices)
+             if re.search(rf"(?<!\w){re.escape(text.strip())}(?!\w)", reply, re.IGNORECASE)]
+    return named[0] if len(named) == 1 else None
+
+
+def choice_letter(reply: str, valid: str) -> str | None:
+    """The letter among ``valid`` a reply names: after an answer marker, opening the
+    reply, or alone in brackets (the module's rules without the choices' texts)."""
     letter = rf"\(?([{valid}])\)?(?![\w'])"
     markers = list(_MARKER.finditer(reply))
     if markers:
@@ -123,11 +139,7 @@ def extract_choice(reply: str, choices: tuple[str, ...] | list[str]) -> str | No
     if opening and not re.match(rf"\W*[{valid}]\s+\w", reply.strip()) and len(listed) < 2:
         return opening[1]
     bracketed = set(re.findall(rf"\(([{valid}])\)", reply))
-    if len(bracketed) == 1:
-        return bracketed.pop()
-    named = [valid[i] for i, text in enumerate(choices)
-             if re.search(rf"(?<!\w){re.escape(text.strip())}(?!\w)", reply, re.IGNORECASE)]
-    return named[0] if len(named) == 1 else None
+    return bracketed.pop() if len(bracketed) == 1 else None
 
 
 def extract_json(reply: str) -> dict[str, Any] | None:
