@@ -91,19 +91,27 @@ def agreement(answers: Sequence[str]) -> Agreement:
     return Agreement(False, 0, len(answers), "no agreement", 0)
 
 
+def majority(keys: Sequence[str | None]) -> tuple[int, int] | None:
+    """The largest group of equal keys: (index of its first member, its size). A None key
+    never votes; a tie goes to the group whose first member comes first. None when no
+    key is given."""
+    counts = Counter(k for k in keys if k is not None)
+    if not counts:
+        return None
+    top = max(counts.values())
+    first = next(i for i, k in enumerate(keys) if k is not None and counts[k] == top)
+    return first, top
+
+
 def vote(answers: Sequence[str]) -> Agreement:
     """The answer most agents share (see the module's rule)."""
     if not answers:
         raise ValueError("no answers to vote on")
     best = Agreement(False, 1, len(answers), "first answer (no two agree)", 0)
     for rule, keys in _keys(answers):
-        counts = Counter(k for k in keys if k is not None)
-        if not counts:
+        found = majority(keys)
+        if found is None or found[1] < 2 or found[1] <= best.count:
             continue
-        top = max(counts.values())
-        if top < 2 or top <= best.count:
-            continue
-        winner = next(k for k in keys if k is not None and counts[k] == top)
-        best = Agreement(top == len(answers), top, len(answers), f"majority, {rule}",
-                         keys.index(winner))
+        index, top = found
+        best = Agreement(top == len(answers), top, len(answers), f"majority, {rule}", index)
     return best

@@ -1,4 +1,4 @@
-"""The deterministic checkers (localmoa/eval/checks.py) and the vote (vote.py). Pure."""
+"""The deterministic checkers (localmoa/eval/checks.py) and the vote (consensus.majority). Pure."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from localmoa.consensus import majority
 from localmoa.eval.checks import RULES, Verdict, check_problem, count_words, score, vote_key
 from localmoa.eval.tasks import Task
-from localmoa.eval.vote import majority
 
 
 def number(answer: str) -> Task:
@@ -128,4 +128,5 @@ def test_vote_key(verdict: Verdict, key: str | None) -> None:
     ([], None),
 ])
 def test_majority_and_its_tie_rule(keys: list[str | None], winner: int | None) -> None:
-    assert majority(keys) == winner
+    found = majority(keys)
+    assert (found[0] if found is not None else None) == winner

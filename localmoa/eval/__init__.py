@@ -5,7 +5,6 @@ deterministic checker (no judge), against the time and tokens each contender spe
     taskfile.py           users' own tasks (JSONL), validated line by line
     (../answers.py        the final number, the choice letter, the first JSON object)
     checks.py             a reply and its task -> a Verdict; the instruction rules
-    vote.py               majority vote and its tie rule
     contenders.py         what is compared, and how each reads a run's report
     stats.py              the Wilson interval; a contender's summary
     runner.py             plan once per graph, run every task on a warm ModelHost

@@ -1,7 +1,7 @@
 """Contenders: the ways of answering that an eval compares, each at a stated budget.
 
 A contender is a graph to run and a way to read its runs: "final" takes the graph's
-answer; "vote" takes the majority of the first layer's extracted answers (vote.py). Two
+answer; "vote" takes the majority of the first layer's extracted answers (consensus.majority). Two
 contenders on one graph share its runs: the profile's run gives both `moa:P` and
 `vote:P`; one Self-MoA run gives both `self-moa:M:N` and `self-consistency:M:N`.
 
@@ -28,12 +28,12 @@ from typing import Any
 
 from ..bench import single_model_graph
 from ..config import Config
+from ..consensus import majority
 from ..errors import UsageError
 from ..metrics import AgentRun, RunReport
 from ..recipe import MoaGraph, Overrides, build_graph
 from .checks import Verdict, score, vote_key
 from .tasks import Task
-from .vote import majority
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,8 @@ def read_vote(task: Task, report: RunReport) -> dict[str, Any]:
     layer = [r for r in report.agents if r.layer == 1 and r.role == "proposer"]
     verdicts = [score(task, r.answer) if r.ok else None for r in layer]
     keys = [vote_key(v) if v is not None else None for v in verdicts]
-    winner = majority(keys)
+    found = majority(keys)
+    winner = found[0] if found is not None else None
     if winner is None:  # nothing extracted: the earliest sample that answered stands
         winner = next((i for i, v in enumerate(verdicts) if v is not None), None)
     end = max((r.end_s for r in layer), default=0.0)
