@@ -115,3 +115,18 @@ def test_tiny_auto_skips_the_aggregator_with_the_real_model() -> None:
                 "Which is larger, 9.11 or 9.9?")
     assert human.returncode == 0 and human.stdout.strip() == report["answer"]
     assert "aggregation skipped: 3/3 agree" in human.stderr
+
+
+def test_early_exit_reloads_what_the_skipped_waves_would_have_loaded(
+        scripted: ScriptedBackend) -> None:
+    """One model fits at a time: the aggregator's model was to be loaded by layer 3, which
+    early exit skips; the aggregator's wave loads it then, within the plan's budget."""
+    cfg = config({"a": {}, "c": {}}, [[{"model": "a"}, {"model": "c"}]], {"model": "c"})
+    cfg.profiles["p"] = cfg.profiles["p"].model_copy(update={"layers_up_to": 3})
+    graph = build_graph(cfg, "p", Overrides(max_tokens=64))
+    fps = {m: footprint(m) for m in graph.models}
+    the_plan = plan(graph, fps, {"ram": 150 * MiB}, 2)
+    assert not the_plan.waves[-1].loads  # the plan counts on an earlier wave's load
+    report = execute_plan(cfg, graph, QUESTION, the_plan, {})
+    assert report.recipe["early_exit"]["after_layer"] == 1
+    assert report.ok and [a.agent for a in report.agents] == ["L1.1", "L1.2", "AGG"]

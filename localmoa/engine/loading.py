@@ -17,12 +17,15 @@ from .state import Execution
 def load_wave(ex: Execution, wave: Wave, agents: dict[str, Agent]) -> None:
     """Load what the wave needs: the plan's loads, and a fresh instance for each one an
     abandoned agent still holds or whose worker died, if the budget allows it (else
-    its agents fail)."""
+    its agents fail), or that a skipped wave was to load (early exit, a request of a
+    merged run that ended: their waves' unloads ran, their loads did not)."""
     host = ex.host
     tasks = {Instance(t.model, t.slot): t for t in wave.tasks}
     clear_dead(ex)  # a worker that died: its memory went with it
-    # the keys as they were loaded: a batch's instance comes back with room for its batch
-    gone = {**ex.crashed, **{entry.inst: entry.inst for entry in host.held}}
+    # the keys as they were loaded (or as the plan has them resident): a batch's instance
+    # comes back with room for its batch
+    gone = {**{inst: inst for inst in wave.resident}, **ex.crashed,
+            **{entry.inst: entry.inst for entry in host.held}}
     fresh = [gone[inst] for inst in tasks if inst not in host.loaded
              and inst not in wave.loads and inst in gone]
     loads = [inst for inst in [*wave.loads, *fresh] if inst not in host.loaded]
