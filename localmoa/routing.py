@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,10 +32,11 @@ from .engine import RunEvents, execute_plan
 from .errors import InsufficientMemoryError, RunFailedError, UsageError
 from .host import ModelHost
 from .memory.planner import Instance, Plan
-from .memory.probe import Resources
+from .memory.probe import Resources, probe
 from .metrics import RunReport
 from .preflight import Preflight, preflight
 from .profile_spec import Profile
+from .prompts import latest_query
 from .recipe import Agent, MoaGraph, Overrides, build_graph
 
 ROUTER_PROMPT = (
@@ -99,17 +101,23 @@ def router_system(prof: Profile) -> str:
 
 def route(config: Config, profile: str | None, conversation: Sequence[Message],
           host: ModelHost, *, memory_budget: str | None = None,
-          resources: Resources | None = None) -> Decision:
-    """Run ``profile``'s router on the conversation's latest user message."""
+          resources: Resources | None = None,
+          cancel: threading.Event | None = None) -> Decision:
+    """Run ``profile``'s router on the conversation's latest user message; ``cancel``,
+    set from another thread, stops a choosing router (RunInterrupted)."""
     name, prof = config.profile(profile)
     if prof.router is None:
         raise UsageError(f"profile {name!r} has no router")
-    query = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
+    query = latest_query(conversation)
     backend = get_backend(config.models[prof.router.model].backend)
     if prof.router.kind == "choose" and not backend.capabilities.constrained_output:
         raise UsageError(f"the router model {prof.router.model!r} (backend "
                          f"{backend.name}) cannot constrain its output to the specialists' "
                          "names; use kind: embed, or a llama.cpp, Ollama or OpenAI model")
+    if prof.router.kind == "embed" and not backend.capabilities.embeddings:
+        raise UsageError(f"the router model {prof.router.model!r} (backend "
+                         f"{backend.name}) cannot embed text; use kind: choose, or a "
+                         "llama.cpp, Ollama or OpenAI model")
     agent = Agent("AGG", 1, 1, prof.router.model, router_system(prof), 0.0, 1.0,
                   prof.router.max_tokens, 0,
                   json_schema=json.dumps(choice_schema(list(prof.specialists),
@@ -125,7 +133,8 @@ def route(config: Config, profile: str | None, conversation: Sequence[Message],
         decision = _embed(prof, query, host, the_plan.waves[0], [*the_plan.unloads_first])
     else:
         report = execute_plan(config, graph, [Message(role="user", content=query)],
-                              the_plan, pre.paths, host=host, runtime=pre.runtime)
+                              the_plan, pre.paths, host=host, runtime=pre.runtime,
+                              cancel=cancel)
         decision = _chosen(prof, report)
     decision.footprint = pre.footprints[prof.router.model]
     return decision
@@ -214,18 +223,19 @@ def warm_plan_beside_router(host: ModelHost, graph: MoaGraph, pre: Preflight,
 def run_routed(config: Config, profile: str | None, conversation: Sequence[Message], *,
                overrides: Overrides | None = None, memory_budget: str | None = None,
                events: RunEvents | None = None, host: ModelHost | None = None,
-               on_decision: Any = None) -> RunReport:
+               resources: Resources | None = None) -> RunReport:
     """Route, then run the MoA over the chosen specialists; the report's
-    ``recipe.routing`` says what was chosen, why, and what it cost. ``on_decision`` is
-    called with the Decision before the MoA starts (the live view shows it)."""
+    ``recipe.routing`` says what was chosen, why, and what it cost. ``resources``: the
+    machine as probed before the host loaded anything (default: probed now)."""
     own = host is None
     host = host or ModelHost(config)
+    resources = resources or probe(memory_budget)  # once: the router's memory is the plan's
     try:
-        decision = route(config, profile, conversation, host, memory_budget=memory_budget)
-        if on_decision is not None:
-            on_decision(decision)
+        decision = route(config, profile, conversation, host, memory_budget=memory_budget,
+                         resources=resources)
         graph = build_graph(config, profile, overrides, chosen=decision.chosen)
-        pre = preflight(config, graph, memory_budget, batch_up_to=host.resident_seqs())
+        pre = preflight(config, graph, memory_budget, resources=resources,
+                        batch_up_to=host.resident_seqs())
         the_plan = warm_plan_beside_router(host, graph, pre, decision)
         try:
             report = execute_plan(config, graph, conversation, the_plan, pre.paths,

@@ -57,7 +57,7 @@ def gbnf(schema: dict[str, Any]) -> str:
     made by llama-cpp-python's port of llama.cpp's json-schema-to-grammar (compact JSON:
     at most one space between tokens). GenerationError when it cannot convert it."""
     try:
-        return _gbnf(json.dumps(schema, sort_keys=True))
+        return _gbnf(json.dumps(schema))  # key order kept: it is the order written
     except Exception as exc:  # noqa: BLE001 - the converter raises whatever it meets
         raise GenerationError(f"llama.cpp cannot turn this JSON schema into a grammar "
                               f"({type(exc).__name__}: {exc})") from None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..backends import get_backend
 from ..config import Config, load_config
+from ..memory.probe import Resources
 from ..preflight import Preflight, by_backend, preflight
 from ..recipe import MoaGraph
 from ._output import Output
@@ -36,11 +37,12 @@ def start_worker_early(config: Config, graph: MoaGraph) -> None:
         get_backend(first.backend).prestart([first])
 
 
-def prepare(out: Output, config: Config, graph: MoaGraph,
-            memory_budget: str | None) -> Preflight:
-    """``preflight`` for a command: refuses before loading anything; notices shown once."""
+def prepare(out: Output, config: Config, graph: MoaGraph, memory_budget: str | None,
+            resources: Resources | None = None) -> Preflight:
+    """``preflight`` for a command: refuses before loading anything; notices shown once.
+    ``resources``: the machine as probed before anything loaded (a router already did)."""
     check_cpu_once(out, config, graph.models)
-    prepared = preflight(config, graph, memory_budget)
+    prepared = preflight(config, graph, memory_budget, resources=resources)
     for notice in prepared.notices:
         out.notice(notice)
     return prepared

@@ -13,6 +13,7 @@ from ..backends.base import Message
 from ..engine import execute_plan
 from ..errors import RunFailedError, UsageError
 from ..host import ModelHost
+from ..memory.probe import probe
 from ..metrics import RunReport
 from ..recipe import Overrides, build_graph, parse_self
 from ..routing import route, routes, warm_plan_beside_router
@@ -126,12 +127,16 @@ def run(
         if overrides.self_moa is None and routes(cfg, profile):
             # the router first (on the same host: its model stays loaded when it fits)
             check_cpu_once(out, cfg, [cfg.profile(profile)[1].router.model])  # type: ignore[union-attr]
+            # the machine probed once, before the router loads: what it holds is counted by
+            # the MoA's plan (resident, or beside it), never twice
+            resources = probe(memory_budget)
             with out.status(f"[bold]{cfg.profile(profile)[0]}[/]: routing"):
-                decision = route(cfg, profile, conversation, host, memory_budget=memory_budget)
+                decision = route(cfg, profile, conversation, host, memory_budget=memory_budget,
+                                 resources=resources)
             out.note(f"[bold]router[/] {escape(decision.router)} chose "
                      f"{escape(', '.join(decision.chosen))} ({escape(decision.reason)})")
             graph = build_graph(cfg, profile, overrides, chosen=decision.chosen)
-            prepared = prepare(out, cfg, graph, memory_budget)
+            prepared = prepare(out, cfg, graph, memory_budget, resources)
             the_plan = warm_plan_beside_router(host, graph, prepared, decision)
             recipe = {"routing": decision.to_dict()}
         else:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import consensus
+from ..agents import Control
 from ..backends.base import Message
 from ..config import Config
 from ..errors import (
@@ -93,7 +94,7 @@ def execute_jobs(config: Config, graph: MoaGraph, conversations: Sequence[Sequen
         raise ValueError(f"{jobs} requests in the graph, {len(conversations)} conversations")
     ex = Execution(host=host, plan=plan, conversations=list(conversations),
                     events=events or RunEvents(), held_before=list(host.held),
-                    cancels=list(cancels or [None] * jobs))
+                    control=Control(cancels=list(cancels or [None] * jobs)))
     host.load_errors.clear()  # a chat's earlier turns' failures are not this run's
     start_loads, start_unloads, start_load_s = host.loads, host.unloads, host.load_s
     agents = {a.id: a for a in graph.all_agents()}

@@ -3,7 +3,6 @@ event callbacks, the control flags agents check, and what the run has seen so fa
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,19 +60,15 @@ class Execution:
     #: Instances whose worker died, as they were loaded: a later wave that needs one
     #: loads it afresh, with room for its batch.
     crashed: dict[Instance, Instance] = field(default_factory=dict)
-    #: Per request, set from another thread to stop it (a served request whose client
-    #: went away): its agents stop at their next token; when every request's is set the
-    #: run stops as Ctrl-C would. None: only signals stop it.
-    cancels: list[threading.Event | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.control.cancels = self.cancels
         self.log = EventLog(constants.event_log(), self.t0)
 
     def check(self) -> None:
         """Raise KeyboardInterrupt when a signal or ``cancel`` says the run must stop."""
         signals.check()
-        if self.cancels and all(self.control.dropped(j) for j in range(len(self.cancels))):
+        cancels = self.control.cancels  # every request's client gone: stop as Ctrl-C
+        if cancels and all(self.control.dropped(j) for j in range(len(cancels))):
             raise KeyboardInterrupt
 
     def now(self) -> float:

@@ -35,7 +35,7 @@ from ..memory.probe import probe
 from ..metrics import AgentRun, RunReport
 from ..preflight import Preflight, preflight
 from ..recipe import Agent, MoaGraph, Overrides, build_graph, merge_graphs
-from ..routing import Decision, route
+from ..routing import Decision, route, routes
 
 #: How a profile is offered as a model: ``moa:tiny``.
 PROFILE_PREFIX = "moa:"
@@ -193,10 +193,10 @@ class MoaService:
     def submit(self, job: Job) -> Job:
         """Queue ``job``; QueueFull at once when the queue is full, UsageError when the
         service is draining."""
-        if self._closing:
-            raise UsageError("the server is shutting down; try another instance")
         self.graph_for(job.model, job.sampling)  # an unknown model fails now, not queued
-        with self.lock:
+        with self.lock:  # close() empties the queue under it: nothing queued after that
+            if self._closing:
+                raise UsageError("the server is shutting down; try another instance")
             if len(self._waiting) >= self.options.queue_size:
                 self.counters.rejected += 1
                 raise QueueFull(f"{len(self._waiting)} requests are waiting (the queue "
@@ -217,8 +217,8 @@ class MoaService:
     def _routes(self, model: str) -> bool:
         """Whether ``model`` names a routing profile (its requests never run merged: each
         one's router may choose other specialists)."""
-        prof = self.config.profiles.get(model.removeprefix(PROFILE_PREFIX))
-        return model.startswith(PROFILE_PREFIX) and prof is not None and prof.router is not None
+        return model.startswith(PROFILE_PREFIX) and routes(
+            self.config, model.removeprefix(PROFILE_PREFIX))
 
     def _take(self) -> list[Job] | None:
         """The next run's requests: the first waiting, and the later ones for the same
@@ -260,10 +260,9 @@ class MoaService:
     def _run(self, jobs: list[Job]) -> None:
         live = []
         for job in jobs:
-            if job.cancel.is_set():
+            if job.cancel.is_set():  # counted as cancelled and failed, as in a run
                 job.error = UsageError("cancelled before it ran")
-                with self.lock:
-                    self.counters.cancelled += 1
+                self._account(job, merged=False)
             else:
                 live.append(job)
         if len(live) > 1:
@@ -287,7 +286,7 @@ class MoaService:
                 name = jobs[0].model.removeprefix(PROFILE_PREFIX)
                 decision = route(self.config, name, jobs[0].messages, self.host,
                                  memory_budget=self.options.memory_budget,
-                                 resources=self.resources)
+                                 resources=self.resources, cancel=jobs[0].cancel)
                 self._last_used[decision.router] = time.monotonic()
             graphs = [self.graph_for(job.model, job.sampling,
                                      decision.chosen if decision else None) for job in jobs]
@@ -388,8 +387,8 @@ class MoaService:
     def close(self, timeout_s: float = 30.0) -> None:
         """Take no more requests, let the running ones finish (up to ``timeout_s``, then
         they are cancelled), and free every model."""
-        self._closing = True
         with self.lock:
+            self._closing = True
             running, waiting = list(self._running), list(self._waiting)
             self._waiting.clear()
         for job in waiting:
