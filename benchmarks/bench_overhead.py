@@ -34,6 +34,7 @@ from typing import Any
 from localmoa import build_graph, load_config
 from localmoa.backends import worker
 from localmoa.backends.llamacpp import flash_attn_mode
+from localmoa.backends.llamacpp_model import llama_defaults, repack_allowed
 from localmoa.engine import execute_plan
 from localmoa.memory.planner import Instance, Plan, Task, Wave
 from localmoa.preflight import preflight
@@ -70,9 +71,11 @@ def direct_run(config: Any, graph: MoaGraph, path: Path, cores: int,
 
     spec = config.models[graph.aggregator.model]
     started = time.perf_counter()
-    llm = Llama(model_path=str(path), n_ctx=spec.n_ctx, n_batch=min(spec.n_batch, spec.n_ctx),
-                n_threads=cores, n_threads_batch=cores, n_gpu_layers=0, verbose=False,
-                flash_attn=flash_attn_mode(spec) != "off")  # as localmoa loads it
+    with llama_defaults(repack_allowed(), 1, "off"):  # no repacking where it crashes
+        llm = Llama(model_path=str(path), n_ctx=spec.n_ctx,
+                    n_batch=min(spec.n_batch, spec.n_ctx), n_threads=cores,
+                    n_threads_batch=cores, n_gpu_layers=0, verbose=False,
+                    flash_attn=flash_attn_mode(spec) != "off")  # as localmoa loads it
     conversation = [{"role": "user", "content": prompt}]
 
     def ask(agent: Any, references: list[str] | None) -> str:

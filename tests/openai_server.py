@@ -56,13 +56,13 @@ def serve(argv: list[str]) -> None:
     from llama_cpp.server.__main__ import main
 
     from localmoa.backends import repack
-    from localmoa.backends.llamacpp_model import _load_params
+    from localmoa.backends.llamacpp_model import llama_defaults
 
     choice = repack.choose(None)
     print(f"localmoa repack: {'on' if choice.enabled else 'off'} ({choice.reason})",
           flush=True)
     sys.argv = ["llama_cpp.server", *argv]
-    with _load_params(choice.enabled, 1, "off"):
+    with llama_defaults(choice.enabled, 1, "off"):
         main()
 
 

@@ -22,7 +22,13 @@ from localmoa.backends.base import GenerateOptions
 from localmoa.backends.batch import Batch
 from localmoa.backends.llamacpp import LlamaCppBackend
 from localmoa.backends.llamacpp_embed import EMBED_OUTPUT_BYTES, chunk_tokens
-from localmoa.backends.llamacpp_model import LlamaCppModel, LoadParams, load_llama
+from localmoa.backends.llamacpp_model import (
+    LlamaCppModel,
+    LoadParams,
+    llama_defaults,
+    load_llama,
+    repack_allowed,
+)
 from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
 from localmoa.errors import GenerationError
 
@@ -200,10 +206,11 @@ def test_the_vectors_are_llama_cpps_own_mean_pooled(smollm2_path: Path) -> None:
 
     ours = load_llama(LoadParams(name="smollm2", path=str(smollm2_path), n_ctx=512,
                                  n_threads=1))
-    reference = Llama(model_path=str(smollm2_path), n_ctx=512, n_threads=1, embedding=True,
-                      verbose=False)
-    pooled = Llama(model_path=str(smollm2_path), n_ctx=512, n_threads=1, verbose=False,
-                   pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+    with llama_defaults(repack_allowed(), 1, "off"):  # no repacking where it crashes
+        reference = Llama(model_path=str(smollm2_path), n_ctx=512, n_threads=1,
+                          embedding=True, verbose=False)
+        pooled = Llama(model_path=str(smollm2_path), n_ctx=512, n_threads=1, verbose=False,
+                       pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
     pooling_model = LlamaCppModel("pooled", pooled, 0.0, n_seq=1, n_ctx_seq=512,
                                   flash_attn="auto")
     try:
@@ -225,8 +232,9 @@ def test_a_reranker_gives_no_vector(smollm2_path: Path) -> None:
     import llama_cpp
     from llama_cpp import Llama
 
-    ranking = Llama(model_path=str(smollm2_path), n_ctx=256, n_threads=1, verbose=False,
-                    pooling_type=llama_cpp.LLAMA_POOLING_TYPE_RANK)
+    with llama_defaults(repack_allowed(), 1, "off"):
+        ranking = Llama(model_path=str(smollm2_path), n_ctx=256, n_threads=1, verbose=False,
+                        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_RANK)
     model = LlamaCppModel("ranker", ranking, 0.0, n_seq=1, n_ctx_seq=256, flash_attn="auto")
     try:
         assert model.embed(TEXTS) is None

@@ -18,6 +18,7 @@ import pytest
 from localmoa.backends import repack
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.llamacpp import LlamaCppBackend
+from localmoa.backends.llamacpp_model import LoadParams, load_llama
 from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
 from localmoa.config import load_config
 from localmoa.errors import UsageError
@@ -79,6 +80,12 @@ def test_an_injected_segfault_turns_repacking_off(fresh: Path, monkeypatch: pyte
                           GenerateOptions(max_tokens=8, temperature=0)).text().strip()
     finally:
         model.unload()
+    # so does a load that names no choice (the tests' and benchmarks' own loads)
+    direct = load_llama(LoadParams(name="smollm2", path=str(smollm2_path), n_ctx=256))
+    try:
+        assert direct.runtime_facts["cpu_repack"] is False
+    finally:
+        direct.unload()
 
 
 CRASHING_CLI = """

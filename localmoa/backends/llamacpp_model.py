@@ -73,8 +73,14 @@ def can_turn_repacking_off() -> bool:
     return any(name == "use_extra_bufts" for name, *_ in lib.llama_model_params._fields_)
 
 
+def repack_allowed(cpu_repack: bool | None = None) -> bool:
+    """``cpu_repack`` where given, else whether this machine may repack weights: the
+    cpu_repack setting (LOCALMOA_CPU_REPACK), else the canary's verdict."""
+    return repack.choose(None).enabled if cpu_repack is None else cpu_repack
+
+
 @contextlib.contextmanager
-def _load_params(use_extra_bufts: bool, n_seq: int, flash_attn: str) -> Iterator[None]:
+def llama_defaults(use_extra_bufts: bool, n_seq: int, flash_attn: str) -> Iterator[None]:
     """Make ``Llama(...)`` load as given where its constructor has no parameter for it:
     ``use_extra_bufts`` (weight repacking; llama-server's --no-repack), room for
     ``n_seq`` sequences in one unified KV cache, and flash attention ``auto``
@@ -349,7 +355,8 @@ class LoadParams:
     flash_attn: str = "auto"  # auto, on or off, as flash_attn_mode() resolved it
     use_mmap: bool = True
     chat_format: str | None = None
-    cpu_repack: bool = True  # llama.cpp's use_extra_bufts
+    cpu_repack: bool | None = None  # llama.cpp's use_extra_bufts; None: what cpu_repack
+    # and the canary's verdict allow on this machine (repacking crashes on some CPUs)
 
 
 def load_llama(params: LoadParams) -> LlamaCppModel:
@@ -366,7 +373,7 @@ def load_llama(params: LoadParams) -> LlamaCppModel:
     n_seq = max(1, params.n_seq)
     started = time.perf_counter()
     try:
-        with _load_params(params.cpu_repack, n_seq, params.flash_attn):
+        with llama_defaults(repack_allowed(params.cpu_repack), n_seq, params.flash_attn):
             llm = Llama(
                 model_path=params.path, n_ctx=params.n_ctx * n_seq,
                 n_batch=min(params.n_batch, params.n_ctx), n_threads=params.n_threads,
