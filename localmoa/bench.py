@@ -20,7 +20,7 @@ import psutil
 from . import __version__
 from .config import Config
 from .engine import execute_plan
-from .errors import LocalMoaError, UsageError
+from .errors import LocalMoaError, RunInterrupted, UsageError
 from .memory.probe import nvidia_gpus, probe
 from .metrics import RunReport
 from .preflight import Preflight, preflight
@@ -178,7 +178,8 @@ def run_bench(config: Config, profiles: list[str], prompts: list[str], *, repeat
                                 c.prepared.plan, c.prepared.paths, runtime=c.prepared.runtime)
         except LocalMoaError as exc:
             report = getattr(exc, "report", None)
-            if isinstance(report, RunReport):
+            if isinstance(report, RunReport) and not isinstance(exc, RunInterrupted):
+                # a failed run is a sample; Ctrl-C or SIGTERM ends the benchmark
                 return report
             raise
 

@@ -288,3 +288,17 @@ def test_a_chat_turn_after_ctrl_c_left_a_deaf_agent(scripted: ScriptedBackend,
     finally:
         hold.set()
         session.close()
+
+
+def test_ctrl_c_ends_a_benchmark(scripted: ScriptedBackend, smollm2_path: Path) -> None:
+    """A failed run is one of bench's samples; an interrupted one ends the benchmark."""
+    from localmoa.bench import run_bench
+
+    scripted.scripts["chatty"] = Script(forever=True)
+    cfg = config({"chatty": {}, "m": {}}, [[{"model": "chatty"}]], {"model": "m"},
+                 path=smollm2_path)
+    _signal_when([scripted.event(scripted.wrote, "chatty")], signal.SIGINT)
+    with pytest.raises(RunInterrupted):
+        run_bench(cfg, ["p"], ["one", "two"], repeat=3, warmup=0, memory_budget="4GiB",
+                  baseline=False)
+    assert [call[0] for call in scripted.calls] == ["chatty"]  # nothing ran after it
