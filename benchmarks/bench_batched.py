@@ -8,7 +8,10 @@ the time, peak PSS growth of the process measured while the contexts are full):
   prompt prefix decoded once, one decode step for every live sequence, all cores;
 - ``instances``: today's shape without batching: N instances decoding at once on
   threads, the cores split among them (1 thread each when N >= cores);
-- ``sequential``: one instance, the agents one after another with all cores.
+- ``sequential``: one instance, the agents one after another with all cores (it
+  keeps the previous prompt's KV cells, so the shared references are evaluated once);
+- ``fresh``: the same without keeping them: each agent evaluates its whole prompt, as
+  in the issue's "sequential" measurement (separate llama contexts one after another).
 
 The layer is a MoA layer after the first: the agents read the same ~280 tokens of
 references, then their own persona (``mixed``: the tiny profile's three personas in
@@ -117,10 +120,12 @@ elif shape == "instances":
     for t in threads: t.join()
     wall = time.perf_counter() - t0
     sample()
-else:
+else:  # sequential; "fresh": each agent evaluates its whole prompt (no cells kept)
     model = backend.load("m", spec, path, cores)
     t0 = time.perf_counter()
     for i in range(n):
+        if shape == "fresh":
+            model.llm.reset()
         s = model.chat(*requests[i]); results[i] = (s.text(), s.stats); sample()
     wall = time.perf_counter() - t0
 tokens = sum(st.completion_tokens for _, st in results)
@@ -159,11 +164,12 @@ def layers(models: list[str], sizes: list[int], cores: int) -> list[dict[str, An
         for n in sizes:
             for kind in (["mixed", "self"] if name == "smollm2" and n in (3, 6) else ["mixed"]):
                 row: dict[str, Any] = {"model": name, "n": n, "kind": kind}
-                for shape in ("batched", "instances", "sequential"):
+                for shape in ("batched", "instances", "sequential", "fresh"):
                     row[shape] = child(path, fmt, n, shape, kind, cores)
                 b, i, s = row["batched"], row["instances"], row["sequential"]
                 row["batched_vs_instances"] = i["wall_s"] / b["wall_s"]
                 row["batched_vs_sequential"] = s["wall_s"] / b["wall_s"]
+                row["batched_vs_fresh"] = row["fresh"]["wall_s"] / b["wall_s"]
                 row["memory_batched_vs_instances"] = (b["peak_pss_bytes"]
                                                       / max(1, i["peak_pss_bytes"]))
                 pairs = list(zip(b["answers"], s["answers"], strict=True))
@@ -174,8 +180,9 @@ def layers(models: list[str], sizes: list[int], cores: int) -> list[dict[str, An
                 print(f"{name:8} {kind:5} N={n:2}: batched {b['wall_s']:6.2f} s "
                       f"({b['agg_tok_per_s']:5.1f} tok/s, {b['tokens']} tok)  instances "
                       f"{i['wall_s']:6.2f} s ({i['agg_tok_per_s']:5.1f})  sequential "
-                      f"{s['wall_s']:6.2f} s ({s['agg_tok_per_s']:5.1f})  "
-                      f"x{row['batched_vs_instances']:.2f} / x{row['batched_vs_sequential']:.2f}"
+                      f"{s['wall_s']:6.2f} s ({s['agg_tok_per_s']:5.1f})  fresh "
+                      f"{row['fresh']['wall_s']:6.2f} s  x{row['batched_vs_instances']:.2f} / "
+                      f"x{row['batched_vs_sequential']:.2f} / x{row['batched_vs_fresh']:.2f}"
                       f"  PSS {b['peak_pss_bytes'] >> 20} vs "
                       f"{i['peak_pss_bytes'] >> 20} MiB  same answers "
                       f"{row['same_answers_as_alone']}/{n} "
