@@ -324,3 +324,19 @@ def test_with_workers_off_no_worker_process_is_started(
     assert report.ok and report.actual["loads"] == 3
     assert worker.live_workers() == []
     assert not psutil.Process().children(recursive=True)
+
+
+def test_a_killed_worker_is_dead_while_its_reader_still_waits_on_it() -> None:
+    """``Popen.poll()`` says "running" while another thread holds the lock that guards
+    waitpid: the reader thread does, in ``Popen.wait()``, just as the worker dies. The
+    engine asked ``poll()`` between layers and handed the dead worker its next agents."""
+    process = worker.WorkerProcess()
+    try:
+        assert process.ready.wait(60)
+        with process.proc._waitpid_lock:  # as the reader holds it inside wait()
+            os.kill(process.pid, signal.SIGKILL)
+            os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped
+            assert process.proc.poll() is None  # what poll() says meanwhile
+            assert not process.alive
+    finally:
+        process.stop()

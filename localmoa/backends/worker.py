@@ -103,8 +103,20 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
-        """Whether the process still runs (``death`` says why once it is gone)."""
-        return not self.dead.is_set() and self.proc.poll() is None
+        """Whether the process still runs (``death`` says why once it is gone).
+
+        Asked of the kernel without reaping the process: ``Popen.poll()`` answers "still
+        running" whenever the reader thread is inside ``Popen.wait()`` (it holds the
+        lock that guards waitpid), which is exactly when a dead worker is being seen to."""
+        if self.dead.is_set() or self.proc.returncode is not None:
+            return False
+        if not hasattr(os, "waitid"):  # pragma: no cover - macOS
+            return self.proc.poll() is None
+        try:
+            exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped already, by the reader's wait
+            return False
+        return exited is None
 
     # --- requests -----------------------------------------------------------------------
     def request(self, kind: str, *args: Any) -> tuple[int, queue.SimpleQueue[tuple[Any, ...]]]:
