@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import jsonschema
 import pytest
 
 from localmoa.backends.base import GenerateOptions
-from localmoa.backends.batch import Batch
 from localmoa.backends.llamacpp import LlamaCppBackend
 from localmoa.backends.llamacpp_embed import EMBED_OUTPUT_BYTES, chunk_tokens
 from localmoa.backends.llamacpp_model import (
@@ -31,6 +29,8 @@ from localmoa.backends.llamacpp_model import (
 )
 from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
 from localmoa.errors import GenerationError
+
+from .test_batch_llamacpp import batched
 
 ROUTE = {"type": "object", "properties": {"specialist": {"enum": ["math", "writing", "trivia"]}},
          "required": ["specialist"], "additionalProperties": False}
@@ -68,27 +68,6 @@ def model(request: pytest.FixtureRequest, smollm2_path: Path):
         assert loaded.pid  # a worker process holds it
     yield loaded
     loaded.unload()
-
-
-def batched(model: Any, requests: list[tuple[list, GenerateOptions]]) -> list[Any]:
-    """Run ``requests`` as one batch: each member's text and stats, or its error."""
-    batch = Batch(len(requests), "smollm2#0")
-    results: list[Any] = [None] * len(requests)
-
-    def member(i: int) -> None:
-        try:
-            with batch.chat(*requests[i]) as stream:
-                results[i] = (stream.text(), stream.stats)
-        except GenerationError as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=member, args=(i,)) for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    model.run_batch(batch, 2)
-    for thread in threads:
-        thread.join(WAIT_S)
-    return results
 
 
 def test_the_backend_declares_both() -> None:
