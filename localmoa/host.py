@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from .errors import LocalMoaError
 from .memory.planner import Instance, Plan, plan
 
 if TYPE_CHECKING:
+    from .memory.estimate import Footprint
     from .preflight import Preflight
     from .recipe import MoaGraph
 
@@ -137,6 +138,25 @@ class ModelHost:
                 for pool, amount in entry.held_bytes.items():
                     total[pool] = total.get(pool, 0) + amount
         return total
+
+    def others_bytes(self, used: Mapping[str, Footprint],
+                     known: Iterable[Mapping[str, Footprint]]) -> dict[str, int]:
+        """Bytes per pool that loaded models not in ``used`` hold (other graphs' models,
+        whose footprints one of ``known`` has): not a plan of ``used`` to spend."""
+        out: dict[str, int] = {}
+        known = list(known)
+        seqs = self.resident_seqs()
+        for model, count in self.resident().items():
+            if model in used:
+                continue
+            n = seqs.get(model, 1)
+            found = [fps[model] for fps in known if model in fps]
+            if not found:
+                continue
+            fp = next((f for f in found if n in f.batched_pools), found[0])
+            for pool, amount in fp.cost(count, n if n in fp.batched_pools else 1).items():
+                out[pool] = out.get(pool, 0) + amount
+        return out
 
     def warm_plan(self, graph: MoaGraph, pre: Preflight,
                   taken: dict[str, int] | None = None) -> Plan:

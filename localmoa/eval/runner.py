@@ -153,7 +153,8 @@ def run_eval(config: Config, tasks: list[Task], prepared: Prepared, *, repeat: i
                     host.unload(inst)  # a model this graph never uses makes room
             seeded = reseed(graph, round_no * ROUND_SEED_STEP)
             report = run_one(config, seeded, pre, host, task.prompt,
-                             others_bytes(host, prepared, pre))
+                             host.others_bytes(pre.footprints, (
+                                 p.footprints for p in prepared.preflights.values())))
             runs.append({"run": name, "task": task.id, "round": round_no,
                          "report": report.to_dict()})
             for contender in prepared.readers[name]:
@@ -173,22 +174,6 @@ def run_eval(config: Config, tasks: list[Task], prepared: Prepared, *, repeat: i
                  for c in contenders}
     return {"contenders": [c.describe() for c in contenders], "summaries": summaries,
             "answers": answers, "runs": runs}
-
-
-def others_bytes(host: ModelHost, prepared: Prepared, pre: Preflight) -> dict[str, int]:
-    """Bytes per pool that loaded models this graph does not use hold (other graphs'):
-    not this plan's to use."""
-    out: dict[str, int] = {}
-    seqs = host.resident_seqs()
-    for model, count in host.resident().items():
-        if model in pre.footprints:
-            continue
-        fp = next(p.footprints[model] for p in prepared.preflights.values()
-                  if model in p.footprints)
-        n = seqs.get(model, 1)
-        for pool, amount in fp.cost(count, n if n in fp.batched_pools else 1).items():
-            out[pool] = out.get(pool, 0) + amount
-    return out
 
 
 def run_one(config: Config, graph: MoaGraph, pre: Preflight, host: ModelHost,

@@ -295,7 +295,8 @@ class MoaService:
                 self._last_used[model] = time.monotonic()
             pre = self._preflight(graph)
             try:  # other runs' models stay loaded when the plan allows
-                run_plan = self.host.warm_plan(graph, pre, self._others_bytes(pre))
+                run_plan = self.host.warm_plan(graph, pre, self.host.others_bytes(
+                    pre.footprints, (p.footprints for p in self._prepared.values())))
             except InsufficientMemoryError:
                 for inst in [i for i in self.host.loaded if i.model not in pre.footprints]:
                     self.host.unload(inst)
@@ -351,20 +352,6 @@ class MoaService:
             self._prepared[key] = preflight(self.config, graph, self.options.memory_budget,
                                             resources=self.resources, batch_up_to=room)
         return dataclasses.replace(self._prepared[key], graph=graph)
-
-    def _others_bytes(self, pre: Preflight) -> dict[str, int]:
-        """What models this run does not use, kept loaded, hold: not this run's to plan."""
-        out: dict[str, int] = {}
-        for model, count in self.host.resident().items():
-            if model in pre.footprints:
-                continue
-            for known in self._prepared.values():
-                if model in known.footprints:
-                    seqs = self.host.resident_seqs().get(model, 1)
-                    for pool, amount in known.footprints[model].cost(count, seqs).items():
-                        out[pool] = out.get(pool, 0) + amount
-                    break
-        return out
 
     def _expire(self) -> None:
         """Unload the models no run used for ``keep_alive_s`` (Ollama's keep_alive)."""
