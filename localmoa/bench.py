@@ -21,6 +21,7 @@ from . import __version__
 from .config import Config
 from .engine import execute_plan
 from .errors import LocalMoaError, RunInterrupted, UsageError
+from .fileio import FileRefused, read_prompt_bytes
 from .memory.probe import nvidia_gpus, probe
 from .metrics import RunReport
 from .preflight import Preflight, preflight
@@ -43,17 +44,24 @@ def load_prompts(path: Path | None) -> list[str]:
     if path is None:
         return list(BUILTIN_PROMPTS)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_prompt_bytes(path).decode("utf-8").splitlines()
     except FileNotFoundError:
         raise UsageError(f"--prompts {path}: no such file") from None
     except UnicodeDecodeError:
         raise UsageError(f"--prompts {path}: not UTF-8 text") from None
+    except FileRefused as exc:
+        raise UsageError(f"--prompts {path}: {exc.reason}") from None
+    except OSError as exc:
+        raise UsageError(f"--prompts {path}: {exc.strerror}") from None
     prompts = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
+        except RecursionError:  # the decoder's bound on nesting
+            raise UsageError(f"{path}:{number}: JSON nested too deeply; write one object "
+                             'per line, e.g. {"prompt": "..."}') from None
         except json.JSONDecodeError as exc:
             raise UsageError(f"{path}:{number}: not valid JSON ({exc.msg}); write one object "
                              'per line, e.g. {"prompt": "..."}') from None

@@ -13,17 +13,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
 from pydantic import Field, ValidationError
 
 from . import constants
 from .config_checks import check_references
-from .config_yaml import NodeIndex, find_duplicate_key, format_loc, raise_first
+from .config_yaml import NodeIndex, find_duplicate_key, format_loc, load_yaml, raise_first
 from .errors import ConfigError
+from .fileio import CONFIG_MAX_BYTES, FileRefused, read_capped
 from .profile_spec import Profile
 from .spec_types import (
     BATCH_HELP,
     FLASH_ATTN_HELP,
+    MODEL_NAME,
+    MODEL_NAME_RULE,
     REPACK_HELP,
     WORKERS_HELP,
     AutoOnOff,
@@ -171,6 +173,9 @@ def parse_models(entries: dict[str, dict[str, Any]], file: str,
     specs: dict[str, ModelSpec] = {}
     for name, entry in entries.items():
         where = ("models", name)
+        if not MODEL_NAME.fullmatch(name):
+            raise ConfigError(f"{name!r} cannot be a model name: {MODEL_NAME_RULE}", file=file,
+                              line=index.line_of(where), field="models")
         if "backend" not in entry:
             raise ConfigError("required field is missing (write backend: llamacpp, ollama, "
                               "openai, or an installed plugin's name)", file=file,
@@ -189,26 +194,33 @@ def parse_models(entries: dict[str, dict[str, Any]], file: str,
     return specs
 
 
-def read_config_file(path: Path) -> tuple[ConfigFile, NodeIndex, dict[str, ModelSpec]]:
-    """Parse and validate one models.yaml: the file, its node index, its models."""
+def read_config_text(path: Path) -> str:
+    """A models.yaml's text: a regular file of at most CONFIG_MAX_BYTES, UTF-8."""
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = read_capped(path, CONFIG_MAX_BYTES, "config files",
+                          "a models.yaml is a few KiB: check --config / LOCALMOA_CONFIG")
+        return raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError("config file not found (check --config / LOCALMOA_CONFIG)",
                           file=name) from None
+    except FileRefused as exc:
+        raise ConfigError(f"config file {exc.reason}", file=name) from None
     except UnicodeDecodeError:
         raise ConfigError("config file is not UTF-8 text", file=name) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file: {exc.strerror}", file=name) from None
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"malformed YAML: {problem}", file=name,
-                          line=mark.line + 1 if mark else None) from None
+
+
+def read_config_file(path: Path) -> tuple[ConfigFile, NodeIndex, dict[str, ModelSpec]]:
+    """Parse and validate one models.yaml: the file, its node index, its models."""
+    return parse_config_text(read_config_text(path), str(path))
+
+
+def parse_config_text(text: str, name: str) -> tuple[ConfigFile, NodeIndex,
+                                                     dict[str, ModelSpec]]:
+    """Parse and validate the text of one models.yaml (``name``: its file, for errors)."""
+    root, data = load_yaml(text, name)
     index = NodeIndex(root)
     dup = find_duplicate_key(root)
     if dup:

@@ -1,15 +1,106 @@
-"""Where in a models.yaml something is written, for errors that name the file, the
-line and the field: the line of a key path, a key written twice, and pydantic's first
-error as one line."""
+"""Reading a models.yaml's YAML with bounds, and where in it something is written, for
+errors that name the file, the line and the field: the line of a key path, a key
+written twice, and pydantic's first error as one line.
+
+The YAML is composed with a depth bound (deep nesting is refused before Python's
+recursion limit) and an alias budget (a "billion laughs" file is refused while it is
+composed, not expanded)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from .errors import ConfigError
+
+#: Deepest nesting of mappings and lists (the shipped models.yaml: 6 levels).
+MAX_DEPTH = 100
+#: Nodes that the uses of anchors may add to a file: each alias counts its node's size.
+MAX_ALIAS_NODES = 10_000
+
+
+class _LimitError(yaml.YAMLError):
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses deep nesting and alias expansion past a budget.
+
+    Every composed node's size (itself and everything under it, aliases expanded) is
+    kept, so an alias costs its node's size at once: the sum is bounded without ever
+    walking the expanded tree."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._alias_nodes = 0
+        self._sizes: dict[int, int] = {}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            size = self._sizes.get(id(node))
+            if size is None:
+                raise _LimitError("a YAML alias refers to a node that contains it "
+                                  "(a recursive alias); write the value out", mark)
+            self._alias_nodes += size
+            if self._alias_nodes > MAX_ALIAS_NODES:
+                raise _LimitError(
+                    f"too many YAML aliases: they expand to more than {MAX_ALIAS_NODES:,} "
+                    "nodes (a \"billion laughs\" file?); write the values out or use fewer "
+                    "aliases", mark)
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _LimitError(f"YAML nested more than {MAX_DEPTH} levels deep; a models.yaml "
+                              "needs a handful", mark)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._sizes[id(node)] = 1 + sum(self._sizes.get(id(child), 1)
+                                        for child in _children(node))
+        return node
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def load_yaml(text: str, file: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for line numbers) and the data of one YAML document, bounded in
+    depth and alias expansion; ConfigError with file:line for anything wrong."""
+    root = _bounded(text, file, lambda loader: loader.get_single_node())
+    if root is None:
+        return None, None
+    # The data from a second composition: constructing merges `<<:` keys into the nodes
+    # themselves, and the tree returned keeps the file as written (keys, lines).
+    return root, _bounded(text, file, lambda loader: loader.get_single_data())
+
+
+def _bounded(text: str, file: str, read: Callable[[_BoundedLoader], Any]) -> Any:
+    loader = _BoundedLoader(text)
+    try:
+        return read(loader)
+    except _LimitError as exc:
+        raise ConfigError(exc.problem, file=file, line=exc.problem_mark.line + 1) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"malformed YAML: {problem}", file=file,
+                          line=mark.line + 1 if mark else None) from None
+    finally:
+        loader.dispose()
 
 
 class NodeIndex:
@@ -46,19 +137,27 @@ def format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def find_duplicate_key(node: yaml.Node | None) -> tuple[str, int] | None:
+def find_duplicate_key(node: yaml.Node | None,
+                       _walked: set[int] | None = None) -> tuple[str, int] | None:
+    """The first key written twice in one mapping, with its line. A node reached again
+    through an alias is not walked again (an alias bomb would be walked exponentially)."""
+    walked = set() if _walked is None else _walked
+    if node is None or id(node) in walked:
+        return None
+    walked.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for k, v in node.value:
-            if k.value in seen:
-                return k.value, k.start_mark.line + 1
-            seen.add(k.value)
-            found = find_duplicate_key(v)
+            if isinstance(k, yaml.ScalarNode):
+                if k.value in seen:
+                    return k.value, k.start_mark.line + 1
+                seen.add(k.value)
+            found = find_duplicate_key(v, walked)
             if found:
                 return found
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            found = find_duplicate_key(item)
+            found = find_duplicate_key(item, walked)
             if found:
                 return found
     return None
@@ -92,3 +191,94 @@ def raise_first(exc: ValidationError, file: str, index: NodeIndex,
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     raise ConfigError(pydantic_message(first, misplaced, hide_input) + more, file=file,
                       line=index.line_of(loc), field=format_loc(loc)) from None
+
+
+def add_model_text(text: str, file: str, name: str, entry: dict[str, Any]) -> str:
+    """``text`` (a models.yaml) with ``name: entry`` under ``models:``, in place of an
+    entry of that name or after the last one, every other line as it was: comments and
+    layout are kept (a text edit, not a load and dump). A ``models:`` written as a flow
+    mapping (``models: {}``) is rewritten as a block. The caller checks the result."""
+    root, _ = load_yaml(text, file)
+    newline = "\r\n" if "\r\n" in text else "\n"
+    if root is None:
+        return _append(text, newline, ["models:" + newline,
+                                       *_entry_lines(name, entry, 2, 2, newline)])
+    if not isinstance(root, yaml.MappingNode) or root.flow_style:
+        raise ConfigError("models add edits a block-style models.yaml (key: value per line); "
+                          "add the entry by hand", file=file, line=1)
+    pairs = [(k, v) for k, v in root.value if isinstance(k, yaml.ScalarNode)]
+    found = next(((k, v) for k, v in pairs if k.value == "models"), None)
+    column = root.value[0][0].start_mark.column if root.value else 0
+    if found is None:
+        return _append(text, newline, [" " * column + "models:" + newline,
+                                       *_entry_lines(name, entry, column + 2, 2, newline)])
+    key, models = found
+    if not isinstance(models, yaml.MappingNode) or models.flow_style or not models.value:
+        return _replace_flow(text, key, models, name, entry, newline)
+    return _edit_block(text, models, name, entry, newline)
+
+
+_LINE = re.compile(r"[^\r\n\x85\u2028\u2029]*(?:\r\n|[\r\n\x85\u2028\u2029])"
+                   r"|[^\r\n\x85\u2028\u2029]+\Z")
+
+
+def _entry_lines(name: str, entry: dict[str, Any], indent: int, step: int,
+                 newline: str) -> list[str]:
+    dumped = yaml.safe_dump({name: entry}, sort_keys=False, allow_unicode=True,
+                            default_flow_style=False, indent=step, width=1 << 16)
+    return [" " * indent + line + newline for line in dumped.splitlines()]
+
+
+def _append(text: str, newline: str, lines: list[str]) -> str:
+    if text and not text.endswith(("\n", "\r")):
+        text += newline
+    return text + "".join(lines)
+
+
+def _replace_flow(text: str, key: yaml.Node, models: yaml.Node, name: str,
+                  entry: dict[str, Any], newline: str) -> str:
+    """``models:`` with no value, ``{}`` or a flow mapping: the value becomes a block."""
+    old = load_yaml(text, "")[1]["models"] if isinstance(models, yaml.MappingNode) else {}
+    indent = key.start_mark.column + 2
+    lines: list[str] = []
+    for other, value in old.items():
+        if other != name:
+            lines += _entry_lines(other, value, indent, 2, newline)
+    lines += _entry_lines(name, entry, indent, 2, newline)
+    block = newline + "".join(lines).removesuffix(newline)
+    return text[:models.start_mark.index] + block + text[models.end_mark.index:]
+
+
+def _edit_block(text: str, models: yaml.MappingNode, name: str, entry: dict[str, Any],
+                newline: str) -> str:
+    lines = _LINE.findall(text)  # YAML's line breaks (str.splitlines knows more)
+    keys = [k for k, _ in models.value]
+    column = keys[0].start_mark.column
+    first_value = models.value[0][1]
+    step = 2
+    if isinstance(first_value, yaml.MappingNode) and not first_value.flow_style \
+            and first_value.value:
+        step = max(1, first_value.value[0][0].start_mark.column - column)
+    end = models.end_mark
+    limit = end.line if end.index < len(text) else len(lines)
+    new = _entry_lines(name, entry, column, step, newline)
+    for i, key in enumerate(keys):
+        if isinstance(key, yaml.ScalarNode) and key.value == name:  # --force: in its place
+            stop = keys[i + 1].start_mark.line if i + 1 < len(keys) else limit
+            last = _content_end(lines, key.start_mark.line, stop, column)
+            return "".join(lines[:key.start_mark.line] + new + lines[last:])
+    last = _content_end(lines, keys[-1].start_mark.line, limit, column)
+    if last and not lines[last - 1].endswith(("\n", "\r")):
+        lines[last - 1] += newline
+    return "".join(lines[:last] + new + lines[last:])
+
+
+def _content_end(lines: list[str], start: int, stop: int, column: int) -> int:
+    """The line after an entry's last line: blank lines and comments no deeper than its
+    key, before the next key, belong to what follows."""
+    for number in range(min(stop, len(lines)) - 1, start, -1):
+        stripped = lines[number].strip()
+        indent = len(lines[number]) - len(lines[number].lstrip(" "))
+        if stripped and not (stripped.startswith("#") and indent <= column):
+            return number + 1
+    return start + 1

@@ -74,6 +74,12 @@ def memory_budget() -> str | None:
     return os.environ.get("LOCALMOA_MEMORY_BUDGET") or None
 
 
+def max_prompt_bytes() -> str | None:
+    """LOCALMOA_MAX_PROMPT_BYTES, e.g. ``32MiB``: the largest prompt, prompt file or task
+    file read (default 8 MiB, in fileio.py)."""
+    return os.environ.get("LOCALMOA_MAX_PROMPT_BYTES") or None
+
+
 def _client_host_parser() -> Callable[[str | None], str]:
     """The official client's parser (private, but the client's one parser). Importing
     ``ollama`` builds a default client from OLLAMA_HOST and fails on a bad value, so

@@ -7,6 +7,7 @@ huggingface_hub cache only, package files from installed Python packages.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -15,6 +16,7 @@ from . import constants
 from .backends.llamacpp_spec import Source
 from .config import Config
 from .errors import ConfigError, InvalidModelFileError, ModelNotFoundError
+from .fileio import FileRefused, open_regular, regular_file_problem
 from .memory.gguf_header import parse_split_name, shard_paths
 
 GGUF_MAGIC = b"GGUF"
@@ -36,8 +38,10 @@ def resolve_model_path(config: Config, name: str) -> Path:
 def check_gguf(path: Path, name: str) -> None:
     """Refuse a file that is not GGUF before a backend sees it."""
     try:
-        with path.open("rb") as fh:
+        with os.fdopen(open_regular(path), "rb") as fh:  # a FIFO is refused, not waited on
             magic = fh.read(4)
+    except FileRefused as exc:
+        raise InvalidModelFileError(f"model {name!r}: {path} {exc.reason}") from None
     except OSError as exc:
         raise InvalidModelFileError(f"model {name!r}: cannot read {path}: {exc.strerror}") from None
     if magic != GGUF_MAGIC:
@@ -49,6 +53,11 @@ def check_gguf(path: Path, name: str) -> None:
 def _resolve(source: Source, name: str, where: str) -> Path:
     if source.path is not None:
         path = Path(source.path).expanduser()
+        problem = regular_file_problem(path)
+        if problem:  # a FIFO, /dev/zero, a directory: there, but not a model file
+            raise InvalidModelFileError(
+                f"model {name!r}: GGUF file {path} {problem} (source.path"
+                f" at {where}); point it at a .gguf model file")
         if not path.is_file():
             raise ModelNotFoundError(
                 f"model {name!r}: GGUF file {path} does not exist (source.path at {where}); "

@@ -4,9 +4,16 @@ options that models.yaml may also set at its top level."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+#: A model's name (in models.yaml, `models add --name`): serve lists each model by its
+#: name beside moa:PROFILE, and --self takes NAME:N, so no colon, slash, space or control.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MODEL_NAME_RULE = ("use letters, digits, '.', '_' and '-', starting with a letter or digit "
+                   "(at most 128 characters)")
 
 KvType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 

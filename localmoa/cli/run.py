@@ -12,6 +12,13 @@ from rich.markup import escape
 from ..backends.base import Message
 from ..engine import execute_plan
 from ..errors import RunFailedError, UsageError
+from ..fileio import (
+    PROMPT_CAP_HINT,
+    FileRefused,
+    prompt_cap_bytes,
+    read_prompt_bytes,
+    read_stream_capped,
+)
 from ..host import ModelHost
 from ..memory.probe import probe
 from ..metrics import RunReport
@@ -53,16 +60,19 @@ Examples:
 
 def read_prompt(prompt: str | None, file: Path | None = None) -> str:
     """The prompt argument, a file, or standard input for ``-``; refuse empty or
-    non-UTF-8 input."""
+    non-UTF-8 input, and files that are not regular or are over the prompt cap
+    (LOCALMOA_MAX_PROMPT_BYTES), before reading more than the cap."""
     if file is not None:
         if prompt is not None:
             raise UsageError("give the prompt as an argument or with --file, not both")
         try:
-            data, where = file.read_bytes(), str(file)
+            data, where = read_prompt_bytes(file), str(file)
+        except FileRefused as exc:
+            raise UsageError(f"--file {file}: {exc.reason}") from None
         except OSError as exc:
             raise UsageError(f"--file {file}: {exc.strerror}") from None
     elif prompt == "-":
-        data, where = sys.stdin.buffer.read(), "standard input"
+        data, where = _read_stdin(), "standard input"
     else:
         data, where = None, ""
     if data is not None:
@@ -76,6 +86,17 @@ def read_prompt(prompt: str | None, file: Path | None = None) -> str:
     if not prompt.strip():
         raise UsageError("the prompt is empty; give it as an argument or pipe it in with `-`")
     return prompt.strip()
+
+
+def _read_stdin() -> bytes:
+    """Standard input (a pipe, a file, a device), at most the prompt cap and one byte."""
+    try:
+        return read_stream_capped(sys.stdin.buffer, prompt_cap_bytes(), "standard input",
+                                  "prompts", PROMPT_CAP_HINT)
+    except FileRefused as exc:
+        raise UsageError(f"standard input {exc.reason}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read the prompt from standard input: {exc.strerror}") from None
 
 
 def run(

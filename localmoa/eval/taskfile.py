@@ -17,9 +17,12 @@ from typing import Any
 
 from ..answers import canonical, letters, parse_number
 from ..errors import UsageError
+from ..fileio import FileRefused, read_prompt_bytes
 from .checks import check_problem
 from .tasks import DEFAULT_SEED, SET_NAMES, Task, choice_prompt, shipped
 
+#: Deepest nesting of lists and objects in a task (checks need 3).
+MAX_DEPTH = 16
 KEYS = ("id", "prompt", "answer", "choices", "check")
 EXAMPLE = '{"prompt": "What is 6 x 7?", "answer": 42}'
 
@@ -32,7 +35,7 @@ def load_tasks(source: str, seed: int = DEFAULT_SEED, limit: int | None = None) 
     if source in SET_NAMES:
         return shipped(source, seed, limit)
     path = Path(source).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"--tasks {source}: no task set of that name and no such file; give "
                          f"one of {', '.join(SET_NAMES)}, or a JSONL file of tasks")
     tasks = read_task_file(path)
@@ -42,9 +45,11 @@ def load_tasks(source: str, seed: int = DEFAULT_SEED, limit: int | None = None) 
 def read_task_file(path: Path) -> list[Task]:
     """Every task of a JSONL file, or UsageError naming the first bad line."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_prompt_bytes(path).decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise UsageError(f"--tasks {path}: not UTF-8 text; save the file as UTF-8") from None
+    except FileRefused as exc:
+        raise UsageError(f"--tasks {path}: {exc.reason}") from None
     except OSError as exc:
         raise UsageError(f"--tasks {path}: {exc.strerror}") from None
     tasks: list[Task] = []
@@ -74,6 +79,10 @@ def parse_task(line: str, default_id: str) -> Task:
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno}); write one task "
                          f"object per line, e.g. {EXAMPLE}") from None
+    except RecursionError:  # the JSON decoder's own bound, far deeper than MAX_DEPTH
+        raise _too_deep_error() from None
+    if too_deep(item, MAX_DEPTH):
+        raise _too_deep_error()
     if not isinstance(item, dict):
         raise ValueError(f"a task is a JSON object, e.g. {EXAMPLE}")
     unknown = [k for k in item if k not in KEYS]
@@ -103,6 +112,24 @@ def parse_task(line: str, default_id: str) -> Task:
                     kind="choice", answer=_letter(item["answer"], choices), choices=choices)
     return Task(id=task_id, set="file", prompt=prompt, kind="number",
                 answer=canonical(_number(item["answer"])))
+
+
+def _too_deep_error() -> ValueError:
+    return ValueError(f"JSON nested more than {MAX_DEPTH} levels deep; a task is a flat "
+                      f"object, e.g. {EXAMPLE}")
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether lists and dicts nest deeper than ``limit`` in ``value`` (no recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _number(value: Any) -> Fraction:

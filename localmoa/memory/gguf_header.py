@@ -13,6 +13,7 @@ its metadata in the first shard and its tensors spread over all shards;
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidModelFileError, ModelNotFoundError
+from ..fileio import FileRefused, open_regular
 
 # GGUF metadata value types
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
@@ -27,6 +29,22 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 #: Arrays longer than this are summarised (the vocabulary), not decoded.
 MAX_DECODED_ARRAY = 4096
+#: Counts past these are a corrupt (or hostile) header, not a model: the largest models
+#: have a few thousand tensors, a few hundred keys, vocabularies under a million tokens.
+MAX_TENSORS = 1 << 20
+MAX_KV = 1 << 20
+MAX_ARRAY = 1 << 32
+MAX_STRING_BYTES = 1 << 32
+#: Arrays of arrays nest at most this deep (llama.cpp itself writes and reads none).
+MAX_ARRAY_NESTING = 4
+#: ggml's GGML_MAX_DIMS: a tensor has at most 4 dimensions.
+MAX_DIMS = 4
+#: Tensor data past this (1 PiB) is a corrupt shape, not a big model.
+MAX_DATA_BYTES = 1 << 50
+#: The fewest bytes one element of each kind takes in the header.
+_MIN_TENSOR_BYTES = 8 + 4 + 4 + 8  # name length, dimensions, type, offset
+_MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, a one-byte value
+_MIN_ELEMENT_BYTES = {_STRING: 8, _ARRAY: 4 + 8}
 #: llama.cpp's shard names (llama_split_path): PREFIX-00001-of-00003.gguf, 1-based.
 _SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 #: At most this many missing shards are named in an error; the rest are counted.
@@ -35,10 +53,12 @@ _NAMED_SHARDS = 4
 
 @dataclass(frozen=True)
 class ArraySummary:
-    """A large metadata array, kept as its element type and length only."""
+    """A large metadata array, kept as its element type and length only (and, for strings,
+    the bytes of the longest: the vocabulary's longest token)."""
 
     type: int
     count: int
+    longest: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,13 @@ class GgufHeader:
         return self.metadata.get(f"{self.architecture}.{key}", default)
 
 
+def count_text(n: int) -> str:
+    """``2^63`` for a large power of two (what a crafted header writes), else ``1,234``."""
+    if n >= 1 << 16 and n & (n - 1) == 0:
+        return f"2^{n.bit_length() - 1}"
+    return f"{n:,}"
+
+
 class _Cursor:
     def __init__(self, buf: Any, path: Path) -> None:
         self.buf = buf
@@ -81,44 +108,74 @@ class _Cursor:
         self.off += size
         return value
 
-    def string(self) -> str:
+    def claim(self, what: str, count: int, min_bytes: int, limit: int) -> None:
+        """Refuse a count no GGUF has, or one whose elements cannot fit in the file,
+        before anything loops over it."""
+        if count > limit:
+            raise InvalidModelFileError(
+                f"{self.path}: the GGUF header claims {count_text(count)} {what} (at byte "
+                f"{self.off}; no model has more than {count_text(limit)}): the file is "
+                "corrupt, not a usable GGUF; check where it came from")
+        if self.off + min_bytes > len(self.buf):
+            raise InvalidModelFileError(
+                f"{self.path}: the GGUF header claims {count_text(count)} {what} at byte "
+                f"{self.off}, at least {min_bytes:,} bytes, past the end of the file "
+                f"({len(self.buf):,} bytes): the file is corrupt, or truncated (fetch the "
+                "file again)")
+
+    def length(self) -> int:
         n = self.unpack("<Q")
-        if self.off + n > len(self.buf):
-            self.unpack(f"<{n + 1}s")  # raises the truncation error
+        self.claim("bytes of string", n, n, MAX_STRING_BYTES)
+        return int(n)
+
+    def string(self) -> str:
+        n = self.length()
         raw = bytes(self.buf[self.off:self.off + n])
         self.off += n
         return raw.decode("utf-8", "replace")
 
-    def skip_string(self) -> None:
-        n = self.unpack("<Q")
-        self.off += n
-
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
+            if depth >= MAX_ARRAY_NESTING:
+                raise InvalidModelFileError(
+                    f"{self.path}: the GGUF header nests arrays more than {MAX_ARRAY_NESTING} "
+                    f"levels deep (at byte {self.off}): the file is corrupt, not a usable GGUF")
             etype = self.unpack("<I")
             count = self.unpack("<Q")
+            self.claim("array elements", count, count * _element_bytes(etype), MAX_ARRAY)
             if count > MAX_DECODED_ARRAY:
-                self._skip_array(etype, count)
-                return ArraySummary(etype, count)
-            return [self.value(etype) for _ in range(count)]
+                longest = self._skip_array(etype, count, depth + 1)
+                return ArraySummary(etype, count, longest)
+            return [self.value(etype, depth + 1) for _ in range(count)]
         raise InvalidModelFileError(f"{self.path}: unknown GGUF value type {vtype}; "
                                     "the file is corrupt or from a newer GGUF version")
 
-    def _skip_array(self, etype: int, count: int) -> None:
+    def _skip_array(self, etype: int, count: int, depth: int) -> int:
+        """Past ``count`` elements; the bytes of the longest when they are strings."""
+        longest = 0
         if etype in _SCALARS:
             self.off += struct.calcsize(_SCALARS[etype]) * count
         elif etype == _STRING:
             for _ in range(count):
-                self.skip_string()
+                n = self.length()  # first: it moves the cursor past the length itself
+                self.off += n
+                longest = max(longest, n)
         else:
             for _ in range(count):
-                self.value(etype)
+                self.value(etype, depth)
         if self.off > len(self.buf):
             self.unpack("<B")  # raises the truncation error
+        return longest
+
+
+def _element_bytes(etype: int) -> int:
+    if etype in _SCALARS:
+        return struct.calcsize(_SCALARS[etype])
+    return _MIN_ELEMENT_BYTES.get(etype, 1)
 
 
 def read_header(path: Path) -> GgufHeader:
@@ -127,8 +184,14 @@ def read_header(path: Path) -> GgufHeader:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     try:
-        with path.open("rb") as fh:
-            size = path.stat().st_size
+        fd = open_regular(path)  # a FIFO or a device is refused, never waited on
+    except FileRefused as exc:
+        raise InvalidModelFileError(f"{path} {exc.reason}") from None
+    except OSError as exc:
+        raise InvalidModelFileError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
             if size < 24:
                 raise InvalidModelFileError(f"{path}: too small to be a GGUF file ({size} bytes)")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -147,14 +210,20 @@ def _parse(buf: Any, path: Path, quant_sizes: Any, quant_type: Any) -> GgufHeade
         raise InvalidModelFileError(f"{path}: GGUF version {version} is not supported (2 or 3)")
     n_tensors = cur.unpack("<Q")
     n_kv = cur.unpack("<Q")
+    cur.claim("key-value pairs", n_kv, n_kv * _MIN_KV_BYTES, MAX_KV)
     header = GgufHeader(path=path, version=version)
     for _ in range(n_kv):
         key = cur.string()
         header.metadata[key] = cur.value(cur.unpack("<I"))
+    cur.claim("tensors", n_tensors, n_tensors * _MIN_TENSOR_BYTES, MAX_TENSORS)
     data_end = 0
     for _ in range(n_tensors):
         name = cur.string()
         n_dims = cur.unpack("<I")
+        if n_dims > MAX_DIMS:
+            raise InvalidModelFileError(
+                f"{path}: tensor {name[:80]!r} has {count_text(n_dims)} dimensions (GGUF "
+                f"allows at most {MAX_DIMS}): the file is corrupt, not a usable GGUF")
         shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
         ttype = cur.unpack("<I")
         offset = cur.unpack("<Q")
@@ -171,14 +240,27 @@ def _parse(buf: Any, path: Path, quant_sizes: Any, quant_type: Any) -> GgufHeade
         n_bytes = elements // block * type_size
         header.tensors.append(TensorInfo(name, shape, qtype.name, n_bytes))
         data_end = max(data_end, offset + n_bytes)
-    alignment = int(header.metadata.get("general.alignment", 32))
+    alignment = _alignment(header)
     data_start = (cur.off + alignment - 1) // alignment * alignment
+    if data_end > MAX_DATA_BYTES:
+        raise InvalidModelFileError(
+            f"{path}: the GGUF header claims {count_text(data_end)} bytes of tensor data "
+            "(tensor shapes no model has): the file is corrupt, not a usable GGUF")
     if data_start + data_end > len(buf):
         raise InvalidModelFileError(
             f"{path}: the GGUF file is truncated: its tensors need {data_start + data_end} "
             f"bytes, the file has {len(buf)}; the download was probably interrupted, fetch "
             "the file again")
     return header
+
+
+def _alignment(header: GgufHeader) -> int:
+    value = header.metadata.get("general.alignment", 32)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 \
+            or value & (value - 1) or value > 1 << 16:
+        raise InvalidModelFileError(f"{header.path}: general.alignment is {value!r}, not a "
+                                    "power of two: the file is corrupt")
+    return value
 
 
 def split_file_name(prefix: str, split_no: int, split_count: int) -> str:

@@ -1,0 +1,107 @@
+"""Crafted GGUF headers through the real CLI: absurd counts, a string longer than the
+file, arrays nested without end, impossible shapes. Each is one line naming what the
+header claims, exit 2: not "the download was probably interrupted", not a
+RecursionError, not an hour of looping. The files are built here with struct."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from localmoa.memory.gguf_header import MAX_ARRAY_NESTING, ArraySummary, read_header
+
+from .conftest import cli
+from .test_bad_input import assert_one_line, config_with_path
+
+NET = 120
+STRING, ARRAY, UINT8, UINT32 = 8, 9, 0, 4
+
+
+def text(value: bytes) -> bytes:
+    return struct.pack("<Q", len(value)) + value
+
+
+def kv(key: bytes, vtype: int, payload: bytes) -> bytes:
+    return text(key) + struct.pack("<I", vtype) + payload
+
+
+def gguf(kvs: list[bytes] = (), n_kv: int | None = None, n_tensors: int = 0,
+         tensors: bytes = b"", pad: int = 64) -> bytes:
+    count = len(kvs) if n_kv is None else n_kv
+    return (b"GGUF" + struct.pack("<IQQ", 3, n_tensors, count) + b"".join(kvs) + tensors
+            + b"\0" * pad)
+
+
+def nested_arrays(levels: int) -> bytes:
+    """An array of one array of one array ... of one uint8, ``levels`` arrays deep."""
+    return (struct.pack("<IQ", ARRAY, 1) * (levels - 1) + struct.pack("<IQ", UINT8, 1)
+            + b"\x07")
+
+
+def tensor(name: bytes, shape: tuple[int, ...], ttype: int = 0) -> bytes:
+    return (text(name) + struct.pack("<I", len(shape)) + struct.pack(f"<{len(shape)}Q", *shape)
+            + struct.pack("<IQ", ttype, 0))
+
+
+CASES = {
+    "2^63-tensors": (gguf(n_tensors=1 << 63), "the GGUF header claims 2^63 tensors"),
+    "2^63-kv-pairs": (gguf(n_kv=1 << 63), "the GGUF header claims 2^63 key-value pairs"),
+    "array-of-2^62": (gguf([kv(b"a", ARRAY, struct.pack("<IQ", UINT8, 1 << 62))]),
+                      "the GGUF header claims 2^62 array elements"),
+    "string-2^40": (gguf([kv(b"a", STRING, struct.pack("<Q", 1 << 40))]),
+                    "the GGUF header claims 2^40 bytes of string"),
+    "string-past-the-end": (gguf([kv(b"a", STRING, struct.pack("<Q", 1_000_000))]),
+                            "the GGUF header claims 1,000,000 bytes of string at byte 45"),
+    "strings-past-the-end": (gguf([kv(b"a", ARRAY, struct.pack("<IQ", STRING, 1 << 30))]),
+                             "the GGUF header claims 2^30 array elements at byte 49, at least "
+                             "8,589,934,592 "
+                             "bytes, past the end of the file"),
+    "nested-arrays": (gguf([kv(b"a", ARRAY, nested_arrays(100_000))]),
+                      f"the GGUF header nests arrays more than {MAX_ARRAY_NESTING} levels "
+                      "deep"),
+    "2^32-dimensions": (gguf(n_tensors=1, tensors=text(b"t") + struct.pack("<I", 2**32 - 1)),
+                        "tensor 't' has 4,294,967,295 dimensions (GGUF allows at most 4)"),
+    "petabytes": (gguf(n_tensors=1, tensors=tensor(b"t", (1 << 40, 1 << 40))),  # F32: 4 B
+                  "the GGUF header claims 2^82 bytes of tensor data"),
+    "alignment-0": (gguf([kv(b"general.alignment", UINT32, struct.pack("<I", 0))]),
+                    "general.alignment is 0, not a power of two"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_crafted_header_is_one_line(tmp_path: Path, case: str) -> None:
+    data, fragment = CASES[case]
+    model = tmp_path / "crafted.gguf"
+    model.write_bytes(data)
+    proc = cli("models", "add", str(model), "--name", "x", timeout=NET)
+    assert_one_line(proc, 2, f"{model}: {fragment}")
+    assert "interrupted" not in proc.stderr or "past the end" in proc.stderr
+
+
+def test_crafted_header_as_a_models_source(tmp_path: Path) -> None:
+    model = tmp_path / "crafted.gguf"
+    model.write_bytes(CASES["2^63-tensors"][0])
+    proc = cli("plan", "--config", str(config_with_path(tmp_path, model)), "--profile", "p",
+               timeout=NET)
+    assert_one_line(proc, 2, "the GGUF header claims 2^63 tensors", "the file is corrupt")
+
+
+def test_truncated_inside_a_string_says_truncated_too(tmp_path: Path) -> None:
+    whole = gguf([kv(b"general.name", STRING, text(b"x" * 5000))], pad=0)
+    model = tmp_path / "cut.gguf"
+    model.write_bytes(whole[:3000])
+    proc = cli("models", "add", str(model), "--name", "x", timeout=NET)
+    assert_one_line(proc, 2, "claims 5,000 bytes of string", "truncated (fetch the file again)")
+
+
+def test_modest_nesting_and_long_arrays_still_read(tmp_path: Path) -> None:
+    vocab = b"".join(text(b"tok%d" % i) for i in range(5000)) + text(b"a-longer-token")
+    model = tmp_path / "fine.gguf"
+    model.write_bytes(gguf([kv(b"nested", ARRAY, nested_arrays(MAX_ARRAY_NESTING)),
+                            kv(b"tokenizer.ggml.tokens", ARRAY,
+                               struct.pack("<IQ", STRING, 5001) + vocab)]))
+    header = read_header(model)
+    assert header.metadata["nested"] == [[[[7]]]]
+    assert header.metadata["tokenizer.ggml.tokens"] == ArraySummary(STRING, 5001, 14)
