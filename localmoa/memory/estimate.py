@@ -108,6 +108,9 @@ class ModelFacts:
     #: The matrices a CPU backend may repack (2-D, not the token embeddings):
     #: (type, elements per row, rows, bytes) each.
     matrices: tuple[tuple[str, int, int, int], ...] = ()
+    #: Bytes of the vocabulary's longest token (0: unknown): a text of B bytes is at
+    #: least B / this many tokens (prompt_fit.py).
+    longest_token_bytes: int = 0
 
     def repacked_bytes_of(self, types: frozenset[str]) -> int:
         """Weights that become private copies when llama.cpp repacks ``types`` (type names
@@ -195,9 +198,9 @@ def model_facts(header: GgufHeader) -> ModelFacts:
     value_length = int(header.arch_value("attention.value_length", 0) or key_length)
     window = header.arch_value("attention.sliding_window")
     swa = _swa_layers(arch, n_layers, window, header.arch_value("attention.sliding_window_pattern"))
+    tokens = md.get("tokenizer.ggml.tokens")
     vocab = header.arch_value("vocab_size")
     if vocab is None:
-        tokens = md.get("tokenizer.ggml.tokens")
         vocab = tokens.count if isinstance(tokens, ArraySummary) else len(tokens or [])
     layer_bytes = [0] * n_layers
     other = 0
@@ -227,7 +230,16 @@ def model_facts(header: GgufHeader) -> ModelFacts:
         repacked_bytes=sum(n for kind, _, _, n in matrices if kind in REPACKED_TYPES),
         output_bytes=other, parameters=params, quant=quant,
         has_chat_template="tokenizer.chat_template" in md,
-        matrices=tuple(matrices))
+        matrices=tuple(matrices), longest_token_bytes=_longest_token(tokens))
+
+
+def _longest_token(tokens: Any) -> int:
+    """Bytes of the longest entry of a vocabulary, summarised or decoded (0: none)."""
+    if isinstance(tokens, ArraySummary):
+        return tokens.longest
+    if isinstance(tokens, list):
+        return max((len(str(t).encode("utf-8")) for t in tokens), default=0)
+    return 0
 
 
 def facts_from_model_info(model_info: dict[str, Any], size_bytes: int, quant: str,
