@@ -33,6 +33,7 @@ from ..memory.planner import Plan
 from ..memory.probe import MemorySampler
 from ..metrics import AgentRun, RunReport
 from ..preflight import Preflight, preflight
+from ..prompt_fit import check_fits, longest_token_bytes
 from ..recipe import MoaGraph
 from .loading import clear_dead, load_wave, prestart_next
 from .state import Execution, RunEvents
@@ -92,6 +93,7 @@ def execute_jobs(config: Config, graph: MoaGraph, conversations: Sequence[Sequen
     jobs = graph.jobs
     if len(conversations) != jobs:
         raise ValueError(f"{jobs} requests in the graph, {len(conversations)} conversations")
+    _refuse_unfit(config, graph, conversations, host.paths)  # before anything loads
     ex = Execution(host=host, plan=plan, conversations=list(conversations),
                     events=events or RunEvents(), held_before=list(host.held),
                     control=Control(cancels=list(cancels or [None] * jobs)))
@@ -266,6 +268,18 @@ def _plan_summary(plan: Plan) -> dict[str, Any]:
             "predicted_peak_bytes": plan.peak_bytes, "budget_bytes": plan.budgets,
             "batches": [{"wave": w.index, "layer": w.layer, "model": m, "size": n}
                         for w in plan.waves for m, n in w.batches.items()]}
+
+
+def _refuse_unfit(config: Config, graph: MoaGraph,
+                  conversations: Sequence[Sequence[Message]], paths: dict[str, Path]) -> None:
+    """PromptTooLongError when a request's conversation cannot fit the agents that must
+    read it (a cheap lower bound: prompt_fit.py). A server checks each request before
+    queueing it, so a merged run meets none."""
+    def longest(model: str) -> int:
+        return longest_token_bytes(paths[model]) if model in paths else 0
+
+    for job, conversation in enumerate(conversations):
+        check_fits(graph, conversation, lambda m: config.models[m].n_ctx, longest, job)
 
 
 def _model_facts(config: Config, graph: MoaGraph,
