@@ -218,6 +218,7 @@ def add_model_text(text: str, file: str, name: str, entry: dict[str, Any]) -> st
     return _edit_block(text, models, name, entry, newline)
 
 
+_LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
 _LINE = re.compile(r"[^\r\n\x85\u2028\u2029]*(?:\r\n|[\r\n\x85\u2028\u2029])"
                    r"|[^\r\n\x85\u2028\u2029]+\Z")
 
@@ -245,8 +246,12 @@ def _replace_flow(text: str, key: yaml.Node, models: yaml.Node, name: str,
         if other != name:
             lines += _entry_lines(other, value, indent, 2, newline)
     lines += _entry_lines(name, entry, indent, 2, newline)
-    block = newline + "".join(lines).removesuffix(newline)
-    return text[:models.start_mark.index] + block + text[models.end_mark.index:]
+    start, end = models.start_mark.index, models.end_mark.index
+    line_end = _LINE_BREAK.search(text, end)
+    stop = line_end.start() if line_end else len(text)
+    # `models: {}  # comment`: the comment stays on the models: line, the block below it
+    head = text[:start].rstrip(" \t") + text[end:stop]
+    return head + newline + "".join(lines).removesuffix(newline) + (text[stop:] or newline)
 
 
 def _edit_block(text: str, models: yaml.MappingNode, name: str, entry: dict[str, Any],
@@ -265,8 +270,11 @@ def _edit_block(text: str, models: yaml.MappingNode, name: str, entry: dict[str,
     for i, key in enumerate(keys):
         if isinstance(key, yaml.ScalarNode) and key.value == name:  # --force: in its place
             stop = keys[i + 1].start_mark.line if i + 1 < len(keys) else limit
-            last = _content_end(lines, key.start_mark.line, stop, column)
-            return "".join(lines[:key.start_mark.line] + new + lines[last:])
+            first, last = key.start_mark.line, _content_end(lines, key.start_mark.line,
+                                                            stop, column)
+            # its comment lines stay, after it (what they say may still hold)
+            kept = [line for line in lines[first + 1:last] if line.lstrip().startswith("#")]
+            return "".join(lines[:first] + new + kept + lines[last:])
     last = _content_end(lines, keys[-1].start_mark.line, limit, column)
     if last and not lines[last - 1].endswith(("\n", "\r")):
         lines[last - 1] += newline

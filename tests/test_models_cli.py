@@ -150,7 +150,8 @@ def test_add_path_then_use_it(tmp_path: Path, smollm2_path: Path,
     assert again.returncode == 2 and "add --force" in again.stderr
     forced = cli("models", "add", str(smollm2_path), "--name", "mine", "--force")
     assert forced.returncode == 0
-    assert (isolated_home / "models.yaml.bak").exists()
+    backups = list(isolated_home.glob("models.yaml.bak-*"))  # dated: the file before --force
+    assert len(backups) == 1 and backups[0].read_text().startswith("models:")
 
 
 @pytest.mark.parametrize(("source", "entry"), [
@@ -188,3 +189,123 @@ def test_add_refuses_a_shipped_name_without_force(smollm2_path: Path) -> None:
     assert proc.returncode == 2 and "is a shipped model name" in proc.stderr
     assert cli("models", "add", str(smollm2_path), "--name", "smollm2-135m",
                "--force").returncode == 0
+
+
+# `models add` edits the user's models.yaml as text: comments and layout stay
+USER_FILE = """\
+# my models: keep this comment
+default_profile: tiny   # the small one
+
+models:
+    # the one I use every day
+    mine:
+        backend: ollama     # a daemon on this machine
+        source: {ollama: "qwen2.5:3b"}
+        # n_ctx: 8192 once I have the RAM
+
+# profiles below
+profiles:
+    p:
+        layers: [[{model: mine}]]
+        aggregator: {model: mine}
+"""
+ADDED = """\
+    q:
+        backend: ollama
+        source:
+            ollama: qwen2.5:7b
+        n_ctx: 2048
+"""
+
+
+def test_add_keeps_comments_layout_and_dated_backups(tmp_path: Path) -> None:
+    cfg = tmp_path / "models.yaml"
+    cfg.write_text(USER_FILE, encoding="utf-8")
+    cfg.chmod(0o640)
+    proc = cli("models", "add", "ollama:qwen2.5:7b", "--name", "q", "--n-ctx", "2048",
+               "--config", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    cut = USER_FILE.index("\n\n# profiles below") + 1  # after the entry's last line
+    assert cfg.read_text(encoding="utf-8") == USER_FILE[:cut] + ADDED + USER_FILE[cut:]
+    assert cfg.stat().st_mode & 0o777 == 0o640
+    [backup] = tmp_path.glob("models.yaml.bak-*")
+    assert backup.read_text(encoding="utf-8") == USER_FILE
+    assert "(the previous version is models.yaml.bak-" in proc.stderr
+    # --force: the entry is replaced where it is, every comment around it stays
+    proc = cli("models", "add", "ollama:llama3.2", "--name", "mine", "--force",
+               "--config", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    text = cfg.read_text(encoding="utf-8")
+    assert text.startswith(USER_FILE[:USER_FILE.index("    mine:")] + "    mine:\n        "
+                           "backend: ollama\n        source:\n            ollama: llama3.2\n"
+                           "        n_ctx: 4096\n        # n_ctx: 8192 once I have the RAM\n")
+    assert text.endswith(ADDED + USER_FILE[cut:])
+    assert len(list(tmp_path.glob("models.yaml.bak-*"))) == 2  # never overwritten
+    from localmoa import load_config
+
+    assert load_config(cfg).models["q"].n_ctx == 2048
+
+
+ENTRY = {"backend": "ollama", "source": {"ollama": "qwen2.5:7b"}, "n_ctx": 4096}
+EDIT_CASES = {
+    "empty file": "",
+    "only comments": "# nothing yet\n",
+    "no models section": "default_profile: tiny  # c\nprofiles: {}",
+    "flow, empty": "models: {}  # none yet\nprofiles: {}\n",
+    "flow, one entry": "models: {a: {backend: ollama,\n   source: {ollama: x}}}  # c\n",
+    "no value": "models:\n# later\nprofiles: {}\n",
+    "CRLF": "# c\r\nmodels:\r\n  a:\r\n    backend: ollama\r\n    source: {ollama: x}\r\n",
+    "no final newline": "models:\n  a:\n    backend: ollama\n    source: {ollama: x}",
+    "block scalar": "models:\n  a:\n    backend: ollama\n    description: |\n      two\n"
+                    "      lines\n    source: {ollama: x}\n  # trailing, indented\n# end\n",
+    "trailing comments": "models:\n  a:\n    backend: ollama\n    source: {ollama: x}\n"
+                         "    # n_ctx: 9\n\n# the end\n",
+}
+
+
+@pytest.mark.parametrize("case", list(EDIT_CASES))
+def test_add_model_text(case: str) -> None:
+    from localmoa.config_yaml import add_model_text
+
+    before = EDIT_CASES[case]
+    after = add_model_text(before, "f.yaml", "q", ENTRY)
+    old, new = yaml.safe_load(before) or {}, yaml.safe_load(after)
+    assert new == {**old, "models": {**(old.get("models") or {}), "q": ENTRY}}
+    comments = [line[line.index("#"):] for line in before.splitlines() if "#" in line]
+    assert all(any(c in line for line in after.splitlines()) for c in comments), after
+    if case == "CRLF":
+        assert after.count("\r\n") == after.count("\n")
+
+
+@pytest.mark.parametrize("name", ["moa:tiny", "has space", "a/b", "new\nline", "-dash", "",
+                                  "x" * 129, "tab\tname"])
+def test_add_refuses_names_serve_could_not_list(name: str, isolated_home: Path) -> None:
+    proc = cli("models", "add", "ollama:qwen2.5:7b", "--name", name)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"localmoa: error: --name {' '.join(repr(name).split())}: "
+                                  "use letters, digits")
+    assert not (isolated_home / "models.yaml").exists()
+
+
+@pytest.mark.parametrize(("n_ctx", "fragment"), [
+    ("-5", "--n-ctx -5: Input should be greater than or equal to 64"),
+    ("0", "--n-ctx 0: Input should be greater than or equal to 64"),
+    ("99999999", "--n-ctx 99999999: Input should be less than or equal to 1048576"),
+])
+def test_add_bad_n_ctx_is_one_line(n_ctx: str, fragment: str) -> None:
+    proc = cli("models", "add", "ollama:qwen2.5:7b", "--name", "q", "--n-ctx", n_ctx)
+    assert proc.returncode == 2 and proc.stderr == f"localmoa: error: {fragment}\n"
+
+
+def test_dated_backups_never_overwrite_each_other(tmp_path: Path) -> None:
+    from localmoa.fileio import dated_backup
+
+    target = tmp_path / "models.yaml"
+    target.write_text("now\n")
+    target.chmod(0o600)
+    first = dated_backup(target, b"one\n", now=1_796_300_000)
+    second = dated_backup(target, b"two\n", now=1_796_300_000)  # the same second
+    assert first.name.startswith("models.yaml.bak-2026") and len(first.name) == 27
+    assert second.name == first.name + "-2"
+    assert (first.read_text(), second.read_text()) == ("one\n", "two\n")
+    assert second.stat().st_mode & 0o777 == 0o600

@@ -6,21 +6,32 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from .. import constants
 from ..backends import backend_class
-from ..config import Config, load_config, model_spec, read_config_file, shipped_config_path
-from ..errors import ConfigError, LocalMoaError, UsageError
+from ..config import (
+    Config,
+    load_config,
+    model_spec,
+    parse_config_text,
+    read_config_file,
+    read_config_text,
+    shipped_config_path,
+)
+from ..config_yaml import add_model_text, load_yaml, pydantic_message
+from ..errors import LocalMoaError, UsageError
+from ..fileio import atomic_write, dated_backup, regular_file_problem
 from ..memory.estimate import Footprint, ModelFacts
 from ..memory.gguf_header import read_model_header, shard_paths
 from ..memory.probe import Resources, format_bytes, probe
 from ..preflight import estimate_model
 from ..pull import Progress as PullProgress
 from ..pull import pull as pull_model
+from ..spec_types import MODEL_NAME, MODEL_NAME_RULE
 from ._options import ConfigOpt, JsonOpt
 from ._output import Output
 
@@ -177,38 +188,65 @@ def add(
     config: ConfigOpt = None,
 ) -> None:
     """Add a model entry to your user config (--config, $LOCALMOA_CONFIG or
-    ~/.config/localmoa/models.yaml). The file is checked after writing; the previous
-    version is kept as .bak."""
+    ~/.config/localmoa/models.yaml). The file is edited as text, so its comments and
+    layout stay; the result is checked before it replaces the file, and the previous
+    version is kept as models.yaml.bak-DATE."""
+    if not MODEL_NAME.fullmatch(name):
+        raise UsageError(f"--name {name!r}: {MODEL_NAME_RULE}; serve lists each model by its "
+                         "name beside moa:PROFILE")
     entry = _entry_for(source, n_ctx)
-    model_spec(entry)  # the same rules as models.yaml
+    _check_entry(entry, source)
     target = config or constants.user_config_path()
-    data: dict[str, Any] = {}
-    if target.exists():
-        read_config_file(target)  # refuse to edit a file that is already broken
-        data = yaml.safe_load(target.read_text(encoding="utf-8")) or {}
-    models = data.setdefault("models", {})
+    exists = target.exists()
+    old_text = read_config_text(target) if exists else ""
+    old_data = _document(old_text, str(target))  # refuse to edit a file already broken
+    models = old_data.get("models") or {}
     if name in models and not force:
         raise UsageError(f"{target} already has a model {name!r}; pick another --name or "
                          "add --force to replace it")
     _, _, shipped = read_config_file(shipped_config_path())
     if name in shipped and name not in models and not force:
         raise UsageError(f"{name!r} is a shipped model name; pick another --name or add --force")
-    models[name] = entry
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        target.with_suffix(target.suffix + ".bak").write_bytes(target.read_bytes())
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    try:
-        read_config_file(tmp)
-    except ConfigError:
-        tmp.unlink()
-        raise
-    tmp.replace(target)
-    Output().note(f"added model {escape(name)!r} to {escape(str(target))}"
+    new_text = add_model_text(old_text, str(target), name, entry)
+    expected = {**old_data, "models": {**models, name: entry}}
+    if _document(new_text, str(target)) != expected:
+        raise UsageError(f"{target}: cannot add the entry without changing other lines; add "
+                         f"it under models: by hand: {name}: {entry}")
+    backup = _write(target, old_text if exists else None, new_text)
+    kept = f" (the previous version is {escape(backup.name)})" if backup else ""
+    Output().note(f"added model {escape(name)!r} to {escape(str(target))}{kept}"
                   + ("" if "path" in entry["source"]
                      else f"; fetch it with `localmoa models pull {escape(name)}`"))
+
+
+def _document(text: str, file: str) -> dict[str, Any]:
+    """A models.yaml's data, after every check `localmoa run` makes."""
+    parse_config_text(text, file)
+    _, data = load_yaml(text, file)
+    return data or {}
+
+
+def _check_entry(entry: dict[str, Any], source: str) -> None:
+    """The same rules as models.yaml, said about the option that was given."""
+    try:
+        model_spec(entry)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = error["loc"]
+        option = f"--n-ctx {entry['n_ctx']}" if loc[:1] == ("n_ctx",) else repr(source)
+        raise UsageError(f"{option}: {pydantic_message(error)}") from None
+
+
+def _write(target: Path, old_text: str | None, new_text: str) -> Path | None:
+    """The old file kept as a dated backup, then the new one written atomically."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        backup = dated_backup(target, old_text.encode("utf-8")) if old_text is not None else None
+        atomic_write(target, new_text)
+    except OSError as exc:
+        raise LocalMoaError(f"cannot write {target}: {exc.strerror or exc} (the file is "
+                            "unchanged)") from None
+    return backup
 
 
 def _entry_for(source: str, n_ctx: int) -> dict[str, Any]:
@@ -217,6 +255,9 @@ def _entry_for(source: str, n_ctx: int) -> dict[str, Any]:
                 "n_ctx": n_ctx}
     path = Path(source).expanduser()
     if path.exists() or source.endswith(".gguf") or source.startswith((".", "/", "~")):
+        problem = regular_file_problem(path)
+        if problem:  # a FIFO, /dev/zero, a directory
+            raise UsageError(f"{source} {problem}; give a GGUF file")
         if not path.is_file():
             raise UsageError(f"{source}: no such file; give a GGUF path, org/repo:QUANT "
                              "or ollama:TAG")
