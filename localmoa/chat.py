@@ -16,6 +16,7 @@ from typing import Any
 from .backends.base import Message
 from .config import Config
 from .engine import RunEvents, execute_plan
+from .fileio import atomic_write
 from .host import ModelHost
 from .metrics import RunReport
 from .preflight import Preflight, preflight
@@ -98,7 +99,8 @@ class ChatSession:
         self.history, self.turns = [], []
 
     def save(self, path: Path) -> None:
-        """The conversation and every intermediate answer of every turn, as JSON."""
+        """The conversation and every intermediate answer of every turn, as JSON, written
+        atomically. Raises OSError, or FileRefused for a path that is not a regular file."""
         doc: dict[str, Any] = {
             "profile": self.profile,
             "conversation": [dict(m) for m in self.history],
@@ -106,7 +108,8 @@ class ChatSession:
                        "dropped_turns": t.dropped_turns, "report": t.report.to_dict()}
                       for t in self.turns],
         }
-        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        # atomically: a failed save (a full disk) leaves the previous one whole
+        atomic_write(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
         self.host.close()

@@ -202,7 +202,11 @@ def _command(out: Output, session: ChatSession, command: str, arg: str, live: bo
                 session.save(path)
                 out.note(f"saved {len(session.turns)} turns to {escape(str(path))}")
             except OSError as exc:
-                out.note(f"[red]error[/]: cannot write {escape(arg)}: {escape(exc.strerror or '')}")
+                why = exc.strerror or str(exc)
+                out.note(f"[red]error[/]: cannot write {escape(arg)}: {escape(why)} (nothing "
+                         "saved; a file already there is unchanged)")
+            except LocalMoaError as exc:  # not a regular file (/dev/full, a FIFO)
+                out.note(f"[red]error[/]: {escape(str(exc))}")
     else:
         out.note(f"unknown command {escape(command)}; /help lists them")
     return live

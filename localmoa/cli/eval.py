@@ -27,6 +27,7 @@ from ..eval.plot import draw_accuracy_vs_time, require_matplotlib
 from ..eval.runner import check_samples, prepare, run_eval
 from ..eval.taskfile import load_tasks
 from ..eval.tasks import DEFAULT_LIMIT, DEFAULT_SEED, SET_NAMES
+from ..fileio import atomic_write
 from ..recipe import SELF_DEFAULT_SAMPLES, Overrides
 from ._options import ConfigOpt, JsonOpt, MaxTokensOpt, MemoryBudgetOpt, NoBatchOpt
 from ._output import Output
@@ -133,8 +134,7 @@ def eval_command(
                 "memory_budget": memory_budget, "no_batch": no_batch, "sampling_seed": SEED}
     document = {"settings": settings, "machine": machine_facts(),
                 "tasks": [t.to_dict() for t in task_list], **results}
-    (target / "results.json").write_text(json.dumps(document, indent=2, ensure_ascii=False)
-                                         + "\n", encoding="utf-8")
+    write_results(target / "results.json", document)
     pictures = draw_accuracy_vs_time(results["summaries"], target)
     summaries = results["summaries"]
     if json_out:
@@ -148,6 +148,14 @@ def eval_command(
         first = next((a["error"] for a in results["answers"] if a["error"]), "unknown")
         raise LocalMoaError(f"every run failed ({first}); the details are in "
                             f"{target / 'results.json'}")
+
+
+def write_results(path: Path, document: dict[str, Any]) -> None:
+    """results.json, atomically: a failed write (a full disk) leaves the old file whole."""
+    try:
+        atomic_write(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise LocalMoaError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def summary_table(summaries: dict[str, Any], tasks: int, repeat: int) -> Table:
