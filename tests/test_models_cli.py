@@ -305,7 +305,7 @@ def test_dated_backups_never_overwrite_each_other(tmp_path: Path) -> None:
     target.chmod(0o600)
     first = dated_backup(target, b"one\n", now=1_796_300_000)
     second = dated_backup(target, b"two\n", now=1_796_300_000)  # the same second
-    assert first.name.startswith("models.yaml.bak-2026") and len(first.name) == 27
+    assert first.name.startswith("models.yaml.bak-2026") and len(first.name) == 31
     assert second.name == first.name + "-2"
     assert (first.read_text(), second.read_text()) == ("one\n", "two\n")
     assert second.stat().st_mode & 0o777 == 0o600
