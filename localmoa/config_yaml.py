@@ -64,8 +64,9 @@ class _BoundedLoader(yaml.SafeLoader):
                               "needs a handful", mark)
         node = super().compose_node(parent, index)
         self._depth -= 1
-        self._sizes[id(node)] = 1 + sum(self._sizes.get(id(child), 1)
-                                        for child in _children(node))
+        if node is not None:
+            sizes: list[int] = [self._sizes.get(id(child), 1) for child in _children(node)]
+            self._sizes[id(node)] = 1 + sum(sizes)
         return node
 
 
