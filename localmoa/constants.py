@@ -80,6 +80,22 @@ def max_prompt_bytes() -> str | None:
     return os.environ.get("LOCALMOA_MAX_PROMPT_BYTES") or None
 
 
+def _list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def serve_allowed_hosts() -> list[str]:
+    """LOCALMOA_ALLOWED_HOSTS=a,b: Host names `localmoa serve` answers besides loopback
+    (as --allow-host)."""
+    return _list("LOCALMOA_ALLOWED_HOSTS")
+
+
+def serve_origins() -> list[str]:
+    """LOCALMOA_ORIGINS=https://a,https://b: browser origins allowed to call `localmoa
+    serve` (as --cors; Ollama's OLLAMA_ORIGINS)."""
+    return _list("LOCALMOA_ORIGINS")
+
+
 def _client_host_parser() -> Callable[[str | None], str]:
     """The official client's parser (private, but the client's one parser). Importing
     ``ollama`` builds a default client from OLLAMA_HOST and fails on a bad value, so

@@ -1,20 +1,22 @@
 """The `localmoa serve` application: OpenAI- and Ollama-compatible APIs, a live page at
 ``/``, its agent event stream, ``/health`` and Prometheus ``/metrics``.
 
-Security: every route but ``/health`` and the page at ``/`` checks the API key when one
-is set (``Authorization: Bearer KEY`` or ``x-api-key``); request bodies are capped; CORS
-only for the origins given. Errors come in each API's own shape.
+Security (guard.py has the details and the order): a request is served only when its
+``Host`` is loopback or allowed (no key set: DNS rebinding), its browser ``Origin`` the
+server's own or allowed, its key right (when one is set: every route but ``/health`` and
+the page), its POST body JSON with ``Content-Type: application/json`` and under the cap.
+Every error, refusals, bad bodies, unknown routes and 500s included, comes in the shape
+of the route's API (errors.py). There is no ``/docs`` page: Swagger UI loads from a CDN,
+and the server is offline; ``/openapi.json`` describes the API.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,27 +24,28 @@ from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
     PlainTextResponse,
-    Response,
     StreamingResponse,
 )
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.exceptions import HTTPException
 
 from .. import __version__
 from . import ollama_api, openai_api
 from .bridge import END, JobStream
-from .errors import openai_error
+from .errors import openai_error, refuse
+from .guard import MAX_BODY_BYTES, AppSettings, BodyCap, CatchAll, Guard, Inflight
 from .service import MoaService, Sampling
 
-#: The largest request body taken (bytes).
-MAX_BODY_BYTES = 1 << 20
+__all__ = ["MAX_BODY_BYTES", "AppSettings", "RunBody", "create_app", "prometheus"]
 
 
-@dataclass(frozen=True)
-class AppSettings:
-    api_key: str | None = None
-    cors: list[str] = field(default_factory=list)
-    max_body_bytes: int = MAX_BODY_BYTES
+class RunMessage(BaseModel):
+    """One message of a run's conversation."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
 
 
 class RunBody(BaseModel):
@@ -51,40 +54,20 @@ class RunBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1)
-    messages: list[dict[str, str]] = Field(min_length=1)
+    messages: list[RunMessage] = Field(min_length=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
 
 
-def create_app(service: MoaService, settings: AppSettings | None = None) -> FastAPI:
+def create_app(service: MoaService, settings: AppSettings | None = None,
+               inflight: Inflight | None = None) -> FastAPI:
+    """The app serving ``service``; ``inflight`` counts the requests it is answering
+    (what a drain waits for)."""
     settings = settings or AppSettings()
-    app = FastAPI(title="localmoa", version=__version__, docs_url="/docs", redoc_url=None)
-    if settings.cors:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors, allow_methods=["*"],
-                           allow_headers=["*"])
-
-    @app.middleware("http")
-    async def guard(request: Request,
-                    call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        path = request.url.path
-        # the page itself holds no secret, and a browser cannot send a key to open it
-        if settings.api_key and path not in ("/health", "/") and request.method != "OPTIONS" \
-                and not _authorized(request, settings.api_key):
-            return _refuse(path, 401, "missing or wrong API key: send Authorization: Bearer "
-                           "KEY (or x-api-key: KEY)")
-        return await call_next(request)
-
-    app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes)  # outermost: first
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid body"}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-        return _refuse(request.url.path, 400, message, param=where or None)
+    app = FastAPI(title="localmoa", version=__version__, docs_url=None, redoc_url=None)
+    app.state.inflight = inflight or Inflight()
+    _errors(app)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -106,8 +89,9 @@ def create_app(service: MoaService, settings: AppSettings | None = None) -> Fast
         then ``report`` (the whole run report) and/or ``error``."""
         sampling = Sampling(temperature=body.temperature, seed=body.seed,
                             max_tokens=body.max_tokens)
+        messages = [{"role": m.role, "content": m.content} for m in body.messages]
         try:
-            job = JobStream(service, body.model, list(body.messages), sampling)
+            job = JobStream(service, body.model, messages, sampling)
         except Exception as exc:  # noqa: BLE001 - unknown model, queue full, draining
             return openai_error(exc)
         return StreamingResponse(_run_events(job), media_type="text/event-stream",
@@ -115,7 +99,45 @@ def create_app(service: MoaService, settings: AppSettings | None = None) -> Fast
 
     app.include_router(openai_api.router(service))
     app.include_router(ollama_api.router(service))
+    # the last added runs first: CatchAll, Guard, BodyCap, then CORS for the allowed
+    if settings.cors:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors),
+                           allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Guard, settings=settings, closing=lambda: service.closing,
+                       inflight=app.state.inflight)
+    app.add_middleware(CatchAll)
     return app
+
+
+def _errors(app: FastAPI) -> None:
+    """Bad bodies (400), unknown routes (404), wrong methods (405): the route's shape."""
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first: dict[str, Any] = dict(errors[0]) if errors else {"loc": (),
+                                                                 "msg": "invalid body"}
+        if first.get("type") == "json_invalid":
+            detail = dict(first.get("ctx") or {}).get("error", "")
+            return refuse(request.url.path, 400, f"the body is not valid JSON: {detail}"
+                          .rstrip(": "))
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        return refuse(request.url.path, 400, message, param=where or None)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        path = request.url.path
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = (f"no route {request.method} {path}: the OpenAI API is under /v1, "
+                       "Ollama's under /api, the page at /")
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {path}"
+        return refuse(path, exc.status_code, message, headers=dict(exc.headers or {}))
 
 
 async def _run_events(job: JobStream) -> AsyncIterator[str]:
@@ -129,72 +151,6 @@ async def _run_events(job: JobStream) -> AsyncIterator[str]:
         yield f"event: report\ndata: {json.dumps(done.report.to_dict())}\n\n"
     if done.error is not None:
         yield f"event: error\ndata: {json.dumps({'message': str(done.error)})}\n\n"
-
-
-class BodyCap:
-    """Refuse request bodies over ``max_bytes`` with 413, whether announced by
-    Content-Length or sent chunked (then counted as it arrives, and replayed to the
-    app when it stays under the cap)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        over = _refuse(scope["path"], 413, f"request body over {self.max_bytes} bytes")
-        if length is not None:
-            if not length.isdigit() or int(length) > self.max_bytes:
-                await over(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
-            return
-        if b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
-            await self.app(scope, receive, send)
-            return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await over(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()  # later: the disconnect a stream watches for
-
-        await self.app(scope, replay, send)
-
-
-def _authorized(request: Request, key: str) -> bool:
-    given = request.headers.get("x-api-key") or ""
-    auth = request.headers.get("authorization") or ""
-    if auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    return hmac.compare_digest(given.encode(), key.encode())
-
-
-def _refuse(path: str, status: int, message: str, param: str | None = None) -> JSONResponse:
-    """An error in the shape of the API the path belongs to."""
-    if path.startswith("/api/"):
-        return JSONResponse({"error": message}, status_code=status)
-    kind = {401: "authentication_error", 413: "invalid_request_error",
-            400: "invalid_request_error"}.get(status, "server_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param,
-                                   "code": None}}, status_code=status)
 
 
 def prometheus(service: MoaService) -> str:

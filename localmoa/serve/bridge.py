@@ -60,6 +60,8 @@ class JobStream:
                                         "layer": agent.layer}, agent))
 
     def _text(self, agent: Agent, text: str) -> None:
+        if not text:  # nothing to show (a backend that yields while it waits)
+            return
         self._put(Event("text", {"agent": agent.id, "layer": agent.layer, "text": text}, agent))
 
     def _done(self, agent: Agent, run: AgentRun) -> None:

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import __version__
 from ..metrics import RunReport
 from .bridge import AGGREGATOR, END, JobStream
-from .errors import ollama_error, run_error
+from .errors import failure, ollama_error, run_error
 from .service import MoaService, Sampling, UnknownModel
 
 #: The Ollama API version localmoa speaks (clients check it is recent enough).
@@ -49,7 +49,7 @@ class Options(BaseModel):
 class OllamaMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: str
+    role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
 
 
@@ -139,7 +139,8 @@ def router(service: MoaService) -> APIRouter:
             return JSONResponse({"model": body.model, "created_at": _now(),
                                  "message": {"role": "assistant", "content": ""},
                                  "done": True, "done_reason": "load"})
-        messages = [{"role": m.role, "content": m.content} for m in body.messages]
+        messages = [{"role": m.role, "content": m.content} for m in body.messages
+                    if m.role != "tool"]  # as the OpenAI route: no tools are run here
         return await _respond(service, body.model, model, messages, body.options,
                               body.stream, chat=True, request=request)
 
@@ -200,7 +201,10 @@ async def _lines(job: JobStream, asked: str, chat: bool, started: int) -> AsyncI
                 break
     done = job.job
     if done.report is None or done.error is not None and not done.report.answer:
-        yield json.dumps({"error": str(done.error or "the run produced no answer")}) + "\n"
+        # the last object, as Ollama ends a stream: done, with the reason (e.g. the drain
+        # ran out); Ollama's clients raise its error
+        yield json.dumps({"model": asked, "created_at": _now(), "done": True,
+                          "error": failure(done)[1]}) + "\n"
         return
     if not streamed:  # no aggregator wrote it (aggregation skipped): the proposers' answer
         yield line(done.report.answer)

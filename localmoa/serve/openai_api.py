@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..metrics import RunReport
 from .bridge import AGGREGATOR, END, JobStream
-from .errors import openai_error, run_error
+from .errors import failure, openai_error, run_error
 from .service import MoaService, Sampling
 
 
@@ -129,12 +129,12 @@ async def _chunks(job: JobStream, model: str, cid: str, created: int,
                 break
     done = job.job
     report = done.report
-    if done.error is not None and (report is None or not report.answer):
-        error = {"message": str(done.error), "type": "server_error", "code": "run_failed"}
+    if report is None or done.error is not None and not report.answer:
+        _, message, code = failure(done)  # e.g. the drain ran out: shutting_down
+        error = {"message": message, "type": "server_error", "param": None, "code": code}
         yield f"data: {json.dumps({'error': error})}\n\n"
         yield "data: [DONE]\n\n"
         return
-    assert report is not None
     if not streamed and report.answer:  # no aggregator wrote it: the proposers' answer
         yield chunk({"content": report.answer})
     yield chunk({}, _finish(report), localmoa=localmoa_field(report))

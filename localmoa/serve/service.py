@@ -21,8 +21,6 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..agents import internal_error
@@ -36,76 +34,27 @@ from ..metrics import AgentRun, RunReport
 from ..preflight import Preflight, preflight
 from ..recipe import Agent, MoaGraph, Overrides, build_graph, merge_graphs
 from ..routing import Decision, route, routes
+from .jobs import (
+    MAX_CHARS,
+    MAX_MESSAGES,
+    PROFILE_PREFIX,
+    Counters,
+    Job,
+    QueueFull,
+    Sampling,
+    ServeOptions,
+    ShuttingDown,
+    TooLarge,
+    UnknownModel,
+)
 
-#: How a profile is offered as a model: ``moa:tiny``.
-PROFILE_PREFIX = "moa:"
+__all__ = ["MAX_CHARS", "MAX_MESSAGES", "PROFILE_PREFIX", "Counters", "Job", "MoaService",
+           "QueueFull", "Sampling", "ServeOptions", "ShuttingDown", "TooLarge",
+           "UnknownModel"]
 
-
-class QueueFull(LocalMoaError):
-    """More requests are waiting than the queue holds: try again later."""
-
-
-class UnknownModel(LocalMoaError):
-    """A request named a model that is neither ``moa:PROFILE`` nor a configured model."""
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """How the service runs: queue length, keep-alive, caps."""
-
-    default_profile: str | None = None
-    keep_alive_s: float = 300.0
-    queue_size: int = 8
-    #: Waiting requests for one model id run merged, as one batch, up to this many.
-    batch_requests: int = 4
-    max_tokens_cap: int = 4096
-    memory_budget: str | None = None
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """A request's sampling: temperature and seed go to every agent, max_tokens and stop
-    to the one whose answer the client reads (the aggregator)."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-
-@dataclass
-class Job:
-    """One request's run: what to run, whom to tell, how to stop it."""
-
-    model: str
-    messages: list[Message]
-    sampling: Sampling = field(default_factory=Sampling)
-    events: RunEvents = field(default_factory=RunEvents)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-    report: RunReport | None = None
-    error: LocalMoaError | None = None
-    queued_at: float = field(default_factory=time.perf_counter)
-    #: Called on the worker thread when the job ends (report or error set).
-    on_done: Callable[[Job], None] | None = None
-
-
-@dataclass
-class Counters:
-    """What /metrics reports."""
-
-    requests: int = 0
-    failed: int = 0
-    rejected: int = 0
-    cancelled: int = 0
-    completion_tokens: int = 0
-    prompt_tokens: int = 0
-    #: Requests that ran merged with others (in batches of two or more).
-    batched: int = 0
-    #: The last run's aggregate tok/s per layer (layer number -> tok/s).
-    layer_tok_per_s: dict[int, float] = field(default_factory=dict)
-    peak_pss_bytes: int = 0
+#: Seconds stopped requests get to end (their agents stop at their next piece of text; a
+#: model worker deaf to that is killed within the engine's grace period).
+STOP_S = 30.0
 
 
 class MoaService:
@@ -138,6 +87,9 @@ class MoaService:
         self._running: list[Job] = []
         self._closing = False
         self._stopped = False
+        #: Why the jobs still running were stopped (the drain ran out), if they were.
+        self._shutdown_reason: str | None = None
+        self._idle = threading.Condition(self.lock)  # notified when no job is left
         self._thread = threading.Thread(target=self._work, name="localmoa-serve", daemon=True)
         if start:
             self.start()
@@ -191,12 +143,14 @@ class MoaService:
     # --- running -----------------------------------------------------------------------
 
     def submit(self, job: Job) -> Job:
-        """Queue ``job``; QueueFull at once when the queue is full, UsageError when the
-        service is draining."""
+        """Queue ``job``; TooLarge when it carries more than a request may, QueueFull at
+        once when the queue is full, ShuttingDown when the service is draining."""
+        self._check_size(job.messages)
         self.graph_for(job.model, job.sampling)  # an unknown model fails now, not queued
-        with self.lock:  # close() empties the queue under it: nothing queued after that
+        with self.lock:  # stop_jobs() empties the queue under it: nothing queued after that
             if self._closing:
-                raise UsageError("the server is shutting down; try another instance")
+                raise ShuttingDown("the server is shutting down; try again shortly, or "
+                                   "another instance")
             if len(self._waiting) >= self.options.queue_size:
                 self.counters.rejected += 1
                 raise QueueFull(f"{len(self._waiting)} requests are waiting (the queue "
@@ -205,6 +159,16 @@ class MoaService:
             self.counters.requests += 1
             self._wake.notify()
         return job
+
+    def _check_size(self, messages: list[Message]) -> None:
+        limit = self.options.max_messages
+        if len(messages) > limit:
+            raise TooLarge(f"{len(messages)} messages: this server takes at most {limit} "
+                           "per request")
+        chars = sum(len(str(m.get("content") or "")) for m in messages)
+        if chars > self.options.max_chars:
+            raise TooLarge(f"the messages hold {chars} characters: this server takes at "
+                           f"most {self.options.max_chars} per request")
 
     @property
     def closing(self) -> bool:
@@ -255,13 +219,15 @@ class MoaService:
                 for job in jobs:
                     job.done.set()
                     _tell(job)
+                with self.lock:
+                    self._idle.notify_all()
             self._expire()
 
     def _run(self, jobs: list[Job]) -> None:
         live = []
         for job in jobs:
             if job.cancel.is_set():  # counted as cancelled and failed, as in a run
-                job.error = UsageError("cancelled before it ran")
+                job.error = self._ended_by(UsageError("cancelled before it ran"), job)
                 self._account(job, merged=False)
             else:
                 live.append(job)
@@ -314,7 +280,7 @@ class MoaService:
             outcomes = [error] * len(jobs)
         for job, outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, LocalMoaError):
-                job.error = outcome
+                job.error = self._ended_by(outcome, job)
                 job.report = getattr(outcome, "report", None)
             else:
                 job.report = outcome
@@ -371,29 +337,58 @@ class MoaService:
                         "expires_in_s": max(0.0, self.options.keep_alive_s - (now - used))})
         return out
 
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Take no more requests, let the running ones finish (up to ``timeout_s``, then
-        they are cancelled), and free every model."""
+    def _ended_by(self, error: LocalMoaError, job: Job) -> LocalMoaError:
+        """The error a job ends with: ShuttingDown when the drain stopped it."""
+        if job.cancel.is_set() and self._shutdown_reason is not None:
+            return ShuttingDown(self._shutdown_reason)
+        return error
+
+    def begin_close(self) -> None:
+        """Take no new request (ShuttingDown); the accepted ones go on. Takes no lock: a
+        signal handler calls it (a request queued meanwhile is accepted, and drained)."""
+        self._closing = True
+
+    def idle(self) -> bool:
+        """Whether no accepted request is waiting or running."""
+        with self.lock:
+            return not self._waiting and not self._running
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no accepted request is left (True), at most ``timeout_s`` (False)."""
+        with self.lock:
+            return self._idle.wait_for(lambda: not self._waiting and not self._running,
+                                       timeout=max(0.0, timeout_s))
+
+    def stop_jobs(self, reason: str) -> None:
+        """Stop every accepted request, each ending with ShuttingDown(``reason``): the
+        waiting ones now, the running ones at their agents' next piece of text."""
         with self.lock:
             self._closing = True
+            self._shutdown_reason = reason
             running, waiting = list(self._running), list(self._waiting)
             self._waiting.clear()
+            self._idle.notify_all()
         for job in waiting:
             job.cancel.set()
-            job.error = UsageError("the server is shutting down")
+            job.error = ShuttingDown(reason)
             job.done.set()
             _tell(job)
-        deadline = time.monotonic() + timeout_s
         for job in running:
-            if not job.done.wait(max(0.0, deadline - time.monotonic())):
-                job.cancel.set()
-        for job in running:
-            job.done.wait(timeout_s)
+            job.cancel.set()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Take no more requests, let the accepted ones finish (up to ``timeout_s``, then
+        they are stopped: ``STOP_S`` more for that), and free every model."""
+        self.begin_close()
+        if not self.wait_idle(timeout_s):
+            self.stop_jobs(f"the server is shutting down: requests in flight had "
+                           f"{timeout_s:g} s to finish")
+            self.wait_idle(STOP_S)
         with self.lock:
             self._stopped = True
             self._wake.notify_all()
         if self._thread.is_alive():
-            self._thread.join(timeout_s)
+            self._thread.join(STOP_S)
         self.host.close()
 
 
