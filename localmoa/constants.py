@@ -96,6 +96,38 @@ def serve_origins() -> list[str]:
     return _list("LOCALMOA_ORIGINS")
 
 
+def hf_hub_offline() -> bool:
+    """HF_HUB_OFFLINE set (huggingface_hub's own switch): nothing is downloaded."""
+    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+
+
+def go_offline() -> None:
+    """Set HF_HUB_OFFLINE=1 for this process and its children (every command but
+    `models pull`): huggingface_hub then never looks anything up."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def network_log() -> Path | None:
+    """LOCALMOA_NETWORK_LOG=FILE: every socket attempt the guard sees, allowed or refused."""
+    return _env_path("LOCALMOA_NETWORK_LOG")
+
+
+def secret(name: str) -> str:
+    """The value of the variable a config entry names for a key (``api_key_env``),
+    stripped; empty when unset. Keys are never read from files."""
+    return os.environ.get(name, "").strip()
+
+
+def child_environment(without: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment for a child process, less the variables ``without``."""
+    return {k: v for k, v in os.environ.items() if k not in without}
+
+
+def ollama_host_raw() -> str:
+    """OLLAMA_HOST as it is set (empty when unset), for reports that show the value."""
+    return os.environ.get("OLLAMA_HOST", "")
+
+
 def _client_host_parser() -> Callable[[str | None], str]:
     """The official client's parser (private, but the client's one parser). Importing
     ``ollama`` builds a default client from OLLAMA_HOST and fails on a bad value, so

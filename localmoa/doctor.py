@@ -8,7 +8,6 @@ its own section (Ollama: its daemons) and marks its models present or not.
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 from pathlib import Path
@@ -163,7 +162,7 @@ def _llama_cpp(config: Config | None, recheck: bool) -> dict[str, Any]:
 def _huggingface() -> dict[str, Any]:
     cache = constants.hf_hub_cache()
     return {"cache": str(cache), "exists": cache.is_dir(),
-            "offline": os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")}
+            "offline": constants.hf_hub_offline()}
 
 
 def _models(config: Config) -> list[dict[str, Any]]:

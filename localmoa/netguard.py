@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import os
 import socket
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from . import constants
 from .errors import LocalMoaError
 
 _allowed_hosts: set[str] = set()
@@ -76,7 +76,7 @@ def allow_host(url_or_host: str) -> None:
 
 
 def _log(verdict: str, what: str) -> None:
-    path = os.environ.get("LOCALMOA_NETWORK_LOG")
+    path = constants.network_log()
     if path:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(f"{verdict} {what}\n")

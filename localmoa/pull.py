@@ -9,7 +9,6 @@ find them offline. Ollama tags are pulled by the daemon (backends/ollama.py).
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +93,7 @@ def _pull_hf(config: Config, name: str, source_repo: str, source_file: str | Non
         return f"{name} is already in the Hugging Face cache: {path}"
     except ModelNotFoundError:
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+    if constants.hf_hub_offline():
         raise PullError(f"model {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is "
                         "set; unset it to download")
     try:

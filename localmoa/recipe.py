@@ -184,6 +184,20 @@ def build_graph(config: Config, profile: str | None,
     agents are the proposers (``routed_layers``).
     """
     ov = overrides or Overrides()
+    name, prof = _profile_of(config, profile, ov)
+    specs, agg_spec = _agent_specs(config, name, prof, ov, chosen)
+    make = _AgentMaker(prof, ov)
+    layers = [[make(s, i + 1, j + 1, f"L{i + 1}.{j + 1}") for j, s in enumerate(layer)]
+              for i, layer in enumerate(specs)]
+    aggregator = make(agg_spec, len(layers) + 1, 1, "AGG")
+    models = list(dict.fromkeys(a.model for a in [*sum(layers, []), aggregator]))
+    return MoaGraph(profile=name, layers=layers, aggregator=aggregator, models=models,
+                    aggregate=ov.aggregate or prof.aggregate,
+                    early_exit=prof.layers_up_to is not None and ov.layers is None)
+
+
+def _profile_of(config: Config, profile: str | None, ov: Overrides) -> tuple[str, Profile]:
+    """The profile's name and spec (a Self-MoA one for ``--self``), the overrides checked."""
     if ov.self_moa is not None:
         if ov.proposers or ov.aggregator:
             raise UsageError("--self replaces the proposers and the aggregator; drop "
@@ -198,7 +212,12 @@ def build_graph(config: Config, profile: str | None,
             known = ", ".join(sorted(config.models))
             raise UsageError(f"no model named {model!r} in the config; known models: {known}")
     _check_overrides(ov)
+    return name, prof
 
+
+def _agent_specs(config: Config, name: str, prof: Profile, ov: Overrides,
+                 chosen: Sequence[str] | None) -> tuple[list[list[AgentSpec]], AgentSpec]:
+    """The proposer layers' agent specs and the aggregator's, overrides applied."""
     if prof.router is not None:
         if chosen is None:
             raise UsageError(f"profile {name!r} routes each query to its specialists, which "
@@ -216,22 +235,30 @@ def build_graph(config: Config, profile: str | None,
     agg_spec = prof.aggregator
     if ov.aggregator:
         agg_spec = replace_model(agg_spec, ov.aggregator)
+    return specs, agg_spec
 
-    position = 0
 
-    def make(spec: AgentSpec, layer: int, index: int, agent_id: str) -> Agent:
-        nonlocal position
+class _AgentMaker:
+    """Agents from specs in graph order: seeds offset by position, overrides applied."""
+
+    def __init__(self, prof: Profile, ov: Overrides) -> None:
+        self.prof = prof
+        self.ov = ov
+        self.position = 0
+
+    def __call__(self, spec: AgentSpec, layer: int, index: int, agent_id: str) -> Agent:
+        ov = self.ov
         seed = spec.seed
         if ov.seed is not None:
-            seed = ov.seed + position
+            seed = ov.seed + self.position
         elif ov.self_moa is not None:  # distinct across repeated layers too
-            seed = SELF_SEED_BASE + position
-        position += 1
+            seed = SELF_SEED_BASE + self.position
+        self.position += 1
         agent = Agent(id=agent_id, layer=layer, index=index, model=spec.model,
                       system=spec.system, temperature=spec.temperature, top_p=spec.top_p,
                       max_tokens=spec.max_tokens, seed=seed, stop=tuple(spec.stop),
                       timeout_s=ov.timeout_s if ov.timeout_s is not None else spec.timeout_s,
-                      prompt_template=prof.template_for(spec))
+                      prompt_template=self.prof.template_for(spec))
         if layer > 1 and agent.prompt_template is not None \
                 and not reference_slots(agent.prompt_template):  # a first layer repeated
             repeats = f"--layers {ov.layers}" if ov.layers is not None else f"layer {layer}"
@@ -244,14 +271,6 @@ def build_graph(config: Config, profile: str | None,
         if ov.max_tokens is not None:
             agent = replace(agent, max_tokens=ov.max_tokens)
         return agent
-
-    layers = [[make(s, i + 1, j + 1, f"L{i + 1}.{j + 1}") for j, s in enumerate(layer)]
-              for i, layer in enumerate(specs)]
-    aggregator = make(agg_spec, len(layers) + 1, 1, "AGG")
-    models = list(dict.fromkeys(a.model for a in [*sum(layers, []), aggregator]))
-    return MoaGraph(profile=name, layers=layers, aggregator=aggregator, models=models,
-                    aggregate=ov.aggregate or prof.aggregate,
-                    early_exit=prof.layers_up_to is not None and ov.layers is None)
 
 
 def routed_layers(config: Config, prof: Profile, chosen: Sequence[str]) -> list[list[AgentSpec]]:

@@ -4,7 +4,6 @@ answers and what it has pulled. Only hosts that are this machine or allowed
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from .. import constants
@@ -32,7 +31,7 @@ def daemons(config: Config | None) -> list[dict[str, Any]]:
         return _daemons(config)
     except Exception as exc:  # noqa: BLE001 - the section failed as a whole
         return [{"error": f"{type(exc).__name__}: {exc}",
-                 "host": os.environ.get("OLLAMA_HOST", ""), "reachable": False}]
+                 "host": constants.ollama_host_raw(), "reachable": False}]
 
 
 def _daemons(config: Config | None) -> list[dict[str, Any]]:
@@ -44,7 +43,7 @@ def _daemons(config: Config | None) -> list[dict[str, Any]]:
     try:
         hosts = _hosts(config)
     except LocalMoaError as exc:  # OLLAMA_HOST that no client could use
-        return [{"host": os.environ.get("OLLAMA_HOST", ""), "reachable": False,
+        return [{"host": constants.ollama_host_raw(), "reachable": False,
                  "version": None, "error": str(exc)}]
     for host, allowed in hosts:
         entry: dict[str, Any] = {"host": host, "reachable": False, "version": None}

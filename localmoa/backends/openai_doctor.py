@@ -4,9 +4,9 @@ model allows (allow_remote), is contacted."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from .. import constants
 from .openai_http import served_models, server_message
 from .openai_spec import OpenAISpec
 
@@ -25,8 +25,8 @@ def check_server(url: str, specs: list[OpenAISpec]) -> dict[str, Any]:
                              "summary": ""}
     if specs[0].is_remote:
         netguard.allow_host(url)
-    key = next((os.environ[s.api_key_env].strip() for s in specs
-                if s.api_key_env and os.environ.get(s.api_key_env, "").strip()), None)
+    key = next((constants.secret(s.api_key_env) for s in specs
+                if s.api_key_env and constants.secret(s.api_key_env)), None)
     try:
         response = httpx.get(f"{url}/models", timeout=DOCTOR_TIMEOUT_S, trust_env=False,
                              headers={"Authorization": f"Bearer {key}"} if key else {})

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import email.utils
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from .. import constants
 from ..errors import LocalMoaError, ModelLoadError, ModelNotFoundError
 from .openai_spec import OpenAISpec
 
@@ -32,7 +32,7 @@ def api_key(name: str, spec: OpenAISpec) -> str | None:
     """The key from the variable the entry names; None when it names none."""
     if spec.api_key_env is None:
         return None
-    key = os.environ.get(spec.api_key_env, "").strip()
+    key = constants.secret(spec.api_key_env)
     if not key:
         raise ModelLoadError(f"model {name!r}: api_key_env {spec.api_key_env} is not set; "
                              "export it (the key is never read from models.yaml)")

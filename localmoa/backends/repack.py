@@ -188,7 +188,7 @@ def run_canary(key: str) -> Verdict:
     from ..memory.probe import cpu_cores
 
     command = [*CANARY_COMMAND, str(cpu_cores())]
-    env = {k: v for k, v in os.environ.items() if k != "LOCALMOA_CPU_REPACK"}
+    env = constants.child_environment(without=("LOCALMOA_CPU_REPACK",))
     try:
         proc = subprocess.run(command, capture_output=True, timeout=CANARY_TIMEOUT_S, env=env,
                               stdin=subprocess.DEVNULL)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated
 
 import typer
 
-from .. import __version__, netguard, signals
+from .. import __version__, constants, netguard, signals
 from ._errors import run_guarded
 from .bench import EPILOG as BENCH_EPILOG
 from .bench import bench
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app, turning failures into one line and a code."""
     args = sys.argv[1:] if argv is None else argv
     if args[:2] != ["models", "pull"]:  # the one command allowed to use the network
-        os.environ["HF_HUB_OFFLINE"] = "1"
+        constants.go_offline()
         netguard.install()
     signals.install()
     code = run_guarded(lambda: app(args=args, prog_name="localmoa", standalone_mode=False))
