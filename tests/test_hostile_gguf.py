@@ -105,3 +105,13 @@ def test_modest_nesting_and_long_arrays_still_read(tmp_path: Path) -> None:
     header = read_header(model)
     assert header.metadata["nested"] == [[[[7]]]]
     assert header.metadata["tokenizer.ggml.tokens"] == ArraySummary(STRING, 5001, 14)
+
+
+def test_decoded_elements_are_bounded(tmp_path: Path) -> None:
+    # 40 arrays of 4,096 bytes: the first 16 decoded (65,536 elements), the rest summarised
+    row = struct.pack("<IQ", UINT8, 4096) + bytes(4096)
+    model = tmp_path / "many.gguf"
+    model.write_bytes(gguf([kv(b"a%d" % i, ARRAY, row) for i in range(40)]))
+    metadata = read_header(model).metadata
+    assert [isinstance(metadata[f"a{i}"], list) for i in range(40)] == [True] * 16 + [False] * 24
+    assert metadata["a39"] == ArraySummary(UINT8, 4096)

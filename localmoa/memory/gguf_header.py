@@ -34,7 +34,10 @@ MAX_DECODED_ARRAY = 4096
 MAX_TENSORS = 1 << 20
 MAX_KV = 1 << 20
 MAX_ARRAY = 1 << 32
-MAX_STRING_BYTES = 1 << 32
+MAX_STRING_BYTES = 1 << 26
+#: Array elements decoded in one header, nested arrays included; past it arrays are
+#: summarised like the vocabulary (memory stays bounded whatever the nesting).
+MAX_DECODED_ELEMENTS = 1 << 16
 #: Arrays of arrays nest at most this deep (llama.cpp itself writes and reads none).
 MAX_ARRAY_NESTING = 4
 #: ggml's GGML_MAX_DIMS: a tensor has at most 4 dimensions.
@@ -97,6 +100,7 @@ class _Cursor:
         self.buf = buf
         self.off = 0
         self.path = path
+        self.decoded = 0
 
     def unpack(self, fmt: str) -> Any:
         size = struct.calcsize(fmt)
@@ -147,9 +151,10 @@ class _Cursor:
             etype = self.unpack("<I")
             count = self.unpack("<Q")
             self.claim("array elements", count, count * _element_bytes(etype), MAX_ARRAY)
-            if count > MAX_DECODED_ARRAY:
+            if count > MAX_DECODED_ARRAY or self.decoded + count > MAX_DECODED_ELEMENTS:
                 longest = self._skip_array(etype, count, depth + 1)
                 return ArraySummary(etype, count, longest)
+            self.decoded += count
             return [self.value(etype, depth + 1) for _ in range(count)]
         raise InvalidModelFileError(f"{self.path}: unknown GGUF value type {vtype}; "
                                     "the file is corrupt or from a newer GGUF version")
