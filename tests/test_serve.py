@@ -224,18 +224,6 @@ def test_a_client_that_goes_away_stops_its_agents(server: Served) -> None:
     assert _metric(server, "localmoa_requests_cancelled_total") == before + 1
 
 
-def test_a_waiting_client_that_gives_up_cancels_its_run(server: Served) -> None:
-    """Not streamed: the client stops waiting (its timeout) long before the answer."""
-    before = _metric(server, "localmoa_requests_cancelled_total")
-    body = {"model": "smollm2-135m", "messages": LONG, "max_tokens": 2000}
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=1.0)
-    reply = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
-        "model": "smollm2-135m", "messages": QUESTION, "max_tokens": 8})
-    assert reply.status_code == 200
-    assert _metric(server, "localmoa_requests_cancelled_total") == before + 1
-
-
 def test_twenty_concurrent_clients(tmp_path_factory: pytest.TempPathFactory,
                                    repack_verdicts: bytes) -> None:
     """Every request gets an answer or a clean 429; the server stays up; memory stays
@@ -249,7 +237,8 @@ def test_twenty_concurrent_clients(tmp_path_factory: pytest.TempPathFactory,
     with Served("--queue", "4", "--memory-budget", f"{budget_mib}MiB", env=env) as server:
 
         def ask(i: int) -> int:
-            response = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={
+            # a bound on a hung server only: under load a merged run may take minutes
+            response = httpx.post(server.url + "/v1/chat/completions", timeout=1800, json={
                 "model": "moa:tiny", "messages": [{"role": "user", "content": f"Count to {i}."}],
                 "max_tokens": 8})
             if response.status_code == 429:
