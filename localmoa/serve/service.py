@@ -213,6 +213,11 @@ class MoaService:
             try:
                 if jobs:
                     self._run(jobs)
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop the service
+                error = LocalMoaError(internal_error(exc, f"serving {jobs[0].model}"))
+                for job in jobs:
+                    if job.error is None and job.report is None:
+                        job.error = error
             finally:
                 with self.lock:
                     self._running = []
