@@ -7,6 +7,7 @@ there, keeping what it produced.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -16,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import constants
-from .backends.base import ChatStream, GenerateOptions, LoadedModel, Message
+from .backends.base import ChatStream, GenerateOptions, GenerationStats, LoadedModel, Message
+from .backends.batch import SequenceStream
 from .config import ModelSpec
 from .errors import LocalMoaError
 from .metrics import AgentRun
@@ -128,15 +130,7 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
             control.check(agent)  # its batch dropped it because it had to stop
             raise Stopped("stopped")
         if stats is not None:
-            run.prompt_tokens = stats.prompt_tokens
-            run.completion_tokens = stats.completion_tokens
-            run.ttft_s = round(stats.ttft_s, 4)
-            run.prompt_tok_per_s = round(stats.prompt_tok_per_s, 2)
-            run.decode_tok_per_s = round(stats.decode_tok_per_s, 2)
-            run.finish_reason = stats.finish_reason
-            run.batch = stats.batch_size
-            run.shared_prompt_tokens = stats.shared_tokens
-            run.timing = stats.timing
+            record_stats(run, stats)
         run.answer = "".join(pieces).strip()
         run.ok = bool(run.answer)
         if not run.ok:
@@ -150,9 +144,41 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
     finally:
         if stream is not None:
             stream.close()  # a stopped stream frees its instance now, not at the next GC
+    if stream is not None:
+        _count_what_was_cut_short(run, stream, model, "".join(pieces))
     run.end_s = round(time.perf_counter() - t0, 4)
     run.start_s = round(run.start_s, 4)
     return run
+
+
+def record_stats(run: AgentRun, stats: GenerationStats) -> None:
+    """What the call cost, from the backend's stats."""
+    run.prompt_tokens = stats.prompt_tokens
+    run.completion_tokens = stats.completion_tokens
+    run.ttft_s = round(stats.ttft_s, 4)
+    run.prompt_tok_per_s = round(stats.prompt_tok_per_s, 2)
+    run.decode_tok_per_s = round(stats.decode_tok_per_s, 2)
+    run.finish_reason = stats.finish_reason
+    run.batch = stats.batch_size
+    run.shared_prompt_tokens = stats.shared_tokens
+    run.timing = stats.timing
+
+
+def _count_what_was_cut_short(run: AgentRun, stream: ChatStream, model: LoadedModel,
+                              text: str) -> None:
+    """Restarts of its batch's worker; and, for an agent stopped or failed before its
+    stats came (Ctrl-C, a timeout, a crash), the tokens it produced: its batch
+    sequence's count, else its text counted by the model's tokenizer (nothing where
+    the model has none, or its worker is gone)."""
+    if isinstance(stream, SequenceStream):
+        run.worker_restarts = stream.restarts
+    if run.ok or run.completion_tokens or not text:
+        return
+    if isinstance(stream, SequenceStream):
+        run.completion_tokens = stream.tokens_written
+        return
+    with contextlib.suppress(Exception):  # its worker died, or the model cannot count
+        run.completion_tokens = model.count_tokens(text) or 0
 
 
 def internal_error(exc: BaseException, where: str) -> str:

@@ -44,6 +44,9 @@ class AgentRun:
     #: (the server's own timings), "client" (an HTTP stream timed by localmoa: TTFT
     #: includes the network, the decode rate counts streamed chunks).
     timing: str = "local"
+    #: Times its model's worker died while it decoded in a batch and a fresh one went on
+    #: from the text it had written (nothing it wrote was lost).
+    worker_restarts: int = 0
 
     @property
     def is_aggregator(self) -> bool:
@@ -137,7 +140,8 @@ class RunReport:
     #: What the planner predicted: waves, loads, unloads, peak bytes and budget per pool.
     plan: dict[str, Any] = field(default_factory=dict)
     #: What happened: loads, unloads, load seconds, peak RSS / PSS growth in bytes,
-    #: agents abandoned after their timeout and the bytes their instances still hold.
+    #: agents abandoned after their timeout and the bytes their instances still hold,
+    #: model workers that crashed and those restarted mid-batch (``worker_restarts``).
     actual: dict[str, Any] = field(default_factory=dict)
     #: How the backends ran on this machine, e.g. ``cpu_repack`` (llama.cpp weight
     #: repacking: enabled, mode, why).

@@ -38,6 +38,12 @@ def check() -> None:
         raise Terminated() if _terminated.is_set() else KeyboardInterrupt()
 
 
+def requested() -> bool:
+    """Whether localmoa is being interrupted (Ctrl-C or SIGTERM received, not yet cleared):
+    a model worker that dies of the same signal meanwhile was not a crash."""
+    return _requested.is_set()
+
+
 def terminated() -> bool:
     """Whether SIGTERM (not Ctrl-C) was received."""
     return _terminated.is_set()

@@ -9,6 +9,11 @@ on its Sequence. Every agent reads its own ChatStream, as for a lone chat, and
 closing that stream takes its sequence out of the batch at the next step,
 without stopping the others.
 
+A sequence keeps the text it has written and how many tokens that took: a
+backend whose decoder dies mid-batch (a model worker's crash) can resume it on a
+fresh one from its prompt plus that text (``resume_text``), and an agent that
+stopped early reports the tokens it produced.
+
 Nothing here knows llama.cpp: a backend supplies the decoding loop.
 """
 
@@ -48,6 +53,13 @@ class Sequence:
         self.batch_size = 1
         self.done = False
         self.stats: GenerationStats | None = None
+        self.written: list[str] = []  # its answer so far, as written to its reader
+        self.written_tokens = 0  # tokens sampled when its last text was written
+        #: Text it had written before its decoder died, and that text's tokens: the
+        #: decoding goes on after it (the assistant turn starts with it).
+        self.resume_text = ""
+        self.resume_tokens = 0
+        self.restarts = 0  # times it was resumed on a fresh decoder
 
     def wants_stop(self) -> bool:
         """Its agent stopped reading, timed out or the run was interrupted."""
@@ -71,6 +83,8 @@ class Sequence:
         if text and not self.done:
             if self.first_text_at is None:
                 self.first_text_at = time.perf_counter()
+            self.written.append(text)
+            self.written_tokens = self.sampled
             self._queue.put(text)
 
     def finish(self, reason: str | None, completion_tokens: int) -> None:
@@ -102,6 +116,24 @@ class Sequence:
         self._queue.put(GenerationError(message))
 
 
+class SequenceStream(ChatStream):
+    """The ChatStream of a batched sequence: what it produced is known while it runs."""
+
+    def __init__(self, seq: Sequence) -> None:
+        self.seq = seq
+        super().__init__(lambda stream: _Reader(seq, stream))
+
+    @property
+    def tokens_written(self) -> int:
+        """Tokens sampled for the text written so far (an agent that stopped reports them)."""
+        return self.seq.written_tokens
+
+    @property
+    def restarts(self) -> int:
+        """Times its decoder died and it was resumed on a fresh one."""
+        return self.seq.restarts
+
+
 class _Reader:
     """The pieces of one sequence, for its agent's ChatStream. An iterator with
     ``close()`` (not a generator: closing one that never started must still count)."""
@@ -131,9 +163,13 @@ class _Reader:
 class Batch:
     """The meeting point of ``size`` agents and the thread that decodes for them."""
 
-    def __init__(self, size: int, name: str = "") -> None:
+    def __init__(self, size: int, name: str = "",
+                 on_restart: Callable[[int, str, int], None] | None = None) -> None:
         self.size = size
         self.name = name
+        #: Called when the backend restarted its dead decoder and resumes the sequences
+        #: (new pid, why the old one died, sequences resumed): the engine counts it.
+        self.on_restart = on_restart
         self._cond = threading.Condition()
         self._seqs: list[Sequence] = []
         self._withdrawn = 0
@@ -152,7 +188,7 @@ class Batch:
             seq = Sequence(len(self._seqs), messages, options, cancelled)
             self._seqs.append(seq)
             self._cond.notify_all()
-        return ChatStream(lambda stream: _Reader(seq, stream))
+        return SequenceStream(seq)
 
     def withdraw(self) -> None:
         """A member that will not chat (it failed or was stopped before)."""
@@ -173,6 +209,12 @@ class Batch:
                                 or len(self._seqs) + self._withdrawn >= self.size)
             self._started = True
             return [] if self._error is not None else list(self._seqs)
+
+    def restarted(self, pid: int, reason: str, resumed: int) -> None:
+        """The decoder died (``reason``) and a fresh one (``pid``) resumes ``resumed``
+        sequences."""
+        if self.on_restart is not None:
+            self.on_restart(pid, reason, resumed)
 
     def abort(self, message: str) -> None:
         """Stop waiting for members (an interrupt); members still to join get ``message``."""

@@ -16,6 +16,10 @@ The context was created with room for several sequences in one unified KV cache
 5. a sequence that ends, or whose agent stopped reading, leaves at once: its KV
    cells are freed and the others go on.
 
+A sequence resumed after its worker died (``Sequence.resume_text``) is prompted with
+its chat's tokens followed by that text's (the assistant turn starts with it); its
+token budget counts what it produced before, and its grammar, if any, has read it.
+
 At temperature 0 a batched agent gives the answer it gives alone as long as
 llama.cpp's kernels compute the same numbers for a step of N rows as for one row;
 on x86 some do not for every N (the sums are ordered differently), and a greedy
@@ -119,22 +123,26 @@ class _Text:
 class _Live:
     """The state of one sequence while it decodes."""
 
-    def __init__(self, seq: Sequence, seq_id: int, tokens: list[int], stops: list[str],
-                 n_ctx: int, lib: Any, vocab: Any, model: str) -> None:
+    def __init__(self, seq: Sequence, seq_id: int, prompt: tuple[list[int], list[int]],
+                 stops: list[str], n_ctx: int, lib: Any, vocab: Any, model: str) -> None:
+        chat, resumed = prompt  # the chat's tokens, those of the text it had written
         self.seq = seq
         self.model = model
         self.id = seq_id
-        self.tokens = tokens
+        self.tokens = chat + resumed
+        self.prompt_tokens = len(chat)
         self.pos = 0  # positions decoded so far
         self.last = 0  # the token sampled last, decoded next
         self.index = 0  # its place in the batch being decoded
-        self.generated = 0
+        self.generated = seq.resume_tokens  # produced before a restart count too
         options = seq.options
-        room = n_ctx - len(tokens)
-        self.max_tokens = min(options.max_tokens, room) if options.max_tokens > 0 else room
+        room = n_ctx - len(self.tokens)
+        left = options.max_tokens - self.generated if options.max_tokens > 0 else room
+        self.max_tokens = self.generated + min(left, room)
         self.text = _Text([*stops, *stops_for(options)])
         #: The answer so far, kept only to check it is whole JSON (a schema is given).
-        self.answer: list[str] | None = None if options.json_schema is None else []
+        self.answer: list[str] | None = (None if options.json_schema is None
+                                         else [seq.resume_text])
         grammar = None
         if options.json_schema is not None:
             try:
@@ -142,6 +150,8 @@ class _Live:
             except GenerationError as exc:
                 raise GenerationError(f"model {model!r}: {exc}") from None
         self.sampler = _sampler(lib, options.temperature, options.top_p, options.seed, grammar)
+        for token in resumed:  # the grammar goes on from the text already written
+            lib.llama_sampler_accept(self.sampler, token)
 
     def write(self, text: str) -> None:
         if self.answer is not None:
@@ -220,24 +230,41 @@ def decode_batch(llm: Any, seqs: list[Sequence], n_threads: int, n_ctx_seq: int,
     live: list[_Live] = []
     try:
         for seq in seqs:
-            if seq.wants_stop():
-                seq.finish("cancelled", 0)
-                continue
-            tokens, stops = chat_prompt(llm, seq.messages)
-            if len(tokens) >= n_ctx_seq:
-                seq.fail(f"the prompt has {len(tokens)} tokens; the context window is "
-                         f"{n_ctx_seq} (raise n_ctx or shorten the prompt)")
-                continue
-            try:
-                live.append(_Live(seq, len(live), tokens, stops, n_ctx_seq, lib, vocab,
-                                  model))
-            except GenerationError as exc:  # its schema: only this sequence fails
-                seq.fail(str(exc))
+            state = _start(llm, seq, len(live), n_ctx_seq, lib, vocab, model)
+            if state is not None:
+                live.append(state)
         _run(lib, ctx, vocab, memory, live, int(lib.llama_n_batch(ctx)))
     finally:
         for state in live:
             state.close(lib)
         lib.llama_memory_clear(memory, True)
+
+
+def _start(llm: Any, seq: Sequence, seq_id: int, n_ctx_seq: int, lib: Any, vocab: Any,
+           model: str) -> _Live | None:
+    """The decoding state of ``seq``, or None when it ends before its first step."""
+    if seq.wants_stop():
+        seq.finish("cancelled", seq.resume_tokens)
+        return None
+    tokens, stops = chat_prompt(llm, seq.messages)
+    if len(tokens) >= n_ctx_seq:
+        seq.fail(f"the prompt has {len(tokens)} tokens; the context window is "
+                 f"{n_ctx_seq} (raise n_ctx or shorten the prompt)")
+        return None
+    resumed: list[int] = []
+    if seq.resume_text:  # the text it wrote before a restart, as the start of its answer
+        resumed = [int(t) for t in llm.tokenize(seq.resume_text.encode("utf-8"),
+                                                add_bos=False, special=False)]
+        spent = 0 < seq.options.max_tokens <= seq.resume_tokens
+        if spent or len(tokens) + len(resumed) >= n_ctx_seq:
+            seq.prompt(len(tokens), 0, 1)
+            seq.finish("length", seq.resume_tokens)  # its tokens or its context are used up
+            return None
+    try:
+        return _Live(seq, seq_id, (tokens, resumed), stops, n_ctx_seq, lib, vocab, model)
+    except GenerationError as exc:  # its schema: only this sequence fails
+        seq.fail(str(exc))
+        return None
 
 
 def _piece(lib: Any, vocab: Any, token: int, buffer: Any) -> bytes:
@@ -283,12 +310,77 @@ class _Batch:
 
 
 def _run(lib: Any, ctx: Any, vocab: Any, memory: Any, live: list[_Live], n_batch: int) -> None:
-    if not live:
-        return
-    batch = _Batch(lib, n_batch, len(live))
-    piece = ctypes.create_string_buffer(256)
+    if live:
+        _Loop(lib, ctx, vocab, memory, live, n_batch).run()
 
-    def leave(state: _Live, reason: str | None) -> None:
+
+class _Loop:
+    """The decoding of a batch's sequences in one context, steps 2 to 5 above."""
+
+    def __init__(self, lib: Any, ctx: Any, vocab: Any, memory: Any, live: list[_Live],
+                 n_batch: int) -> None:
+        self.lib, self.ctx, self.vocab, self.memory = lib, ctx, vocab, memory
+        self.live = live
+        self.n_batch = n_batch
+        self.batch = _Batch(lib, n_batch, len(live))
+        self.piece = ctypes.create_string_buffer(256)
+
+    def run(self) -> None:
+        try:
+            shared = common_prefix([s.tokens for s in self.live])
+            for state in self.live:
+                state.seq.prompt(state.prompt_tokens, min(shared, state.prompt_tokens),
+                                 len(self.live))
+            if self._shared_prefix(shared) and self._prompt_rests(shared):
+                self._steps()
+        finally:
+            self.batch.free()
+
+    def _shared_prefix(self, shared: int) -> bool:
+        """The shared prefix, once, as positions of every sequence; False when every
+        sequence has left."""
+        ids = [s.id for s in self.live]
+        for start in range(0, shared, self.n_batch):
+            for pos in range(start, min(shared, start + self.n_batch)):
+                self.batch.add(self.live[0].tokens[pos], pos, ids, False)
+            self.batch.decode(self.ctx)
+            if not self._drop_stopped():
+                return False
+        return True
+
+    def _prompt_rests(self, shared: int) -> bool:
+        """Each prompt's own rest; a sequence samples after the chunk holding its end.
+        False when every sequence has left."""
+        rest = [(s, pos) for s in self.live for pos in range(shared, len(s.tokens))]
+        for start in range(0, len(rest), self.n_batch):
+            ending: list[tuple[_Live, int]] = []
+            for state, pos in rest[start:start + self.n_batch]:
+                if state.seq.done:
+                    continue
+                last = pos == len(state.tokens) - 1
+                index = self.batch.add(state.tokens[pos], pos, [state.id], last)
+                if last:
+                    ending.append((state, index))
+            self.batch.decode(self.ctx)
+            for state, index in ending:
+                state.pos = len(state.tokens)
+                if not state.seq.done:
+                    self._sample(state, index)
+            if not self._drop_stopped():
+                return False
+        return True
+
+    def _steps(self) -> None:
+        """One decode step for every live sequence, until none is left."""
+        while running := self._drop_stopped():
+            for state in running:
+                state.index = self.batch.add(state.last, state.pos, [state.id], True)
+                state.pos += 1
+            self.batch.decode(self.ctx)
+            for state in running:
+                self._sample(state, state.index)
+
+    def _leave(self, state: _Live, reason: str | None) -> None:
         tail = state.text.flush() if reason != "cancelled" else ""
         state.write(tail)
         try:
@@ -298,69 +390,28 @@ def _run(lib: Any, ctx: Any, vocab: Any, memory: Any, live: list[_Live], n_batch
         except GenerationError as exc:
             state.seq.fail(str(exc))
         state.seq.finish(reason, state.generated)
-        lib.llama_memory_seq_rm(memory, state.id, -1, -1)  # its cells are free again
-        state.close(lib)
+        self.lib.llama_memory_seq_rm(self.memory, state.id, -1, -1)  # its cells are free
+        state.close(self.lib)
 
-    def sample(state: _Live, index: int) -> None:
-        token = int(lib.llama_sampler_sample(state.sampler, ctx, index))
+    def _sample(self, state: _Live, index: int) -> None:
+        lib = self.lib
+        token = int(lib.llama_sampler_sample(state.sampler, self.ctx, index))
         state.seq.token()
-        if lib.llama_vocab_is_eog(vocab, token):
-            leave(state, "stop")
+        if lib.llama_vocab_is_eog(self.vocab, token):
+            self._leave(state, "stop")
             return
         state.generated += 1
-        data = _piece(lib, vocab, token, piece)
-        text, stopped = state.text.feed(data)
+        text, stopped = state.text.feed(_piece(lib, self.vocab, token, self.piece))
         state.write(text)
         if stopped:
-            leave(state, "stop")
+            self._leave(state, "stop")
         elif state.generated >= state.max_tokens:
-            leave(state, "length")
+            self._leave(state, "length")
         else:
             state.last = token
 
-    def drop_stopped() -> list[_Live]:
-        for state in live:
+    def _drop_stopped(self) -> list[_Live]:
+        for state in self.live:
             if not state.seq.done and state.seq.wants_stop():
-                leave(state, "cancelled")
-        return [s for s in live if not s.seq.done]
-
-    try:
-        # 1. the shared prefix, once, as positions of every sequence
-        shared = common_prefix([s.tokens for s in live])
-        for state in live:
-            state.seq.prompt(len(state.tokens), shared, len(live))
-        ids = [s.id for s in live]
-        for start in range(0, shared, n_batch):
-            for pos in range(start, min(shared, start + n_batch)):
-                batch.add(live[0].tokens[pos], pos, ids, False)
-            batch.decode(ctx)
-            if not drop_stopped():
-                return
-        # 2. each prompt's own rest; a sequence samples after the chunk holding its end
-        rest = [(s, pos) for s in live for pos in range(shared, len(s.tokens))]
-        for start in range(0, len(rest), n_batch):
-            ending: list[tuple[_Live, int]] = []
-            for state, pos in rest[start:start + n_batch]:
-                if state.seq.done:
-                    continue
-                last = pos == len(state.tokens) - 1
-                index = batch.add(state.tokens[pos], pos, [state.id], last)
-                if last:
-                    ending.append((state, index))
-            batch.decode(ctx)
-            for state, index in ending:
-                state.pos = len(state.tokens)
-                if not state.seq.done:
-                    sample(state, index)
-            if not drop_stopped():
-                return
-        # 3. one decode step for every live sequence
-        while running := drop_stopped():
-            for state in running:
-                state.index = batch.add(state.last, state.pos, [state.id], True)
-                state.pos += 1
-            batch.decode(ctx)
-            for state in running:
-                sample(state, state.index)
-    finally:
-        batch.free()
+                self._leave(state, "cancelled")
+        return [s for s in self.live if not s.seq.done]

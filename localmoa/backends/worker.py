@@ -11,7 +11,8 @@ Workers are started with fork+exec (``subprocess``), never a bare fork: llama.cp
 and OpenMP are not fork-safe once used. A worker imports llama.cpp before its
 first request (~0.25 s); ``prestart`` starts the next loads' workers early, so
 a load costs only the model's own load time. The other side of the wire is
-backends/worker_main.py, which lists the messages.
+backends/worker_main.py, which lists the messages; a batch's side of it, and the
+one restart of a batch's worker that died on its own, are in backends/worker_batch.py.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ from .llamacpp_model import LoadParams
 CANCEL_GRACE_S = 5.0
 #: A worker asked to exit that is still there after this time is killed.
 EXIT_GRACE_S = 2.0
-#: How often a batch's driver looks for agents that must stop.
-_POLL_S = 0.05
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _lock = threading.Lock()
@@ -82,6 +81,7 @@ class WorkerProcess:
         self.ready_at: float | None = None
         self.dead = threading.Event()
         self.death: str | None = None
+        self.restarted = False  # it took over from a worker that died mid-batch
         self._kill_reason: str | None = None
         self._stopping = False
         self._queues: dict[int, queue.SimpleQueue[tuple[Any, ...]]] = {}
@@ -117,6 +117,12 @@ class WorkerProcess:
         except ChildProcessError:  # reaped already, by the reader's wait
             return False
         return exited is None
+
+    @property
+    def ended_by_localmoa(self) -> bool:
+        """Whether localmoa stopped or killed it (an unload, a cancel it ignored, an
+        abandoned agent), rather than it dying on its own."""
+        return self._stopping or self._kill_reason is not None
 
     # --- requests -----------------------------------------------------------------------
     def request(self, kind: str, *args: Any) -> tuple[int, queue.SimpleQueue[tuple[Any, ...]]]:
@@ -207,9 +213,14 @@ class WorkerProcess:
             return f"model {self.label}'s worker was killed: {self._kill_reason}"
         if self._stopping:
             return f"model {self.label} was unloaded"
+        if code < 0 and -code in (signal.SIGINT, signal.SIGTERM) and signals.requested():
+            # the same Ctrl-C or SIGTERM reached it (sent to the whole process group) while
+            # it started, before it could ignore it: localmoa is being interrupted too
+            return f"interrupted (model {self.label}'s worker got {signals.name_of(-code)})"
         if code < 0:
             name = signals.name_of(-code)
-            text = f"model {self.label} crashed: signal {-code} ({name}) {self._when()}"
+            again = " again" if self.restarted else ""
+            text = f"model {self.label} crashed{again}: signal {-code} ({name}) {self._when()}"
             if -code == signal.SIGKILL:
                 text += " (killed by the system, often for lack of memory, or by a user)"
         else:
@@ -241,6 +252,7 @@ class WorkerModel(LoadedModel):
     def __init__(self, params: LoadParams, process: WorkerProcess, load_s: float,
                  facts: dict[str, Any], prestarted: bool) -> None:
         self.name = params.name
+        self.params = params  # what a fresh worker loads if this one dies mid-batch
         self.process = process
         self.load_s = load_s
         self.runtime_facts: dict[str, Any] = {
@@ -291,60 +303,39 @@ class WorkerModel(LoadedModel):
                     raise GenerationError(str(reply[2]))
             finally:
                 if not ended:  # its reader stopped early: the worker stops too
-                    self._cancel(rid, replies, "end")
+                    self.stop_request(rid, replies, "end")
                 process.forget(rid)
                 process.phase = "idle"
 
     def run_batch(self, batch: Batch, n_threads: int) -> None:
         """Decode the chats of ``batch`` together in the worker (the driver thread's
-        call): each sequence's text and exact stats come back to its agent's stream."""
-        seqs = batch.sequences()  # every member joined or withdrew (they may tokenize)
-        if not seqs:
-            return
-        with self._claim():
-            process = self.process
-            rid, replies = process.request(
-                "batch", [(s.index, s.messages, s.options) for s in seqs], n_threads)
-            process.phase = "prefill"
-            by_index = {s.index: s for s in seqs}
-            asked: dict[int, float] = {}  # sequence -> when its cancel was sent
-            ended = False
-            try:
-                while True:
-                    with contextlib.suppress(queue.Empty):
-                        reply = replies.get(timeout=_POLL_S)
-                        kind = reply[0]
-                        if kind == "text":
-                            process.phase = "decode"
-                            by_index[reply[2]].write(reply[3])
-                        elif kind == "end":
-                            by_index[reply[2]].end(reply[3])
-                        elif kind == "fail":
-                            by_index[reply[2]].fail(reply[3])
-                        elif kind == "batch_end":
-                            ended = True
-                            return
-                        else:  # error or dead: the engine fails the unfinished ones
-                            ended = True
-                            raise GenerationError(str(reply[2]))
-                    now = time.monotonic()
-                    for seq in seqs:  # an agent that stopped leaves at the next step
-                        if seq.done:
-                            continue
-                        if seq.index not in asked:
-                            if seq.wants_stop():
-                                asked[seq.index] = now
-                                process.send(("cancel", rid, seq.index))
-                        elif now > asked[seq.index] + CANCEL_GRACE_S:  # deaf: stuck
-                            process.kill(f"it did not stop within {CANCEL_GRACE_S:g} s "
-                                         "of a cancel")
-            finally:
-                if not ended:
-                    self._cancel(rid, replies, "batch_end")
-                process.forget(rid)
-                process.phase = "idle"
+        call): each sequence's text and exact stats come back to its agent's stream. A
+        worker that dies on its own meanwhile is restarted once and the sequences resume
+        (backends/worker_batch.py)."""
+        from .worker_batch import relay_batch
 
-    def _cancel(self, rid: int, replies: queue.SimpleQueue[tuple[Any, ...]],
+        seqs = batch.sequences()  # every member joined or withdrew (they may tokenize)
+        if seqs:
+            with self._claim():
+                relay_batch(self, batch, seqs, n_threads)
+
+    def may_restart(self) -> bool:
+        """Whether its worker died on its own (a native crash, the OOM killer, a kill from
+        outside), so a fresh one may take over: not ended by localmoa, nor while localmoa
+        is being interrupted."""
+        return (not self._unloaded and not self.process.ended_by_localmoa
+                and not signals.requested())
+
+    def adopt(self, process: WorkerProcess) -> bool:
+        """Go on in ``process``, a fresh worker replacing the dead one; False when this
+        model was killed or unloaded meanwhile."""
+        with self._state:
+            if self._unloaded:
+                return False
+            self.process = process
+        return True
+
+    def stop_request(self, rid: int, replies: queue.SimpleQueue[tuple[Any, ...]],
                 last: str) -> None:
         """Ask the worker to stop request ``rid`` and wait for its ``last`` reply; kill it
         when it does not come within CANCEL_GRACE_S (stuck in native code)."""
@@ -412,8 +403,10 @@ class WorkerModel(LoadedModel):
 
     def kill(self, reason: str) -> None:
         """Cut it off now: SIGKILL its worker. Calls on it fail with ``reason``."""
-        self._unloaded = True
-        self.process.kill(reason)
+        with self._state:  # a worker taking over a dead one is killed too
+            self._unloaded = True
+            process = self.process
+        process.kill(reason)
 
 
 def load_in_worker(params: LoadParams) -> WorkerModel:

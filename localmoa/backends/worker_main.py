@@ -8,7 +8,8 @@ message (``multiprocessing.connection`` framing):
     parent -> worker                              worker -> parent
     ("load", rid, LoadParams)                     ("loaded", rid, load_s, facts)
     ("chat", rid, messages, options)              ("text", rid, piece) ... ("end", rid, stats)
-    ("batch", rid, [(i, messages, options)], n)   ("text", rid, i, piece) ... ("end", rid, i, stats)
+    ("batch", rid, [(i, messages, options,        ("text", rid, i, piece, tokens) ...
+                    resume_text, resume_tokens)], n)  ("end", rid, i, stats)
                                                   ("fail", rid, i, message), ("batch_end", rid)
     ("cancel", rid, i | None)                     (the chat or sequence ends as "cancelled")
     ("count", rid, text), ("cut", rid, text, n)   ("value", rid, value)
@@ -16,15 +17,21 @@ message (``multiprocessing.connection`` framing):
     ("exit",)                                     (it exits at once)
                                                   ("error", rid, message) for any request
 
+A batch's ``tokens`` are those sampled for the sequence so far (its text, if the
+worker died now, cost that many); ``resume_text`` is what a sequence wrote before
+its previous worker died: it goes on from there (``resume_tokens`` already spent).
+
 Loads, chats, batches and embeddings run one at a time on the main thread (they
 use the context); a reader thread takes cancels and tokenizer calls meanwhile
 (llama.cpp's tokenizer only reads the vocabulary). Per-agent timings are taken
 here, where they are exact.
 
-The worker ignores SIGINT: a Ctrl-C in the terminal reaches the whole process
-group, and it is localmoa that decides what stops (a chat keeps its models).
-When its parent dies, even by SIGKILL, its socket reads end of file and the
-worker exits at once.
+The worker ignores SIGINT and SIGTERM: a Ctrl-C in the terminal, or a SIGTERM sent
+to the whole process group (a service manager stopping localmoa), reaches it too,
+and it is localmoa that decides what stops (a chat keeps its models; an agent
+interrupted keeps what it wrote). localmoa ends a worker with ``exit`` or SIGKILL,
+never SIGTERM. When its parent dies, even by SIGKILL, its socket reads end of
+file and the worker exits at once.
 """
 
 from __future__ import annotations
@@ -50,17 +57,19 @@ class _RemoteSequence(BatchSequence):
     """A sequence decoded here whose text and end go to the parent."""
 
     def __init__(self, server: _Server, rid: int, index: int, messages: Sequence[Message],
-                 options: GenerateOptions) -> None:
+                 options: GenerateOptions, resume: tuple[str, int]) -> None:
         super().__init__(index, messages, options,
                          lambda: server.is_cancelled(rid, index))
         self.server = server
         self.rid = rid
+        self.resume_text, self.resume_tokens = resume
+        self.sampled = self.resume_tokens  # its count goes on from there
 
     def write(self, text: str) -> None:
         if text and not self.done:
             if self.first_text_at is None:
                 self.first_text_at = time.perf_counter()
-            self.server.send(("text", self.rid, self.index, text))
+            self.server.send(("text", self.rid, self.index, text, self.sampled))
 
     def end(self, stats: GenerationStats) -> None:
         if not self.done:
@@ -173,10 +182,11 @@ class _Server:
                     break
         self.send(("end", rid, None if cancelled else stream.stats))
 
-    def _batch(self, rid: int, seqs: list[tuple[int, list[Message], GenerateOptions]],
+    def _batch(self, rid: int,
+               seqs: list[tuple[int, list[Message], GenerateOptions, str, int]],
                n_threads: int) -> None:
-        members = [_RemoteSequence(self, rid, index, messages, options)
-                   for index, messages, options in seqs]
+        members = [_RemoteSequence(self, rid, index, messages, options, (text, tokens))
+                   for index, messages, options, text, tokens in seqs]
         message = "batched decoding ended without finishing this sequence"
         try:
             self.model.decode(members, n_threads)
@@ -196,6 +206,7 @@ def _error_text(exc: Exception) -> str:
 
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     started = time.perf_counter()
     conn = Connection(socket.socket(fileno=int(argv[1])).detach())
     import llama_cpp  # noqa: F401 - the slow import, done before the first request

@@ -113,6 +113,11 @@ class Output:
                 f"{format_bytes(ram_peak)} (budget {format_bytes(p['budget_bytes'].get('ram', 0))})"
                 f"; measured {a['loads']} loads in {a['load_s']:.2f} s, peak "
                 f"+{format_bytes(a['peak_pss_growth_bytes'])} PSS")
+        restarts = report.actual.get("worker_restarts", 0)
+        if restarts:
+            self.err.print(f"[bold]workers[/] {restarts} restarted in the middle of a batch "
+                           "after a crash; its agents went on from the text they had written",
+                           soft_wrap=True)
         repack = report.runtime.get("cpu_repack")
         if repack and not repack.get("enabled"):
             self.err.print(f"[bold]cpu[/] llama.cpp weight repacking off: "
@@ -139,6 +144,8 @@ def agent_table(report: RunReport) -> Table:
         table.add_column(col, justify="left" if col in ("agent", "model", "status") else "right")
     for r in report.agents:
         status = "ok" if r.ok else f"[red]failed[/]: {escape(r.error or '')[:60]}"
+        if r.worker_restarts:
+            status += " (resumed)"
         mark = {"server": " s", "client": " c"}.get(r.timing, "")
         table.add_row(r.agent, escape(r.model), str(r.threads) if r.threads else "-",
                       f"{r.load_s:.2f}", str(r.prompt_tokens), str(r.completion_tokens),

@@ -34,6 +34,8 @@ class RunEvents:
     on_text: Callable[[Agent, str], None] | None = None
     on_agent_done: Callable[[Agent, AgentRun], None] | None = None
     on_layer_done: Callable[[int, list[AgentRun]], None] | None = None
+    #: A batch's model worker died mid-batch and a fresh one took over (instance, why).
+    on_worker_restarted: Callable[[str, str], None] | None = None
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Execution:
     #: Instances whose worker died, as they were loaded: a later wave that needs one
     #: loads it afresh, with room for its batch.
     crashed: dict[Instance, Instance] = field(default_factory=dict)
+    #: Model workers that died mid-batch and were replaced (their batch resumed).
+    restarts: int = 0
 
     def __post_init__(self) -> None:
         self.log = EventLog(constants.event_log(), self.t0)
@@ -103,6 +107,16 @@ class Execution:
             self.log("first_text", agent=agent.id)
         written.append(piece)
         self.emit("on_text", agent, piece)
+
+    def worker_restarted(self, instance: str, pid: int, reason: str, resumed: int) -> None:
+        """A batch's worker died on its own (``reason``) and a fresh one (``pid``) took over
+        its ``resumed`` sequences: a crash, and a restart, of the run."""
+        with self.control.lock:
+            self.restarts += 1
+            self.crashes.append(reason)
+        self.log("worker_restarted", instance=instance, pid=pid, reason=reason,
+                 sequences=resumed)
+        self.emit("on_worker_restarted", instance, reason)
 
     def unfinished(self, agent: Agent, task: Task, wave: Wave, error: str) -> AgentRun:
         """The report of an agent whose call did not return: what it wrote so far."""

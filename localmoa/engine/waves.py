@@ -12,6 +12,7 @@ from ..agents import internal_error, run_agent
 from ..backends.base import BatchedModel
 from ..backends.batch import Batch
 from ..errors import LocalMoaError
+from ..host import Loaded
 from ..memory.planner import Instance, Task, Wave
 from ..metrics import AgentRun
 from ..recipe import Agent
@@ -25,20 +26,52 @@ def run_wave(ex: Execution, wave: Wave, agents: dict[str, Agent],
     enforce timeouts; on Ctrl-C stop them all (what they made is kept). Agents that share
     an instance as a batch each read their own stream; one more thread decodes for them.
     ``references``: each request's (``Agent.job``) answers of the previous layer."""
-    workers: dict[str, Any] = {}
-    groups: dict[Instance, list[Task]] = {}
-    for task in wave.tasks:
-        if task.batch > 1:
-            groups.setdefault(Instance(task.model, task.slot), []).append(task)
-    batches = {inst: Batch(len(tasks), str(inst)) for inst, tasks in groups.items()}
-    drivers: dict[Instance, Any] = {}
+    _WaveRun(ex, wave, agents, references, results).run()
 
-    def work(task: Task) -> None:
-        agent = agents[task.agent]
+
+class _WaveRun:
+    """One wave's run: its agents' jobs, its batches' drivers, and the watch over them."""
+
+    def __init__(self, ex: Execution, wave: Wave, agents: dict[str, Agent],
+                 references: dict[int, list[str]], results: dict[str, AgentRun]) -> None:
+        self.ex, self.wave, self.agents = ex, wave, agents
+        self.references, self.results = references, results
+        self.groups: dict[Instance, list[Task]] = {}
+        for task in wave.tasks:
+            if task.batch > 1:
+                self.groups.setdefault(Instance(task.model, task.slot), []).append(task)
+        self.batches = {inst: Batch(len(tasks), str(inst), on_restart=functools.partial(
+                            ex.worker_restarted, _loaded_name(ex, inst)))
+                        for inst, tasks in self.groups.items()}
+        self.workers: dict[str, Any] = {}  # agent id -> the thread running its job
+        self.drivers: dict[Instance, Any] = {}  # batch -> the thread decoding it
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        ex, wave = self.ex, self.wave
+        self.started = time.monotonic()  # per-agent timeouts count from here
+        try:
+            for index, task in enumerate(wave.tasks):
+                worker = ex.host.threads.get(index)
+                worker.submit(functools.partial(self.work, task))
+                self.workers[task.agent] = worker
+            for index, (inst, batch) in enumerate(self.batches.items(), start=len(wave.tasks)):
+                worker = ex.host.threads.get(index)
+                worker.submit(functools.partial(self.drive, inst, batch,
+                                                self.groups[inst][0].threads))
+                self.drivers[inst] = worker
+            self.watch()
+        except KeyboardInterrupt:
+            self.interrupted()
+            raise
+
+    def work(self, task: Task) -> None:
+        """One agent's job: its call on its instance (or its batch), then its report."""
+        ex, agent = self.ex, self.agents[task.agent]
         inst = Instance(task.model, task.slot)
-        batch = batches.get(inst)
+        batch = self.batches.get(inst)
         run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=role(agent),
-                       ok=False, threads=task.threads, wave=wave.index, batch=task.batch)
+                       ok=False, threads=task.threads, wave=self.wave.index, batch=task.batch)
         try:
             entry = ex.host.acquire(inst) if batch is None else ex.host.loaded.get(inst)
             if entry is None:
@@ -47,39 +80,45 @@ def run_wave(ex: Execution, wave: Wave, agents: dict[str, Agent],
                 if batch is not None:
                     batch.withdraw()
             else:
-                model: Any = entry.model
-                if batch is not None:  # a sequence of the batch: it joins with its chat
-                    model = batch.member(entry.model, functools.partial(ex.stopping, agent))
-                try:
-                    with ex.control.lock:
-                        charge, entry.charged = not entry.charged, True
-                    if charge:
-                        run.load_s = round(entry.model.load_s, 4)
-                        if entry.started_at >= ex.t0:  # loaded during this run
-                            run.load_start_s = round(entry.started_at - ex.t0, 4)
-                    run_agent(agent, model, ex.host.config.models[agent.model],
-                              task.threads, ex.conversations[agent.job],
-                              references.get(agent.job), ex.control, run,
-                              ex.t0, functools.partial(ex.agent_start, instance=str(entry.inst)),
-                              ex.text)
-                finally:
-                    if batch is not None:
-                        model.leave()
-                    elif ex.host.release(entry):
-                        ex.log("released", instance=str(inst))
+                self.call(agent, task, entry, batch, run)
         except Exception as exc:  # noqa: BLE001 - a bug here costs this agent, never the run
             run.ok = False
             run.error = internal_error(exc, f"agent {agent.id} ({agent.model})")
             run.end_s = round(ex.now(), 4)
         with ex.control.lock:
-            if task.agent in results:  # abandoned meanwhile: its report stands
+            if task.agent in self.results:  # abandoned meanwhile: its report stands
                 return
-            results[task.agent] = run
+            self.results[task.agent] = run
         ex.log("agent_done", agent=agent.id, ok=run.ok, error=run.error)
         ex.emit("on_agent_done", agent, run)
 
-    def drive(inst: Instance, batch: Batch, threads: int) -> None:
+    def call(self, agent: Agent, task: Task, entry: Loaded, batch: Batch | None,
+             run: AgentRun) -> None:
+        """The agent's chat on ``entry``'s model (as a member of ``batch``, if any)."""
+        ex = self.ex
+        model: Any = entry.model
+        if batch is not None:  # a sequence of the batch: it joins with its chat
+            model = batch.member(entry.model, functools.partial(ex.stopping, agent))
+        try:
+            with ex.control.lock:
+                charge, entry.charged = not entry.charged, True
+            if charge:
+                run.load_s = round(entry.model.load_s, 4)
+                if entry.started_at >= ex.t0:  # loaded during this run
+                    run.load_start_s = round(entry.started_at - ex.t0, 4)
+            run_agent(agent, model, ex.host.config.models[agent.model], task.threads,
+                      ex.conversations[agent.job], self.references.get(agent.job),
+                      ex.control, run, ex.t0,
+                      functools.partial(ex.agent_start, instance=str(entry.inst)), ex.text)
+        finally:
+            if batch is not None:
+                model.leave()
+            elif ex.host.release(entry):
+                ex.log("released", instance=str(Instance(task.model, task.slot)))
+
+    def drive(self, inst: Instance, batch: Batch, threads: int) -> None:
         """Decode for the agents of one batch, holding its instance meanwhile."""
+        ex = self.ex
         entry = ex.host.acquire(inst)
         if entry is None:
             batch.fail(ex.host.load_errors.get(inst) or f"{inst} is not loaded")
@@ -96,55 +135,57 @@ def run_wave(ex: Execution, wave: Wave, agents: dict[str, Agent],
             if ex.host.release(entry):
                 ex.log("released", instance=str(inst))
 
-    started = time.monotonic()
-    cancelled_at: dict[str, float] = {}  # when each late agent was told to stop
-    try:
-        for index, task in enumerate(wave.tasks):
-            worker = ex.host.threads.get(index)
-            worker.submit(functools.partial(work, task))
-            workers[task.agent] = worker
-        for index, (inst, batch) in enumerate(batches.items(), start=len(wave.tasks)):
-            worker = ex.host.threads.get(index)
-            worker.submit(functools.partial(drive, inst, batch, groups[inst][0].threads))
-            drivers[inst] = worker
+    def watch(self) -> None:
+        """Until every agent's job has ended (its on_agent_done included) but an abandoned
+        one's, and each batch's decoding while one of its agents is still waited for:
+        an agent past its timeout is told to stop, and abandoned after the grace."""
+        ex, started = self.ex, self.started
+        cancelled_at: dict[str, float] = {}  # when each late agent was told to stop
         while True:
-            # every agent's job to its end (its on_agent_done included), but an abandoned
-            # one; and each batch's decoding while one of its agents is still waited for
             with ex.control.lock:
-                waiting = [a for a, w in workers.items()
+                waiting = [a for a, w in self.workers.items()
                            if not w.idle.is_set() and a not in ex.abandoned_ids]
-                decoding = [w for inst, w in drivers.items() if not w.idle.is_set()
-                            and any(t.agent not in ex.abandoned_ids for t in groups[inst])]
+                decoding = [w for inst, w in self.drivers.items() if not w.idle.is_set()
+                            and any(t.agent not in ex.abandoned_ids for t in self.groups[inst])]
             if not waiting and not decoding:
-                break
+                return
             now = time.monotonic()
             for agent_id in waiting:
-                timeout = agents[agent_id].timeout_s
-                if timeout is None or now < started + timeout or agent_id in results:
+                timeout = self.agents[agent_id].timeout_s
+                if timeout is None or now < started + timeout or agent_id in self.results:
                     continue
                 if agent_id not in cancelled_at:
                     cancelled_at[agent_id] = now
                     ex.control.cancelled.add(agent_id)  # it stops at its next piece of text
                 elif now >= cancelled_at[agent_id] + state.GRACE_S:
-                    abandon(ex, agents[agent_id], wave, results)
-            (workers[waiting[0]] if waiting else decoding[0]).idle.wait(0.05)
+                    abandon(ex, self.agents[agent_id], self.wave, self.results)
+            (self.workers[waiting[0]] if waiting else decoding[0]).idle.wait(0.05)
             ex.check()
-    except KeyboardInterrupt:
-        ex.control.stop.set()  # every agent stops at its next piece of text
-        for batch in batches.values():
+
+    def interrupted(self) -> None:
+        """Ctrl-C: every agent stops at its next piece of text; those still deaf after the
+        grace are abandoned, and those that never started are reported."""
+        ex = self.ex
+        ex.control.stop.set()
+        for batch in self.batches.values():
             batch.abort("interrupted")  # members that never joined are not waited for
-        wait_for_all([*workers.values(), *drivers.values()], state.GRACE_S)
-        for task in wave.tasks:
-            if task.agent not in workers:  # interrupted before it started
+        wait_for_all([*self.workers.values(), *self.drivers.values()], state.GRACE_S)
+        for task in self.wave.tasks:
+            if task.agent not in self.workers:  # interrupted before it started
                 with ex.control.lock:
-                    results.setdefault(task.agent, ex.unfinished(
-                        agents[task.agent], task, wave, "interrupted"))
-            elif (not workers[task.agent].idle.is_set()
+                    self.results.setdefault(task.agent, ex.unfinished(
+                        self.agents[task.agent], task, self.wave, "interrupted"))
+            elif (not self.workers[task.agent].idle.is_set()
                   and task.agent not in ex.abandoned_ids):
                 # deaf to the stop: its instance must not be handed out again (a chat)
-                abandon(ex, agents[task.agent], wave, results,
-                         f"interrupted (did not stop within {state.GRACE_S:g} s)")
-        raise
+                abandon(ex, self.agents[task.agent], self.wave, self.results,
+                        f"interrupted (did not stop within {state.GRACE_S:g} s)")
+
+
+def _loaded_name(ex: Execution, inst: Instance) -> str:
+    """An instance as its load named it (a batch's with its room: ``model#0x3``)."""
+    entry = ex.host.loaded.get(inst)
+    return str(entry.inst if entry is not None else inst)
 
 
 def wait_for_all(workers: list[Any], grace_s: float,

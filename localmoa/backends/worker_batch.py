@@ -1,0 +1,190 @@
+"""A batch decoded in a model worker, localmoa's side, and the worker's one restart.
+
+``relay_batch`` sends the batch's sequences to the worker, relays each one's text
+and end to its agent's stream, and cancels those whose agent stopped (a worker
+deaf to a cancel is killed).
+
+When the worker dies during the batch on its own (a native crash, the OOM killer,
+a kill from outside; not localmoa ending it for a cancel it ignored, an abandoned
+agent, an unload or an interrupt), a fresh worker loads the same ``LoadParams``
+and every unfinished sequence resumes from its prompt plus the text it had
+written (worker_main's ``resume_text``): its agent's stream goes on with nothing
+lost or repeated, its token budget and stop strings still apply. The dead
+worker's memory went with it, so the fresh one is the instance the plan counted:
+same key, same footprint, within the budget. A second death fails the sequences
+with the death's one line, as a first one did before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import queue
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import GenerationError, ModelLoadError
+from . import worker
+from .base import GenerationStats
+from .batch import Batch, Sequence
+
+if TYPE_CHECKING:
+    from .worker import WorkerModel, WorkerProcess
+
+#: Times a batch's worker that died on its own is replaced; the next death fails it.
+MAX_RESTARTS = 1
+#: How often the driver looks for agents that must stop.
+_POLL_S = 0.05
+
+
+def relay_batch(model: WorkerModel, batch: Batch, seqs: list[Sequence],
+                n_threads: int) -> None:
+    """Decode ``seqs`` (``batch``'s) in ``model``'s worker until each has ended; restart
+    the worker once if it dies on its own. Raises GenerationError when it cannot go on
+    (the engine fails the sequences left with that line)."""
+    pending, restarts = seqs, 0
+    while pending:
+        death = _relay(model, pending, n_threads)
+        if death is None:
+            return
+        unfinished = [seq for seq in seqs if not seq.done]
+        if not unfinished:
+            return
+        if restarts >= MAX_RESTARTS or not model.may_restart():
+            raise GenerationError(death)
+        restarts += 1
+        pending = _restart(model, batch, unfinished, death)
+
+
+def _relay(model: WorkerModel, seqs: list[Sequence], n_threads: int) -> str | None:
+    """One batch request to the current worker: None when it ended, the one line of
+    its death when it died."""
+    process = model.process
+    rid, replies = process.request(
+        "batch", [(s.index, s.messages, s.options, s.resume_text, s.resume_tokens)
+                  for s in seqs], n_threads)
+    process.phase = "prefill"
+    by_index = {s.index: s for s in seqs}
+    asked: dict[int, float] = {}  # sequence -> when its cancel was sent
+    ended = False
+    try:
+        while True:
+            with contextlib.suppress(queue.Empty):
+                reply = replies.get(timeout=_POLL_S)
+                if _deliver(process, by_index, reply):
+                    ended = True
+                    if reply[0] == "batch_end":
+                        return None
+                    if reply[0] == "dead":
+                        return str(reply[2])
+                    raise GenerationError(str(reply[2]))  # the engine fails those left
+            _cancel_stopped(process, rid, seqs, asked)
+    finally:
+        if not ended:
+            model.stop_request(rid, replies, "batch_end")
+        process.forget(rid)
+        process.phase = "idle"
+
+
+def _deliver(process: WorkerProcess, by_index: dict[int, Sequence],
+             reply: tuple[Any, ...]) -> bool:
+    """Hand one reply to its sequence; True when it ends the request."""
+    kind = reply[0]
+    if kind == "text":
+        process.phase = "decode"
+        seq = by_index[reply[2]]
+        seq.sampled = reply[4]  # the worker's count: what this text cost
+        seq.write(reply[3])
+    elif kind == "end":
+        seq = by_index[reply[2]]
+        seq.end(resumed_stats(seq, reply[3]) if seq.restarts else reply[3])
+    elif kind == "fail":
+        by_index[reply[2]].fail(reply[3])
+    else:  # batch_end, error or dead
+        return True
+    return False
+
+
+def _cancel_stopped(process: WorkerProcess, rid: int, seqs: list[Sequence],
+                    asked: dict[int, float]) -> None:
+    """An agent that stopped leaves at the worker's next step; a worker that has not
+    let it go after CANCEL_GRACE_S is stuck and is killed."""
+    now = time.monotonic()
+    for seq in seqs:
+        if seq.done:
+            continue
+        if seq.index not in asked:
+            if seq.wants_stop():
+                asked[seq.index] = now
+                process.send(("cancel", rid, seq.index))
+        elif now > asked[seq.index] + worker.CANCEL_GRACE_S:
+            process.kill(f"it did not stop within {worker.CANCEL_GRACE_S:g} s of a cancel")
+
+
+def _restart(model: WorkerModel, batch: Batch, unfinished: list[Sequence],
+             death: str) -> list[Sequence]:
+    """A fresh worker for ``model``; the sequences that go on in it, each set to resume
+    after the text it wrote. Sequences whose agent stopped meanwhile end here."""
+    left = []
+    for seq in unfinished:
+        if seq.wants_stop():
+            seq.finish("cancelled", seq.written_tokens)
+        elif 0 < seq.options.max_tokens <= seq.written_tokens:  # it had used its budget
+            seq.finish("length", seq.written_tokens)
+        else:
+            left.append(seq)
+    if not left:
+        return []
+    process = _fresh_worker(model, left, death)
+    if process is None:  # every agent left stopped while it loaded
+        for seq in left:
+            seq.finish("cancelled", seq.written_tokens)
+        return []
+    for seq in left:
+        seq.resume_text = "".join(seq.written)
+        seq.resume_tokens = seq.written_tokens
+        seq.restarts += 1
+    batch.restarted(process.pid, death, len(left))
+    return left
+
+
+def _fresh_worker(model: WorkerModel, seqs: list[Sequence],
+                  death: str) -> WorkerProcess | None:
+    """A new worker process with ``model``'s LoadParams loaded, in the dead one's place;
+    None when every one of ``seqs`` must stop before it is ready."""
+    try:
+        process = worker.WorkerProcess()
+    except ModelLoadError as exc:
+        raise GenerationError(f"{death}; restarting its worker failed: {exc}") from None
+    process.label = model.name
+    process.restarted = True
+    if not model.adopt(process):  # its agents were abandoned meanwhile
+        process.kill("its model was unloaded while its worker restarted")
+        raise GenerationError(death)
+    process.phase = "load"
+    rid, replies = process.request("load", model.params)
+    try:
+        while True:
+            with contextlib.suppress(queue.Empty):
+                reply = replies.get(timeout=_POLL_S)
+                break
+            if all(seq.wants_stop() for seq in seqs):
+                process.kill("its batch was stopped while it restarted")
+                return None
+    finally:
+        process.forget(rid)
+    if reply[0] != "loaded":
+        raise GenerationError(f"{death}; restarting its worker failed: {reply[2]}")
+    process.phase = "idle"
+    return process
+
+
+def resumed_stats(seq: Sequence, stats: GenerationStats) -> GenerationStats:
+    """The stats of a sequence that went on in a fresh worker: its count of tokens is the
+    worker's (it went on from the tokens produced before), its times are the whole
+    call's, as localmoa saw it (the restart included)."""
+    now = time.perf_counter()
+    first = seq.first_text_at or now
+    ttft = first - seq.joined_at
+    return dataclasses.replace(stats, ttft_s=ttft, prompt_s=ttft, decode_s=max(0.0, now - first),
+                               decode_tokens=max(0, stats.completion_tokens - 1))
