@@ -71,6 +71,8 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("LOCALMOA_HOME", str(home))
     for name in ("LOCALMOA_CONFIG", "LOCALMOA_DEBUG", "LOCALMOA_CPU_REPACK",
                  "LOCALMOA_EVENT_LOG", "LOCALMOA_NETWORK_LOG", "LOCALMOA_MEMORY_BUDGET",
+                 "LOCALMOA_MAX_PROMPT_BYTES", "LOCALMOA_ALLOWED_HOSTS", "LOCALMOA_ORIGINS",
+                 "LOCALMOA_API_KEY",
                  "OLLAMA_HOST"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

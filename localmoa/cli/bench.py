@@ -16,6 +16,7 @@ from rich.table import Table
 from ..bench import load_prompts, run_bench
 from ..config import Config
 from ..errors import UsageError
+from ..fileio import atomic_write
 from ..memory.probe import format_bytes
 from ..recipe import parse_self, self_moa_profile
 from ..timeline import draw_timelines
@@ -91,8 +92,8 @@ def bench(
                             memory_budget=memory_budget, baseline=baseline == "single",
                             progress=progress)
     target.mkdir(parents=True, exist_ok=True)
-    (target / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False)
-                                         + "\n", encoding="utf-8")
+    atomic_write(target / "results.json",
+                 json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     first_runs = {name: samples[0]["report"] for name, samples in results["samples"].items()}
     pictures = draw_timelines(first_runs, target)
     if json_out:
