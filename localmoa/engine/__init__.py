@@ -34,7 +34,7 @@ from ..memory.probe import MemorySampler
 from ..metrics import AgentRun, RunReport
 from ..preflight import Preflight, preflight
 from ..prompt_fit import check_fits, longest_token_bytes
-from ..recipe import MoaGraph
+from ..recipe import Agent, MoaGraph
 from .loading import clear_dead, load_wave, prestart_next
 from .state import Execution, RunEvents
 from .waves import run_wave
@@ -98,7 +98,7 @@ def execute_jobs(config: Config, graph: MoaGraph, conversations: Sequence[Sequen
                     events=events or RunEvents(), held_before=list(host.held),
                     control=Control(cancels=list(cancels or [None] * jobs)))
     host.load_errors.clear()  # a chat's earlier turns' failures are not this run's
-    start_loads, start_unloads, start_load_s = host.loads, host.unloads, host.load_s
+    start = (host.loads, host.unloads, host.load_s)
     agents = {a.id: a for a in graph.all_agents()}
     runs: dict[str, AgentRun] = {}
     stages = graph.stages()
@@ -121,16 +121,7 @@ def execute_jobs(config: Config, graph: MoaGraph, conversations: Sequence[Sequen
                 answer=answer, runs=ordered, wall_s=ex.now(), cores=plan.cores,
                 models=_model_facts(config, graph, host.runtime),
                 error=error, plan=_plan_summary(plan),
-                actual={"loads": host.loads - start_loads,
-                        "unloads": host.unloads - start_unloads,
-                        "load_s": round(host.load_s - start_load_s, 4),
-                        "peak_rss_growth_bytes": memory.peak_rss,
-                        "peak_pss_growth_bytes": memory.peak_pss,
-                        "abandoned_agents": len(ex.abandoned_ids),
-                        "held_bytes": host.held_bytes(),
-                        "workers": memory.worker_peaks(),
-                        "crashed_workers": list(ex.crashes),
-                        **({"requests_batched": jobs} if jobs > 1 else {})},
+                actual=_actual(ex, memory, start, jobs),
                 runtime=dict(runtime or {}), warnings=list(ex.warnings),
                 recipe=dict(recipes[job]))
 
@@ -139,22 +130,10 @@ def execute_jobs(config: Config, graph: MoaGraph, conversations: Sequence[Sequen
                 host.unload(inst)
             references: dict[int, list[str]] = {}
             for number, stage in enumerate(stages, start=1):
-                for wave in plan.waves_of_layer(number):
-                    live = dataclasses.replace(wave, tasks=[
-                        t for t in wave.tasks if agents[t.agent].job not in outcomes
-                        and (agents[t.agent].job not in skipping or number == len(stages))])
-                    if live.tasks:
-                        load_wave(ex, live, agents)
-                        prestart_next(ex, wave)
-                        memory.sample()
-                        run_wave(ex, live, agents, references, runs)
-                        memory.sample()  # the wave's peak: its contexts are filled now
-                        clear_dead(ex)
-                    for inst in wave.unloads:
-                        host.unload(inst)
-                for job in range(jobs):
-                    if job in outcomes or (job in skipping and number < len(stages)):
-                        continue
+                ending = {job for job in range(jobs) if job in outcomes
+                          or (job in skipping and number < len(stages))}
+                _run_layer(ex, number, agents, ending, references, runs, memory)
+                for job in (j for j in range(jobs) if j not in ending):
                     job_runs = [runs[a.id] for a in stage if a.job == job]
                     outcome = _stage_end(ex, graph, job, number, job_runs, recipes[job],
                                          report)
@@ -166,18 +145,60 @@ def execute_jobs(config: Config, graph: MoaGraph, conversations: Sequence[Sequen
                     references[job] = [r.answer for r in job_runs if r.ok]
             return [outcomes[j] for j in range(jobs)]
         except KeyboardInterrupt as exc:
-            ex.control.stop.set()
-            code = 143 if isinstance(exc, Terminated) else 130
-            what = "terminated (SIGTERM)" if code == 143 else "interrupted"
-            ex.log("interrupted", signal="SIGTERM" if code == 143 else "SIGINT")
-            for job in range(jobs):
-                if job not in outcomes:
-                    outcomes[job] = RunInterrupted(what, report(job, error=what), exit_code=code)
+            _interrupted(ex, exc, jobs, outcomes, report)
             return [outcomes[j] for j in range(jobs)]
         finally:
             ex.log.close()
             if own_host:
                 host.close()
+
+
+def _run_layer(ex: Execution, number: int, agents: dict[str, Agent], ending: set[int],
+               references: dict[int, list[str]], runs: dict[str, AgentRun],
+               memory: MemorySampler) -> None:
+    """The plan's waves of stage ``number``, but the agents of requests in ``ending`` (over,
+    or skipping to their aggregator): load, run, sample memory, drop dead workers, unload."""
+    for wave in ex.plan.waves_of_layer(number):
+        live = dataclasses.replace(wave, tasks=[t for t in wave.tasks
+                                                if agents[t.agent].job not in ending])
+        if live.tasks:
+            load_wave(ex, live, agents)
+            prestart_next(ex, wave)
+            memory.sample()
+            run_wave(ex, live, agents, references, runs)
+            memory.sample()  # the wave's peak: its contexts are filled now
+            clear_dead(ex)
+        for inst in wave.unloads:
+            ex.host.unload(inst)
+
+
+def _actual(ex: Execution, memory: MemorySampler, start: tuple[int, int, float],
+            jobs: int) -> dict[str, Any]:
+    """What happened, for the report: loads and unloads since ``start``, memory, workers."""
+    host = ex.host
+    return {"loads": host.loads - start[0], "unloads": host.unloads - start[1],
+            "load_s": round(host.load_s - start[2], 4),
+            "peak_rss_growth_bytes": memory.peak_rss,
+            "peak_pss_growth_bytes": memory.peak_pss,
+            "abandoned_agents": len(ex.abandoned_ids),
+            "held_bytes": host.held_bytes(),
+            "workers": memory.worker_peaks(),
+            "crashed_workers": list(ex.crashes),
+            "worker_restarts": ex.restarts,
+            **({"requests_batched": jobs} if jobs > 1 else {})}
+
+
+def _interrupted(ex: Execution, exc: KeyboardInterrupt, jobs: int,
+                 outcomes: dict[int, RunReport | LocalMoaError],
+                 report: Callable[..., RunReport]) -> None:
+    """Ctrl-C (130) or SIGTERM (143): every request not over ends with what it made."""
+    ex.control.stop.set()
+    code = 143 if isinstance(exc, Terminated) else 130
+    what = "terminated (SIGTERM)" if code == 143 else "interrupted"
+    ex.log("interrupted", signal="SIGTERM" if code == 143 else "SIGINT")
+    for job in range(jobs):
+        if job not in outcomes:
+            outcomes[job] = RunInterrupted(what, report(job, error=what), exit_code=code)
 
 
 def _stage_end(ex: Execution, graph: MoaGraph, job: int, number: int,
