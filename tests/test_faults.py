@@ -46,6 +46,8 @@ class FaultyBackend(LlamaCppBackend):
                 if kind == "hangs":
                     HANG.wait(600)  # a backend stuck in a call that never returns
                     yield "never"
+                if kind == "crawls":  # a first piece at once: on a busy machine its model's
+                    yield "Crawling: "  # own first token may come after its timeout
                 while True:
                     with real_chat(messages, options) as inner:  # closed with this stream
                         for i, piece in enumerate(inner):
