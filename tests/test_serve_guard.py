@@ -290,6 +290,20 @@ def test_too_many_messages_or_characters_are_400_before_queueing(
     assert service.queue_depth() == 0 and service.counters.requests == before
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat", "/v1/localmoa/runs"])
+def test_a_prompt_no_context_can_hold_is_400_before_queueing(service: MoaService,
+                                                             path: str) -> None:
+    """Under the character limit, yet more tokens than tiny's 2048-token contexts."""
+    http = client(service)
+    before = service.counters.requests
+    text = "x" * (MAX_CHARS - 1)
+    response = http.post(path, json={"model": "moa:tiny",
+                                     "messages": [{"role": "user", "content": text}]})
+    message = assert_shape(response, path, 400)
+    assert "the prompt is too long" in message and "n_ctx" in message
+    assert service.queue_depth() == 0 and service.counters.requests == before
+
+
 def test_the_help_states_the_limits() -> None:
     from localmoa.cli.serve import EPILOG
 

@@ -21,9 +21,11 @@ import contextlib
 import dataclasses
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from ..agents import internal_error
+from ..backends import get_backend
 from ..backends.base import Message
 from ..config import Config
 from ..engine import RunEvents, execute_jobs
@@ -32,6 +34,7 @@ from ..host import ModelHost
 from ..memory.probe import probe
 from ..metrics import AgentRun, RunReport
 from ..preflight import Preflight, preflight
+from ..prompt_fit import PromptTooLongError, check_fits, longest_token_bytes
 from ..recipe import Agent, MoaGraph, Overrides, build_graph, merge_graphs
 from ..routing import Decision, route, routes
 from .jobs import (
@@ -83,6 +86,7 @@ class MoaService:
                     self._widest[model] = max(self._widest.get(model, 1), n)
             except LocalMoaError:
                 continue
+        self._longest: dict[str, int] = {}  # model -> bytes of its longest token
         self._last_used: dict[str, float] = {}  # model -> when a run last used it
         self._running: list[Job] = []
         self._closing = False
@@ -146,7 +150,8 @@ class MoaService:
         """Queue ``job``; TooLarge when it carries more than a request may, QueueFull at
         once when the queue is full, ShuttingDown when the service is draining."""
         self._check_size(job.messages)
-        self.graph_for(job.model, job.sampling)  # an unknown model fails now, not queued
+        graph = self.graph_for(job.model, job.sampling)  # an unknown model fails now
+        self._check_fits(graph, job.messages)
         with self.lock:  # stop_jobs() empties the queue under it: nothing queued after that
             if self._closing:
                 raise ShuttingDown("the server is shutting down; try again shortly, or "
@@ -169,6 +174,21 @@ class MoaService:
         if chars > self.options.max_chars:
             raise TooLarge(f"the messages hold {chars} characters: this server takes at "
                            f"most {self.options.max_chars} per request")
+
+    def _check_fits(self, graph: MoaGraph, messages: list[Message]) -> None:
+        """TooLarge (400, before queueing) when the conversation cannot fit the agents'
+        contexts: prompt_fit's lower bound, the vocabulary read once per model."""
+        def longest(model: str) -> int:
+            if model not in self._longest:
+                spec = self.config.models[model]
+                where = get_backend(spec.backend).locate(self.config, model).get("path")
+                self._longest[model] = longest_token_bytes(Path(where)) if where else 0
+            return self._longest[model]
+
+        try:
+            check_fits(graph, messages, lambda m: self.config.models[m].n_ctx, longest)
+        except PromptTooLongError as exc:
+            raise TooLarge(str(exc)) from None
 
     @property
     def closing(self) -> bool:
