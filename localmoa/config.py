@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import Field, ValidationError
 
@@ -21,6 +21,7 @@ from .config_yaml import NodeIndex, find_duplicate_key, format_loc, load_yaml, r
 from .errors import ConfigError
 from .fileio import CONFIG_MAX_BYTES, FileRefused, read_capped
 from .profile_spec import Profile
+from .registry import backend_class, known_backends
 from .spec_types import (
     BATCH_HELP,
     FLASH_ATTN_HELP,
@@ -29,36 +30,10 @@ from .spec_types import (
     REPACK_HELP,
     WORKERS_HELP,
     AutoOnOff,
+    ModelSpec,
     OnOff,
     StrictModel,
 )
-
-
-class ModelSpec(StrictModel):
-    """What every model entry has. Each backend's ``spec_class`` subclasses it with its
-    own keys, so each backend validates its own entries (with file:line errors)."""
-
-    backend: str = Field(description="Which backend serves it: llamacpp, ollama, openai, "
-                         "or an installed plugin's name.")
-    description: str = ""
-    n_ctx: int = Field(2048, ge=64, le=1_048_576, description="Context length in tokens.")
-
-    #: Top-level keys of models.yaml that are this backend's entries' defaults.
-    INHERITED: ClassVar[tuple[str, ...]] = ()
-    #: Keys other backends take, with what to write on this one instead.
-    MISPLACED: ClassVar[dict[str, str]] = {}
-
-    def where(self) -> str:
-        """Where the model lives, short (a path, hf:repo/file, ollama:tag, a URL)."""
-        return ""
-
-    def without_batching(self) -> ModelSpec:
-        """This entry with its agents on separate instances (``--no-batch``)."""
-        return self
-
-    def report_facts(self) -> dict[str, Any]:
-        """The settings of this entry the run report shows next to the model."""
-        return {}
 
 
 class HostSpec(StrictModel):
@@ -151,11 +126,7 @@ def shipped_config_path() -> Path:
 def spec_class(backend: Any) -> type[ModelSpec]:
     """The schema of ``backend: NAME`` entries (the backend's own pydantic model);
     ConfigError when no installed backend has that name."""
-    from .backends import backend_class
-
     if not isinstance(backend, str) or not backend:
-        from .backends import known_backends
-
         raise ConfigError(f"backend must be a name: one of {', '.join(known_backends())}"
                           f" (got {backend!r})")
     return backend_class(backend).spec_class

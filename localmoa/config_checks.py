@@ -5,15 +5,42 @@ names the file and line of the entry at fault."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from .config_yaml import format_loc
 from .errors import ConfigError
 from .profile_spec import AgentSpec, Profile
 from .prompts import reference_slots
 
-if TYPE_CHECKING:
-    from .config import Config
+
+class _Where(Protocol):
+    """Where an entry was written (config.Origin)."""
+
+    @property
+    def file(self) -> str: ...
+
+    @property
+    def line(self) -> int | None: ...
+
+
+class Config(Protocol):
+    """What the checks read of a merged config.Config (typed here, so that this module,
+    which config imports, does not import config)."""
+
+    @property
+    def models(self) -> Mapping[str, object]: ...
+
+    @property
+    def profiles(self) -> Mapping[str, Profile]: ...
+
+    @property
+    def default_profile(self) -> str: ...
+
+    @property
+    def files(self) -> Sequence[str]: ...
+
+    def origin(self, kind: str, name: str, *path: str | int) -> _Where: ...
 
 
 def check_references(config: Config) -> None:

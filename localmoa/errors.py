@@ -62,6 +62,10 @@ class InsufficientMemoryError(LocalMoaError):
     exit_code = 2
 
 
+class PullError(LocalMoaError):
+    """A download failed (network, hub, daemon)."""
+
+
 class ModelLoadError(LocalMoaError):
     """A backend could not load a model (bad file, out of memory ...)."""
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from string import Formatter
 
-from .backends.base import Message
+from .types import Message
 
 AGGREGATE_PROMPT = (
     "You have been provided with a set of responses from various open-source models to "

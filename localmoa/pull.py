@@ -10,28 +10,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import constants
 from .backends.llamacpp_spec import Source
 from .config import Config
-from .errors import LocalMoaError, ModelNotFoundError, UsageError
+from .errors import LocalMoaError, ModelNotFoundError, PullError, UsageError
 from .memory.gguf_header import parse_split_name, split_file_name
 from .sources import resolve_model_path
+from .types import Progress
 
-
-class PullError(LocalMoaError):
-    """A download failed (network, hub, daemon)."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress report: what is happening, and bytes done of total when known."""
-
-    status: str
-    completed: int = 0
-    total: int = 0
+__all__ = ["Progress", "PullError", "pull", "pull_gguf"]
 
 
 def pull(config: Config, name: str, report: Callable[[Progress], None]) -> str:

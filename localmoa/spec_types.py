@@ -1,13 +1,15 @@
 """The building blocks of models.yaml's schemas: StrictModel (strict types, no unknown
-keys), on/off values as YAML writes them, KV cache types, and the help texts of the load
-options that models.yaml may also set at its top level."""
+keys), ModelSpec (what every model entry has; each backend's schema subclasses it), on/off
+values as YAML writes them, KV cache types, and the help texts of the load options that
+models.yaml may also set at its top level. Below config and the backends alike: it
+imports no other localmoa module."""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 #: A model's name (in models.yaml, `models add --name`): serve lists each model by its
 #: name beside moa:PROFILE, and --self takes NAME:N, so no colon, slash, space or control.
@@ -44,3 +46,30 @@ class StrictModel(BaseModel):
     typo is an error, not ignored). Backends build their entry schemas on it."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelSpec(StrictModel):
+    """What every model entry has. Each backend's ``spec_class`` subclasses it with its
+    own keys, so each backend validates its own entries (with file:line errors)."""
+
+    backend: str = Field(description="Which backend serves it: llamacpp, ollama, openai, "
+                         "or an installed plugin's name.")
+    description: str = ""
+    n_ctx: int = Field(2048, ge=64, le=1_048_576, description="Context length in tokens.")
+
+    #: Top-level keys of models.yaml that are this backend's entries' defaults.
+    INHERITED: ClassVar[tuple[str, ...]] = ()
+    #: Keys other backends take, with what to write on this one instead.
+    MISPLACED: ClassVar[dict[str, str]] = {}
+
+    def where(self) -> str:
+        """Where the model lives, short (a path, hf:repo/file, ollama:tag, a URL)."""
+        return ""
+
+    def without_batching(self) -> ModelSpec:
+        """This entry with its agents on separate instances (``--no-batch``)."""
+        return self
+
+    def report_facts(self) -> dict[str, Any]:
+        """The settings of this entry the run report shows next to the model."""
+        return {}

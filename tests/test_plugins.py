@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from localmoa import backends
+from localmoa import registry as backends
 from localmoa.errors import ConfigError
 
 from .conftest import cli

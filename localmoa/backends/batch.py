@@ -27,7 +27,7 @@ from collections.abc import Sequence as Seq
 from typing import Any
 
 from ..errors import GenerationError
-from .base import ChatStream, GenerateOptions, GenerationStats, Message
+from ..types import ChatStream, GenerateOptions, GenerationStats, Message
 
 _END = object()
 

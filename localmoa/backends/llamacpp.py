@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import constants
-from ..config import Config, ModelSpec
+from ..config import Config
 from ..errors import ModelLoadError, UsageError
+from ..spec_types import ModelSpec
 from . import repack
 from .base import BackendBase, Capabilities, Estimate
 from .llamacpp_model import LoadParams, can_turn_repacking_off, load_llama

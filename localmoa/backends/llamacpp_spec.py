@@ -6,7 +6,6 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from ..config import ModelSpec
 from ..spec_types import (
     BATCH_HELP,
     FLASH_ATTN_HELP,
@@ -14,6 +13,7 @@ from ..spec_types import (
     WORKERS_HELP,
     AutoOnOff,
     KvType,
+    ModelSpec,
     OnOff,
     StrictModel,
 )

@@ -19,8 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import constants
-from ..config import Config, ModelSpec
-from ..errors import GenerationError, LocalMoaError, ModelLoadError, ModelNotFoundError
+from ..config import Config
+from ..errors import (
+    GenerationError,
+    LocalMoaError,
+    ModelLoadError,
+    ModelNotFoundError,
+    PullError,
+)
+from ..spec_types import ModelSpec
+from ..types import Progress
 from .base import (
     UNLIMITED,
     BackendBase,
@@ -161,7 +169,6 @@ class OllamaBackend(BackendBase):
 
     def pull(self, config: Config, name: str, report: Callable[[Any], None]) -> str:
         """The daemon pulls the tag; its progress comes back."""
-        from ..pull import Progress, PullError
 
         spec = config.models[name]
         client = self.client(host_of(spec))

@@ -7,9 +7,8 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from .. import constants
-from ..config import ModelSpec
 from ..errors import ConfigError
-from ..spec_types import KvType, StrictModel
+from ..spec_types import KvType, ModelSpec, StrictModel
 
 PARALLEL_HELP = ("How many agents of this model are sent to the Ollama daemon at once; set it "
                  "to the daemon's OLLAMA_NUM_PARALLEL. Default: 1.")

@@ -21,8 +21,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..config import Config, ModelSpec
+from ..config import Config
 from ..errors import GenerationError, ModelLoadError, ModelNotFoundError
+from ..spec_types import ModelSpec
 from .base import (
     UNLIMITED,
     BackendBase,

@@ -9,8 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
-from ..config import ModelSpec
-from ..spec_types import StrictModel
+from ..spec_types import ModelSpec, StrictModel
 
 BASE_URL_HELP = ("The server's OpenAI API root, e.g. http://127.0.0.1:8080/v1 (llama-server, "
                  "LM Studio and vLLM serve it under /v1: write it); used as written, less a "
