@@ -3,8 +3,10 @@ errors that name the file, the line and the field: the line of a key path, a key
 written twice, and pydantic's first error as one line.
 
 The YAML is composed with a depth bound (deep nesting is refused before Python's
-recursion limit) and an alias budget (a "billion laughs" file is refused while it is
-composed, not expanded)."""
+recursion limit), a bound on its nodes (a 4 MiB file of ``[1,1,1,...]`` would take
+minutes and gigabytes) and an alias budget (a "billion laughs" file is refused while it
+is composed, not expanded). It is composed once: the data is constructed from a copy
+of the node tree."""
 
 from __future__ import annotations
 
@@ -15,12 +17,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .errors import ConfigError
+from .errors import ConfigError, clip
 
 #: Deepest nesting of mappings and lists (the shipped models.yaml: 6 levels).
 MAX_DEPTH = 100
 #: Nodes that the uses of anchors may add to a file: each alias counts its node's size.
 MAX_ALIAS_NODES = 10_000
+#: Nodes (scalars, lists, mappings, aliases) written in a file (the shipped one: ~460).
+MAX_NODES = 100_000
+_TOO_MANY_NODES = (f"more than {MAX_NODES:,} YAML nodes (a models.yaml has a few hundred); "
+                   "is this the right file?")
 
 
 class _LimitError(yaml.YAMLError):
@@ -41,10 +47,14 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
         self._alias_nodes = 0
+        self._nodes = 0
         self._sizes: dict[int, int] = {}
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         mark = self.peek_event().start_mark
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _LimitError(_TOO_MANY_NODES, mark)
         if self.check_event(yaml.AliasEvent):
             node = super().compose_node(parent, index)
             size = self._sizes.get(id(node))
@@ -69,6 +79,18 @@ class _BoundedLoader(yaml.SafeLoader):
             self._sizes[id(node)] = 1 + sum(sizes)
         return node
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # a value Python refuses (an integer of 100,000 digits, the date 2024-13-45): the
+        # file and line, not an internal error
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            problem = str(exc)
+            if node.tag == "tag:yaml.org,2002:int" and "digits" in problem:
+                problem = f"an integer of {len(str(node.value)):,} digits is too long"
+            raise _LimitError(f"cannot read the value {clip(str(node.value))!r}: "
+                              f"{clip(problem)}", node.start_mark) from None
+
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.SequenceNode):
@@ -80,28 +102,73 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 def load_yaml(text: str, file: str) -> tuple[yaml.Node | None, Any]:
     """The node tree (for line numbers) and the data of one YAML document, bounded in
-    depth and alias expansion; ConfigError with file:line for anything wrong."""
-    root = _bounded(text, file, lambda loader: loader.get_single_node())
-    if root is None:
-        return None, None
-    # The data from a second composition: constructing merges `<<:` keys into the nodes
-    # themselves, and the tree returned keeps the file as written (keys, lines).
-    return root, _bounded(text, file, lambda loader: loader.get_single_data())
+    depth, size and alias expansion; ConfigError with file:line for anything wrong."""
+    _count_nodes_fast(text, file)
+    root: yaml.Node | None = None
+
+    def read(loader: _BoundedLoader) -> Any:
+        nonlocal root
+        root = loader.get_single_node()
+        # constructing merges `<<:` keys into the nodes themselves: the data is built
+        # from a copy, and the tree returned keeps the file as written (keys, lines)
+        return None if root is None else loader.construct_document(_copy_tree(root, {}))
+
+    data = _bounded(text, file, read)
+    return root, data
+
+
+def _copy_tree(node: yaml.Node, memo: dict[int, yaml.Node]) -> yaml.Node:
+    """The lists and mappings of a node tree copied (scalars shared, aliases kept)."""
+    if id(node) in memo or not isinstance(node, yaml.CollectionNode):
+        return memo.get(id(node), node)
+    copy: yaml.CollectionNode
+    if isinstance(node, yaml.SequenceNode):
+        copy = yaml.SequenceNode(node.tag, [], node.start_mark, node.end_mark, node.flow_style)
+        memo[id(node)] = copy
+        copy.value = [_copy_tree(item, memo) for item in node.value]
+    else:
+        copy = yaml.MappingNode(node.tag, [], node.start_mark, node.end_mark, node.flow_style)
+        memo[id(node)] = copy
+        copy.value = [(_copy_tree(k, memo), _copy_tree(v, memo)) for k, v in node.value]
+    return copy
+
+
+def _count_nodes_fast(text: str, file: str) -> None:
+    """A file of more than MAX_NODES nodes refused in a tenth of a second with libyaml,
+    not after PyYAML's own parser has read the first MAX_NODES (seconds). Anything else
+    wrong is left to the bounded loader, which says it as always."""
+    if not getattr(yaml, "__with_libyaml__", False):
+        return
+    nodes = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+            if isinstance(event, yaml.NodeEvent):
+                nodes += 1
+                if nodes > MAX_NODES:
+                    mark = event.start_mark
+                    raise ConfigError(_TOO_MANY_NODES, file=file,
+                                      line=mark.line + 1 if mark else None)
+    except yaml.YAMLError:
+        return
 
 
 def _bounded(text: str, file: str, read: Callable[[_BoundedLoader], Any]) -> Any:
-    loader = _BoundedLoader(text)
+    loader: _BoundedLoader | None = None
     try:
+        loader = _BoundedLoader(text)  # its reader refuses a NUL or an ESC at once
         return read(loader)
     except _LimitError as exc:
         raise ConfigError(exc.problem, file=file, line=exc.problem_mark.line + 1) from None
-    except yaml.YAMLError as exc:
+    except yaml.YAMLError as exc:  # every kind: a scanner's, a parser's, a reader's ...
         mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.position, int):
+            line = len(_LINE_BREAK.findall(text, 0, exc.position)) + 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"malformed YAML: {problem}", file=file,
-                          line=mark.line + 1 if mark else None) from None
+        raise ConfigError(f"malformed YAML: {clip(problem)}", file=file, line=line) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 class NodeIndex:

@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Longest piece of user input an error message repeats (see ``clip``).
+CLIP_CHARS = 100
+
+
+def clip(text: str, n: int = CLIP_CHARS) -> str:
+    """``text`` cut to ``n`` characters with an ellipsis: an error message that quotes a
+    value the user (or a file, or a client) wrote stays one short line."""
+    return text if len(text) <= n else text[:n] + "…"
+
 
 class LocalMoaError(Exception):
     """Base class. ``str(err)`` is the one-line message shown to the user."""

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from localmoa.config_yaml import MAX_ALIAS_NODES, MAX_DEPTH, find_duplicate_key, load_yaml
+from localmoa import config_yaml
+from localmoa.config_yaml import (
+    MAX_ALIAS_NODES,
+    MAX_DEPTH,
+    MAX_NODES,
+    NodeIndex,
+    find_duplicate_key,
+    load_yaml,
+)
 from localmoa.errors import ConfigError
 
 from .conftest import cli
@@ -100,3 +108,61 @@ def test_depth_bound_is_exact() -> None:
     load_yaml("[" * MAX_DEPTH + "]" * MAX_DEPTH, "f.yaml")
     with pytest.raises(ConfigError, match=f"nested more than {MAX_DEPTH} levels"):
         load_yaml("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "f.yaml")
+
+
+# a file under the 4 MiB cap with too many nodes: refused while composing, one short line
+@pytest.mark.parametrize(("text", "line"), [
+    ("models: [" + ",".join(["1"] * 1_500_000) + "]\n", 1),              # 3 MB, one line
+    ("models:\n" + "".join(f"  k{i % 10}: 1\n" for i in range(200_000)), 50_000),  # keys
+], ids=["flow-list", "repeated-keys"])
+def test_too_many_nodes_is_one_short_line(tmp_path: Path, text: str, line: int) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text(text, encoding="utf-8")
+    proc = cli("plan", "--config", str(big), timeout=NET)
+    assert_one_line(proc, 2, f"{big}:{line}: more than {MAX_NODES:,} YAML nodes")
+    assert len(proc.stderr) < 300
+
+
+@pytest.mark.parametrize("libyaml", [True, False], ids=["libyaml-count", "pyyaml-only"])
+def test_node_bound_is_exact_with_and_without_libyaml(monkeypatch: pytest.MonkeyPatch,
+                                                       libyaml: bool) -> None:
+    # the fast count (libyaml) and the bounded loader's own count agree, node for node
+    monkeypatch.setattr(config_yaml, "MAX_NODES", 12)
+    if not libyaml:
+        monkeypatch.setattr(config_yaml.yaml, "__with_libyaml__", False)
+    load_yaml("a: [1, 2, 3]\nb: &x {c: 1}\nd: *x\n", "f.yaml")  # 12 nodes, the alias too
+    with pytest.raises(ConfigError, match=r"^f.yaml:4: more than .* YAML nodes"):
+        load_yaml("a: [1, 2, 3]\nb: &x {c: 1}\nd: *x\ne: 1\n", "f.yaml")
+
+
+def test_merge_keys_leave_the_index_tree_as_written() -> None:
+    # composed once: the data is built from a copy, the tree keeps its `<<` key and lines
+    root, data = load_yaml("base: &b {n_ctx: 1}\nm:\n  <<: *b\n  top_p: 1\n", "f.yaml")
+    assert data["m"] == {"n_ctx": 1, "top_p": 1}
+    assert [k.value for k, _ in root.value[1][1].value] == ["<<", "top_p"]
+    assert NodeIndex(root).line_of(("m", "top_p")) == 4
+
+
+@pytest.mark.parametrize(("raw", "fragments"), [
+    (b"models: {}\n\x00\n", [":2: malformed YAML: unacceptable character #x0000"]),
+    (b"models: {}\nx: a\x1bb\n", [":2: malformed YAML: unacceptable character #x001b"]),
+    (b"n_ctx: " + b"9" * 100_000 + b"\n",
+     [":1: cannot read the value '99", "\u2026': an integer of 100,000 digits is too long"]),
+    (b"models: {}\nwhen: 2024-13-45\n", [":2: cannot read the value '2024-13-45'"]),
+], ids=["nul", "esc", "huge-int", "bad-date"])
+def test_values_yaml_or_python_refuse_are_one_line(tmp_path: Path, raw: bytes,
+                                                    fragments: list[str]) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_bytes(raw)
+    proc = cli("plan", "--config", str(cfg), timeout=NET)
+    assert_one_line(proc, 2, *[f"{cfg}{f}" if f.startswith(":") else f for f in fragments])
+    assert len(proc.stderr) < 300
+
+
+def test_proc_environ_as_config_is_one_line() -> None:
+    # a /proc file reads as a regular file of size 0; its NULs are a YAML reader's error
+    environ = Path("/proc/self/environ")
+    if not environ.exists():
+        pytest.skip("no /proc")
+    proc = cli("plan", "--config", str(environ), env={"LOCALMOA_T": "x"}, timeout=NET)
+    assert_one_line(proc, 2, f"{environ}:1: malformed YAML: unacceptable character #x0000")
