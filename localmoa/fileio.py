@@ -4,16 +4,20 @@ Reading: only a regular file (a FIFO, a device such as /dev/zero, a directory or
 socket is refused without blocking: the file is opened with O_NONBLOCK and checked
 with fstat), and at most a cap of bytes (one more is read to tell "over the cap").
 Writing: atomically (a temporary file in the same folder, flushed and fsynced, then
-renamed over the old one), so a failed write leaves the old file whole.
+renamed over the old one), so a failed write leaves the old file whole. A
+read-modify-write holds ``locked`` (an exclusive flock on a lock file beside the file),
+so two writers at once do not lose each other's change.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -222,6 +226,23 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for a read-modify-write of ``path`` (read it again inside):
+    flock on ``.NAME.lock`` beside the file the path resolves to, waiting for whoever
+    holds it. The lock file stays (removing it would let two writers lock two files);
+    the lock ends with the process, even a killed one. Raises OSError (no folder, a
+    read-only one)."""
+    target = Path(os.path.realpath(path))
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(target.with_name(f".{target.name}.lock"), flags, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # and the lock with it
 
 
 def dated_backup(path: Path, data: bytes, now: float | None = None) -> Path:

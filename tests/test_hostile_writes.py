@@ -7,15 +7,18 @@ atomic_write is also tested with the failure injected at each step."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import resource
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from localmoa.errors import LocalMoaError
 from localmoa.fileio import FileRefused, atomic_write
@@ -107,6 +110,91 @@ def test_models_add_that_fails_leaves_the_file_unchanged(tmp_path: Path) -> None
     assert proc.stderr == (f"localmoa: error: cannot write {cfg}: File too large (the file is "
                            "unchanged)\n")
     assert cfg.read_text(encoding="utf-8") == before and leftovers(tmp_path) == []
+
+
+# models add, several at once: each reads the file under the lock, so none is lost
+ADD_AFTER_A_BARRIER = """
+import sys
+from localmoa.cli import main  # everything imported before the barrier
+print("ready", flush=True)
+sys.stdin.readline()
+main(sys.argv[1:])
+"""
+
+
+def test_parallel_models_add_keeps_every_entry(tmp_path: Path) -> None:
+    cfg = tmp_path / "models.yaml"
+    cfg.write_text("# mine\nmodels:\n  a:\n    backend: ollama\n    source: {ollama: x}\n",
+                   encoding="utf-8")
+    names = [f"s{i}" for i in range(5)]
+    children = [subprocess.Popen(
+        [sys.executable, "-c", ADD_AFTER_A_BARRIER, "models", "add", "ollama:qwen2.5:7b",
+         "--name", name, "--config", str(cfg)], cwd=REPO, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names]
+    try:
+        for child in children:  # all have started and imported: let them go at once
+            assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.close()
+        results = [(child.wait(timeout=NET), child.stderr.read() if child.stderr else "")
+                   for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert all(code == 0 and "added model" in err for code, err in results), results
+    text = cfg.read_text(encoding="utf-8")
+    assert text.startswith("# mine\n")
+    assert sorted(yaml.safe_load(text)["models"]) == ["a", *names]
+    assert len(list(tmp_path.glob("models.yaml.bak-*"))) == len(names)
+    assert (tmp_path / ".models.yaml.lock").exists() and leftovers(tmp_path) == []
+
+
+def test_models_add_rereads_the_file_after_the_lock_holder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the interleaving made exact: while A is between its read and its write, B adds; B
+    # must wait for A's lock (then read A's entry), never write in between
+    from localmoa.cli import models as models_cli
+
+    cfg = tmp_path / "models.yaml"
+    cfg.write_text("models:\n  old:\n    backend: ollama\n    source: {ollama: x}\n",
+                   encoding="utf-8")
+    b_went_ahead = threading.Event()  # B waits at the lock, or (no lock) B is done
+    errors: list[BaseException] = []
+
+    def add(name: str) -> None:
+        try:
+            models_cli.add("ollama:qwen2.5:7b", name=name, n_ctx=4096, force=False,
+                           config=cfg)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            if name == "b":
+                b_went_ahead.set()
+
+    b = threading.Thread(target=add, args=("b",))
+    real_text, real_flock = models_cli.add_model_text, fcntl.flock
+
+    def a_lets_b_run(text: str, file: str, name: str, entry: dict) -> str:
+        if name == "a":
+            b.start()
+            assert b_went_ahead.wait(NET)
+        return real_text(text, file, name, entry)
+
+    def flock(fd: int, op: int) -> None:
+        if threading.current_thread() is b:
+            b_went_ahead.set()
+        real_flock(fd, op)
+
+    monkeypatch.setattr(models_cli, "add_model_text", a_lets_b_run)
+    monkeypatch.setattr(fcntl, "flock", flock)
+    add("a")
+    b.join(NET)
+    assert not b.is_alive() and errors == []
+    assert sorted(yaml.safe_load(cfg.read_text(encoding="utf-8"))["models"]) == ["a", "b", "old"]
 
 
 # atomic_write itself

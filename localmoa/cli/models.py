@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,7 +26,7 @@ from ..config import (
 )
 from ..config_yaml import add_model_text, load_yaml, pydantic_message
 from ..errors import LocalMoaError, UsageError
-from ..fileio import atomic_write, dated_backup, regular_file_problem
+from ..fileio import atomic_write, dated_backup, locked, regular_file_problem
 from ..memory.estimate import Footprint, ModelFacts
 from ..memory.gguf_header import read_model_header, shard_paths
 from ..memory.probe import Resources, format_bytes, probe
@@ -197,22 +199,24 @@ def add(
     entry = _entry_for(source, n_ctx)
     _check_entry(entry, source)
     target = config or constants.user_config_path()
-    exists = target.exists()
-    old_text = read_config_text(target) if exists else ""
-    old_data = _document(old_text, str(target))  # refuse to edit a file already broken
-    models = old_data.get("models") or {}
-    if name in models and not force:
-        raise UsageError(f"{target} already has a model {name!r}; pick another --name or "
-                         "add --force to replace it")
-    _, _, shipped = read_config_file(shipped_config_path())
-    if name in shipped and name not in models and not force:
-        raise UsageError(f"{name!r} is a shipped model name; pick another --name or add --force")
-    new_text = add_model_text(old_text, str(target), name, entry)
-    expected = {**old_data, "models": {**models, name: entry}}
-    if _document(new_text, str(target)) != expected:
-        raise UsageError(f"{target}: cannot add the entry without changing other lines; add "
-                         f"it under models: by hand: {name}: {entry}")
-    backup = _write(target, old_text if exists else None, new_text)
+    with _locked(target):  # two adds at once: the second reads what the first wrote
+        exists = target.exists()
+        old_text = read_config_text(target) if exists else ""
+        old_data = _document(old_text, str(target))  # refuse to edit a file already broken
+        models = old_data.get("models") or {}
+        if name in models and not force:
+            raise UsageError(f"{target} already has a model {name!r}; pick another --name "
+                             "or add --force to replace it")
+        _, _, shipped = read_config_file(shipped_config_path())
+        if name in shipped and name not in models and not force:
+            raise UsageError(f"{name!r} is a shipped model name; pick another --name or add "
+                             "--force")
+        new_text = add_model_text(old_text, str(target), name, entry)
+        expected = {**old_data, "models": {**models, name: entry}}
+        if _document(new_text, str(target)) != expected:
+            raise UsageError(f"{target}: cannot add the entry without changing other lines; "
+                             f"add it under models: by hand: {name}: {entry}")
+        backup = _write(target, old_text if exists else None, new_text)
     kept = f" (the previous version is {escape(backup.name)})" if backup else ""
     Output().note(f"added model {escape(name)!r} to {escape(str(target))}{kept}"
                   + ("" if "path" in entry["source"]
@@ -235,6 +239,20 @@ def _check_entry(entry: dict[str, Any], source: str) -> None:
         loc = error["loc"]
         option = f"--n-ctx {entry['n_ctx']}" if loc[:1] == ("n_ctx",) else repr(source)
         raise UsageError(f"{option}: {pydantic_message(error)}") from None
+
+
+@contextlib.contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    """fileio.locked on the user's models.yaml, its folder made first."""
+    stack = contextlib.ExitStack()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(locked(target))
+    except OSError as exc:
+        raise LocalMoaError(f"cannot write {target}: {exc.strerror or exc} (the file is "
+                            "unchanged)") from None
+    with stack:
+        yield
 
 
 def _write(target: Path, old_text: str | None, new_text: str) -> Path | None:
