@@ -16,7 +16,7 @@ from .conftest import cli
 from .test_bad_input import assert_one_line, config_with_path
 
 NET = 120
-STRING, ARRAY, UINT8, UINT32 = 8, 9, 0, 4
+STRING, ARRAY, UINT8, UINT32, FLOAT32 = 8, 9, 0, 4, 6
 
 
 def text(value: bytes) -> bytes:
@@ -86,6 +86,57 @@ def test_crafted_header_as_a_models_source(tmp_path: Path) -> None:
     proc = cli("plan", "--config", str(config_with_path(tmp_path, model)), "--profile", "p",
                timeout=NET)
     assert_one_line(proc, 2, "the GGUF header claims 2^63 tensors", "the file is corrupt")
+
+
+def arch_kv(key: bytes, vtype: int, payload: bytes) -> list[bytes]:
+    return [kv(b"general.architecture", STRING, text(b"llama")), kv(key, vtype, payload)]
+
+
+def u32_array(*values: int) -> bytes:
+    return struct.pack("<IQ", UINT32, len(values)) + struct.pack(f"<{len(values)}I", *values)
+
+
+# a number the memory estimate reads, written as something else: one line, not int()'s
+# ValueError; through plan (the estimate) and models add (the header alone)
+NOT_COUNTS = {
+    "block_count-string": (arch_kv(b"llama.block_count", STRING, text(b"abc")),
+                           "llama.block_count is 'abc', not a whole number"),
+    "block_count-array": (arch_kv(b"llama.block_count", ARRAY, u32_array(1, 2)),
+                          "llama.block_count is an array of 2 values, not a whole number"),
+    "block_count-2^32": (arch_kv(b"llama.block_count", UINT32, struct.pack("<I", 2**32 - 1)),
+                         "llama.block_count is 4,294,967,295, more layers than any model"),
+    "context_length-float": (arch_kv(b"llama.context_length", FLOAT32, struct.pack("<f", 2)),
+                             "llama.context_length is 2.0, not a whole number"),
+    "head_count-long-string": (arch_kv(b"llama.attention.head_count", STRING,
+                                       text(b"x" * 1_000_000)),
+                               "llama.attention.head_count is 'xxx"),
+    "head_count_kv-strings": (arch_kv(b"llama.attention.head_count_kv", ARRAY,
+                                      struct.pack("<IQ", STRING, 1) + text(b"8")),
+                              "head_count_kv is an array of 1 values, not a whole number "
+                              "(or one per layer)"),
+}
+
+
+@pytest.mark.parametrize("command", ["plan", "add"])
+@pytest.mark.parametrize("case", list(NOT_COUNTS))
+def test_a_count_that_is_not_a_number_is_one_line(tmp_path: Path, case: str,
+                                                  command: str) -> None:
+    kvs, fragment = NOT_COUNTS[case]
+    model = tmp_path / "crafted.gguf"
+    model.write_bytes(gguf(kvs))
+    args = (["plan", "--config", str(config_with_path(tmp_path, model)), "--profile", "p"]
+            if command == "plan" else ["models", "add", str(model), "--name", "x"])
+    proc = cli(*args, timeout=NET)
+    assert_one_line(proc, 2, f"{model}: the GGUF header's ", fragment,
+                    "the file is corrupt, not a usable GGUF")
+    assert len(proc.stderr) < 400
+
+
+def test_per_layer_head_counts_still_read(tmp_path: Path) -> None:
+    model = tmp_path / "openelm.gguf"
+    model.write_bytes(gguf([*arch_kv(b"llama.attention.head_count", ARRAY, u32_array(4, 8)),
+                            kv(b"llama.block_count", UINT32, struct.pack("<I", 2))]))
+    assert read_header(model).metadata["llama.attention.head_count"] == [4, 8]
 
 
 def test_truncated_inside_a_string_says_truncated_too(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidModelFileError, ModelNotFoundError
+from ..errors import InvalidModelFileError, ModelNotFoundError, clip
 from ..fileio import FileRefused, open_regular
 
 # GGUF metadata value types
@@ -40,6 +40,15 @@ MAX_STRING_BYTES = 1 << 26
 MAX_DECODED_ELEMENTS = 1 << 16
 #: Arrays of arrays nest at most this deep (llama.cpp itself writes and reads none).
 MAX_ARRAY_NESTING = 4
+#: The architecture's keys memory/estimate.py model_facts reads as whole numbers, and those
+#: that may hold one per layer instead (OpenELM's head counts).
+COUNT_KEYS = ("block_count", "embedding_length", "attention.key_length",
+              "attention.value_length", "attention.sliding_window", "vocab_size",
+              "context_length")
+PER_LAYER_KEYS = ("attention.head_count", "attention.head_count_kv")
+#: More layers than this is a corrupt block_count (llama.cpp allows 512): the estimate
+#: keeps a list of that many numbers.
+MAX_LAYERS = 1 << 16
 #: ggml's GGML_MAX_DIMS: a tensor has at most 4 dimensions.
 MAX_DIMS = 4
 #: Tensor data past this (1 PiB) is a corrupt shape, not a big model.
@@ -220,6 +229,7 @@ def _parse(buf: Any, path: Path, quant_sizes: Any, quant_type: Any) -> GgufHeade
     for _ in range(n_kv):
         key = cur.string()
         header.metadata[key] = cur.value(cur.unpack("<I"))
+    _check_counts(header)
     cur.claim("tensors", n_tensors, n_tensors * _MIN_TENSOR_BYTES, MAX_TENSORS)
     data_end = 0
     for _ in range(n_tensors):
@@ -257,6 +267,35 @@ def _parse(buf: Any, path: Path, quant_sizes: Any, quant_type: Any) -> GgufHeade
             f"bytes, the file has {len(buf)}; the download was probably interrupted, fetch "
             "the file again")
     return header
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_counts(header: GgufHeader) -> None:
+    """The architecture's numbers the estimate reads are whole numbers (a string or an
+    array there is a corrupt file, not an internal error), block_count a sane one."""
+    for key in (*COUNT_KEYS, *PER_LAYER_KEYS):
+        name = f"{header.architecture}.{key}"
+        value = header.metadata.get(name)
+        if value is None:
+            continue
+        if key in PER_LAYER_KEYS and isinstance(value, list) and all(map(_is_count, value)):
+            continue
+        if _is_count(value) and (key != "block_count" or value <= MAX_LAYERS):
+            continue
+        if _is_count(value):
+            problem = f"{value:,}, more layers than any model has (at most {MAX_LAYERS:,})"
+        else:
+            size = (len(value) if isinstance(value, list) else
+                    value.count if isinstance(value, ArraySummary) else None)
+            problem = (f"an array of {size:,} values" if size is not None
+                       else clip(repr(value))) + ", not a whole number" + (
+                " (or one per layer)" if key in PER_LAYER_KEYS else "")
+        raise InvalidModelFileError(
+            f"{header.path}: the GGUF header's {clip(name)} is {problem}: the file is "
+            "corrupt, not a usable GGUF; check where it came from")
 
 
 def _alignment(header: GgufHeader) -> int:
