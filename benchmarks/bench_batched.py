@@ -67,8 +67,8 @@ from pathlib import Path
 os.environ["LOCALMOA_WORKERS"] = "off"  # the models in this process: its memory is theirs
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.batch import Batch
-from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
+from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.memory.planner import split_threads
 from localmoa.memory.probe import process_memory
 from localmoa.prompts import agent_messages

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from localmoa.backends.base import GenerateOptions  # noqa: E402
-from localmoa.backends.openai import OpenAIBackend  # noqa: E402
-from localmoa.backends.openai_spec import OpenAISpec  # noqa: E402
+from localmoa.backends.openai.backend import OpenAIBackend  # noqa: E402
+from localmoa.backends.openai.spec import OpenAISpec  # noqa: E402
 from tests.openai_server import OpenAIServer  # noqa: E402
 
 MESSAGES = [{"role": "system", "content": "You are a careful assistant."},

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from localmoa import build_graph, load_config
-from localmoa.backends import worker
-from localmoa.backends.llamacpp import flash_attn_mode
-from localmoa.backends.llamacpp_model import llama_defaults, repack_allowed
+from localmoa.backends.llamacpp import worker
+from localmoa.backends.llamacpp.backend import flash_attn_mode
+from localmoa.backends.llamacpp.model import llama_defaults, repack_allowed
 from localmoa.engine import execute_plan
 from localmoa.memory.planner import Instance, Plan, Task, Wave
 from localmoa.preflight import preflight

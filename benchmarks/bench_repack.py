@@ -38,8 +38,8 @@ SAMPLE = """
 import json, sys
 from pathlib import Path
 from localmoa.backends.base import GenerateOptions
-from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
+from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 path, chat_format, threads = Path(sys.argv[1]), sys.argv[2] or None, int(sys.argv[3])
 spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(path)), n_ctx=2048,
                  chat_format=chat_format)
@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path, help="write every sample here")
     args = parser.parse_args()
-    from localmoa.backends import repack
+    from localmoa.backends.llamacpp import repack
 
     verdict = repack.verdict()
     if not verdict.works:

@@ -31,9 +31,9 @@ from typing import Any
 
 import psutil
 
-from localmoa.backends import worker
 from localmoa.backends.base import GenerateOptions
-from localmoa.backends.llamacpp_model import LoadParams, load_llama
+from localmoa.backends.llamacpp import worker
+from localmoa.backends.llamacpp.model import LoadParams, load_llama
 from localmoa.memory.probe import process_memory
 
 MiB = 1024 * 1024

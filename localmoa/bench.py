@@ -144,7 +144,7 @@ def summarise(c: Contender) -> dict[str, Any]:
 def machine_facts() -> dict[str, Any]:
     import llama_cpp
 
-    from .backends import repack
+    from .backends.llamacpp import repack
 
     verdict = repack.cached_verdict()
     return {"cpu": repack.cpu_model(), "cpu_flags": repack.key_cpu_flags(),

@@ -105,7 +105,7 @@ def _localmoa() -> dict[str, Any]:
 def _cpu() -> dict[str, Any]:
     import psutil
 
-    from .backends import repack
+    from .backends.llamacpp import repack
     from .memory.probe import cpu_cores
 
     flags = repack.cpu_flags()
@@ -137,7 +137,7 @@ def _gpus() -> list[dict[str, Any]]:
 def _llama_cpp(config: Config | None, recheck: bool) -> dict[str, Any]:
     import importlib.metadata
 
-    from .backends import repack
+    from .backends.llamacpp import repack
 
     out: dict[str, Any] = {"installed": False}
     try:

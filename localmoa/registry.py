@@ -29,9 +29,9 @@ from .errors import ConfigError
 #: The entry point group third-party backends register in.
 ENTRY_POINT_GROUP = "localmoa.backends"
 #: localmoa's own backends: name -> "module:class", imported on first use.
-BUILTIN = {"llamacpp": "localmoa.backends.llamacpp:LlamaCppBackend",
-           "ollama": "localmoa.backends.ollama:OllamaBackend",
-           "openai": "localmoa.backends.openai:OpenAIBackend"}
+BUILTIN = {"llamacpp": "localmoa.backends.llamacpp.backend:LlamaCppBackend",
+           "ollama": "localmoa.backends.ollama.backend:OllamaBackend",
+           "openai": "localmoa.backends.openai.backend:OpenAIBackend"}
 
 # A backend is typed Any here (the Backend protocol is above config, in backends/base.py);
 # localmoa.backends gives these functions their Backend types.

@@ -25,7 +25,7 @@ def repack_verdicts(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     cache file every test's LOCALMOA_HOME starts with: the canary's own tests start empty."""
     import os
 
-    from localmoa.backends import repack
+    from localmoa.backends.llamacpp import repack
 
     home = tmp_path_factory.mktemp("repack-home")
     saved = os.environ.get("LOCALMOA_HOME")
@@ -63,7 +63,7 @@ def signal_state():
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                   repack_verdicts: bytes) -> Path:
-    from localmoa.backends import repack
+    from localmoa.backends.llamacpp import repack
 
     home = tmp_path / "localmoa-home"
     home.mkdir()
@@ -207,7 +207,7 @@ def scripted(monkeypatch: pytest.MonkeyPatch):
     """The scripted backend in place of llama.cpp (tests/scripted.py), and a short grace
     period after a timeout or Ctrl-C."""
     from localmoa import backends, engine
-    from localmoa.backends.llamacpp import LlamaCppBackend
+    from localmoa.backends.llamacpp.backend import LlamaCppBackend
 
     from .scripted import ScriptedBackend
 
@@ -223,7 +223,7 @@ def real_server(smollm2_path: Path, repack_verdicts: bytes,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAIServer]:
     """A real OpenAI-compatible server (llama-cpp-python's) serving SmolLM2 as "smollm2" on
     a loopback port, its LOCALMOA_HOME holding the repack verdict (tests/openai_server.py)."""
-    from localmoa.backends import repack
+    from localmoa.backends.llamacpp import repack
 
     home = tmp_path_factory.mktemp("server-home")
     (home / repack.CACHE_FILE).write_bytes(repack_verdicts)

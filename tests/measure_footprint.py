@@ -9,8 +9,8 @@ from pathlib import Path
 
 os.environ["LOCALMOA_WORKERS"] = "off"  # the model's own memory, in this process
 
-from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
+from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.memory.probe import process_memory
 
 path, n_ctx, kv_type = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 os.environ["LOCALMOA_WORKERS"] = "off"  # the model's own memory, in this process
 
-from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
+from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 
 
 def anonymous() -> int:

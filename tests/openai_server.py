@@ -55,8 +55,8 @@ def serve(argv: list[str]) -> None:
     weight repacking only where localmoa's verdict (``cpu_repack``) allows it."""
     from llama_cpp.server.__main__ import main
 
-    from localmoa.backends import repack
-    from localmoa.backends.llamacpp_model import llama_defaults
+    from localmoa.backends.llamacpp import repack
+    from localmoa.backends.llamacpp.model import llama_defaults
 
     choice = repack.choose(None)
     print(f"localmoa repack: {'on' if choice.enabled else 'off'} ({choice.reason})",

@@ -25,8 +25,8 @@ from localmoa.backends.base import (
     Message,
 )
 from localmoa.backends.batch import Batch
-from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
+from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.config import Config, ModelSpec
 from localmoa.errors import GenerationError, ModelLoadError
 from localmoa.memory.estimate import Footprint

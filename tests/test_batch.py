@@ -11,7 +11,7 @@ import pytest
 from localmoa import engine
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.batch import Batch
-from localmoa.backends.llamacpp_batch import _Text, common_prefix
+from localmoa.backends.llamacpp.batch_loop import _Text, common_prefix
 from localmoa.engine import RunEvents, execute_plan
 from localmoa.errors import GenerationError
 from localmoa.memory import speed

@@ -12,9 +12,9 @@ import pytest
 
 from localmoa.backends.base import GenerateOptions, GenerationStats
 from localmoa.backends.batch import Batch
-from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.backends.llamacpp_model import LoadParams, load_llama
-from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
+from localmoa.backends.llamacpp.model import LoadParams, load_llama
+from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.errors import GenerationError
 from localmoa.prompts import agent_messages
 

@@ -219,14 +219,14 @@ def test_unknown_profile(capsys: pytest.CaptureFixture[str]) -> None:
 def test_incomplete_sources_are_refused(source: dict[str, str]) -> None:
     from pydantic import ValidationError
 
-    from localmoa.backends.llamacpp_spec import Source
+    from localmoa.backends.llamacpp.spec import Source
 
     with pytest.raises(ValidationError):
         Source(**source)
 
 
 def test_repo_quant_form_is_accepted() -> None:
-    from localmoa.backends.llamacpp_spec import Source
+    from localmoa.backends.llamacpp.spec import Source
 
     src = Source(repo="bartowski/Qwen2.5-7B-Instruct-GGUF:Q4_K_M")
     assert src.describe() == "hf:bartowski/Qwen2.5-7B-Instruct-GGUF:Q4_K_M"

@@ -18,16 +18,16 @@ import jsonschema
 import pytest
 
 from localmoa.backends.base import GenerateOptions
-from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.backends.llamacpp_embed import EMBED_OUTPUT_BYTES, chunk_tokens
-from localmoa.backends.llamacpp_model import (
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
+from localmoa.backends.llamacpp.embed import EMBED_OUTPUT_BYTES, chunk_tokens
+from localmoa.backends.llamacpp.model import (
     LlamaCppModel,
     LoadParams,
     llama_defaults,
     load_llama,
     repack_allowed,
 )
-from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.errors import GenerationError
 
 from .test_batch_llamacpp import batched

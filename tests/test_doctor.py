@@ -10,7 +10,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from localmoa import doctor
-from localmoa.backends import repack
+from localmoa.backends.llamacpp import repack
 
 from .child_server import free_port
 from .conftest import cli

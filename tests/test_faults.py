@@ -16,7 +16,7 @@ import pytest
 
 from localmoa import backends, engine
 from localmoa.backends.base import ChatStream
-from localmoa.backends.llamacpp import LlamaCppBackend
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
 from localmoa.cli import main
 from localmoa.config import Config, load_config, read_config_file
 from localmoa.engine import run_moa

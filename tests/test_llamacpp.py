@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from localmoa.backends.base import GenerateOptions
-from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.backends.llamacpp_model import LoadParams, load_llama
-from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
+from localmoa.backends.llamacpp.model import LoadParams, load_llama
+from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.errors import GenerationError, ModelLoadError
 
 

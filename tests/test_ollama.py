@@ -233,8 +233,8 @@ def test_footprint_from_api_show(httpserver: HTTPServer, tmp_path: Path) -> None
 
 
 def test_a_remote_daemon_is_its_own_pool() -> None:
-    from localmoa.backends.ollama import UNLIMITED, ollama_pool
-    from localmoa.backends.ollama_spec import OllamaSource, OllamaSpec
+    from localmoa.backends.ollama.backend import UNLIMITED, ollama_pool
+    from localmoa.backends.ollama.spec import OllamaSource, OllamaSpec
     from localmoa.config import Config, HostSpec
     from localmoa.memory.estimate import Footprint
     from localmoa.memory.probe import probe
@@ -265,8 +265,8 @@ TEXTS = ["What is 2 + 2?", "Write a haiku."]
 
 def loaded_model(server: HTTPServer):
     """The backend's model on the test daemon (loaded: Ollama's preload and /api/ps)."""
-    from localmoa.backends.ollama import OllamaBackend
-    from localmoa.backends.ollama_spec import OllamaSource, OllamaSpec
+    from localmoa.backends.ollama.backend import OllamaBackend
+    from localmoa.backends.ollama.spec import OllamaSource, OllamaSpec
 
     expect_load(server)
     spec = OllamaSpec(backend="ollama", source=OllamaSource(ollama=TAG), n_ctx=N_CTX,
@@ -286,7 +286,7 @@ def test_a_json_schema_goes_in_format(httpserver: HTTPServer) -> None:
     import jsonschema
 
     from localmoa.backends.base import GenerateOptions
-    from localmoa.backends.ollama import OllamaBackend
+    from localmoa.backends.ollama.backend import OllamaBackend
 
     assert OllamaBackend.capabilities.constrained_output
     model = loaded_model(httpserver)
@@ -320,7 +320,7 @@ def test_a_schema_answer_cut_by_num_predict_is_an_error(httpserver: HTTPServer) 
 
 
 def test_embed_is_api_embed(httpserver: HTTPServer) -> None:
-    from localmoa.backends.ollama import OllamaBackend
+    from localmoa.backends.ollama.backend import OllamaBackend
 
     assert OllamaBackend.capabilities.embeddings
     model = loaded_model(httpserver)

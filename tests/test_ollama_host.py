@@ -14,8 +14,8 @@ import pytest
 from ollama._client import _parse_host
 from pytest_httpserver import HTTPServer
 
-from localmoa.backends.ollama import ollama_pool
-from localmoa.backends.ollama_spec import OllamaSource, OllamaSpec, is_loopback
+from localmoa.backends.ollama.backend import ollama_pool
+from localmoa.backends.ollama.spec import OllamaSource, OllamaSpec, is_loopback
 from localmoa.config import load_config
 from localmoa.constants import ollama_host
 from localmoa.errors import ConfigError

@@ -21,11 +21,11 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from localmoa.backends import openai
 from localmoa.backends.base import GenerateOptions, Message
-from localmoa.backends.openai import OpenAIBackend, OpenAIModel
-from localmoa.backends.openai_http import retry_delay
-from localmoa.backends.openai_spec import OpenAISpec
+from localmoa.backends.openai import backend as openai
+from localmoa.backends.openai.backend import OpenAIBackend, OpenAIModel
+from localmoa.backends.openai.http import retry_delay
+from localmoa.backends.openai.spec import OpenAISpec
 from localmoa.config import load_config
 from localmoa.errors import ConfigError, GenerationError, ModelLoadError, ModelNotFoundError
 
@@ -203,7 +203,7 @@ def embedding_server(smollm2_path: Path, repack_verdicts: bytes,
     """llama-cpp-python's server with embeddings on (its --embedding true)."""
     import os
 
-    from localmoa.backends import repack
+    from localmoa.backends.llamacpp import repack
 
     home = tmp_path_factory.mktemp("embedding-server-home")
     (home / repack.CACHE_FILE).write_bytes(repack_verdicts)
@@ -215,7 +215,7 @@ def embedding_server(smollm2_path: Path, repack_verdicts: bytes,
 
 def test_a_real_server_embeds(embedding_server: OpenAIServer, backend: OpenAIBackend,
                               smollm2_path: Path) -> None:
-    from localmoa.backends.llamacpp_model import LoadParams, load_llama
+    from localmoa.backends.llamacpp.model import LoadParams, load_llama
 
     model = backend.load("smol", spec_for(embedding_server.base_url), None, 1)
     both = model.embed(TEXTS)

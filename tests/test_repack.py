@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from localmoa.backends import repack
 from localmoa.backends.base import GenerateOptions
-from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.backends.llamacpp_model import LoadParams, load_llama
-from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.backends.llamacpp import repack
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
+from localmoa.backends.llamacpp.model import LoadParams, load_llama
+from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.config import load_config
 from localmoa.errors import UsageError
 from localmoa.memory.estimate import LoadSettings, footprint, model_facts
@@ -90,7 +90,7 @@ def test_an_injected_segfault_turns_repacking_off(fresh: Path, monkeypatch: pyte
 
 CRASHING_CLI = """
 import os, signal, sys
-from localmoa.backends import repack
+from localmoa.backends.llamacpp import repack
 repack.CANARY_COMMAND = [sys.executable, "-c",
                          "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
 from localmoa.cli import main
@@ -296,7 +296,7 @@ def test_llama_cpp_python_can_turn_repacking_off() -> None:
     accept an unknown attribute and change nothing)."""
     import llama_cpp.llama_cpp as lib
 
-    from localmoa.backends.llamacpp import can_turn_repacking_off
+    from localmoa.backends.llamacpp.backend import can_turn_repacking_off
 
     assert can_turn_repacking_off()
     assert "use_extra_bufts" in [name for name, *_ in lib.llama_model_params._fields_]

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from localmoa import backends, build_graph, load_config
-from localmoa.backends.llamacpp import LlamaCppBackend
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
 from localmoa.engine import execute_plan, run_moa
 from localmoa.memory.planner import Instance, Plan, Task, Wave
 from localmoa.preflight import preflight

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from localmoa import backends
-from localmoa.backends.llamacpp import LlamaCppBackend
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
 from localmoa.config import load_config
 from localmoa.engine import run_moa
 from localmoa.memory.planner import split_threads

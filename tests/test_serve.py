@@ -29,7 +29,7 @@ LONG = [{"role": "user", "content": "Write a long story about a lighthouse keepe
 
 def _serve_env(tmp_path_factory: pytest.TempPathFactory,
                repack_verdicts: bytes) -> dict[str, str]:
-    from localmoa.backends import repack
+    from localmoa.backends.llamacpp import repack
 
     home = tmp_path_factory.mktemp("serve-home")
     (home / repack.CACHE_FILE).write_bytes(repack_verdicts)

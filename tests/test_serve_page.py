@@ -43,7 +43,7 @@ def chromium() -> str:
 
 def home_with_verdict(home: Path, repack_verdicts: bytes) -> Path:
     """A fresh LOCALMOA_HOME holding this machine's repack verdict: no canary at start-up."""
-    from localmoa.backends import repack
+    from localmoa.backends.llamacpp import repack
 
     home.mkdir(parents=True, exist_ok=True)
     (home / repack.CACHE_FILE).write_bytes(repack_verdicts)

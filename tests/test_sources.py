@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.backends.llamacpp.sources import resolve_model_path
+from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.config import Config, Origin
 from localmoa.errors import ConfigError, InvalidModelFileError, ModelNotFoundError
 from localmoa.pull import PullError, pull
-from localmoa.sources import resolve_model_path
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 

@@ -13,8 +13,9 @@ import gguf
 import pytest
 
 from localmoa.backends.base import GenerateOptions
-from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
+from localmoa.backends.llamacpp.sources import resolve_model_path
+from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.config import Config
 from localmoa.errors import InvalidModelFileError, ModelNotFoundError
 from localmoa.memory.estimate import LoadSettings, footprint, model_facts
@@ -24,7 +25,6 @@ from localmoa.memory.gguf_header import (
     read_model_header,
     shard_paths,
 )
-from localmoa.sources import resolve_model_path
 
 from .conftest import cli
 from .test_sources import fake_hf_repo

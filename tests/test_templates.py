@@ -12,7 +12,7 @@ import pytest
 from localmoa import backends
 from localmoa.agents import TEMPLATE_MARGIN_TOKENS
 from localmoa.backends.base import ChatStream, GenerateOptions, LoadedModel, Message
-from localmoa.backends.llamacpp import LlamaCppBackend
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
 from localmoa.cli import main
 from localmoa.config import ModelSpec, load_config
 from localmoa.engine import run_moa

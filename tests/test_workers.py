@@ -16,10 +16,10 @@ import psutil
 import pytest
 
 from localmoa import build_graph, load_config
-from localmoa.backends import worker
 from localmoa.backends.base import GenerateOptions
-from localmoa.backends.llamacpp import LlamaCppBackend
-from localmoa.backends.llamacpp_spec import LlamaCppSpec, Source
+from localmoa.backends.llamacpp import worker
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
+from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.config import ModelSpec
 from localmoa.engine import RunEvents, execute_plan, run_moa
 from localmoa.errors import GenerationError
@@ -246,8 +246,8 @@ def test_a_worker_is_started_with_exec_not_a_bare_fork() -> None:
     process = worker.WorkerProcess()
     try:
         assert process.ready.wait(60)
-        assert psutil.Process(process.pid).cmdline()[1:3] == ["-m",
-                                                             "localmoa.backends.worker_main"]
+        assert psutil.Process(process.pid).cmdline()[1:3] == [
+            "-m", "localmoa.backends.llamacpp.worker_main"]
     finally:
         process.stop()
     assert not process.alive

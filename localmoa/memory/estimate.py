@@ -20,7 +20,7 @@ loading and filling the context; see docs/architecture.md, "Memory model"):
 - overhead: context, vocabulary tables and the like, fitted below.
 - not counted: a model that has embedded text (LoadedModel.embed) keeps llama.cpp's
   output buffer at one embedding chunk's rows, at most
-  backends/llamacpp_embed.EMBED_OUTPUT_BYTES (4 MiB; SmolLM2: +4.2 MiB measured).
+  backends/llamacpp/embed.EMBED_OUTPUT_BYTES (4 MiB; SmolLM2: +4.2 MiB measured).
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import constants
-from .openai_http import served_models, server_message
-from .openai_spec import OpenAISpec
+from ... import constants
+from .http import served_models, server_message
+from .spec import OpenAISpec
 
 #: How long `localmoa doctor` waits for a server to list its models.
 DOCTOR_TIMEOUT_S = 3.0
@@ -19,7 +19,7 @@ def check_server(url: str, specs: list[OpenAISpec]) -> dict[str, Any]:
     remote server is configured only with allow_remote: the schema refuses it otherwise.)"""
     import httpx
 
-    from .. import netguard
+    from ... import netguard
 
     entry: dict[str, Any] = {"host": url, "reachable": False, "error": None, "models": [],
                              "summary": ""}

@@ -1,4 +1,4 @@
-"""The repack canary, run as a child process: ``python -m localmoa.backends.canary``.
+"""The repack canary, run as a child process: ``python -m localmoa.backends.llamacpp.canary``.
 
 llama.cpp copies some weight types into private, rearranged buffers for faster
 CPU matmuls ("repacking": the AMX kernels on Intel Sapphire Rapids and later,

@@ -27,8 +27,8 @@ import ctypes
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import GenerationError
-from .structured import normalised
+from ...errors import GenerationError
+from ..structured import normalised
 
 #: The most bytes of output rows one embedding chunk may need (each token's logits and
 #: vector, 4 bytes a value). llama.cpp keeps its output buffer at the largest size it

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import constants
-from ..config import Config
-from ..errors import LocalMoaError
-from .ollama_spec import OllamaSpec, is_loopback
+from ... import constants
+from ...config import Config
+from ...errors import LocalMoaError
+from .spec import OllamaSpec, is_loopback
 
 #: How long doctor waits for an Ollama daemon to answer.
 OLLAMA_TIMEOUT_S = 3.0
@@ -37,7 +37,7 @@ def daemons(config: Config | None) -> list[dict[str, Any]]:
 def _daemons(config: Config | None) -> list[dict[str, Any]]:
     import httpx
 
-    from .. import netguard
+    from ... import netguard
 
     found = []
     try:

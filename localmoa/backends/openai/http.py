@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from .. import constants
-from ..errors import LocalMoaError, ModelLoadError, ModelNotFoundError
-from .openai_spec import OpenAISpec
+from ... import constants
+from ...errors import LocalMoaError, ModelLoadError, ModelNotFoundError
+from .spec import OpenAISpec
 
 if TYPE_CHECKING:
     import httpx

@@ -36,10 +36,10 @@ import random
 from collections.abc import Sequence as MessageList
 from typing import Any
 
-from ..errors import GenerationError
-from .base import Message
-from .batch import Sequence
-from .structured import check_json_answer, gbnf, stops_for
+from ...errors import GenerationError
+from ..base import Message
+from ..batch import Sequence
+from ..structured import check_json_answer, gbnf, stops_for
 
 #: Sampling defaults of llama-cpp-python's chat completion, so that a batched agent
 #: samples as a lone one does.

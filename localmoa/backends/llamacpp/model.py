@@ -1,6 +1,6 @@
 """One llama.cpp model (model + context) in this process, through llama-cpp-python.
 
-This module is what a model worker process runs (backends/worker_main.py), and
+This module is what a model worker process runs (backends/llamacpp/worker_main.py), and
 what ``workers: off`` loads into localmoa's own process. It reads no config:
 ``LoadParams`` says everything a load needs, as plain values a pipe can carry.
 
@@ -19,14 +19,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import GenerationError, ModelLoadError
+from ...errors import GenerationError, ModelLoadError
+from ..base import ChatStream, GenerateOptions, GenerationStats, LoadedModel, Message
+from ..batch import Batch
+from ..batch import Sequence as BatchSequence
+from ..structured import check_json_answer, gbnf, stops_for
 from . import repack
-from .base import ChatStream, GenerateOptions, GenerationStats, LoadedModel, Message
-from .batch import Batch
-from .batch import Sequence as BatchSequence
-from .llamacpp_batch import decode_batch, grammar_sampler
-from .llamacpp_embed import embed_texts
-from .structured import check_json_answer, gbnf, stops_for
+from .batch_loop import decode_batch, grammar_sampler
+from .embed import embed_texts
 
 # llama.cpp's ggml_type numbers for the KV cache element types models.yaml accepts.
 _GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
@@ -49,7 +49,7 @@ def _quiet_llama_logs() -> None:
 
     import llama_cpp
 
-    from .. import constants
+    from ... import constants
 
     show = constants.debug()
 
@@ -272,7 +272,7 @@ class LlamaCppModel(LoadedModel):
         return LlamaGrammar.from_string(text, verbose=False)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
-        """One mean-pooled, L2-normalised vector per text (backends/llamacpp_embed.py),
+        """One mean-pooled, L2-normalised vector per text (backends/llamacpp/embed.py),
         between chats or batches; None for a reranker. The KV cache is left empty."""
         with self._claim():
             if self.llm is None:

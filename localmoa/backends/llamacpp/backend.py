@@ -1,6 +1,6 @@
 """The llama.cpp backend: a model entry becomes a llama.cpp model in a worker process
-of its own (backends/worker.py), or, with ``workers: off``, in this process
-(backends/llamacpp_model.py)."""
+of its own (backends/llamacpp/worker.py), or, with ``workers: off``, in this process
+(backends/llamacpp/model.py)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .. import constants
-from ..config import Config
-from ..errors import ModelLoadError, UsageError
-from ..spec_types import ModelSpec
+from ... import constants
+from ...config import Config
+from ...errors import ModelLoadError, UsageError
+from ...spec_types import ModelSpec
+from ..base import BackendBase, Capabilities, Estimate
 from . import repack
-from .base import BackendBase, Capabilities, Estimate
-from .llamacpp_model import LoadParams, can_turn_repacking_off, load_llama
-from .llamacpp_spec import LlamaCppSpec
+from .model import LoadParams, can_turn_repacking_off, load_llama
+from .spec import LlamaCppSpec
 
 if TYPE_CHECKING:
-    from ..memory.estimate import LoadSettings
-    from ..memory.probe import Resources
+    from ...memory.estimate import LoadSettings
+    from ...memory.probe import Resources
 
 __all__ = ["LlamaCppBackend", "can_turn_repacking_off", "flash_attn_mode", "uses_workers"]
 
@@ -42,9 +42,9 @@ class LlamaCppBackend(BackendBase):
                  batch_up_to: int = 1) -> Estimate:
         """The GGUF's header read (no weights loaded) into facts and a footprint; with
         batching on, batches of 2 to ``batch_up_to`` sequences too."""
-        from ..memory.estimate import batched_pools, footprint, model_facts
-        from ..memory.gguf_header import read_model_header
-        from ..sources import resolve_model_path
+        from ...memory.estimate import batched_pools, footprint, model_facts
+        from ...memory.gguf_header import read_model_header
+        from .sources import resolve_model_path
 
         spec = _own(spec)
         path = resolve_model_path(config, name)
@@ -58,7 +58,7 @@ class LlamaCppBackend(BackendBase):
         return Estimate(path, facts, fp)
 
     def pull(self, config: Config, name: str, report: Callable[[Any], None]) -> str:
-        from ..pull import pull_gguf
+        from .pull import pull_gguf
 
         return pull_gguf(config, name, _own(config.models[name]).source, report)
 
@@ -83,8 +83,8 @@ class LlamaCppBackend(BackendBase):
         repack.verdict()
 
     def locate(self, config: Config, name: str) -> dict[str, Any]:
-        from ..errors import LocalMoaError
-        from ..sources import resolve_model_path
+        from ...errors import LocalMoaError
+        from .sources import resolve_model_path
 
         try:
             return {"path": str(resolve_model_path(config, name)), "present": True}
@@ -132,7 +132,7 @@ def _own(spec: ModelSpec) -> LlamaCppSpec:
 
 def load_settings(spec: LlamaCppSpec, resources: Resources) -> LoadSettings:
     """How ``spec`` will be loaded on this machine (may run the repack canary)."""
-    from ..memory.estimate import LoadSettings
+    from ...memory.estimate import LoadSettings
 
     return LoadSettings(n_ctx=spec.n_ctx, kv_type=spec.kv_type, n_gpu_layers=spec.n_gpu_layers,
                         n_batch=spec.n_batch, use_mmap=spec.use_mmap,

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
-from ..spec_types import ModelSpec, StrictModel
+from ...spec_types import ModelSpec, StrictModel
 
 BASE_URL_HELP = ("The server's OpenAI API root, e.g. http://127.0.0.1:8080/v1 (llama-server, "
                  "LM Studio and vLLM serve it under /v1: write it); used as written, less a "
@@ -85,7 +85,7 @@ class OpenAISpec(ModelSpec):
     @field_validator("base_url")
     @classmethod
     def _a_server_url(cls, value: str, info: ValidationInfo) -> str:
-        from ..netguard import is_this_machine
+        from ...netguard import is_this_machine
 
         fix = "write it as http://HOST:PORT/v1, e.g. http://127.0.0.1:8080/v1"
         parts = urlsplit(value.strip())
@@ -120,7 +120,7 @@ class OpenAISpec(ModelSpec):
     def origin(self) -> str:
         """``scheme://host:port`` of the server (the port filled in from the scheme): the
         models of one server share its pool and its concurrency."""
-        from ..netguard import is_this_machine
+        from ...netguard import is_this_machine
 
         parts = urlsplit(self.base_url)
         host = parts.hostname or ""
@@ -132,7 +132,7 @@ class OpenAISpec(ModelSpec):
     @property
     def is_remote(self) -> bool:
         """Whether the server is on another machine."""
-        from ..netguard import is_this_machine
+        from ...netguard import is_this_machine
 
         return not is_this_machine(urlsplit(self.base_url).hostname or "")
 

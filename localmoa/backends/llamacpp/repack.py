@@ -32,8 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import constants, signals
-from ..errors import UsageError
+from ... import constants, signals
+from ...errors import UsageError
 
 RepackMode = Literal["auto", "on", "off"]
 MODES = ("auto", "on", "off")
@@ -46,7 +46,7 @@ CANARY_TIMEOUT_S = 60.0
 CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGABRT,
                            signal.SIGFPE, signal.SIGSYS})
 #: How the canary is started; a test may point it at a program that crashes.
-CANARY_COMMAND = [sys.executable, "-m", "localmoa.backends.canary"]
+CANARY_COMMAND = [sys.executable, "-m", "localmoa.backends.llamacpp.canary"]
 #: CPU flags that decide which llama.cpp kernels run (shown by `localmoa doctor`).
 KEY_CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
                  "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
@@ -185,7 +185,7 @@ def needs_canary(modes: list[RepackMode | None]) -> bool:
 def run_canary(key: str) -> Verdict:
     """Run the canary child and interpret how it ended."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    from ..memory.probe import cpu_cores
+    from ...memory.probe import cpu_cores
 
     command = [*CANARY_COMMAND, str(cpu_cores())]
     env = constants.child_environment(without=("LOCALMOA_CPU_REPACK",))

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from ..spec_types import (
+from ...spec_types import (
     BATCH_HELP,
     FLASH_ATTN_HELP,
     REPACK_HELP,

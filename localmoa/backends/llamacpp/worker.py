@@ -11,8 +11,8 @@ Workers are started with fork+exec (``subprocess``), never a bare fork: llama.cp
 and OpenMP are not fork-safe once used. A worker imports llama.cpp before its
 first request (~0.25 s); ``prestart`` starts the next loads' workers early, so
 a load costs only the model's own load time. The other side of the wire is
-backends/worker_main.py, which lists the messages; a batch's side of it, and the
-one restart of a batch's worker that died on its own, are in backends/worker_batch.py.
+backends/llamacpp/worker_main.py, which lists the messages; a batch's side of it, and the
+one restart of a batch's worker that died on its own, are in backends/llamacpp/worker_batch.py.
 """
 
 from __future__ import annotations
@@ -34,18 +34,18 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .. import constants, signals
-from ..errors import GenerationError, ModelLoadError
-from .base import ChatStream, GenerateOptions, LoadedModel, Message
-from .batch import Batch
-from .llamacpp_model import LoadParams
+from ... import constants, signals
+from ...errors import GenerationError, ModelLoadError
+from ..base import ChatStream, GenerateOptions, LoadedModel, Message
+from ..batch import Batch
+from .model import LoadParams
 
 #: A worker that does not answer a cancel within this time is killed.
 CANCEL_GRACE_S = 5.0
 #: A worker asked to exit that is still there after this time is killed.
 EXIT_GRACE_S = 2.0
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 _lock = threading.Lock()
 _live: set[WorkerProcess] = set()
 _spares: list[WorkerProcess] = []
@@ -64,7 +64,8 @@ class WorkerProcess:
         self.started_at = time.perf_counter()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "localmoa.backends.worker_main", str(child_end.fileno())],
+                [sys.executable, "-m", "localmoa.backends.llamacpp.worker_main",
+                 str(child_end.fileno())],
                 pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         except OSError as exc:
@@ -311,7 +312,7 @@ class WorkerModel(LoadedModel):
         """Decode the chats of ``batch`` together in the worker (the driver thread's
         call): each sequence's text and exact stats come back to its agent's stream. A
         worker that dies on its own meanwhile is restarted once and the sequences resume
-        (backends/worker_batch.py)."""
+        (backends/llamacpp/worker_batch.py)."""
         from .worker_batch import relay_batch
 
         seqs = batch.sequences()  # every member joined or withdrew (they may tokenize)
@@ -368,7 +369,7 @@ class WorkerModel(LoadedModel):
 
     def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
         """One mean-pooled, L2-normalised vector per text, computed by the worker between
-        chats (backends/llamacpp_embed.py); None for a model that gives none."""
+        chats (backends/llamacpp/embed.py); None for a model that gives none."""
         with self._claim():
             process = self.process
             process.phase = "embedding"

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import GenerationStats
-from .structured import mean_pooled, normalised
+from ..base import GenerationStats
+from ..structured import mean_pooled, normalised
 
 
 def one_vector(embedding: Any) -> list[float]:

@@ -12,12 +12,12 @@ import re
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-from . import constants
-from .backends.llamacpp_spec import Source
-from .config import Config
-from .errors import ConfigError, InvalidModelFileError, ModelNotFoundError
-from .fileio import FileRefused, open_regular, regular_file_problem
-from .memory.gguf_header import parse_split_name, shard_paths
+from ... import constants
+from ...config import Config
+from ...errors import ConfigError, InvalidModelFileError, ModelNotFoundError
+from ...fileio import FileRefused, open_regular, regular_file_problem
+from ...memory.gguf_header import parse_split_name, shard_paths
+from .spec import Source
 
 GGUF_MAGIC = b"GGUF"
 

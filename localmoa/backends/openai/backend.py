@@ -21,10 +21,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..config import Config
-from ..errors import GenerationError, ModelLoadError, ModelNotFoundError
-from ..spec_types import ModelSpec
-from .base import (
+from ...config import Config
+from ...errors import GenerationError, ModelLoadError, ModelNotFoundError
+from ...spec_types import ModelSpec
+from ..base import (
     UNLIMITED,
     BackendBase,
     Capabilities,
@@ -34,8 +34,9 @@ from .base import (
     LoadedModel,
     Message,
 )
-from .openai_answers import Tally, one_vector
-from .openai_http import (
+from ..structured import check_json_answer, stops_for
+from .answers import Tally, one_vector
+from .http import (
     BUSY_STATUSES,
     CONNECT_TIMEOUT_S,
     Call,
@@ -46,13 +47,12 @@ from .openai_http import (
     served_models,
     server_message,
 )
-from .openai_spec import OpenAISpec
-from .structured import check_json_answer, stops_for
+from .spec import OpenAISpec
 
 if TYPE_CHECKING:
     import httpx
 
-    from ..memory.probe import Resources
+    from ...memory.probe import Resources
 
 def _wait(seconds: float, stop: threading.Event | None = None) -> None:
     """Wait before trying a busy server again, or until ``stop`` is set (tests replace
@@ -109,7 +109,7 @@ class OpenAIBackend(BackendBase):
                  batch_up_to: int = 1) -> Estimate:
         """No facts and no bytes: the server holds the model. Its pool says where it is,
         and its concurrency caps the agents of all the models it serves."""
-        from ..memory.estimate import Footprint
+        from ...memory.estimate import Footprint
 
         spec = _own(spec)
         pool = f"openai@{spec.origin}"  # the models of one server share it
@@ -131,7 +131,7 @@ class OpenAIBackend(BackendBase):
 
     def doctor(self, config: Config | None) -> Any:
         """Each server the config names: whether it answers and the models it lists."""
-        from .openai_doctor import check_server
+        from .doctor import check_server
 
         servers: dict[str, list[OpenAISpec]] = {}
         for spec in config.models.values() if config is not None else []:
@@ -140,7 +140,7 @@ class OpenAIBackend(BackendBase):
         return [check_server(url, specs) for url, specs in servers.items()] or None
 
     def doctor_problems(self, section: Any, models: list[dict[str, Any]]) -> list[str]:
-        from .openai_doctor import server_problems
+        from .doctor import server_problems
 
         return server_problems(section, models)
 

@@ -23,10 +23,10 @@ import queue
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import GenerationError, ModelLoadError
+from ...errors import GenerationError, ModelLoadError
+from ..base import GenerationStats
+from ..batch import Batch, Sequence
 from . import worker
-from .base import GenerationStats
-from .batch import Batch, Sequence
 
 if TYPE_CHECKING:
     from .worker import WorkerModel, WorkerProcess

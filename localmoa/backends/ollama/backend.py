@@ -18,18 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .. import constants
-from ..config import Config
-from ..errors import (
+from ... import constants
+from ...config import Config
+from ...errors import (
     GenerationError,
     LocalMoaError,
     ModelLoadError,
     ModelNotFoundError,
     PullError,
 )
-from ..spec_types import ModelSpec
-from ..types import Progress
-from .base import (
+from ...spec_types import ModelSpec
+from ...types import Progress
+from ..base import (
     UNLIMITED,
     BackendBase,
     Capabilities,
@@ -40,11 +40,11 @@ from .base import (
     LoadedModel,
     Message,
 )
-from .ollama_spec import OllamaSpec, is_loopback
-from .structured import check_json_answer, normalised
+from ..structured import check_json_answer, normalised
+from .spec import OllamaSpec, is_loopback
 
 if TYPE_CHECKING:
-    from ..memory.probe import Resources
+    from ...memory.probe import Resources
 
 #: How long Ollama keeps a model we loaded; every request renews it, unload ends it.
 KEEP_ALIVE = "30m"
@@ -134,7 +134,7 @@ class OllamaBackend(BackendBase):
                  batch_up_to: int = 1) -> Estimate:
         """The daemon's facts of the model (``/api/show``), as a footprint in its pool: this
         machine's RAM for a daemon on loopback, else a pool of the daemon's own."""
-        from ..memory.estimate import LoadSettings, facts_from_model_info, footprint
+        from ...memory.estimate import LoadSettings, facts_from_model_info, footprint
 
         spec = _own(spec)
         info = self.describe(name, spec)
@@ -153,7 +153,7 @@ class OllamaBackend(BackendBase):
         """A remote daemon's budget: its ollama_hosts memory_budget, else unlimited."""
         if not pool.startswith("ollama@"):
             return None
-        from ..memory.probe import parse_size
+        from ...memory.probe import parse_size
 
         # keys as written (gpu-box, http://gpu-box:11434/) name the host the pools are named by
         hosts = {constants.ollama_host(url): h for url, h in config.ollama_hosts.items()}
@@ -185,12 +185,12 @@ class OllamaBackend(BackendBase):
         return {"host": host_of(config.models[name])}
 
     def doctor(self, config: Config | None) -> Any:
-        from .ollama_doctor import daemons
+        from .doctor import daemons
 
         return daemons(config)
 
     def doctor_problems(self, section: Any, models: list[dict[str, Any]]) -> list[str]:
-        from .ollama_doctor import problems
+        from .doctor import problems
 
         return problems(section, models)
 

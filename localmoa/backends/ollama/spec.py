@@ -6,9 +6,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from .. import constants
-from ..errors import ConfigError
-from ..spec_types import KvType, ModelSpec, StrictModel
+from ... import constants
+from ...errors import ConfigError
+from ...spec_types import KvType, ModelSpec, StrictModel
 
 PARALLEL_HELP = ("How many agents of this model are sent to the Ollama daemon at once; set it "
                  "to the daemon's OLLAMA_NUM_PARALLEL. Default: 1.")
@@ -95,6 +95,6 @@ def is_loopback(url: str) -> bool:
     """
     from urllib.parse import urlsplit
 
-    from ..netguard import is_this_machine
+    from ...netguard import is_this_machine
 
     return is_this_machine(urlsplit(constants.ollama_host(url)).hostname or "")

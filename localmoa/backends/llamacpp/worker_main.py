@@ -1,6 +1,6 @@
 """A model worker: one llama.cpp model in a process of its own.
 
-Started by backends/worker.py as ``python -m localmoa.backends.worker_main FD``,
+Started by backends/llamacpp/worker.py as ``python -m localmoa.backends.llamacpp.worker_main FD``,
 where FD is its end of a Unix socket pair. It imports llama.cpp, says
 ``ready``, then serves its parent over the socket, one pickled tuple per
 message (``multiprocessing.connection`` framing):
@@ -48,9 +48,9 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..errors import LocalMoaError
-from .base import GenerateOptions, GenerationStats, Message
-from .batch import Sequence as BatchSequence
+from ...errors import LocalMoaError
+from ..base import GenerateOptions, GenerationStats, Message
+from ..batch import Sequence as BatchSequence
 
 
 class _RemoteSequence(BatchSequence):
@@ -159,7 +159,7 @@ class _Server:
                     self._cancelled = {c for c in self._cancelled if c[0] != rid}
 
     def _load(self, rid: int, params: Any) -> None:
-        from .llamacpp_model import load_llama
+        from .model import load_llama
 
         if self.model is not None:
             raise LocalMoaError("this worker already holds a model")
