@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError
 from . import constants
 from .config_checks import check_references
 from .config_yaml import NodeIndex, find_duplicate_key, format_loc, load_yaml, raise_first
-from .errors import ConfigError
+from .errors import CLIP_CHARS, ConfigError, clip
 from .fileio import CONFIG_MAX_BYTES, FileRefused, read_capped
 from .profile_spec import Profile
 from .registry import backend_class, known_backends
@@ -101,7 +101,7 @@ class Config:
         name = name or self.default_profile
         if name not in self.profiles:
             known = ", ".join(sorted(self.profiles)) or "none"
-            raise ConfigError(f"no profile named {name!r}; known profiles: {known} "
+            raise ConfigError(f"no profile named {clip(name)!r}; known profiles: {known} "
                               "(add one under profiles: in your models.yaml)")
         return name, self.profiles[name]
 
@@ -126,9 +126,9 @@ def shipped_config_path() -> Path:
 def spec_class(backend: Any) -> type[ModelSpec]:
     """The schema of ``backend: NAME`` entries (the backend's own pydantic model);
     ConfigError when no installed backend has that name."""
-    if not isinstance(backend, str) or not backend:
+    if not isinstance(backend, str) or not backend or len(backend) > CLIP_CHARS:
         raise ConfigError(f"backend must be a name: one of {', '.join(known_backends())}"
-                          f" (got {backend!r})")
+                          f" (got {clip(repr(backend))})")
     return backend_class(backend).spec_class
 
 
@@ -145,8 +145,8 @@ def parse_models(entries: dict[str, dict[str, Any]], file: str,
     for name, entry in entries.items():
         where = ("models", name)
         if not MODEL_NAME.fullmatch(name):
-            raise ConfigError(f"{name!r} cannot be a model name: {MODEL_NAME_RULE}", file=file,
-                              line=index.line_of(where), field="models")
+            raise ConfigError(f"{clip(name)!r} cannot be a model name: {MODEL_NAME_RULE}",
+                              file=file, line=index.line_of(where), field="models")
         if "backend" not in entry:
             raise ConfigError("required field is missing (write backend: llamacpp, ollama, "
                               "openai, or an installed plugin's name)", file=file,
@@ -196,7 +196,7 @@ def parse_config_text(text: str, name: str) -> tuple[ConfigFile, NodeIndex,
     dup = find_duplicate_key(root)
     if dup:
         raise ConfigError("key appears twice in the same mapping", file=name, line=dup[1],
-                          field=dup[0])
+                          field=clip(dup[0]))
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from .config_yaml import format_loc
-from .errors import ConfigError
+from .errors import ConfigError, clip
 from .profile_spec import AgentSpec, Profile
 from .prompts import reference_slots
 
@@ -54,11 +54,12 @@ def check_references(config: Config) -> None:
                 origin = config.origin("profiles", pname, *path, "model")
                 known = ", ".join(sorted(config.models)) or "none"
                 raise ConfigError(
-                    f"no model named {agent.model!r} (define it under models:; known: {known})",
+                    f"no model named {clip(agent.model)!r} (define it under models:; known: "
+                    f"{known})",
                     file=origin.file, line=origin.line,
                     field=format_loc(("profiles", pname, *path, "model")))
     if config.default_profile not in config.profiles:
-        raise ConfigError(f"default_profile {config.default_profile!r} is not a profile",
+        raise ConfigError(f"default_profile {clip(config.default_profile)!r} is not a profile",
                           file=config.files[-1])
     for pname, prof in config.profiles.items():
         _check_templates(config, pname, prof)
@@ -75,20 +76,20 @@ def _check_routing(config: Config, pname: str, prof: Profile) -> None:
 
     known = ", ".join(sorted(config.models)) or "none"
     if prof.router is not None and prof.router.model not in config.models:
-        fail(f"no model named {prof.router.model!r} (define it under models:; known: "
+        fail(f"no model named {clip(prof.router.model)!r} (define it under models:; known: "
              f"{known})", "router", "model")
     for name, spec in prof.specialists.items():
         for j, agent in enumerate(spec.agents or []):
             if agent.model not in config.models:
-                fail(f"no model named {agent.model!r} (define it under models:; known: "
+                fail(f"no model named {clip(agent.model)!r} (define it under models:; known: "
                      f"{known})", "specialists", name, "agents", j, "model")
         if spec.profile is not None:
             other = config.profiles.get(spec.profile)
             if other is None:
-                fail(f"no profile named {spec.profile!r}; known: "
+                fail(f"no profile named {clip(spec.profile)!r}; known: "
                      f"{', '.join(sorted(config.profiles))}", "specialists", name, "profile")
             elif other.router is not None:
-                fail(f"profile {spec.profile!r} routes itself; a specialist's profile must "
+                fail(f"profile {clip(spec.profile)!r} routes itself; a specialist's profile must "
                      "have layers:", "specialists", name, "profile")
 
 

@@ -244,7 +244,7 @@ def pydantic_message(err: Any, misplaced: dict[str, str] | None = None,
     msg = str(err["msg"])
     msg = msg.removeprefix("Value error, ")
     if (kind.endswith("_type") or kind in ("literal_error", "enum")) and not hide_input:
-        msg += f" (got {err.get('input')!r})"
+        msg += f" (got {clip(repr(err.get('input')))})"
     return msg
 
 

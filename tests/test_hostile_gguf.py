@@ -132,6 +132,22 @@ def test_a_count_that_is_not_a_number_is_one_line(tmp_path: Path, case: str,
     assert len(proc.stderr) < 400
 
 
+@pytest.mark.parametrize(("data", "fragment"), [
+    (gguf(n_tensors=1, tensors=tensor(b"t" * 5_000_000, (4,), ttype=999)),
+     "tensor 'tttttttt"),
+    (gguf(n_tensors=1, tensors=text(b"t" * 5_000_000) + struct.pack("<I", 9)),
+     "tensor 'tttttttt"),
+    (gguf([kv(b"general.alignment", STRING, text(b"a" * 5_000_000))]),
+     "general.alignment is 'aaaaaaa"),
+], ids=["unknown-type", "dimensions", "alignment"])
+def test_long_names_and_values_are_clipped(tmp_path: Path, data: bytes, fragment: str) -> None:
+    model = tmp_path / "crafted.gguf"
+    model.write_bytes(data)
+    proc = cli("models", "add", str(model), "--name", "x", timeout=NET)
+    assert_one_line(proc, 2, fragment, "…")
+    assert len(proc.stderr) < 400, proc.stderr[:1000]
+
+
 def test_per_layer_head_counts_still_read(tmp_path: Path) -> None:
     model = tmp_path / "openelm.gguf"
     model.write_bytes(gguf([*arch_kv(b"llama.attention.head_count", ARRAY, u32_array(4, 8)),

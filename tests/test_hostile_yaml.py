@@ -166,3 +166,25 @@ def test_proc_environ_as_config_is_one_line() -> None:
         pytest.skip("no /proc")
     proc = cli("plan", "--config", str(environ), env={"LOCALMOA_T": "x"}, timeout=NET)
     assert_one_line(proc, 2, f"{environ}:1: malformed YAML: unacceptable character #x0000")
+
+
+# a value the file wrote, repeated in an error: clipped to 100 characters and an ellipsis
+@pytest.mark.parametrize(("text", "fragments"), [
+    ("models: [" + ",".join(["1"] * 50_000) + "]\n",
+     [":1: models: Input should be a valid dictionary", "(got [1, 1, 1, 1,", "…)"]),
+    ("models:\n  ? " + "x" * 500_000 + "\n  : {backend: ollama}\n",  # a key past 1024
+     [":2: models: 'xxxxxxxx", "…' cannot be a model name"]),             # characters
+    ("models: {}\nprofiles: {}\ndefault_profile: " + "p" * 500_000 + "\n",
+     ["default_profile 'ppppp", "…' is not a profile"]),
+    ("models:\n  a: {backend: " + "b" * 500_000 + "}\n",
+     [":2: models.a.backend: backend must be a name", "(got 'bbbbb", "…)"]),
+    ("models: {}\n? " + "k" * 500_000 + "\n: 1\n? " + "k" * 500_000 + "\n: 2\n",
+     [":4: kkkkk", "…: key appears twice"]),
+], ids=["pydantic-got", "model-name", "profile-name", "backend-name", "duplicate-key"])
+def test_long_values_are_clipped_in_errors(tmp_path: Path, text: str,
+                                           fragments: list[str]) -> None:
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text(text, encoding="utf-8")
+    proc = cli("plan", "--config", str(cfg), timeout=NET)
+    assert_one_line(proc, 2, *[f"{cfg}{f}" if f.startswith(":") else f for f in fragments])
+    assert len(proc.stderr) < 600, proc.stderr[:1000]

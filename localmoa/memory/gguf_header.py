@@ -237,7 +237,7 @@ def _parse(buf: Any, path: Path, quant_sizes: Any, quant_type: Any) -> GgufHeade
         n_dims = cur.unpack("<I")
         if n_dims > MAX_DIMS:
             raise InvalidModelFileError(
-                f"{path}: tensor {name[:80]!r} has {count_text(n_dims)} dimensions (GGUF "
+                f"{path}: tensor {clip(name)!r} has {count_text(n_dims)} dimensions (GGUF "
                 f"allows at most {MAX_DIMS}): the file is corrupt, not a usable GGUF")
         shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
         ttype = cur.unpack("<I")
@@ -247,7 +247,7 @@ def _parse(buf: Any, path: Path, quant_sizes: Any, quant_type: Any) -> GgufHeade
             block, type_size = quant_sizes[qtype]
         except (ValueError, KeyError):
             raise InvalidModelFileError(
-                f"{path}: tensor {name!r} has unknown type {ttype}; update the gguf package "
+                f"{path}: tensor {clip(name)!r} has unknown type {ttype}; update the gguf package "
                 "(pip install -U gguf) or check the file") from None
         elements = 1
         for dim in shape:
@@ -302,8 +302,9 @@ def _alignment(header: GgufHeader) -> int:
     value = header.metadata.get("general.alignment", 32)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 \
             or value & (value - 1) or value > 1 << 16:
-        raise InvalidModelFileError(f"{header.path}: general.alignment is {value!r}, not a "
-                                    "power of two: the file is corrupt")
+        raise InvalidModelFileError(f"{header.path}: general.alignment is "
+                                    f"{clip(repr(value))}, not a power of two: the file is "
+                                    "corrupt")
     return value
 
 
@@ -393,6 +394,6 @@ def read_model_header(path: Path, model: str | None = None) -> GgufHeader:
 def _split_key(header: GgufHeader, key: str, default: int) -> int:
     value = header.metadata.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidModelFileError(f"{header.path}: {key} is {value!r}, not an integer; "
+        raise InvalidModelFileError(f"{header.path}: {key} is {clip(repr(value))}, not an integer; "
                                     "the file is corrupt")
     return value
