@@ -6,7 +6,7 @@ llama-cpp-python, each in a worker process of its own.
 - sources.py, pull.py: a source resolved to a local GGUF (offline), and downloaded
 - model.py: a llama.cpp model in this process; batch_loop.py: sequences of one context
   decoded together; embed.py: embeddings
-- worker.py, worker_batch.py: localmoa's side of a model worker;
+- worker.py, worker_process.py, worker_batch.py: localmoa's side of a model worker;
   worker_main.py: the worker process itself
 - repack.py, canary.py: whether llama.cpp's CPU fast paths are safe here
 

@@ -21,15 +21,13 @@ import contextlib
 import dataclasses
 import queue
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ...errors import GenerationError, ModelLoadError
 from ..base import GenerationStats
 from ..batch import Batch, Sequence
-from . import worker
-
-if TYPE_CHECKING:
-    from .worker import WorkerModel, WorkerProcess
+from .model import LoadParams
+from .worker_process import WorkerProcess
 
 #: Times a batch's worker that died on its own is replaced; the next death fails it.
 MAX_RESTARTS = 1
@@ -37,14 +35,33 @@ MAX_RESTARTS = 1
 _POLL_S = 0.05
 
 
-def relay_batch(model: WorkerModel, batch: Batch, seqs: list[Sequence],
-                n_threads: int) -> None:
+class WorkerModel(Protocol):
+    """What a batch needs of the model whose worker decodes it (worker.WorkerModel)."""
+
+    name: str
+    #: What a fresh worker loads if this one dies mid-batch.
+    params: LoadParams
+
+    @property
+    def process(self) -> WorkerProcess: ...
+
+    def may_restart(self) -> bool: ...
+
+    def adopt(self, process: WorkerProcess) -> bool: ...
+
+    def stop_request(self, rid: int, replies: queue.SimpleQueue[tuple[Any, ...]],
+                     last: str) -> None: ...
+
+
+def relay_batch(model: WorkerModel, batch: Batch, seqs: list[Sequence], n_threads: int,
+                cancel_grace_s: float) -> None:
     """Decode ``seqs`` (``batch``'s) in ``model``'s worker until each has ended; restart
-    the worker once if it dies on its own. Raises GenerationError when it cannot go on
-    (the engine fails the sequences left with that line)."""
+    the worker once if it dies on its own. A worker that has not let a cancelled
+    sequence go after ``cancel_grace_s`` is killed. Raises GenerationError when it
+    cannot go on (the engine fails the sequences left with that line)."""
     pending, restarts = seqs, 0
     while pending:
-        death = _relay(model, pending, n_threads)
+        death = _relay(model, pending, n_threads, cancel_grace_s)
         if death is None:
             return
         unfinished = [seq for seq in seqs if not seq.done]
@@ -56,7 +73,8 @@ def relay_batch(model: WorkerModel, batch: Batch, seqs: list[Sequence],
         pending = _restart(model, batch, unfinished, death)
 
 
-def _relay(model: WorkerModel, seqs: list[Sequence], n_threads: int) -> str | None:
+def _relay(model: WorkerModel, seqs: list[Sequence], n_threads: int,
+           cancel_grace_s: float) -> str | None:
     """One batch request to the current worker: None when it ended, the one line of
     its death when it died."""
     process = model.process
@@ -78,7 +96,7 @@ def _relay(model: WorkerModel, seqs: list[Sequence], n_threads: int) -> str | No
                     if reply[0] == "dead":
                         return str(reply[2])
                     raise GenerationError(str(reply[2]))  # the engine fails those left
-            _cancel_stopped(process, rid, seqs, asked)
+            _cancel_stopped(process, rid, seqs, asked, cancel_grace_s)
     finally:
         if not ended:
             model.stop_request(rid, replies, "batch_end")
@@ -106,9 +124,9 @@ def _deliver(process: WorkerProcess, by_index: dict[int, Sequence],
 
 
 def _cancel_stopped(process: WorkerProcess, rid: int, seqs: list[Sequence],
-                    asked: dict[int, float]) -> None:
+                    asked: dict[int, float], grace_s: float) -> None:
     """An agent that stopped leaves at the worker's next step; a worker that has not
-    let it go after CANCEL_GRACE_S is stuck and is killed."""
+    let it go after ``grace_s`` is stuck and is killed."""
     now = time.monotonic()
     for seq in seqs:
         if seq.done:
@@ -117,8 +135,8 @@ def _cancel_stopped(process: WorkerProcess, rid: int, seqs: list[Sequence],
             if seq.wants_stop():
                 asked[seq.index] = now
                 process.send(("cancel", rid, seq.index))
-        elif now > asked[seq.index] + worker.CANCEL_GRACE_S:
-            process.kill(f"it did not stop within {worker.CANCEL_GRACE_S:g} s of a cancel")
+        elif now > asked[seq.index] + grace_s:
+            process.kill(f"it did not stop within {grace_s:g} s of a cancel")
 
 
 def _restart(model: WorkerModel, batch: Batch, unfinished: list[Sequence],
@@ -153,7 +171,7 @@ def _fresh_worker(model: WorkerModel, seqs: list[Sequence],
     """A new worker process with ``model``'s LoadParams loaded, in the dead one's place;
     None when every one of ``seqs`` must stop before it is ready."""
     try:
-        process = worker.WorkerProcess()
+        process = WorkerProcess()
     except ModelLoadError as exc:
         raise GenerationError(f"{death}; restarting its worker failed: {exc}") from None
     process.label = model.name
