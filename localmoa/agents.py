@@ -1,8 +1,8 @@
 """One agent's call: messages (references fitted to the context), streaming, stats.
 
-Cancellation is cooperative: between two pieces of text the agent checks
-whether the run is stopping (Ctrl-C, SIGTERM) or its own time is up, and stops
-there, keeping what it produced.
+Cancellation is cooperative: between two pieces of text the agent reads its Cancel
+(cancel.py: the run stopping on Ctrl-C or SIGTERM, its request's client gone, or its own
+time up) and stops there, keeping what it produced.
 """
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from . import constants
 from .backends.base import ChatStream, GenerateOptions, GenerationStats, LoadedModel, Message
 from .backends.batch import SequenceStream
+from .cancel import Control, Stopped
 from .config import ModelSpec
 from .errors import LocalMoaError
 from .metrics import AgentRun
@@ -27,32 +26,6 @@ from .recipe import Agent
 
 #: Tokens kept free for the chat template's own markup around the messages.
 TEMPLATE_MARGIN_TOKENS = 48
-
-
-class Stopped(Exception):
-    """The agent was told to stop (run interrupted, or its timeout passed)."""
-
-
-@dataclass
-class Control:
-    """What the engine and an agent's thread share while it runs."""
-
-    stop: threading.Event = field(default_factory=threading.Event)  # the whole run
-    cancelled: set[str] = field(default_factory=set)  # agent ids whose time is up
-    #: Per request of a merged run (``Agent.job``): set when its client went away.
-    cancels: list[threading.Event | None] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def dropped(self, job: int) -> bool:
-        """Whether request ``job`` was cancelled."""
-        cancel = self.cancels[job] if job < len(self.cancels) else None
-        return cancel is not None and cancel.is_set()
-
-    def check(self, agent: Agent) -> None:
-        if self.stop.is_set() or self.dropped(agent.job):
-            raise Stopped("interrupted")
-        if agent.id in self.cancelled:
-            raise Stopped(f"timed out after {agent.timeout_s:g} s (per-agent timeout)")
 
 
 def token_counter(model: LoadedModel) -> tuple[Callable[[str], int], Callable[[str, int], str]]:
@@ -111,6 +84,7 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
     run.start_s = time.perf_counter() - t0
     pieces: list[str] = []
     stream: ChatStream | None = None
+    cancel = control.agent(agent)  # the run's, its request's and its own stop, in one
     try:
         messages = fitted_messages(agent, spec, model, conversation, references, run)
         options = GenerateOptions(temperature=agent.temperature, top_p=agent.top_p,
@@ -118,16 +92,16 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
                                   n_threads=task_threads or None, stop=agent.stop,
                                   json_schema=json.loads(agent.json_schema)
                                   if agent.json_schema else None)
-        control.check(agent)
+        cancel.check()
         stream = model.chat(messages, options)
         for piece in stream:
-            control.check(agent)
+            cancel.check()
             pieces.append(piece)
             if on_text:
                 on_text(agent, piece)
         stats = stream.stats
         if stats is not None and stats.finish_reason == "cancelled":
-            control.check(agent)  # its batch dropped it because it had to stop
+            cancel.check()  # its batch dropped it because it had to stop
             raise Stopped("stopped")
         if stats is not None:
             record_stats(run, stats)

@@ -12,14 +12,13 @@ says so.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import consensus
-from ..agents import Control
 from ..backends.base import Message
+from ..cancel import INTERRUPTED, Control, Flag
 from ..config import Config
 from ..errors import (
     AggregatorFailedError,
@@ -55,13 +54,14 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
                  paths: dict[str, Path], *, events: RunEvents | None = None,
                  host: ModelHost | None = None,
                  runtime: dict[str, Any] | None = None,
-                 cancel: threading.Event | None = None) -> RunReport:
+                 cancel: Flag | None = None) -> RunReport:
     """Run ``graph`` on ``conversation`` exactly as ``plan`` says and return the report.
 
     With a ``host`` (a chat), models already loaded are used and whatever the
     plan keeps stays loaded; without one, every model is freed at the end.
-    ``runtime`` (e.g. the cpu_repack choice) goes into the report as it is. ``cancel``,
-    set from another thread, stops the run as Ctrl-C does (RunInterrupted).
+    ``runtime`` (e.g. the cpu_repack choice) goes into the report as it is. ``cancel``
+    (the request's Cancel), set from another thread, stops the run as Ctrl-C does
+    (RunInterrupted).
     Raises LayerFailedError when a whole layer produced nothing and
     AggregatorFailedError when the aggregator failed; both carry ``report``
     with everything produced so far.
@@ -76,7 +76,7 @@ def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message
 def execute_jobs(config: Config, graph: MoaGraph, conversations: Sequence[Sequence[Message]],
                  plan: Plan, paths: dict[str, Path], *, events: RunEvents | None = None,
                  host: ModelHost | None = None, runtime: dict[str, Any] | None = None,
-                 cancels: Sequence[threading.Event | None] | None = None,
+                 cancels: Sequence[Flag | None] | None = None,
                  ) -> list[RunReport | LocalMoaError]:
     """Run a graph of one or more requests (``merge_graphs``: request j's agents have
     ``job = j`` and see ``conversations[j]``) and return each request's outcome: its
@@ -192,7 +192,7 @@ def _interrupted(ex: Execution, exc: KeyboardInterrupt, jobs: int,
                  outcomes: dict[int, RunReport | LocalMoaError],
                  report: Callable[..., RunReport]) -> None:
     """Ctrl-C (130) or SIGTERM (143): every request not over ends with what it made."""
-    ex.control.stop.set()
+    ex.control.stop.set(INTERRUPTED)
     code = 143 if isinstance(exc, Terminated) else 130
     what = "terminated (SIGTERM)" if code == 143 else "interrupted"
     ex.log("interrupted", signal="SIGTERM" if code == 143 else "SIGINT")

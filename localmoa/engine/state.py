@@ -1,5 +1,5 @@
 """What one run of a Plan shares between the engine's parts: the host, the plan, the
-event callbacks, the control flags agents check, and what the run has seen so far."""
+event callbacks, the Cancels agents read (cancel.py), and what the run has seen so far."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import constants, signals
-from ..agents import Control, internal_error
+from ..agents import internal_error
 from ..backends.base import Message
+from ..cancel import Control
 from ..eventlog import EventLog
 from ..host import Loaded, ModelHost
 from ..memory.planner import Instance, Plan, Task, Wave
@@ -69,7 +70,8 @@ class Execution:
         self.log = EventLog(constants.event_log(), self.t0)
 
     def check(self) -> None:
-        """Raise KeyboardInterrupt when a signal or ``cancel`` says the run must stop."""
+        """Raise KeyboardInterrupt when a signal (whose exception may have been swallowed)
+        or every request's Cancel says the run must stop."""
         signals.check()
         cancels = self.control.cancels  # every request's client gone: stop as Ctrl-C
         if cancels and all(self.control.dropped(j) for j in range(len(cancels))):
@@ -92,9 +94,8 @@ class Execution:
                     self.warnings.append(message)
 
     def stopping(self, agent: Agent) -> bool:
-        """Whether ``agent`` must stop: the run is stopping or its time is up."""
-        return (self.control.stop.is_set() or agent.id in self.control.cancelled
-                or self.control.dropped(agent.job))
+        """Whether ``agent`` must stop: its Cancel (the run's, its request's, its own)."""
+        return self.control.agent(agent).is_set()
 
     def agent_start(self, agent: Agent, instance: str = "") -> None:
         self.started[agent.id] = self.now()

@@ -1,5 +1,5 @@
 """Running one wave: its agents on the host's threads, a driver per batch, per-agent
-deadlines, abandonment after the grace period, and Ctrl-C."""
+deadlines (each agent's Cancel), abandonment after the grace period, and Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, cast
 from ..agents import internal_error, run_agent
 from ..backends.base import BatchedModel
 from ..backends.batch import Batch
+from ..cancel import INTERRUPTED
 from ..errors import LocalMoaError
 from ..host import Loaded
 from ..memory.planner import Instance, Task, Wave
@@ -137,10 +138,12 @@ class _WaveRun:
 
     def watch(self) -> None:
         """Until every agent's job has ended (its on_agent_done included) but an abandoned
-        one's, and each batch's decoding while one of its agents is still waited for:
-        an agent past its timeout is told to stop, and abandoned after the grace."""
-        ex, started = self.ex, self.started
-        cancelled_at: dict[str, float] = {}  # when each late agent was told to stop
+        one's, and each batch's decoding while one of its agents is still waited for: an
+        agent past its timeout has its Cancel set (it stops at its next piece of text), and
+        one whose Cancel has been set for the grace (its timeout, its request gone) is
+        abandoned."""
+        ex = self.ex
+        seen_at: dict[str, float] = {}  # when each agent's Cancel was first seen set
         while True:
             with ex.control.lock:
                 waiting = [a for a, w in self.workers.items()
@@ -151,24 +154,34 @@ class _WaveRun:
                 return
             now = time.monotonic()
             for agent_id in waiting:
-                timeout = self.agents[agent_id].timeout_s
-                if timeout is None or now < started + timeout or agent_id in self.results:
-                    continue
-                if agent_id not in cancelled_at:
-                    cancelled_at[agent_id] = now
-                    ex.control.cancelled.add(agent_id)  # it stops at its next piece of text
-                elif now >= cancelled_at[agent_id] + state.GRACE_S:
-                    abandon(ex, self.agents[agent_id], self.wave, self.results)
+                if agent_id not in self.results:
+                    self.deadline(self.agents[agent_id], now, seen_at)
             (self.workers[waiting[0]] if waiting else decoding[0]).idle.wait(0.05)
             ex.check()
+
+    def deadline(self, agent: Agent, now: float, seen_at: dict[str, float]) -> None:
+        """Set ``agent``'s Cancel when its time is up; abandon it once the Cancel has been
+        set for the grace period."""
+        ex, timeout = self.ex, agent.timeout_s
+        cancel = ex.control.agent(agent)
+        if not cancel.is_set():
+            if timeout is None or now < self.started + timeout:
+                return
+            cancel.set(f"timed out after {timeout:g} s (per-agent timeout)")
+        if agent.id not in seen_at:
+            seen_at[agent.id] = now
+        elif now >= seen_at[agent.id] + state.GRACE_S:
+            why = cancel.reason
+            abandon(ex, agent, self.wave, self.results, None if why.startswith("timed out")
+                    else f"{why} (did not stop within {state.GRACE_S:g} s)")
 
     def interrupted(self) -> None:
         """Ctrl-C: every agent stops at its next piece of text; those still deaf after the
         grace are abandoned, and those that never started are reported."""
         ex = self.ex
-        ex.control.stop.set()
+        ex.control.stop.set(INTERRUPTED)  # every agent's Cancel sees it
         for batch in self.batches.values():
-            batch.abort("interrupted")  # members that never joined are not waited for
+            batch.abort(INTERRUPTED)  # members that never joined are not waited for
         wait_for_all([*self.workers.values(), *self.drivers.values()], state.GRACE_S)
         for task in self.wave.tasks:
             if task.agent not in self.workers:  # interrupted before it started
