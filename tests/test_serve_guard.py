@@ -8,7 +8,9 @@ route's own 404 proves it got through)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,10 +19,11 @@ from fastapi.testclient import TestClient
 
 from localmoa.config import load_config
 from localmoa.serve.app import AppSettings, create_app
-from localmoa.serve.hosts import bind_is_loopback, host_allowed, origin_allowed
+from localmoa.serve.hosts import bind_address, bind_is_loopback, host_allowed, origin_allowed
 from localmoa.serve.service import MAX_CHARS, MAX_MESSAGES, MoaService
 
 from .conftest import cli
+from .serve_process import Served
 
 PORT = 11500
 BASE = f"http://127.0.0.1:{PORT}"
@@ -337,9 +340,50 @@ def test_a_bug_is_a_500_in_the_apis_shape_without_a_traceback(
     ("0:0:0:0:0:0:0:0", False), ("::0.0.0.0", False), ("::ffff:0.0.0.0", False),
     ("", False), ("192.168.1.5", False), ("10.0.0.1", False), ("::ffff:192.168.1.5", False),
     ("::ffff:10.0.0.1", False), ("2001:db8::1", False), ("fe80::1%lo", False),
-    ("example.com", False), ("localhost.example", False), ("0x0", False)])
-def test_which_binds_are_loopback(host: str, loopback: bool) -> None:
+    ("example.com", False), ("localhost.example", False), ("0x0", False),
+    # the forms the C library reads (inet_aton), read here without a lookup
+    ("0177.0.0.1", True), ("2130706433", True), ("0x7f.1", True), ("0x7f000001", True),
+    ("localhost.", True), ("LOCALHOST.", True), ("0.0", False), ("0x0.0", False),
+    ("000", False), ("ip6-localhost", False), ("127.0.0.1 x", False), ("1.2.3.4", False)])
+def test_which_binds_are_loopback(host: str, loopback: bool,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # as under the offline guard: no lookup but localhost's (which the guard allows)
+    real = socket.getaddrinfo
+
+    def only_localhost(name: Any, *args: Any, **kwargs: Any) -> Any:
+        assert name == "localhost", f"looked up {name!r}"
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", only_localhost)
     assert bind_is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(("host", "address"), [
+    ("127.1", "127.0.0.1"), ("0x7f.1", "127.0.0.1"), ("2130706433", "127.0.0.1"),
+    ("0177.0.0.1", "127.0.0.1"), ("0", "0.0.0.0"), ("0.0", "0.0.0.0"), ("[::1]", "::1"),
+    ("0:0:0:0:0:0:0:1", "::1"), ("::FFFF:7F00:1", "::ffff:7f00:1"), ("localhost.", "localhost"),
+    (" LocalHost ", "localhost"), ("", ""), ("[]", ""), ("example.com", None),
+    ("127.0.0.1 x", None), ("ip6-localhost", None), ("1.2.3.4.5", None), ("[::1", None)])
+def test_the_bind_address_is_what_the_socket_reads(host: str, address: str | None) -> None:
+    assert bind_address(host) == address
+
+
+@pytest.mark.parametrize("host", ["10.0.0.1", "0", "0x0", "0.0", "ip6-localhost",
+                                  "::ffff:10.0.0.1"])
+def test_a_bind_off_loopback_needs_a_key_under_the_offline_guard(host: str) -> None:
+    # refused before anything binds or resolves: the guard never sees a lookup to refuse
+    proc = cli("serve", "--host", host, "--port", "9")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"localmoa: error: --host {host} lets other machines in: give --api-key KEY "
+        "(or set LOCALMOA_API_KEY), or bind 127.0.0.1"]
+
+
+@pytest.mark.parametrize("host", ["127.1", "2130706433", "localhost."])
+def test_a_legacy_loopback_form_is_served_without_a_key(host: str,
+                                                        isolated_home: Path) -> None:
+    with Served("--host", host) as served:  # Served's url: 127.0.0.1 and its port
+        assert httpx.get(served.url + "/health").status_code == 200
 
 
 def test_an_unspecified_ipv6_bind_without_a_key_is_refused() -> None:

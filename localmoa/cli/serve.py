@@ -114,9 +114,12 @@ def serve(
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    address = host.strip()
-    if address.startswith("[") and address.endswith("]"):
-        address = address[1:-1]
+    from ..serve.hosts import bind_address
+
+    # the address the key check read (127.1 is 127.0.0.1); a name as given (a key is set)
+    address = bind_address(host)
+    if address is None:
+        address = host.strip().removeprefix("[").removesuffix("]")
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

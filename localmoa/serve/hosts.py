@@ -13,6 +13,7 @@ Addresses are parsed with ``ipaddress``, never compared as strings; ``0.0.0.0`` 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Collection
 from urllib.parse import urlsplit
@@ -129,28 +130,54 @@ def origin_allowed(origin: str, host_header: str | None, server_port: int | None
     return target_host == host and (target_port or DEFAULT_PORTS[parts.scheme]) == port
 
 
-def bind_is_loopback(host: str) -> bool:
-    """Whether listening on ``host`` (what ``--host`` says) accepts loopback only.
-
-    Numeric forms are read as the socket will read them (``getaddrinfo`` without name
-    lookups: ``0``, ``127.1``, ``::0.0.0.0``, ``::ffff:0.0.0.0``), each address checked
-    with ``ipaddress`` (IPv4-mapped ones as their IPv4 address); unspecified addresses
-    are every interface. The only name taken is ``localhost``, and only when each of
-    its addresses is loopback; any other name needs a key (no DNS query is made)."""
+def bind_address(host: str) -> str | None:
+    """The address a socket listening on ``host`` (what ``--host`` says) binds, read
+    without any lookup (the offline guard sees none; no DNS query leaves): an IPv4
+    address in any form the C library takes (``127.1``, ``0x7f.1``, ``0177.0.0.1``,
+    ``2130706433``, ``0``) written out, an IPv6 address (brackets off) in its canonical
+    form, ``localhost`` for ``localhost`` and ``localhost.``, ``""`` (every interface)
+    for the empty host. None for any other name: the socket would ask the resolver."""
     name = host.strip()
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
     if not name:
-        return False  # the empty host is every interface
-    try:
-        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_NUMERICHOST)
-    except (socket.gaierror, UnicodeError):
-        if name.lower() != "localhost":  # exactly: the socket resolves what it is given
-            return False
+        return ""
+    if name.lower() in ("localhost", "localhost."):
+        return "localhost"
+    if ":" in name:
+        try:
+            return str(ipaddress.IPv6Address(name))
+        except ValueError:
+            return None
+    if _IPV4_FORM.fullmatch(name):
+        try:  # inet_aton: the legacy forms too, as getaddrinfo and bind read them
+            return socket.inet_ntoa(socket.inet_aton(name))
+        except OSError:
+            return None
+    return None
+
+
+#: What inet_aton may read: digits, hex digits and dots (it stops at a space; we do not).
+_IPV4_FORM = re.compile(r"[0-9A-Fa-fXx.]+")
+
+
+def bind_is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` (what ``--host`` says) accepts loopback only.
+
+    The address is read as the socket will read it (``bind_address``, no lookup), then
+    checked with ``ipaddress`` (IPv4-mapped ones as their IPv4 address); unspecified
+    addresses are every interface. The only name taken is ``localhost`` (and
+    ``localhost.``), and only when each of its addresses is loopback; any other name
+    needs a key (no DNS query is made)."""
+    address = bind_address(host)
+    if not address:
+        return False  # a name, or the empty host (every interface)
+    if address == "localhost":
         try:
             infos = socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM)
         except socket.gaierror:
             return False
-    addresses = [_ip(str(info[4][0]).split("%")[0]) for info in infos]
+        addresses = [_ip(str(info[4][0]).split("%")[0]) for info in infos]
+    else:
+        addresses = [_ip(address.split("%")[0])]
     return bool(addresses) and all(ip is not None and ip.is_loopback for ip in addresses)
