@@ -15,6 +15,7 @@ import httpx
 import ollama
 import openai
 import pytest
+import requests
 
 from localmoa.config import load_config
 from localmoa.preflight import preflight
@@ -275,7 +276,7 @@ def test_a_non_loopback_bind_needs_a_key() -> None:
 
 
 def test_a_key_guards_every_route_but_health(isolated_home: Path) -> None:
-    """A key with a non-ASCII letter, sent as its UTF-8 bytes."""
+    """A key with a non-ASCII letter, sent as its UTF-8 bytes or its Latin-1 ones."""
     with Served("--api-key", "s3crét") as served:
         assert httpx.get(served.url + "/health").status_code == 200
         refused = httpx.get(served.url + "/v1/models")
@@ -287,7 +288,12 @@ def test_a_key_guards_every_route_but_health(isolated_home: Path) -> None:
         assert httpx.get(served.url + "/api/tags",
                          headers={"x-api-key": "s3crét".encode()}).status_code == 200
         assert httpx.get(served.url + "/api/tags",
-                         headers={"x-api-key": "s3crét".encode("latin-1")}).status_code == 401
+                         headers={"x-api-key": "s3crét".encode("latin-1")}).status_code == 200
+        # Python's requests sends a str header as Latin-1
+        assert requests.get(served.url + "/v1/models", headers={"x-api-key": "s3crét"},
+                            timeout=60).status_code == 200
+        assert requests.get(served.url + "/v1/models", headers={"x-api-key": "s3cret"},
+                            timeout=60).status_code == 401
         client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             client.models.list()

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from localmoa.config import load_config
 from localmoa.serve.app import AppSettings, create_app
+from localmoa.serve.guard import key_matches
 from localmoa.serve.hosts import bind_address, bind_is_loopback, host_allowed, origin_allowed
 from localmoa.serve.service import MAX_CHARS, MAX_MESSAGES, MoaService
 
@@ -187,9 +188,9 @@ def test_origin_allowed_table() -> None:
 
 # --- keys --------------------------------------------------------------------------------
 
-def test_a_non_ascii_key_works_as_utf8_bytes(service: MoaService) -> None:
+def test_a_non_ascii_key_works_as_utf8_or_latin1_bytes(service: MoaService) -> None:
     """The header's bytes as sent (httpx's ASGI transport keeps them; TestClient would
-    re-encode them)."""
+    re-encode them): UTF-8 (curl, httpx) or Latin-1 (Python's requests, http.client)."""
     app = create_app(service, AppSettings(api_key="clé"))
 
     async def statuses() -> list[int]:
@@ -199,11 +200,24 @@ def test_a_non_ascii_key_works_as_utf8_bytes(service: MoaService) -> None:
                 ("/v1/models", {"x-api-key": "clé".encode()}),
                 ("/api/tags", {"authorization": "Bearer clé".encode()}),
                 ("/v1/models", {"x-api-key": "clé".encode("latin-1")}),
+                ("/api/tags", {"authorization": "Bearer clé".encode("latin-1")}),
                 ("/v1/models", {"authorization": b"Bearer cl"}),
+                ("/v1/models", {"x-api-key": "clé".encode("utf-16-le")}),
+                ("/v1/models", {"x-api-key": b"cle"}),
                 ("/v1/models", {}), ("/health", {}), ("/", {})]]
 
-    assert asyncio.run(statuses()) == [200, 200, 401, 401, 401, 200, 200]
+    assert asyncio.run(statuses()) == [200, 200, 200, 200, 401, 401, 401, 401, 200, 200]
     assert_shape(client(service, api_key="clé").get("/api/tags"), "/api/tags", 401)
+
+
+@pytest.mark.parametrize(("key", "sent", "ok"), [
+    ("clé", "clé".encode(), True), ("clé", "clé".encode("latin-1"), True),
+    ("clé", b"cl\xc3", False), ("clé", b"cl", False), ("clé", "clé".encode() + b"\xe9", False),
+    ("s3cret", b"s3cret", True), ("s3cret", b"s3cre", False),
+    ("ключ", "ключ".encode(), True), ("ключ", "ключ".encode("cp1251"), False),
+])
+def test_key_matches(key: str, sent: bytes, ok: bool) -> None:
+    assert key_matches(sent, key) is ok
 
 
 # --- JSON only -------------------------------------------------------------------------

@@ -10,7 +10,9 @@ refusal in the shape of the route's API, see errors.py):
    request's Host, or a loopback name on the server's port) or allowed with ``--cors``
    / LOCALMOA_ORIGINS; else 403. The page at ``/`` calls its own origin.
 3. The API key, when one is set: every route but ``/health``, the page at ``/`` and
-   CORS preflights; else 401. Compared as bytes: the UTF-8 bytes of the key.
+   CORS preflights; else 401. Compared as bytes: the UTF-8 bytes of the key, or its
+   Latin-1 bytes when it has them (Python's ``requests`` and ``http.client`` send a
+   header as Latin-1; curl and httpx send what they are given).
 4. A draining server (SIGTERM) answers 503 with ``Retry-After``, but for ``/health``.
 5. ``POST`` bodies are JSON: ``Content-Type: application/json`` (parameters such as
    ``charset`` allowed), whatever FastAPI's version; else 415. A page's ``fetch`` with a
@@ -101,6 +103,17 @@ def key_given(scope: Scope) -> bytes:
     return (_header(scope, b"x-api-key") or b"").strip()
 
 
+def key_matches(given: bytes, key: str) -> bool:
+    """Whether ``given`` (a request's key, as sent) is ``key``: its UTF-8 bytes, or its
+    Latin-1 bytes when it can be written in Latin-1 (``clé``: ``cl\\xe9``). Every form is
+    compared, in constant time each."""
+    forms = [key.encode("utf-8")]
+    if all(ord(char) < 256 for char in key):  # else no Latin-1 client can send it as such
+        forms.append(key.encode("latin-1"))
+    matches = [hmac.compare_digest(given, form) for form in forms]
+    return any(matches)
+
+
 def is_json(content_type: bytes | None) -> bool:
     """Whether a Content-Type says JSON: ``application/json``, parameters allowed."""
     if content_type is None:
@@ -143,7 +156,7 @@ class Guard:
             return refuse(path, 403, f"Origin {origin!r} may not call this server: start it "
                           "with --cors ORIGIN to allow a web page from there")
         if settings.api_key and path not in OPEN_ROUTES and method != "OPTIONS" and \
-                not hmac.compare_digest(key_given(scope), settings.api_key.encode("utf-8")):
+                not key_matches(key_given(scope), settings.api_key):
             return refuse(path, 401, "missing or wrong API key: send Authorization: Bearer "
                           "KEY (or x-api-key: KEY)")
         if self.closing() and path != "/health":
