@@ -27,11 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from localmoa.bench import BUILTIN_PROMPTS  # noqa: E402
 from localmoa.config import load_config  # noqa: E402
-from localmoa.engine import execute_plan  # noqa: E402
-from localmoa.host import ModelHost  # noqa: E402
-from localmoa.preflight import preflight  # noqa: E402
 from localmoa.recipe import Overrides, build_graph  # noqa: E402
-from localmoa.routing import run_routed  # noqa: E402
+from localmoa.runtime import Request, Runtime  # noqa: E402
 
 SHORT = ["Which is larger, 9.11 or 9.9? Answer with the number only.",
          "What is 12 times 12? Answer with the number only.",
@@ -41,7 +38,7 @@ SHORT = ["Which is larger, 9.11 or 9.9? Answer with the number only.",
 
 def consensus(prompts: list[str], repeat: int) -> dict[str, Any]:
     config = load_config()
-    host = ModelHost(config)
+    runtime = Runtime(config, keep_loaded=True)
     walls: dict[str, list[float]] = {"always": [], "auto": []}
     skipped, claimed, measured = 0, [], []
     try:
@@ -51,10 +48,7 @@ def consensus(prompts: list[str], repeat: int) -> dict[str, Any]:
                 pair = {}
                 for mode in order:
                     graph = build_graph(config, "tiny-auto", Overrides(aggregate=mode))
-                    pre = preflight(config, graph)
-                    report = execute_plan(config, graph, [{"role": "user", "content": prompt}],
-                                          host.warm_plan(graph, pre), pre.paths, host=host,
-                                          runtime=pre.runtime)
+                    report = runtime.run(Request([{"role": "user", "content": prompt}], graph))
                     walls[mode].append(report.totals.wall_s)
                     pair[mode] = report
                 auto = pair["auto"].recipe.get("consensus", {})
@@ -63,7 +57,7 @@ def consensus(prompts: list[str], repeat: int) -> dict[str, Any]:
                     claimed.append(auto["estimated_time_saved_s"])
                     measured.append(pair["always"].totals.wall_s - pair["auto"].totals.wall_s)
     finally:
-        host.close()
+        runtime.close()
     runs = len(walls["auto"])
     return {"runs_each": runs, "aggregation_skipped": f"{skipped}/{runs}",
             "median_wall_s_always": round(statistics.median(walls["always"]), 3),
@@ -76,18 +70,18 @@ def consensus(prompts: list[str], repeat: int) -> dict[str, Any]:
 
 def routing(prompts: list[str]) -> dict[str, Any]:
     config = load_config()
-    host = ModelHost(config)
+    runtime = Runtime(config, keep_loaded=True)
     rows = []
     try:
         for prompt in prompts:
-            report = run_routed(config, "tiny-router", [{"role": "user", "content": prompt}],
-                                host=host)
+            report = runtime.run(Request.for_profile(
+                config, "tiny-router", None, [{"role": "user", "content": prompt}]))
             decided = report.recipe["routing"]
             rows.append({"prompt": prompt[:40], "chosen": decided["chosen"],
                          "router_s": decided["wall_s"], "ttft_s": decided["ttft_s"],
                          "tokens": decided["tokens"], "moa_s": report.totals.wall_s})
     finally:
-        host.close()
+        runtime.close()
     router = sum(r["router_s"] for r in rows)
     return {"prompts": rows, "router_share_of_time": round(
         router / (router + sum(r["moa_s"] for r in rows)), 3),

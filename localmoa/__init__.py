@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import Config, load_config
-    from .engine import RunEvents, run_moa
+    from .engine import RunEvents
     from .errors import (
         AggregatorFailedError,
         ConfigError,
@@ -27,16 +27,17 @@ if TYPE_CHECKING:
     )
     from .metrics import AgentRun, LayerStats, RunReport
     from .recipe import MoaGraph, Overrides, build_graph
+    from .runtime import Request, Runtime, run_moa
 
 #: Where each public name lives. Imported on first use: a model worker process
 #: (backends/worker_main.py) imports this package and must start fast.
 _HOMES = {
-    "Config": "config", "load_config": "config", "RunEvents": "engine", "run_moa": "engine",
+    "Config": "config", "load_config": "config", "RunEvents": "engine", "run_moa": "runtime",
     "AggregatorFailedError": "errors", "ConfigError": "errors", "LayerFailedError": "errors",
     "LocalMoaError": "errors", "ModelLoadError": "errors", "ModelNotFoundError": "errors",
     "UsageError": "errors", "AgentRun": "metrics", "LayerStats": "metrics",
     "RunReport": "metrics", "MoaGraph": "recipe", "Overrides": "recipe",
-    "build_graph": "recipe",
+    "build_graph": "recipe", "Request": "runtime", "Runtime": "runtime",
 }
 
 
@@ -63,8 +64,10 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "Overrides",
+    "Request",
     "RunEvents",
     "RunReport",
+    "Runtime",
     "UsageError",
     "__version__",
     "build_graph",

@@ -19,13 +19,13 @@ import psutil
 
 from . import __version__
 from .config import Config
-from .engine import execute_plan
 from .errors import LocalMoaError, RunInterrupted, UsageError
 from .fileio import FileRefused, read_prompt_bytes
-from .memory.probe import nvidia_gpus, probe
+from .memory.probe import nvidia_gpus
 from .metrics import RunReport
-from .preflight import Preflight, preflight
+from .preflight import Preflight
 from .recipe import MoaGraph, Overrides, build_graph
+from .runtime import Request, Runtime
 
 BUILTIN_PROMPTS = [
     "Which is larger, 9.11 or 9.9? Explain briefly.",
@@ -169,21 +169,18 @@ def run_bench(config: Config, profiles: list[str], prompts: list[str], *, repeat
         raise UsageError(f"--warmup {warmup}: give 0 or more")
     contenders: list[Contender] = []
     pairs: list[tuple[str, str]] = []  # (MoA, its single-model baseline)
-    resources = probe(memory_budget)
+    runtime = Runtime(config, memory_budget)  # one-shot: every run loads and frees its models
     for name in profiles:
         graph = build_graph(config, name, Overrides(seed=SEED))
-        contenders.append(Contender(graph.profile, graph,
-                                    preflight(config, graph, resources=resources)))
+        contenders.append(Contender(graph.profile, graph, runtime.preflight(graph)))
         if baseline:
             single = single_model_graph(graph)
-            contenders.append(Contender(single.profile, single,
-                                        preflight(config, single, resources=resources)))
+            contenders.append(Contender(single.profile, single, runtime.preflight(single)))
             pairs.append((graph.profile, single.profile))
 
     def one(c: Contender, prompt: str) -> RunReport:
         try:
-            return execute_plan(config, c.graph, [{"role": "user", "content": prompt}],
-                                c.prepared.plan, c.prepared.paths, runtime=c.prepared.runtime)
+            return runtime.run(Request([{"role": "user", "content": prompt}], c.graph))
         except LocalMoaError as exc:
             report = getattr(exc, "report", None)
             if isinstance(report, RunReport) and not isinstance(exc, RunInterrupted):

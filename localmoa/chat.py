@@ -15,12 +15,13 @@ from typing import Any
 
 from .backends.base import Message
 from .config import Config
-from .engine import RunEvents, execute_plan
+from .engine import RunEvents
 from .fileio import atomic_write
 from .host import ModelHost
 from .metrics import RunReport
-from .preflight import Preflight, preflight
+from .preflight import Preflight
 from .recipe import MoaGraph, Overrides, build_graph
+from .runtime import Request, Runtime
 
 #: Share of the smallest free context the history may fill; the rest is for references.
 HISTORY_SHARE = 0.5
@@ -40,7 +41,9 @@ class Turn:
 
 @dataclass
 class ChatSession:
-    """The conversation and the models it keeps loaded. ``close()`` frees them."""
+    """The conversation and the models it keeps loaded (on its runtime: one that keeps
+    models between runs, made from ``memory_budget`` unless given). ``close()`` frees
+    them."""
 
     config: Config
     overrides: Overrides = field(default_factory=Overrides)
@@ -48,19 +51,30 @@ class ChatSession:
     profile: str | None = None
     history: list[Message] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)
+    runtime: Runtime | None = None
     graph: MoaGraph = field(init=False)
     prepared: Preflight = field(init=False)
-    host: ModelHost = field(init=False)
 
     def __post_init__(self) -> None:
-        self.host = ModelHost(self.config)
+        if self.runtime is None:
+            self.runtime = Runtime(self.config, self.memory_budget, keep_loaded=True)
         self.use_profile(self.profile)
+
+    @property
+    def host(self) -> ModelHost:
+        """Where the session's models are loaded."""
+        return self._runtime.host
+
+    @property
+    def _runtime(self) -> Runtime:
+        assert self.runtime is not None
+        return self.runtime
 
     def use_profile(self, name: str | None) -> None:
         """Switch recipes; the conversation goes on, the old profile's models are freed."""
         graph = build_graph(self.config, name, self.overrides)
-        prepared = preflight(self.config, graph, self.memory_budget)  # refuses before loading
-        self.host.close()
+        prepared = self._runtime.preflight(graph)  # refuses before loading
+        self._runtime.free()
         self.graph, self.prepared, self.profile = graph, prepared, graph.profile
 
     def history_budget_tokens(self) -> int:
@@ -81,14 +95,9 @@ class ChatSession:
     def ask(self, text: str, events: RunEvents | None = None) -> Turn:
         """One turn. On Ctrl-C the history is unchanged and the models stay loaded."""
         conversation, dropped = self.conversation_for(text)
-        pre = self.prepared
-        for inst in [i for i in self.host.loaded if i.model not in pre.footprints]:
-            self.host.unload(inst)
-        # An agent of an earlier turn that timed out may still hold an instance: it is
-        # nobody's now, and its memory is not this turn's to plan with.
-        turn_plan = self.host.warm_plan(self.graph, pre)
-        report = execute_plan(self.config, self.graph, conversation, turn_plan, pre.paths,
-                              events=events, host=self.host, runtime=pre.runtime)
+        # planned warm from what the last turn left loaded; an agent of an earlier turn
+        # that timed out may still hold an instance: its memory is not this turn's
+        report = self._runtime.run(Request(conversation, self.graph, events=events))
         turn = Turn(user=text, report=report, dropped_turns=dropped)
         self.history = [*conversation, Message(role="assistant", content=report.answer)]
         self.turns.append(turn)
@@ -112,4 +121,4 @@ class ChatSession:
         atomic_write(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
-        self.host.close()
+        self._runtime.close()

@@ -1,5 +1,6 @@
-"""Where loaded models live between waves (and, in a chat, between turns), and the
-threads agents run on.
+"""Where loaded models live between waves (and, in a chat or a server, between runs),
+and the threads agents run on. The host keeps instances and executes loads and unloads;
+what to load when is the planner's, and the runtime's (runtime.py) for warm plans.
 
 ``ModelHost`` owns every instance: usable ones in ``loaded`` (by the plan's
 Instance key), and ``held`` ones, whose agent timed out and did not stop: they
@@ -12,22 +13,17 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .agents import internal_error
 from .backends import created_backends, get_backend
 from .backends.base import LoadedModel
 from .config import Config, ModelSpec
 from .errors import LocalMoaError
-from .memory.planner import Instance, Plan, plan
-
-if TYPE_CHECKING:
-    from .memory.estimate import Footprint
-    from .preflight import Preflight
-    from .recipe import MoaGraph
+from .memory.planner import Instance
 
 
 @dataclass(eq=False)
@@ -119,7 +115,7 @@ class ModelHost:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def resident(self) -> dict[str, int]:
-        """Usable instances per model loaded now (the planner's warm start)."""
+        """Usable instances per model loaded now (a warm plan's start)."""
         counts: dict[str, int] = {}
         for inst in self.loaded:
             counts[inst.model] = counts.get(inst.model, 0) + 1
@@ -139,43 +135,9 @@ class ModelHost:
                     total[pool] = total.get(pool, 0) + amount
         return total
 
-    def others_bytes(self, used: Mapping[str, Footprint],
-                     known: Iterable[Mapping[str, Footprint]]) -> dict[str, int]:
-        """Bytes per pool that loaded models not in ``used`` hold (other graphs' models,
-        whose footprints one of ``known`` has): not a plan of ``used`` to spend."""
-        out: dict[str, int] = {}
-        known = list(known)
-        seqs = self.resident_seqs()
-        for model, count in self.resident().items():
-            if model in used:
-                continue
-            n = seqs.get(model, 1)
-            found = [fps[model] for fps in known if model in fps]
-            if not found:
-                continue
-            fp = next((f for f in found if n in f.batched_pools), found[0])
-            for pool, amount in fp.cost(count, n if n in fp.batched_pools else 1).items():
-                out[pool] = out.get(pool, 0) + amount
-        return out
-
-    def warm_plan(self, graph: MoaGraph, pre: Preflight,
-                  taken: dict[str, int] | None = None) -> Plan:
-        """The plan of ``graph`` starting from what is loaded now (a chat's previous turn,
-        a server's previous request) and keeping its models loaded at the end. Held
-        instances (an agent that never returned) and ``taken`` (bytes per pool that
-        others hold) are not this plan's to use."""
-        self.compact()
-        resident = {m: n for m, n in self.resident().items() if m in pre.footprints}
-        held = self.held_bytes()
-        budgets = {pool: budget - held.get(pool, 0) - (taken or {}).get(pool, 0)
-                   for pool, budget in pre.budgets.items()}
-        seqs = {m: n for m, n in self.resident_seqs().items() if m in resident}
-        return plan(graph, pre.footprints, budgets, pre.resources.usable_cores,
-                    resident=resident, resident_seqs=seqs, keep=True)
-
     def compact(self) -> None:
-        """Number each model's usable instances 0..n-1 again (a held one left a gap),
-        so the planner's warm start (n instances = slots 0..n-1) matches the host."""
+        """Number each model's usable instances 0..n-1 again (a held one left a gap), so
+        a warm plan's start (n instances = slots 0..n-1) matches the host."""
         by_model: dict[str, list[Loaded]] = {}
         for inst in sorted(self.loaded):
             by_model.setdefault(inst.model, []).append(self.loaded[inst])

@@ -7,6 +7,9 @@ protocol is used here. `localmoa plan` stops here; `localmoa run` goes on to the
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,19 @@ def by_backend(config: Config, models: list[str]) -> dict[str, list[str]]:
     for name in models:
         groups.setdefault(config.models[name].backend, []).append(name)
     return groups
+
+
+def check_machine(config: Config, models: list[str],
+                  status: Callable[[str], AbstractContextManager[Any]] | None = None) -> None:
+    """Run each backend's one-time machine check where ``models`` need one (llama.cpp: the
+    repack canary, about a second, once per CPU and build), inside ``status(what)`` (a
+    spinner) when given."""
+    for name, group in by_backend(config, models).items():
+        backend = get_backend(name)
+        doing = backend.check_machine(config, group)
+        if doing:
+            with status(doing) if status is not None else contextlib.nullcontext():
+                backend.run_machine_check()
 
 
 def estimate_model(config: Config, name: str, resources: Resources,

@@ -10,34 +10,30 @@ Two routers:
 - ``kind: embed``: the query's embedding against each specialist's description
   (cosine similarity); the ``pick`` best. No generation at all.
 
-The router runs on the same model host as the MoA after it, planned on its own first
-and kept loaded: when its model is also a specialist's, the MoA reuses the instance; when
-memory is short, the MoA's plan evicts it.
+What runs the router is the runtime (runtime.py: ``Runtime.route``): on the same model
+host as the MoA after it, planned on its own first and kept loaded: when its model is
+also a specialist's, the MoA reuses the instance; when memory is short, the MoA's plan
+evicts it. Here: the router's graph and prompt, the embedding router's call, and what
+each router's answer means.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .backends import get_backend
-from .backends.base import Message
 from .config import Config
-from .engine import RunEvents, execute_plan
-from .errors import InsufficientMemoryError, RunFailedError, UsageError
+from .errors import RunFailedError, UsageError
 from .host import ModelHost
 from .memory.planner import Instance, Plan
-from .memory.probe import Resources, probe
 from .metrics import RunReport
-from .preflight import Preflight, preflight
 from .profile_spec import Profile
-from .prompts import latest_query
-from .recipe import Agent, MoaGraph, Overrides, build_graph
+from .recipe import Agent, MoaGraph
 
 ROUTER_PROMPT = (
     "You are a router. Pick the specialist best suited to answer the user's message. "
@@ -99,16 +95,13 @@ def router_system(prof: Profile) -> str:
     return f"{text}\n\n{prof.router.system}" if prof.router.system else text
 
 
-def route(config: Config, profile: str | None, conversation: Sequence[Message],
-          host: ModelHost, *, memory_budget: str | None = None,
-          resources: Resources | None = None,
-          cancel: threading.Event | None = None) -> Decision:
-    """Run ``profile``'s router on the conversation's latest user message; ``cancel``,
-    set from another thread, stops a choosing router (RunInterrupted)."""
+def router_graph(config: Config, profile: str | None) -> tuple[Profile, MoaGraph]:
+    """``profile``'s router as a graph of one agent (its answer constrained to the
+    specialists' names for ``kind: choose``); UsageError when the profile has no router,
+    or its model cannot do what its kind needs."""
     name, prof = config.profile(profile)
     if prof.router is None:
         raise UsageError(f"profile {name!r} has no router")
-    query = latest_query(conversation)
     backend = get_backend(config.models[prof.router.model].backend)
     if prof.router.kind == "choose" and not backend.capabilities.constrained_output:
         raise UsageError(f"the router model {prof.router.model!r} (backend "
@@ -122,25 +115,13 @@ def route(config: Config, profile: str | None, conversation: Sequence[Message],
                   prof.router.max_tokens, 0,
                   json_schema=json.dumps(choice_schema(list(prof.specialists),
                                                        prof.router.pick)))
-    graph = MoaGraph(profile=f"{name}:router", layers=[], aggregator=agent,
-                     models=[prof.router.model])
-    # footprints as wide as the instances already loaded (a host's earlier runs)
-    pre = preflight(config, graph, memory_budget, resources=resources,
-                    batch_up_to=host.resident_seqs())
-    the_plan = host.warm_plan(graph, pre)
-    if prof.router.kind == "embed":
-        host.paths.update(pre.paths)
-        decision = _embed(prof, query, host, the_plan.waves[0], [*the_plan.unloads_first])
-    else:
-        report = execute_plan(config, graph, [Message(role="user", content=query)],
-                              the_plan, pre.paths, host=host, runtime=pre.runtime,
-                              cancel=cancel)
-        decision = _chosen(prof, report)
-    decision.footprint = pre.footprints[prof.router.model]
-    return decision
+    return prof, MoaGraph(profile=f"{name}:router", layers=[], aggregator=agent,
+                          models=[prof.router.model])
 
 
-def _chosen(prof: Profile, report: RunReport) -> Decision:
+def chosen(prof: Profile, report: RunReport) -> Decision:
+    """What the choosing router's run (``report``) chose; RoutingError when its answer
+    names no specialist."""
     assert prof.router is not None
     run = report.agents[0]
     try:
@@ -160,12 +141,14 @@ def _chosen(prof: Profile, report: RunReport) -> Decision:
                     completion_tokens=run.completion_tokens)
 
 
-def _embed(prof: Profile, query: str, host: ModelHost, wave: Any,
-           unloads: list[Instance]) -> Decision:
+def embedded(prof: Profile, query: str, host: ModelHost, plan: Plan) -> Decision:
+    """The embedding router's choice: ``plan``'s one wave loaded on ``host`` (after its
+    unloads), the query and every description embedded, the closest specialists."""
     assert prof.router is not None
     started = time.perf_counter()
-    for inst in unloads:
+    for inst in plan.unloads_first:
         host.unload(inst)
+    wave = plan.waves[0]
     task = wave.tasks[0]
     inst = Instance(task.model, task.slot)
     before = host.load_s
@@ -201,51 +184,3 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
     return dot / norm if norm else 0.0
-
-
-def warm_plan_beside_router(host: ModelHost, graph: MoaGraph, pre: Preflight,
-                            decision: Decision) -> Plan:
-    """The MoA's plan with the router kept loaded when it fits beside it (a router model
-    that is also a specialist's is simply reused); else the router is unloaded first."""
-    router = decision.router
-    if router in pre.footprints or decision.footprint is None:
-        return host.warm_plan(graph, pre)
-    count = host.resident().get(router, 0)
-    taken = decision.footprint.cost(count, host.resident_seqs().get(router, 1)) if count else {}
-    try:
-        return host.warm_plan(graph, pre, taken)
-    except InsufficientMemoryError:
-        for inst in [i for i in host.loaded if i.model == router]:
-            host.unload(inst)
-        return host.warm_plan(graph, pre)
-
-
-def run_routed(config: Config, profile: str | None, conversation: Sequence[Message], *,
-               overrides: Overrides | None = None, memory_budget: str | None = None,
-               events: RunEvents | None = None, host: ModelHost | None = None,
-               resources: Resources | None = None) -> RunReport:
-    """Route, then run the MoA over the chosen specialists; the report's
-    ``recipe.routing`` says what was chosen, why, and what it cost. ``resources``: the
-    machine as probed before the host loaded anything (default: probed now)."""
-    own = host is None
-    host = host or ModelHost(config)
-    resources = resources or probe(memory_budget)  # once: the router's memory is the plan's
-    try:
-        decision = route(config, profile, conversation, host, memory_budget=memory_budget,
-                         resources=resources)
-        graph = build_graph(config, profile, overrides, chosen=decision.chosen)
-        pre = preflight(config, graph, memory_budget, resources=resources,
-                        batch_up_to=host.resident_seqs())
-        the_plan = warm_plan_beside_router(host, graph, pre, decision)
-        try:
-            report = execute_plan(config, graph, conversation, the_plan, pre.paths,
-                                  events=events, host=host, runtime=pre.runtime)
-        except RunFailedError as exc:
-            if isinstance(exc.report, RunReport):
-                exc.report.recipe["routing"] = decision.to_dict()
-            raise
-        report.recipe["routing"] = decision.to_dict()
-        return report
-    finally:
-        if own:
-            host.close()

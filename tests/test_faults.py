@@ -19,9 +19,9 @@ from localmoa.backends.base import ChatStream
 from localmoa.backends.llamacpp.backend import LlamaCppBackend
 from localmoa.cli import main
 from localmoa.config import Config, load_config, read_config_file
-from localmoa.engine import run_moa
 from localmoa.errors import AggregatorFailedError, GenerationError, ModelLoadError
 from localmoa.recipe import Overrides, build_graph
+from localmoa.runtime import run_moa
 
 QUESTION = [{"role": "user", "content": "Which is larger, 9.11 or 9.9?"}]
 HANG = threading.Event()  # never set: a hung backend waits on it

@@ -13,8 +13,9 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from localmoa.config import load_config
-from localmoa.engine import RunEvents, run_moa
+from localmoa.engine import RunEvents
 from localmoa.recipe import Agent, Overrides, build_graph
+from localmoa.runtime import run_moa
 
 from .conftest import cli
 from .openai_server import OpenAIServer

@@ -15,11 +15,12 @@ import pytest
 
 from localmoa import backends, build_graph, load_config
 from localmoa.backends.llamacpp.backend import LlamaCppBackend
-from localmoa.engine import execute_plan, run_moa
+from localmoa.engine import execute_plan
 from localmoa.memory.planner import Instance, Plan, Task, Wave
 from localmoa.preflight import preflight
 from localmoa.prompts import TRIM_MARK, fit_references
 from localmoa.recipe import Overrides
+from localmoa.runtime import run_moa
 
 from .conftest import EventStream, start_cli
 

@@ -15,7 +15,8 @@ from localmoa.errors import ConfigError, UsageError
 from localmoa.host import ModelHost
 from localmoa.profile_spec import AgentSpec, Profile, RouterSpec, Specialist
 from localmoa.recipe import build_graph
-from localmoa.routing import choice_schema, route, router_system, run_routed
+from localmoa.routing import choice_schema, router_system
+from localmoa.runtime import route, run_routed
 
 from .conftest import cli
 from .scripted import Script, ScriptedBackend, config

@@ -12,11 +12,11 @@ import pytest
 from localmoa import backends
 from localmoa.backends.llamacpp.backend import LlamaCppBackend
 from localmoa.config import load_config
-from localmoa.engine import run_moa
 from localmoa.memory.planner import split_threads
 from localmoa.memory.probe import cpu_cores
 from localmoa.prompts import AGGREGATE_PROMPT
 from localmoa.recipe import Overrides, build_graph
+from localmoa.runtime import run_moa
 
 from .conftest import EventStream, cli, run_json, start_cli
 

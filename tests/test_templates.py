@@ -15,7 +15,6 @@ from localmoa.backends.base import ChatStream, GenerateOptions, LoadedModel, Mes
 from localmoa.backends.llamacpp.backend import LlamaCppBackend
 from localmoa.cli import main
 from localmoa.config import ModelSpec, load_config
-from localmoa.engine import run_moa
 from localmoa.errors import UsageError
 from localmoa.metrics import AgentRun
 from localmoa.prompts import (
@@ -27,6 +26,7 @@ from localmoa.prompts import (
     render_template,
 )
 from localmoa.recipe import Agent, Overrides, build_graph
+from localmoa.runtime import run_moa
 
 REFS = ["First answer.\nIt has two lines.", "Second: 9.9 > 9.11", "Third {query}"]
 NUMBERED = "1. First answer.\nIt has two lines.\n2. Second: 9.9 > 9.11\n3. Third {query}"

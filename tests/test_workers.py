@@ -21,11 +21,12 @@ from localmoa.backends.llamacpp import worker
 from localmoa.backends.llamacpp.backend import LlamaCppBackend
 from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.config import ModelSpec
-from localmoa.engine import RunEvents, execute_plan, run_moa
+from localmoa.engine import RunEvents, execute_plan
 from localmoa.errors import GenerationError
 from localmoa.memory.planner import Instance, Plan, Task, Wave
 from localmoa.memory.probe import process_memory
 from localmoa.recipe import Overrides
+from localmoa.runtime import run_moa
 
 from .conftest import EventStream, cli, start_cli
 

@@ -1,14 +1,17 @@
-"""Preflight as the commands run it: the one-time CPU check shown, notices printed."""
+"""The runtime as the commands run it: the one-time machine check under a spinner,
+notices printed once, routing shown."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from ..backends import get_backend
+from rich.markup import escape
+
 from ..config import Config, load_config
-from ..memory.probe import Resources
-from ..preflight import Preflight, by_backend, preflight
-from ..recipe import MoaGraph
+from ..preflight import check_machine
+from ..routing import Decision
+from ..runtime import Hooks, Runtime
 from ._output import Output
 
 
@@ -21,28 +24,17 @@ def load_command_config(path: Path | None, no_batch: bool = False) -> Config:
 def check_cpu_once(out: Output, config: Config, models: list[str]) -> None:
     """Run each backend's one-time machine check now, with a spinner, where its models
     need one (llama.cpp: the repack canary, about a second, once per CPU and build)."""
-    for name, group in by_backend(config, models).items():
-        backend = get_backend(name)
-        doing = backend.check_machine(config, group)
-        if doing:
-            with out.status(doing):
-                backend.run_machine_check()
+    check_machine(config, models, out.status)
 
 
-def start_worker_early(config: Config, graph: MoaGraph) -> None:
-    """Start the first model's worker process now, so that Python and llama.cpp start up
-    while the preflight reads headers and plans (``run``; never ``plan``)."""
-    first = config.models[graph.layers[0][0].model] if graph.layers else None
-    if first is not None:
-        get_backend(first.backend).prestart([first])
+def command_runtime(out: Output, config: Config, memory_budget: str | None,
+                    **options: Any) -> Runtime:
+    """A runtime whose machine checks show a spinner, whose notices are printed once,
+    and whose router says what it chose (``options``: Runtime's)."""
+    def routed(decision: Decision) -> None:
+        out.note(f"[bold]router[/] {escape(decision.router)} chose "
+                 f"{escape(', '.join(decision.chosen))} ({escape(decision.reason)})")
 
-
-def prepare(out: Output, config: Config, graph: MoaGraph, memory_budget: str | None,
-            resources: Resources | None = None) -> Preflight:
-    """``preflight`` for a command: refuses before loading anything; notices shown once.
-    ``resources``: the machine as probed before anything loaded (a router already did)."""
-    check_cpu_once(out, config, graph.models)
-    prepared = preflight(config, graph, memory_budget, resources=resources)
-    for notice in prepared.notices:
-        out.notice(notice)
-    return prepared
+    hooks = Hooks(notice=out.notice, status=out.status,
+                  routing=lambda name: out.status(f"[bold]{name}[/]: routing"), routed=routed)
+    return Runtime(config, memory_budget, hooks=hooks, check_machine=True, **options)

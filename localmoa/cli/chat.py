@@ -13,7 +13,7 @@ from rich.markup import escape
 from .. import constants, signals
 from ..chat import ChatSession, Turn
 from ..errors import LocalMoaError, RunInterrupted
-from ..recipe import Overrides, build_graph, parse_self
+from ..recipe import Overrides, parse_self
 from ._options import (
     AgentTimeoutOpt,
     AggregatorOpt,
@@ -29,7 +29,7 @@ from ._options import (
     TemperatureOpt,
 )
 from ._output import Output
-from ._prepare import check_cpu_once, load_command_config
+from ._prepare import command_runtime, load_command_config
 from ._progress import RunDisplay
 
 HELP = """\
@@ -93,10 +93,8 @@ def chat(
         temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout,
         self_moa=parse_self(self_moa, cfg))
     out = Output()
-    check_cpu_once(out, cfg, build_graph(cfg, profile, overrides).models)
-    session = ChatSession(cfg, overrides, memory_budget=memory_budget, profile=profile)
-    for notice in session.prepared.notices:
-        out.notice(notice)
+    session = ChatSession(cfg, overrides, profile=profile, runtime=command_runtime(
+        out, cfg, memory_budget, keep_loaded=True))
     _line_editing()
     out.note(f"localmoa chat: profile [bold]{escape(session.profile or '')}[/] "
              f"({len(session.graph.layers)} layers); /help for commands, Ctrl-D to quit")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,7 +33,7 @@ from ..fileio import atomic_write
 from ..recipe import SELF_DEFAULT_SAMPLES, Overrides
 from ._options import ConfigOpt, JsonOpt, MaxTokensOpt, MemoryBudgetOpt, NoBatchOpt
 from ._output import Output
-from ._prepare import check_cpu_once, load_command_config
+from ._prepare import command_runtime, load_command_config
 
 NEWLINE = "\n"
 EPILOG = f"""\
@@ -109,24 +111,10 @@ def eval_command(
         raise UsageError(f"--contenders {contenders}: none applies to {', '.join(names)} "
                          "(vote needs two proposers or more)")
     out = Output(json_mode=json_out)
-    check_cpu_once(out, cfg, sorted({m for c in chosen for m in c.graph.models}))
-    prepared = prepare(cfg, chosen, memory_budget)
-    for notice in prepared.notices():
-        out.notice(notice)
-    target = out_dir or Path(f"localmoa-eval-{time.strftime('%Y%m%d-%H%M%S')}")
-    try:  # before the models run, not after
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {target}: cannot create the folder ({exc.strerror})") from None
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                  console=out.err, transient=True,
-                  disable=json_out or not out.err.is_terminal) as bar:
-        task = bar.add_task("evaluating", total=None)
-
-        def progress(done: float, total: float, message: str) -> None:
-            bar.update(task, completed=done, total=total, description=escape(message))
-
+    prepared = prepare(cfg, chosen, runtime=command_runtime(out, cfg, memory_budget,
+                                                            keep_loaded=True))
+    target = _out_folder(out_dir)  # before the models run, not after
+    with _progress_bar(out, json_out) as progress:
         results = run_eval(cfg, task_list, prepared, repeat=repeat, progress=progress)
     settings = {"profiles": names, "tasks": tasks, "seed": seed, "limit": limit,
                 "task_count": len(task_list), "repeat": repeat, "samples": samples,
@@ -148,6 +136,31 @@ def eval_command(
         first = next((a["error"] for a in results["answers"] if a["error"]), "unknown")
         raise LocalMoaError(f"every run failed ({first}); the details are in "
                             f"{target / 'results.json'}")
+
+
+def _out_folder(out_dir: Path | None) -> Path:
+    """``--out``, or ./localmoa-eval-DATE-TIME, created now."""
+    target = out_dir or Path(f"localmoa-eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {target}: cannot create the folder ({exc.strerror})") from None
+    return target
+
+
+@contextlib.contextmanager
+def _progress_bar(out: Output, json_out: bool) -> Iterator[Callable[[float, float, str], None]]:
+    """A progress bar with an ETA on an interactive stderr; the callback that moves it."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                  console=out.err, transient=True,
+                  disable=json_out or not out.err.is_terminal) as bar:
+        task = bar.add_task("evaluating", total=None)
+
+        def progress(done: float, total: float, message: str) -> None:
+            bar.update(task, completed=done, total=total, description=escape(message))
+
+        yield progress
 
 
 def write_results(path: Path, document: dict[str, Any]) -> None:

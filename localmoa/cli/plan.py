@@ -23,7 +23,7 @@ from ._options import (
     SelfOpt,
 )
 from ._output import Output
-from ._prepare import load_command_config, prepare
+from ._prepare import command_runtime, load_command_config
 
 EPILOG = """\
 Examples:
@@ -69,7 +69,7 @@ def plan(
                  f"first, planned alone and kept loaded when it fits; below, the plan with "
                  f"every specialist chosen ({', '.join(chosen)})")
     graph = build_graph(cfg, profile, overrides, chosen)
-    pre = prepare(out, cfg, graph, memory_budget)
+    pre = command_runtime(out, cfg, memory_budget).preflight(graph)  # nothing loads
     if json_out:
         out.document(plan_document(pre))
         return

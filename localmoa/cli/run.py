@@ -10,7 +10,6 @@ import typer
 from rich.markup import escape
 
 from ..backends.base import Message
-from ..engine import execute_plan
 from ..errors import RunFailedError, UsageError
 from ..fileio import (
     PROMPT_CAP_HINT,
@@ -19,11 +18,9 @@ from ..fileio import (
     read_prompt_bytes,
     read_stream_capped,
 )
-from ..host import ModelHost
-from ..memory.probe import probe
 from ..metrics import RunReport
-from ..recipe import Overrides, build_graph, parse_self
-from ..routing import route, routes, warm_plan_beside_router
+from ..recipe import Overrides, parse_self
+from ..runtime import Request
 from ._errors import EXIT_RUNTIME
 from ._options import (
     AgentTimeoutOpt,
@@ -42,7 +39,7 @@ from ._options import (
     TemperatureOpt,
 )
 from ._output import Output
-from ._prepare import check_cpu_once, load_command_config, prepare, start_worker_early
+from ._prepare import command_runtime, load_command_config
 from ._progress import RunDisplay
 
 EPILOG = """\
@@ -142,43 +139,17 @@ def run(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
         temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout,
         self_moa=parse_self(self_moa, cfg), aggregate=aggregate)
-    conversation = [Message(role="user", content=text)]
-    host = ModelHost(cfg)
-    try:
-        if overrides.self_moa is None and routes(cfg, profile):
-            # the router first (on the same host: its model stays loaded when it fits)
-            check_cpu_once(out, cfg, [cfg.profile(profile)[1].router.model])  # type: ignore[union-attr]
-            # the machine probed once, before the router loads: what it holds is counted by
-            # the MoA's plan (resident, or beside it), never twice
-            resources = probe(memory_budget)
-            with out.status(f"[bold]{cfg.profile(profile)[0]}[/]: routing"):
-                decision = route(cfg, profile, conversation, host, memory_budget=memory_budget,
-                                 resources=resources)
-            out.note(f"[bold]router[/] {escape(decision.router)} chose "
-                     f"{escape(', '.join(decision.chosen))} ({escape(decision.reason)})")
-            graph = build_graph(cfg, profile, overrides, chosen=decision.chosen)
-            prepared = prepare(out, cfg, graph, memory_budget, resources)
-            the_plan = warm_plan_beside_router(host, graph, prepared, decision)
-            recipe = {"routing": decision.to_dict()}
-        else:
-            graph = build_graph(cfg, profile, overrides)
-            start_worker_early(cfg, graph)
-            prepared = prepare(out, cfg, graph, memory_budget)  # refuses here, before any load
-            the_plan, recipe = prepared.plan, {}
-        with RunDisplay(out, graph, show_layers=show_layers) as display:
+    request = Request.for_profile(cfg, profile, overrides, [Message(role="user", content=text)])
+    with command_runtime(out, cfg, memory_budget, start_early=True) as runtime:
+        prepared = runtime.prepare(request)  # routed, planned: refuses here, before any load
+        with RunDisplay(out, prepared.graph, show_layers=show_layers) as display:
             try:
-                report = execute_plan(cfg, graph, conversation, the_plan, prepared.paths,
-                                      events=display.events(), host=host,
-                                      runtime=prepared.runtime)
+                report = runtime.run(prepared, display.events())
             except RunFailedError as exc:
                 if isinstance(exc.report, RunReport):
-                    exc.report.recipe.update(recipe)
                     _finish(out, exc.report, json_out, no_stats, show_layers,
                             display.streamed)
                 raise
-    finally:
-        host.close()
-    report.recipe.update(recipe)
     _finish(out, report, json_out, no_stats, show_layers, display.streamed)
     return 0 if report.ok else EXIT_RUNTIME
 

@@ -31,23 +31,13 @@ from ..host import ModelHost
 from ..memory.planner import Plan
 from ..memory.probe import MemorySampler
 from ..metrics import AgentRun, RunReport
-from ..preflight import Preflight, preflight
 from ..prompt_fit import check_fits, longest_token_bytes
 from ..recipe import Agent, MoaGraph
 from .loading import clear_dead, load_wave, prestart_next
 from .state import Execution, RunEvents
 from .waves import run_wave
 
-__all__ = ["ModelHost", "RunEvents", "execute_jobs", "execute_plan", "run_moa"]
-
-
-def run_moa(config: Config, graph: MoaGraph, conversation: Sequence[Message], *,
-            memory_budget: str | None = None, prepared: Preflight | None = None,
-            events: RunEvents | None = None) -> RunReport:
-    """Plan ``graph`` for this machine (unless ``prepared`` is given) and run it."""
-    prepared = prepared or preflight(config, graph, memory_budget)
-    return execute_plan(config, graph, conversation, prepared.plan, prepared.paths,
-                        events=events, runtime=prepared.runtime)
+__all__ = ["ModelHost", "RunEvents", "execute_jobs", "execute_plan"]
 
 
 def execute_plan(config: Config, graph: MoaGraph, conversation: Sequence[Message], plan: Plan,

@@ -1,7 +1,7 @@
 """Running an eval: every contender's graph over every task, models kept loaded.
 
 Each distinct graph is planned once (one preflight, before anything loads); every run
-is planned warm on one ModelHost from what is loaded, so a model loads once, not per
+is planned warm on one runtime from what is loaded, so a model loads once, not per
 task. When all the graphs' models fit in memory together, the graphs take turns task
 by task (fair to each when the machine slows down for a while); otherwise each graph
 runs every task of a round before the next one loads. Round r reseeds every agent
@@ -16,14 +16,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import Config
-from ..engine import execute_plan
 from ..errors import RunFailedError, RunInterrupted, UsageError
-from ..host import ModelHost
 from ..memory.estimate import Footprint
-from ..memory.probe import probe
 from ..metrics import RunReport
-from ..preflight import Preflight, preflight
+from ..preflight import Preflight
 from ..recipe import SELF_MAX_SAMPLES, SELF_MIN_SAMPLES, MoaGraph
+from ..runtime import Request, Runtime
 from .contenders import Contender
 from .stats import summarise
 from .tasks import Task
@@ -44,7 +42,8 @@ def check_samples(samples: int) -> None:
 @dataclass(frozen=True)
 class Prepared:
     """The graphs to run (by name, widest batch first), the contenders reading each, their
-    plans, each model's widest batch, and whether the graphs take turns task by task."""
+    plans, each model's widest batch, whether the graphs take turns task by task, and the
+    runtime that planned them and runs them."""
 
     contenders: list[Contender]
     graphs: dict[str, MoaGraph]
@@ -52,16 +51,18 @@ class Prepared:
     preflights: dict[str, Preflight]
     widest: dict[str, int]
     interleaved: bool
+    runtime: Runtime
 
     def notices(self) -> list[str]:
         return list(dict.fromkeys(n for p in self.preflights.values() for n in p.notices))
 
 
-def prepare(config: Config, contenders: list[Contender],
-            memory_budget: str | None = None) -> Prepared:
+def prepare(config: Config, contenders: list[Contender], memory_budget: str | None = None,
+            runtime: Runtime | None = None) -> Prepared:
     """One preflight per distinct graph, before any load: a graph that cannot fit is
     refused here. Every plan knows each model's widest batch over all graphs, since an
-    instance one graph leaves loaded serves the next."""
+    instance one graph leaves loaded serves the next. ``runtime``: one that keeps models
+    loaded (default: made from ``memory_budget``)."""
     graphs: dict[str, MoaGraph] = {}
     readers: dict[str, list[Contender]] = {}
     for c in contenders:
@@ -73,11 +74,11 @@ def prepare(config: Config, contenders: list[Contender],
     for graph in graphs.values():
         for model, n in graph.widest().items():
             widest[model] = max(widest.get(model, 1), n)
-    resources = probe(memory_budget)
-    preflights = {name: preflight(config, graph, resources=resources, batch_up_to=widest)
-                  for name, graph in graphs.items()}
+    runtime = runtime or Runtime(config, memory_budget, keep_loaded=True)
+    runtime.widest.update(widest)
+    preflights = {name: runtime.preflight(graph) for name, graph in graphs.items()}
     return Prepared(list(contenders), graphs, readers, preflights, widest,
-                    fit_together(preflights, widest))
+                    fit_together(preflights, widest), runtime)
 
 
 def fit_together(preflights: dict[str, Preflight], widest: dict[str, int]) -> bool:
@@ -141,20 +142,16 @@ def run_eval(config: Config, tasks: list[Task], prepared: Prepared, *, repeat: i
     done = 0.0
     answers: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
-    host = ModelHost(config)
+    runtime = prepared.runtime
     try:
         for round_no, name, index in order:
-            graph, pre, task = prepared.graphs[name], prepared.preflights[name], tasks[index]
+            graph, task = prepared.graphs[name], tasks[index]
             if progress:
                 progress(done, total, f"{name}: task {index + 1}/{len(tasks)}"
                          + (f", round {round_no + 1}/{repeat}" if repeat > 1 else ""))
-            if not prepared.interleaved:
-                for inst in [i for i in host.loaded if i.model not in pre.footprints]:
-                    host.unload(inst)  # a model this graph never uses makes room
-            seeded = reseed(graph, round_no * ROUND_SEED_STEP)
-            report = run_one(config, seeded, pre, host, task.prompt,
-                             host.others_bytes(pre.footprints, (
-                                 p.footprints for p in prepared.preflights.values())))
+            if not prepared.interleaved:  # a model this graph never uses makes room
+                runtime.make_room(prepared.preflights[name].footprints)
+            report = run_one(runtime, reseed(graph, round_no * ROUND_SEED_STEP), task.prompt)
             runs.append({"run": name, "task": task.id, "round": round_no,
                          "report": report.to_dict()})
             for contender in prepared.readers[name]:
@@ -165,7 +162,7 @@ def run_eval(config: Config, tasks: list[Task], prepared: Prepared, *, repeat: i
         if progress:
             progress(total, total, "done")
     finally:
-        host.close()
+        runtime.free()
     contenders = prepared.contenders
     position = {c.name: i for i, c in enumerate(contenders)}
     answers.sort(key=lambda a: (position[a["contender"]], a["round"]))  # stable: task order
@@ -176,15 +173,12 @@ def run_eval(config: Config, tasks: list[Task], prepared: Prepared, *, repeat: i
             "answers": answers, "runs": runs}
 
 
-def run_one(config: Config, graph: MoaGraph, pre: Preflight, host: ModelHost,
-            prompt: str, taken: dict[str, int] | None = None) -> RunReport:
-    """One run of ``graph`` on the host's loaded models (``taken``: bytes others hold); a
-    run that fails part-way gives its partial report (the contenders reading it count it
-    wrong)."""
-    plan = host.warm_plan(graph, pre, taken)
+def run_one(runtime: Runtime, graph: MoaGraph, prompt: str) -> RunReport:
+    """One run of ``graph`` on the runtime's loaded models (beside other graphs' models
+    when they fit); a run that fails part-way gives its partial report (the contenders
+    reading it count it wrong)."""
     try:
-        return execute_plan(config, graph, [{"role": "user", "content": prompt}], plan,
-                            pre.paths, host=host, runtime=pre.runtime)
+        return runtime.run(Request([{"role": "user", "content": prompt}], graph))
     except RunInterrupted:
         raise
     except RunFailedError as exc:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..backends.base import Message
+from ..cancel import Cancel
 from ..engine import RunEvents
 from ..errors import LocalMoaError, UsageError
 from ..metrics import RunReport
@@ -79,7 +80,8 @@ class Job:
     messages: list[Message]
     sampling: Sampling = field(default_factory=Sampling)
     events: RunEvents = field(default_factory=RunEvents)
-    cancel: threading.Event = field(default_factory=threading.Event)
+    #: The request's one cancellation (cancel.py): its client gone, or the drain over.
+    cancel: Cancel = field(default_factory=Cancel)
     done: threading.Event = field(default_factory=threading.Event)
     report: RunReport | None = None
     error: LocalMoaError | None = None

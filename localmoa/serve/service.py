@@ -1,6 +1,6 @@
 """What `localmoa serve` serves, without HTTP: the models it offers, one run at a time on
-one model host (models stay loaded between requests, Ollama-style keep-alive), a
-bounded queue, cancellation, and the counters /metrics reports.
+one runtime (models stay loaded between requests, Ollama-style keep-alive), a bounded
+queue, cancellation, and the counters /metrics reports.
 
 Runs execute on one worker thread, in order: the engine runs one plan at a time on a
 host. A request is a ``Job``; its agent events arrive through ``Job.events`` (called
@@ -19,8 +19,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,12 @@ from ..agents import internal_error
 from ..backends import get_backend
 from ..backends.base import Message
 from ..config import Config
-from ..engine import RunEvents, execute_jobs
-from ..errors import InsufficientMemoryError, LocalMoaError, UsageError
+from ..errors import LocalMoaError, UsageError
 from ..host import ModelHost
-from ..memory.probe import probe
-from ..metrics import AgentRun, RunReport
-from ..preflight import Preflight, preflight
 from ..prompt_fit import PromptTooLongError, check_fits, longest_token_bytes
-from ..recipe import Agent, MoaGraph, Overrides, build_graph, merge_graphs
-from ..routing import Decision, route, routes
+from ..recipe import Agent, MoaGraph, Overrides, build_graph
+from ..routing import routes
+from ..runtime import Outcome, Request, Runtime
 from .jobs import (
     MAX_CHARS,
     MAX_MESSAGES,
@@ -67,27 +64,19 @@ class MoaService:
                  start: bool = True) -> None:
         self.config = config
         self.options = options or ServeOptions()
-        self.host = ModelHost(config)
+        # each model's widest batch over every profile, times the requests merged: an
+        # instance one run leaves loaded may serve another, so every plan knows it
+        self.runtime = Runtime(config, self.options.memory_budget, keep_loaded=True,
+                               widest=self._widest(),
+                               merged_requests=self.options.batch_requests)
         # the machine as it is before anything loads: what models hold later is counted
         # by the plans (resident, other runs' models), never twice
-        self.resources = probe(self.options.memory_budget)
+        self.resources = self.runtime.resources
         self.counters = Counters()
         self.lock = threading.Lock()
         self._waiting: collections.deque[Job] = collections.deque()
         self._wake = threading.Condition(self.lock)
-        self._prepared: dict[str, Preflight] = {}
-        #: Each model's widest batch over every profile: an instance one run leaves
-        #: loaded may serve another, so every plan knows footprints that wide.
-        self._widest: dict[str, int] = {}
-        for name in config.profiles:
-            try:  # a routing profile: all its specialists
-                graph = self.graph_for(f"{PROFILE_PREFIX}{name}", Sampling())
-                for model, n in graph.widest().items():
-                    self._widest[model] = max(self._widest.get(model, 1), n)
-            except LocalMoaError:
-                continue
         self._longest: dict[str, int] = {}  # model -> bytes of its longest token
-        self._last_used: dict[str, float] = {}  # model -> when a run last used it
         self._running: list[Job] = []
         self._closing = False
         self._stopped = False
@@ -97,6 +86,24 @@ class MoaService:
         self._thread = threading.Thread(target=self._work, name="localmoa-serve", daemon=True)
         if start:
             self.start()
+
+    @property
+    def host(self) -> ModelHost:
+        """Where the served models are loaded."""
+        return self.runtime.host
+
+    def _widest(self) -> dict[str, int]:
+        """Each model's widest batch over every profile (a routing profile: all its
+        specialists)."""
+        widest: dict[str, int] = {}
+        for name in self.config.profiles:
+            try:
+                graph = self.graph_for(f"{PROFILE_PREFIX}{name}", Sampling())
+            except LocalMoaError:
+                continue
+            for model, n in graph.widest().items():
+                widest[model] = max(widest.get(model, 1), n)
+        return widest
 
     def start(self) -> None:
         """Start running requests (``start=False`` queues them until then: a test can
@@ -256,50 +263,20 @@ class MoaService:
                 self._account(job, merged=False)
             else:
                 live.append(job)
-        if len(live) > 1:
-            try:
-                self._execute(live)
-            except InsufficientMemoryError:  # merged they do not fit: one at a time
-                for job in live:
-                    self._execute([job])
-        elif live:
+        if live:
             self._execute(live)
         for job in live:
             self._account(job, merged=len(live) > 1 and job.report is not None
                           and "requests_batched" in job.report.actual)
 
     def _execute(self, jobs: list[Job]) -> None:
-        """Run ``jobs`` (one, or several merged) and set each one's report or error.
-        InsufficientMemoryError escapes for several (the caller runs them apart)."""
-        decision: Decision | None = None
+        """Run ``jobs`` (one, or several merged: one after another when merged they do
+        not fit) and set each one's report or error."""
+        requests = [Request(job.messages, route=self._routing(job.model),
+                            build=functools.partial(self.graph_for, job.model, job.sampling),
+                            events=job.events, cancel=job.cancel) for job in jobs]
         try:
-            if len(jobs) == 1 and self._routes(jobs[0].model):
-                name = jobs[0].model.removeprefix(PROFILE_PREFIX)
-                decision = route(self.config, name, jobs[0].messages, self.host,
-                                 memory_budget=self.options.memory_budget,
-                                 resources=self.resources, cancel=jobs[0].cancel)
-                self._last_used[decision.router] = time.monotonic()
-            graphs = [self.graph_for(job.model, job.sampling,
-                                     decision.chosen if decision else None) for job in jobs]
-            graph = graphs[0] if len(jobs) == 1 else merge_graphs(graphs)
-            for model in graph.models:
-                self._last_used[model] = time.monotonic()
-            pre = self._preflight(graph)
-            try:  # other runs' models stay loaded when the plan allows
-                run_plan = self.host.warm_plan(graph, pre, self.host.others_bytes(
-                    pre.footprints, (p.footprints for p in self._prepared.values())))
-            except InsufficientMemoryError:
-                for inst in [i for i in self.host.loaded if i.model not in pre.footprints]:
-                    self.host.unload(inst)
-                run_plan = self.host.warm_plan(graph, pre)
-            events = jobs[0].events if len(jobs) == 1 else _dispatch(jobs)
-            outcomes = execute_jobs(self.config, graph, [job.messages for job in jobs],
-                                    run_plan, pre.paths, events=events, host=self.host,
-                                    runtime=pre.runtime, cancels=[job.cancel for job in jobs])
-        except LocalMoaError as exc:
-            if isinstance(exc, InsufficientMemoryError) and len(jobs) > 1:
-                raise
-            outcomes = [exc] * len(jobs)
+            outcomes: list[Outcome] = self.runtime.run_jobs(requests)
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the service
             error = LocalMoaError(internal_error(exc, f"serving {jobs[0].model}"))
             outcomes = [error] * len(jobs)
@@ -309,13 +286,12 @@ class MoaService:
                 job.report = getattr(outcome, "report", None)
             else:
                 job.report = outcome
-            if decision is not None and isinstance(job.report, RunReport):
-                job.report.recipe["routing"] = decision.to_dict()
+
+    def _routing(self, model: str) -> str | None:
+        """The routing profile ``model`` names, if it does (its router runs first)."""
+        return model.removeprefix(PROFILE_PREFIX) if self._routes(model) else None
 
     def _account(self, job: Job, merged: bool) -> None:
-        now = time.monotonic()
-        for model in (job.report.models if job.report else {}):
-            self._last_used[model] = now
         with self.lock:
             if merged:
                 self.counters.batched += 1
@@ -332,35 +308,13 @@ class MoaService:
                 peak = int(job.report.actual.get("peak_pss_growth_bytes") or 0)
                 self.counters.peak_pss_bytes = max(self.counters.peak_pss_bytes, peak)
 
-    def _preflight(self, graph: MoaGraph) -> Preflight:
-        key = f"{graph.profile}|{sorted(graph.widest().items())}|{graph.jobs}"
-        if key not in self._prepared:
-            # footprints as wide as any instance a run may leave loaded: a model's widest
-            # batch in any profile, times the requests merged into one run
-            merged = self.options.batch_requests
-            room = {m: n * merged for m, n in self._widest.items()}
-            room.update({m: max(n, room.get(m, merged)) for m, n in graph.widest().items()})
-            self._prepared[key] = preflight(self.config, graph, self.options.memory_budget,
-                                            resources=self.resources, batch_up_to=room)
-        return dataclasses.replace(self._prepared[key], graph=graph)
-
     def _expire(self) -> None:
         """Unload the models no run used for ``keep_alive_s`` (Ollama's keep_alive)."""
-        now = time.monotonic()
-        for inst in list(self.host.loaded):
-            used = self._last_used.get(inst.model, 0.0)
-            if now - used >= self.options.keep_alive_s:
-                self.host.unload(inst)
+        self.runtime.expire(self.options.keep_alive_s)
 
     def loaded(self) -> list[dict[str, Any]]:
         """The models loaded now, with when they expire (``/api/ps``)."""
-        now = time.monotonic()
-        out = []
-        for inst in sorted(self.host.loaded):
-            used = self._last_used.get(inst.model, now)
-            out.append({"model": inst.model, "instance": str(inst),
-                        "expires_in_s": max(0.0, self.options.keep_alive_s - (now - used))})
-        return out
+        return self.runtime.loaded(self.options.keep_alive_s)
 
     def _ended_by(self, error: LocalMoaError, job: Job) -> LocalMoaError:
         """The error a job ends with: ShuttingDown when the drain stopped it."""
@@ -414,35 +368,7 @@ class MoaService:
             self._wake.notify_all()
         if self._thread.is_alive():
             self._thread.join(STOP_S)
-        self.host.close()
-
-
-def _dispatch(jobs: list[Job]) -> RunEvents:
-    """Events of a merged run, each to its own request's events, with the agents and
-    runs as that request's own graph names them (``L1.1``, not ``2/L1.1``)."""
-    def own(agent: Agent) -> Agent:
-        return dataclasses.replace(agent, id=agent.local_id, job=0)
-
-    def forward(name: str, agent: Agent, *rest: Any) -> None:
-        callback = getattr(jobs[agent.job].events, name)
-        if callback is not None:
-            args = [dataclasses.replace(r, agent=agent.local_id)
-                    if isinstance(r, AgentRun) else r for r in rest]
-            callback(own(agent), *args)
-
-    def layer_done(number: int, runs: list[AgentRun]) -> None:
-        job = int(runs[0].agent.partition("/")[0]) if "/" in runs[0].agent else 0
-        callback = jobs[job].events.on_layer_done
-        if callback is not None:
-            callback(number, [dataclasses.replace(r, agent=r.agent.rpartition("/")[2])
-                              for r in runs])
-
-    return RunEvents(
-        on_agent_loading=lambda a: forward("on_agent_loading", a),
-        on_agent_start=lambda a: forward("on_agent_start", a),
-        on_text=lambda a, piece: forward("on_text", a, piece),
-        on_agent_done=lambda a, run: forward("on_agent_done", a, run),
-        on_layer_done=layer_done)
+        self.runtime.close()
 
 
 def _tell(job: Job) -> None:
