@@ -307,6 +307,20 @@ def test_too_many_messages_or_characters_are_400_before_queueing(
     assert service.queue_depth() == 0 and service.counters.requests == before
 
 
+@pytest.mark.parametrize("n", [1000, 2, 0, -1, "3"])
+def test_more_than_one_choice_is_400_before_queueing(service: MoaService, n: Any) -> None:
+    path = "/v1/chat/completions"
+    before = service.counters.requests
+    # an unknown model: the 400 comes before the route looks (and nothing can wait)
+    response = client(service).post(path, json={"model": "nope", "messages": ASK, "n": n})
+    assert assert_shape(response, path, 400) == "n: only 1 is supported"
+    assert response.json()["error"]["param"] == "n"
+    assert service.queue_depth() == 0 and service.counters.requests == before
+    for one in (1, None):  # OpenAI's default, written out: through to the route
+        assert_through(client(service).post(path, json={"model": "nope", "messages": ASK,
+                                                        "n": one}), "POST")
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat", "/v1/localmoa/runs"])
 def test_a_prompt_no_context_can_hold_is_400_before_queueing(service: MoaService,
                                                              path: str) -> None:

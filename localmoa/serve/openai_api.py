@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from ..metrics import RunReport
 from .bridge import AGGREGATOR, END, JobStream
@@ -47,7 +48,8 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """The fields localmoa reads; others (n, logprobs, tools...) are ignored."""
+    """The fields localmoa reads; others (logprobs, tools...) are ignored. ``n`` is read
+    to refuse more than one choice (one run makes one answer): 400 before queueing."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -61,6 +63,14 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     stop: str | list[str] | None = None
+    n: int | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int | None) -> int | None:
+        if n is not None and n != 1:
+            raise PydanticCustomError("n_unsupported", "only 1 is supported")
+        return n
 
     def sampling(self, cap: int) -> Sampling:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
