@@ -125,19 +125,29 @@ class ModelFacts:
         return total
 
 
+#: What would make a model fit a pool too small for it: the setting to write, and the
+#: bytes it saves (None: not known).
+Hint = tuple[str, float | None]
+
+
 @dataclass(frozen=True)
 class Footprint:
-    """Memory of one model instance, by component, and how it splits over pools."""
+    """Memory of one model instance: bytes per pool, plus what its backend wants to report.
+
+    A backend that knows only its pools builds one with ``Footprint.of_pools``. The
+    component fields (weights, KV cache, compute, overhead, the KV type) are llama.cpp's
+    memory model (``footprint`` below, which Ollama's estimate uses too); they default to
+    nothing."""
 
     model: str
     n_ctx: int
-    kv_type: str
-    weights_bytes: int
-    kv_bytes: int
-    compute_bytes: int
-    overhead_bytes: int
+    kv_type: str = ""
+    weights_bytes: int = 0
+    kv_bytes: int = 0
+    compute_bytes: int = 0
+    overhead_bytes: int = 0
     #: Weights every further instance of the same file shares (mmap, not repacked, on CPU).
-    shared_weights_bytes: int
+    shared_weights_bytes: int = 0
     #: Bytes of the first instance in each pool ("ram", "gpu0", "ollama@host" ...).
     pools: dict[str, int] = field(default_factory=dict)
     #: Runs in this process on this machine's cores (not in an Ollama daemon).
@@ -153,6 +163,28 @@ class Footprint:
     #: Its memory is not budgeted here (a server that holds the model already): its
     #: pools carry no bytes, only the model's place.
     external: bool = False
+    #: What the backend wants to report beside the bytes (JSON-able), as it likes.
+    details: dict[str, Any] = field(default_factory=dict)
+    #: The backend's own advice when the model does not fit (the planner's refusal lists
+    #: it after a shorter n_ctx). None: none given, which for a footprint of llama.cpp's
+    #: memory model (a KV type set) means llama.cpp's (``llama_cpp_hints``).
+    hints: tuple[Hint, ...] | None = None
+
+    @classmethod
+    def of_pools(cls, model: str, n_ctx: int, pools: dict[str, int], *,
+                 details: dict[str, Any] | None = None, hints: tuple[Hint, ...] = (),
+                 **more: Any) -> Footprint:
+        """A backend-neutral footprint: only bytes per pool (a remote pool's may be 0), and
+        ``more`` of the fields above (``local``, ``parallel_limit``, ``external`` ...);
+        the llama.cpp component fields stay empty, a second instance shares nothing."""
+        return cls(model=model, n_ctx=n_ctx, pools=dict(pools), details=dict(details or {}),
+                   hints=tuple(hints), **more)
+
+    def refusal_hints(self) -> tuple[Hint, ...]:
+        """What would make this model fit, its backend's advice, most specific first."""
+        if self.hints is not None:
+            return self.hints
+        return llama_cpp_hints(self) if self.kv_type else ()
 
     @property
     def total_bytes(self) -> int:
@@ -184,6 +216,27 @@ class Footprint:
             if pool != "ram":
                 out[pool] = amount * instances  # VRAM copies are never shared
         return out
+
+
+def llama_cpp_hints(fp: Footprint) -> tuple[Hint, ...]:
+    """llama.cpp's advice for a model that does not fit: a q8_0 KV cache (when it is a
+    float type), a smaller quant, GPU layers."""
+    hints: list[Hint] = []
+    saving = q8_0_saving(fp)
+    if saving is not None:
+        hints.append(("kv_type: q8_0", saving))
+    hints.append(("a smaller quant of the model (e.g. Q4_K_M instead of Q8_0; Q3_K_M saves "
+                  "about a fifth of the weights)", None))
+    hints.append(("n_gpu_layers: -1 on a machine with a GPU", None))
+    return tuple(hints)
+
+
+def q8_0_saving(fp: Footprint) -> float | None:
+    """Bytes a q8_0 KV cache would save over ``fp``'s; None when its cache is not of a
+    float type (already quantised, or none)."""
+    if fp.kv_type not in ("f16", "f32", "bf16"):
+        return None
+    return fp.kv_bytes * (1 - KV_TYPE_BYTES["q8_0"] / KV_TYPE_BYTES[fp.kv_type])
 
 
 def model_facts(header: GgufHeader) -> ModelFacts:

@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import InsufficientMemoryError
 from ..recipe import Agent, MoaGraph
 from . import speed
-from .estimate import KV_TYPE_BYTES, Footprint
+from .estimate import Footprint
 from .probe import format_bytes
 
 NEVER = float("inf")
@@ -388,18 +388,25 @@ def refuse_if_too_big(fp: Footprint, budgets: Mapping[str, int]) -> None:
 
 
 def fit_suggestions(fp: Footprint, short: int) -> list[str]:
-    """What would save ``short`` bytes, most specific first."""
+    """What would save ``short`` bytes, most specific first: a shorter context (every
+    entry has n_ctx), then the backend's own hints (``Footprint.refusal_hints``), then a
+    larger budget."""
     ideas = []
     per_token = (fp.kv_bytes + fp.compute_bytes) / max(fp.n_ctx, 1)
     if per_token > 0:
         n_ctx = int((fp.n_ctx - short / per_token) // 256 * 256)
         if n_ctx >= 512:
             ideas.append(f"n_ctx: {n_ctx} (saves {format_bytes(per_token * (fp.n_ctx - n_ctx))})")
-    if fp.kv_type in ("f16", "f32", "bf16"):
-        saving = fp.kv_bytes * (1 - KV_TYPE_BYTES["q8_0"] / KV_TYPE_BYTES[fp.kv_type])
-        enough = "" if saving >= short else ", not enough alone"
-        ideas.append(f"kv_type: q8_0 (saves {format_bytes(saving)}{enough})")
-    ideas.append("a smaller quant of the model (e.g. Q4_K_M instead of Q8_0; Q3_K_M saves "
-                 "about a fifth of the weights)")
-    ideas.append("n_gpu_layers: -1 on a machine with a GPU, or a larger --memory-budget")
+    hints = fp.refusal_hints()
+    for setting, saves in hints:
+        if saves is None:
+            ideas.append(setting)
+            continue
+        enough = "" if saves >= short else ", not enough alone"
+        ideas.append(f"{setting} (saves {format_bytes(saves)}{enough})")
+    larger = "a larger --memory-budget"
+    if hints:
+        ideas[-1] = f"{ideas[-1]}, or {larger}"
+    else:
+        ideas.append(larger)
     return ideas

@@ -44,10 +44,24 @@ from ..structured import check_json_answer, normalised
 from .spec import OllamaSpec, is_loopback
 
 if TYPE_CHECKING:
+    from ...memory.estimate import Footprint, Hint
     from ...memory.probe import Resources
 
 #: How long Ollama keeps a model we loaded; every request renews it, unload ends it.
 KEEP_ALIVE = "30m"
+
+
+def refusal_hints(fp: Footprint) -> tuple[Hint, ...]:
+    """What would make an Ollama model fit: a q8_0 KV cache in the daemon (when its cache
+    is a float type), a smaller quant of the model (another tag)."""
+    from ...memory.estimate import q8_0_saving
+
+    hints: list[Hint] = []
+    saving = q8_0_saving(fp)
+    if saving is not None:
+        hints.append(("OLLAMA_KV_CACHE_TYPE=q8_0 on the daemon and kv_type: q8_0 here", saving))
+    hints.append(("a smaller quant of the model (a tag such as ...-q4_K_M)", None))
+    return tuple(hints)
 
 
 def _own(spec: ModelSpec) -> OllamaSpec:
@@ -147,7 +161,7 @@ class OllamaBackend(BackendBase):
         fp = dataclasses.replace(fp, pools={pool: fp.total_bytes},
                                  shared_weights_bytes=fp.total_bytes, local=False,
                                  parallel_limit=parallel, parallel_group=f"{pool}/{name}")
-        return Estimate(None, facts, fp)
+        return Estimate(None, facts, dataclasses.replace(fp, hints=refusal_hints(fp)))
 
     def pool_budget(self, pool: str, config: Config) -> int | None:
         """A remote daemon's budget: its ollama_hosts memory_budget, else unlimited."""

@@ -113,10 +113,9 @@ class OpenAIBackend(BackendBase):
 
         spec = _own(spec)
         pool = f"openai@{spec.origin}"  # the models of one server share it
-        return Estimate(None, None, Footprint(
-            model=name, n_ctx=spec.n_ctx, kv_type="", weights_bytes=0, kv_bytes=0,
-            compute_bytes=0, overhead_bytes=0, shared_weights_bytes=0, pools={pool: 0},
-            local=False, parallel_limit=spec.concurrency, parallel_group=pool, external=True))
+        return Estimate(None, None, Footprint.of_pools(
+            name, spec.n_ctx, {pool: 0}, local=False, parallel_limit=spec.concurrency,
+            parallel_group=pool, external=True))
 
     def pool_budget(self, pool: str, config: Config) -> int | None:
         return UNLIMITED if pool.startswith("openai@") else None
