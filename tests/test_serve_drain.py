@@ -209,3 +209,69 @@ def test_a_second_signal_stops_the_requests_at_once(endless: MoaService,
     assert response.json()["error"]["message"] == "the server is shutting down now"
     assert exited.wait(WAIT_S)
     assert not drain.signal()  # a third: uvicorn's own, exit now
+
+
+@pytest.fixture
+def deaf(scripted: ScriptedBackend, smollm2_path: Path,
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[MoaService, threading.Event]]:
+    """A service whose model ``m`` blocks in its call, deaf to stops, until the event is
+    set: a run that will not reach its next token (a loaded machine's slow token). The
+    engine never gives up on it meanwhile."""
+    from localmoa import engine
+
+    hold = threading.Event()
+    monkeypatch.setattr(engine.state, "GRACE_S", 3600.0)
+    scripted.scripts["m"] = Script(hold=hold)
+    service = MoaService(config({"m": {}}, [[{"model": "m"}]], {"model": "m"}, smollm2_path))
+    yield service, hold
+    hold.set()
+    service.close(0.0)
+
+
+@pytest.mark.parametrize(("path", "stream"), [
+    ("/v1/chat/completions", False), ("/v1/chat/completions", True), ("/api/chat", False),
+    ("/api/generate", True), ("/v1/localmoa/runs", True)])
+def test_when_the_drain_runs_out_the_answer_ends_before_the_runs_next_token(
+        deaf: tuple[MoaService, threading.Event], scripted: ScriptedBackend, path: str,
+        stream: bool) -> None:
+    service, hold = deaf
+    app = create_app(service)
+    http = TestClient(app, base_url=BASE)
+    body = {"model": "m", "messages": QUESTION, "prompt": "Hold on.", "stream": stream}
+    first, exited = threading.Event(), threading.Event()  # the answer's end, or the drain's
+
+    def exit_() -> None:
+        exited.set()
+        first.set()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(http.post, path, json=body)
+        answer.add_done_callback(lambda _: first.set())
+        try:
+            assert scripted.event(scripted.started, "m").wait(WAIT_S)  # in its deaf call
+            drain = Drain(service, app.state.inflight, 0.0, exit_, lambda note: None)
+            assert drain.signal()
+            assert first.wait(WAIT_S)
+            # the answer ended while the run is still in its call: the drain did not
+            # wait for it (it waits for the run, FINISH_S at most, before it exits)
+            assert answer.done() and not exited.is_set()
+        finally:
+            hold.set()  # the run comes back, sees its stop and ends; then the drain exits
+        response = answer.result()
+    reason = "its drain of 0 s ran out"
+    if not stream:
+        assert response.status_code == 503 and response.headers["retry-after"]
+        error = response.json()["error"]
+        assert reason in (error if path.startswith("/api/") else error["message"])
+    else:
+        lines = [line for line in response.text.splitlines() if line]
+        if path == "/v1/chat/completions":
+            assert lines[-1] == "data: [DONE]"
+            error = json.loads(lines[-2].removeprefix("data: "))["error"]
+            assert error["code"] == "shutting_down" and reason in error["message"]
+        elif path.startswith("/api/"):
+            last = json.loads(lines[-1])
+            assert last["done"] is True and reason in last["error"]
+        else:
+            assert lines[-2] == "event: error" and reason in lines[-1]
+    assert exited.wait(WAIT_S) and service.wait_idle(WAIT_S)

@@ -1,9 +1,13 @@
 """From the service's worker thread to an HTTP response: a run's events as an async
-stream, and the run's end as an awaitable. A client that goes away cancels its run."""
+stream, and the run's end as an awaitable. A client that goes away cancels its run.
+When the drain runs out, ``end_streams`` ends every response at once, as a run the
+server stopped, without waiting for its run to see the stop (at its next token)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import weakref
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +15,7 @@ from typing import Any
 from ..engine import RunEvents
 from ..metrics import AgentRun
 from ..recipe import Agent
-from .service import Job, MoaService, Sampling
+from .service import Job, MoaService, Sampling, ShuttingDown
 
 #: The end of a job's event stream.
 END = "end"
@@ -42,6 +46,9 @@ class JobStream:
                                         on_layer_done=self._layer),
                        on_done=lambda job: self._put(Event(END)))
         service.submit(self.job)  # QueueFull / UnknownModel / draining: raised here
+        self.service = service
+        with _LIVE_LOCK:
+            _LIVE.add(self)
 
     def _put(self, event: Event) -> None:
         if self.loop.is_closed():  # the server stopped: nobody reads this job any more
@@ -50,6 +57,17 @@ class JobStream:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
         except RuntimeError:  # closed in between
             return
+
+    def end_now(self, reason: str) -> None:
+        """End the response now as a run the server stopped (``ShuttingDown(reason)``),
+        whatever the run does: it is cancelled, ends on its own, and what it says after
+        this is read by nobody. From any thread."""
+        if self.job.done.is_set():
+            return  # it ended: its response has its end already
+        self.job.cancel.set()
+        if self.job.error is None:
+            self.job.error = ShuttingDown(reason)
+        self._put(Event(END))
 
     def _loading(self, agent: Agent) -> None:
         self._put(Event("agent_loading", {"agent": agent.id, "model": agent.model,
@@ -108,6 +126,21 @@ class JobStream:
         async for _ in self.events():
             pass
         return self.job
+
+
+#: The streams being answered, for ``end_streams`` (weak: one answered drops out).
+_LIVE: weakref.WeakSet[JobStream] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+
+
+def end_streams(service: MoaService, reason: str) -> int:
+    """``JobStream.end_now`` for every response of ``service`` still being written; how
+    many there were."""
+    with _LIVE_LOCK:
+        streams = [stream for stream in _LIVE if stream.service is service]
+    for stream in streams:
+        stream.end_now(reason)
+    return len(streams)
 
 
 def agent_dict(run: AgentRun) -> dict[str, Any]:

@@ -8,9 +8,13 @@ handled here instead:
 1. The service closes: the server keeps listening, and every new request but
    ``/health`` (which says ``draining``) gets 503 with ``Retry-After``.
 2. The requests accepted (running or queued) get ``--drain`` seconds to end.
-3. Those still going are stopped: each ends in its API's error shape (a stream with
-   its final error event and its end, a whole answer with a 503 JSON error).
-4. Once every answer is written (or ``FINISH_S`` has passed), uvicorn is asked to exit.
+3. Those still going are stopped: each response ends at once in its API's error shape
+   (a stream with its final error event and its end, a whole answer with a 503 JSON
+   error), without waiting for its run to see the stop (a run sees it at its next
+   token, which on a loaded machine may be seconds away): the run is cancelled and
+   ends on its own, unread (``bridge.end_streams``).
+4. Once every run has ended and every answer is written (or ``FINISH_S`` has passed
+   for each), uvicorn is asked to exit.
 
 A second signal during the drain stops the requests at once (step 3); a third is
 uvicorn's own: exit now.
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from .bridge import end_streams
 from .guard import Inflight
 from .service import STOP_S, MoaService
 
@@ -77,10 +82,11 @@ class Drain:
                              daemon=True).start()
             self._wake.wait(self.drain_s)
             if not ended.is_set():
-                self.service.stop_jobs(
-                    "the server is shutting down now" if self._hurried else
-                    f"the server is shutting down: its drain of {self.drain_s:g} s ran out "
-                    "before this request ended")
+                reason = ("the server is shutting down now" if self._hurried else
+                          f"the server is shutting down: its drain of {self.drain_s:g} s "
+                          "ran out before this request ended")
+                self.service.stop_jobs(reason)
+                end_streams(self.service, reason)  # the answers end now, not at a token
                 self.service.wait_idle(FINISH_S)
                 self.inflight.wait_idle(FINISH_S)
         finally:
