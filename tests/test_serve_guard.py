@@ -307,6 +307,32 @@ def test_too_many_messages_or_characters_are_400_before_queueing(
     assert service.queue_depth() == 0 and service.counters.requests == before
 
 
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "/v1/chat/completions", {"messages": ASK}),
+    ("POST", "/api/chat", {"messages": ASK}), ("POST", "/api/chat", {"messages": []}),
+    ("POST", "/api/generate", {"prompt": "Hi"}), ("POST", "/api/generate", {"prompt": ""}),
+    ("POST", "/api/show", {}), ("POST", "/v1/localmoa/runs", {"messages": ASK})])
+def test_an_unknown_model_name_is_clipped_in_the_404(service: MoaService, method: str,
+                                                     path: str, body: dict) -> None:
+    name = "m" * 900_000
+    message = assert_shape(call(client(service), method, path, {**body, "model": name}),
+                           path, 404)
+    assert message.startswith("model 'mmmm") and "…' not found" in message
+    assert len(message) < 300
+
+
+def test_a_long_host_or_origin_is_clipped_in_the_403(service: MoaService) -> None:
+    http = client(service)
+    host = "h" * 8000 + ".example"
+    message = assert_shape(http.get("/v1/models", headers={"host": host}), "/v1/models", 403)
+    assert message.startswith("Host 'hhhh") and "…' is not" in message and len(message) < 300
+    origin = "http://" + "o" * 8000 + ".example"
+    message = assert_shape(http.get("/v1/models", headers={"origin": origin}), "/v1/models",
+                           403)
+    assert message.startswith("Origin 'http://ooo") and "…' may not" in message
+    assert len(message) < 300
+
+
 @pytest.mark.parametrize("n", [1000, 2, 0, -1, "3"])
 def test_more_than_one_choice_is_400_before_queueing(service: MoaService, n: Any) -> None:
     path = "/v1/chat/completions"

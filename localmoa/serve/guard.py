@@ -37,6 +37,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import constants
+from ..errors import clip
 from .errors import refuse
 from .hosts import host_allowed, origin_allowed
 
@@ -147,14 +148,15 @@ class Guard:
         path, method, settings = scope["path"], scope["method"], self.settings
         host = _text(_header(scope, b"host"))
         if not settings.api_key and not host_allowed(host, settings.allowed_hosts):
-            return refuse(path, 403, f"Host {host!r} is not this machine's loopback: start "
-                          "the server with --allow-host NAME to serve it under that name")
+            return refuse(path, 403, f"Host {clip(host or '')!r} is not this machine's "
+                          "loopback: start the server with --allow-host NAME to serve it "
+                          "under that name")
         origin = _text(_header(scope, b"origin"))
         server = scope.get("server") or (None, None)
         if origin is not None and not origin_allowed(origin, host, server[1],
                                                      settings.cors):
-            return refuse(path, 403, f"Origin {origin!r} may not call this server: start it "
-                          "with --cors ORIGIN to allow a web page from there")
+            return refuse(path, 403, f"Origin {clip(origin)!r} may not call this server: "
+                          "start it with --cors ORIGIN to allow a web page from there")
         if settings.api_key and path not in OPEN_ROUTES and method != "OPTIONS" and \
                 not key_matches(key_given(scope), settings.api_key):
             return refuse(path, 401, "missing or wrong API key: send Authorization: Bearer "

@@ -28,7 +28,7 @@ from ..agents import internal_error
 from ..backends import get_backend
 from ..backends.base import Message
 from ..config import Config
-from ..errors import LocalMoaError, UsageError
+from ..errors import LocalMoaError, UsageError, clip
 from ..host import ModelHost
 from ..prompt_fit import PromptTooLongError, check_fits, longest_token_bytes
 from ..recipe import Agent, MoaGraph, Overrides, build_graph
@@ -127,7 +127,7 @@ class MoaService:
         if model.startswith(PROFILE_PREFIX):
             name = model.removeprefix(PROFILE_PREFIX)
             if name not in self.config.profiles:
-                raise UnknownModel(f"model {model!r} not found; GET /v1/models lists them")
+                raise UnknownModel(f"model {clip(model)!r} not found; GET /v1/models lists them")
             prof = self.config.profiles[name]
             if prof.router is not None and chosen is None:
                 chosen = list(prof.specialists)
@@ -137,7 +137,7 @@ class MoaService:
             alone = Agent("AGG", 1, 1, model, None, 0.7, 0.95, 512, sampling.seed)
             graph = MoaGraph(profile=model, layers=[], aggregator=alone, models=[model])
         else:
-            raise UnknownModel(f"model {model!r} not found; GET /v1/models lists them")
+            raise UnknownModel(f"model {clip(model)!r} not found; GET /v1/models lists them")
         agg = graph.aggregator
         return dataclasses.replace(graph, aggregator=dataclasses.replace(
             agg, temperature=_or(sampling.temperature, agg.temperature),
@@ -149,7 +149,7 @@ class MoaService:
     def check(self, model: str) -> None:
         """UnknownModel unless ``model`` is served."""
         if model not in self.model_ids():
-            raise UnknownModel(f"model {model!r} not found; GET /v1/models lists them")
+            raise UnknownModel(f"model {clip(model)!r} not found; GET /v1/models lists them")
 
     # --- running -----------------------------------------------------------------------
 
