@@ -46,7 +46,7 @@ class WorkerProcess:
 
     def __init__(self) -> None:
         parent_end, child_end = socket.socketpair()
-        env = dict(os.environ)
+        env = constants.child_environment()
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         self.started_at = time.perf_counter()
