@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .runtime import Request, Runtime, run_moa
 
 #: Where each public name lives. Imported on first use: a model worker process
-#: (backends/worker_main.py) imports this package and must start fast.
+#: (backends/llamacpp/worker_main.py) imports this package and must start fast.
 _HOMES = {
     "Config": "config", "load_config": "config", "RunEvents": "engine", "run_moa": "runtime",
     "AggregatorFailedError": "errors", "ConfigError": "errors", "LayerFailedError": "errors",

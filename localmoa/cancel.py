@@ -65,7 +65,12 @@ class Cancel:
 
     def is_set(self) -> bool:
         """Whether this, or one of its parents, was set (read for every piece of text)."""
-        return self._event.is_set() or any(parent.is_set() for parent in self._parents)
+        if self._event.is_set():
+            return True
+        for parent in self._parents:  # noqa: SIM110 - a third of any()'s cost, per piece
+            if parent.is_set():
+                return True
+        return False
 
     @property
     def reason(self) -> str:

@@ -143,6 +143,9 @@ class Backend(Protocol):
     #: The pydantic model of an entry's keys (a subclass of spec_types.ModelSpec).
     spec_class: ClassVar[type[ModelSpec]]
     capabilities: ClassVar[Capabilities]
+    #: RAM one model costs before its load, once ``prestart`` has started what loading it
+    #: needs (a worker process); the engine prestarts the next wave only where this fits.
+    startup_bytes: ClassVar[int]
 
     def estimate(self, name: str, spec: ModelSpec, config: Config, resources: Resources,
                  batch_up_to: int = 1) -> Estimate:
@@ -210,6 +213,7 @@ class BackendBase:
     package: ClassVar[str] = "localmoa"
     spec_class: ClassVar[type[ModelSpec]]
     capabilities: ClassVar[Capabilities] = Capabilities()
+    startup_bytes: ClassVar[int] = 0
 
     def pool_budget(self, pool: str, config: Config) -> int | None:
         return None

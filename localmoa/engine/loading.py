@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from ..memory.estimate import WORKER_PROCESS_BYTES
+from ..backends import get_backend
 from ..memory.planner import Instance, Wave
 from ..memory.probe import format_bytes
 from ..recipe import Agent
@@ -79,7 +79,8 @@ def clear_dead(ex: Execution) -> None:
 
 def prestart_next(ex: Execution, wave: Wave) -> None:
     """Start the next wave's worker processes while this wave runs, where the budget
-    has room for them beside this wave (each costs WORKER_PROCESS_BYTES before its load)."""
+    has room for them beside this wave (each costs its backend's ``startup_bytes``
+    before its load)."""
     waves = ex.plan.waves
     position = waves.index(wave)
     if position + 1 >= len(waves):
@@ -88,10 +89,21 @@ def prestart_next(ex: Execution, wave: Wave) -> None:
     budget = ex.plan.budgets.get("ram")
     if budget is not None:
         room = budget - wave.resident_bytes.get("ram", 0)
-        loads = loads[:max(0, room) // WORKER_PROCESS_BYTES]
+        loads = loads[:_startable(ex, loads, room)]
     if loads:
         ex.log("prestart", instances=[str(inst) for inst in loads])
         ex.host.prestart(loads)
+
+
+def _startable(ex: Execution, loads: list[Instance], room: int) -> int:
+    """How many of ``loads``, in order, can start before their loads within ``room``
+    bytes, each costing its backend's start-up (a llama.cpp worker process)."""
+    spent = 0
+    for count, inst in enumerate(loads):
+        spent += get_backend(ex.host.config.models[inst.model].backend).startup_bytes
+        if spent > room:
+            return count
+    return len(loads)
 
 
 def over_budget(ex: Execution, wave: Wave, loading: list[Instance]) -> str:

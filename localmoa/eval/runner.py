@@ -53,9 +53,6 @@ class Prepared:
     interleaved: bool
     runtime: Runtime
 
-    def notices(self) -> list[str]:
-        return list(dict.fromkeys(n for p in self.preflights.values() for n in p.notices))
-
 
 def prepare(config: Config, contenders: list[Contender], memory_budget: str | None = None,
             runtime: Runtime | None = None) -> Prepared:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ... import constants
 from ...config import Config
 from ...errors import ModelLoadError, UsageError
+from ...memory.estimate import WORKER_PROCESS_BYTES
 from ...spec_types import ModelSpec
 from ..base import BackendBase, Capabilities, Estimate
 from . import repack
@@ -37,6 +38,8 @@ class LlamaCppBackend(BackendBase):
     capabilities: ClassVar[Capabilities] = Capabilities(
         batched_sequences=True, gpu_placement_report=True, pull=True, token_counting=True,
         worker_processes=True, constrained_output=True, embeddings=True)
+    #: A prestarted worker process: the interpreter, numpy and llama-cpp-python.
+    startup_bytes: ClassVar[int] = WORKER_PROCESS_BYTES
 
     def estimate(self, name: str, spec: ModelSpec, config: Config, resources: Resources,
                  batch_up_to: int = 1) -> Estimate:

@@ -12,19 +12,21 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from localmoa.backends.base import (
+from localmoa.plugin import (
+    UNLIMITED,
     BackendBase,
     Capabilities,
     ChatStream,
+    Config,
     Estimate,
+    Footprint,
     GenerateOptions,
     GenerationStats,
     LoadedModel,
     Message,
+    ModelLoadError,
+    ModelSpec,
 )
-from localmoa.config import Config, ModelSpec
-from localmoa.errors import ModelLoadError
-from localmoa.memory.estimate import Footprint
 
 
 class EchoSpec(ModelSpec):
@@ -53,14 +55,12 @@ class EchoBackend(BackendBase):
     def estimate(self, name: str, spec: ModelSpec, config: Config, resources: Any,
                  batch_up_to: int = 1) -> Estimate:
         assert isinstance(spec, EchoSpec)
-        return Estimate(None, None, Footprint(
-            model=name, n_ctx=spec.n_ctx, kv_type="", weights_bytes=0, kv_bytes=0,
-            compute_bytes=0, overhead_bytes=0, shared_weights_bytes=0, pools={"echo": 0},
-            local=False, parallel_limit=spec.concurrency, parallel_group="echo",
-            external=True))
+        return Estimate(None, None, Footprint.of_pools(
+            name, spec.n_ctx, {"echo": 0}, local=False, parallel_limit=spec.concurrency,
+            parallel_group="echo", external=True))
 
     def pool_budget(self, pool: str, config: Config) -> int | None:
-        return 1 << 62 if pool == "echo" else None
+        return UNLIMITED if pool == "echo" else None
 
     def load(self, name: str, spec: ModelSpec, path: Path | None, n_threads: int,
              n_seq: int = 1) -> EchoModel:
