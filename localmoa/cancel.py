@@ -8,7 +8,10 @@ A ``Cancel`` is set once, with why. Who sets one:
 - the run's (``Control.stop``): the engine, on Ctrl-C or SIGTERM (the signal handler
   only sets a flag and raises in the main thread; the engine turns it into this), or
   when every request of the run is gone;
-- an agent's (``Control.agent``): the engine's watch, when the agent's time is up.
+- an agent's (``Control.agent``): the engine's watch, when the agent's time is up; the
+  instance it holds, when its model dies under it (``occupancy.Occupancy.fail``: a
+  worker killed by the OOM killer or a native crash, with the crash line); the batch's
+  driver, when its batch fails (a worker that died twice).
 
 An agent's Cancel sees its request's and the run's, so each agent reads exactly one
 object: between two pieces of text (``Control.check``), and a batch's decoder between

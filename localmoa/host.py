@@ -24,6 +24,7 @@ from .backends.base import LoadedModel
 from .config import Config, ModelSpec
 from .errors import LocalMoaError
 from .memory.planner import Instance
+from .occupancy import Settable
 
 
 @dataclass(eq=False)
@@ -34,9 +35,13 @@ class Loaded:
     model: LoadedModel
     started_at: float = 0.0  # perf_counter when its load began
     charged: bool = False  # its load time already reported on an agent
-    busy: bool = False  # an agent is generating on it
     #: Bytes per pool it keeps while held (the planner's cost of one instance).
     held_bytes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def busy(self) -> bool:
+        """An agent holds it (its model's occupancy, the one busy/idle state)."""
+        return self.model.occupancy.claimed
 
 
 class _Thread(threading.Thread):
@@ -185,19 +190,19 @@ class ModelHost:
             self.load_s += model.load_s
         return True
 
-    def acquire(self, inst: Instance) -> Loaded | None:
-        """The instance for one agent's call, marked busy; None when it is not loaded."""
+    def acquire(self, inst: Instance, holder: Settable | None = None) -> Loaded | None:
+        """The instance for one agent's call (``holder``: the agent's Cancel, set when
+        the model dies under it), marked busy; None when it is not loaded or busy."""
         with self.lock:
             entry = self.loaded.get(inst)
-            if entry is None or entry.busy:
+            if entry is None or not entry.model.occupancy.claim(holder):
                 return None
-            entry.busy = True
             return entry
 
     def release(self, entry: Loaded) -> bool:
         """The agent's call on ``entry`` returned. A held instance is freed now; True then."""
         with self.lock:
-            entry.busy = False
+            entry.model.occupancy.release()
             if entry not in self.held:  # its agent was not abandoned
                 return False
             self.held.remove(entry)

@@ -15,18 +15,20 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from localmoa.backends.base import (
+from localmoa.plugin import (
+    UNLIMITED,
     BackendBase,
     Capabilities,
     ChatStream,
+    Config,
     Estimate,
+    Footprint,
     GenerateOptions,
     GenerationStats,
     LoadedModel,
     Message,
+    ModelSpec,
 )
-from localmoa.config import Config, ModelSpec
-from localmoa.memory.estimate import Footprint
 
 from .child_server import ChildServer, free_port
 
@@ -95,13 +97,12 @@ class HoldBackend(BackendBase):
 
     def estimate(self, name: str, spec: ModelSpec, config: Config, resources: Any,
                  batch_up_to: int = 1) -> Estimate:
-        return Estimate(None, None, Footprint(
-            model=name, n_ctx=spec.n_ctx, kv_type="", weights_bytes=0, kv_bytes=0,
-            compute_bytes=0, overhead_bytes=0, shared_weights_bytes=0, pools={"hold": 0},
-            local=False, parallel_limit=8, parallel_group="hold", external=True))
+        return Estimate(None, None, Footprint.of_pools(
+            name, spec.n_ctx, {"hold": 0}, local=False, parallel_limit=8,
+            parallel_group="hold", external=True))
 
     def pool_budget(self, pool: str, config: Config) -> int | None:
-        return 1 << 62 if pool == "hold" else None
+        return UNLIMITED if pool == "hold" else None
 
     def load(self, name: str, spec: ModelSpec, path: Path | None, n_threads: int,
              n_seq: int = 1) -> HoldModel:

@@ -168,24 +168,7 @@ def test_a_request_the_drain_stops_ends_in_its_apis_shape(
         assert drain.signal()
         response = answer.result(WAIT_S)
     assert exited.wait(WAIT_S) and "drain" in notes[0]
-    reason = "its drain of 0 s ran out"
-    if not stream:
-        assert response.status_code == 503 and response.headers["retry-after"]
-        error = response.json()["error"]
-        assert reason in (error if path.startswith("/api/") else error["message"])
-        return
-    assert response.status_code == 200
-    lines = [line for line in response.text.splitlines() if line]
-    if path == "/v1/chat/completions":
-        assert lines[-1] == "data: [DONE]"
-        error = json.loads(lines[-2].removeprefix("data: "))["error"]
-        assert error["code"] == "shutting_down" and reason in error["message"]
-    elif path.startswith("/api/"):
-        last = json.loads(lines[-1])
-        assert last["done"] is True and reason in last["error"]
-        assert all(not json.loads(line)["done"] for line in lines[:-1])
-    else:
-        assert lines[-2] == "event: error" and reason in lines[-1]
+    assert_ended_by_the_drain(response, path, stream)
 
 
 def test_a_second_signal_stops_the_requests_at_once(endless: MoaService,
@@ -258,20 +241,28 @@ def test_when_the_drain_runs_out_the_answer_ends_before_the_runs_next_token(
         finally:
             hold.set()  # the run comes back, sees its stop and ends; then the drain exits
         response = answer.result()
+    assert_ended_by_the_drain(response, path, stream)
+    assert exited.wait(WAIT_S) and service.wait_idle(WAIT_S)
+
+
+def assert_ended_by_the_drain(response: httpx.Response, path: str, stream: bool) -> None:
+    """The response a drain that ran out ended: a 503 in the route's error shape, or,
+    once streaming, the stream's own error event (OpenAI's then ``[DONE]``)."""
     reason = "its drain of 0 s ran out"
     if not stream:
         assert response.status_code == 503 and response.headers["retry-after"]
         error = response.json()["error"]
         assert reason in (error if path.startswith("/api/") else error["message"])
+        return
+    assert response.status_code == 200
+    lines = [line for line in response.text.splitlines() if line]
+    if path == "/v1/chat/completions":
+        assert lines[-1] == "data: [DONE]"
+        error = json.loads(lines[-2].removeprefix("data: "))["error"]
+        assert error["code"] == "shutting_down" and reason in error["message"]
+    elif path.startswith("/api/"):
+        last = json.loads(lines[-1])
+        assert last["done"] is True and reason in last["error"]
+        assert all(not json.loads(line)["done"] for line in lines[:-1])
     else:
-        lines = [line for line in response.text.splitlines() if line]
-        if path == "/v1/chat/completions":
-            assert lines[-1] == "data: [DONE]"
-            error = json.loads(lines[-2].removeprefix("data: "))["error"]
-            assert error["code"] == "shutting_down" and reason in error["message"]
-        elif path.startswith("/api/"):
-            last = json.loads(lines[-1])
-            assert last["done"] is True and reason in last["error"]
-        else:
-            assert lines[-2] == "event: error" and reason in lines[-1]
-    assert exited.wait(WAIT_S) and service.wait_idle(WAIT_S)
+        assert lines[-2] == "event: error" and reason in lines[-1]

@@ -20,6 +20,7 @@ from localmoa.backends.base import GenerateOptions
 from localmoa.backends.llamacpp import worker
 from localmoa.backends.llamacpp.backend import LlamaCppBackend
 from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
+from localmoa.cancel import Cancel
 from localmoa.config import ModelSpec
 from localmoa.engine import RunEvents, execute_plan
 from localmoa.errors import GenerationError
@@ -161,6 +162,31 @@ def test_a_worker_deaf_to_a_cancel_is_killed_after_the_grace(
     with pytest.raises(GenerationError, match="was unloaded|worker was killed"):
         model.chat([{"role": "user", "content": "Hi"}], GenerateOptions(max_tokens=4)).text()
     model.unload()  # harmless
+
+
+def test_a_worker_that_dies_under_its_agent_sets_that_agents_cancel(
+        spec: ModelSpec, smollm2_path: Path) -> None:
+    """A dead worker reaches its agent as Ctrl-C and a timeout do: through the Cancel the
+    agent's claim on the instance carries (occupancy.py), with the crash line."""
+    model = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=1)
+    cancel = Cancel()
+    assert model.occupancy.claim(cancel)
+    stream = model.chat([{"role": "user", "content": COUNT}],
+                        GenerateOptions(temperature=0, max_tokens=200))
+    pieces = iter(stream)
+    next(pieces)
+    os.kill(model.pid, signal.SIGKILL)
+    assert cancel.wait(300)
+    assert cancel.reason == "model smollm2 crashed: signal 9 (SIGKILL) during decode " \
+        "(killed by the system, often for lack of memory, or by a user)"
+    with pytest.raises(GenerationError, match="crashed"):
+        list(pieces)
+    model.occupancy.release()
+    other = Cancel()  # an instance that localmoa unloads stops nobody
+    model2 = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=1)
+    assert model2.occupancy.claim(other)
+    model2.unload()
+    assert model2.process.dead.wait(300) and not other.is_set()
 
 
 def test_a_closed_stream_stops_the_worker_at_its_next_token(spec: ModelSpec,

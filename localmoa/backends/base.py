@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from ..occupancy import Occupancy
 from ..types import ChatStream, GenerateOptions, GenerationStats, Message
 
 if TYPE_CHECKING:
@@ -82,6 +83,15 @@ class LoadedModel(Protocol):
         """Stop the model now, even mid-call (an abandoned agent), where it runs apart
         (a worker process). Default: nothing; the engine frees it when the call returns."""
         return None
+
+    @property
+    def occupancy(self) -> Occupancy:
+        """Whether this instance is busy or idle (occupancy.py), the one place that is
+        kept: the host claims it for an agent, the model marks its generations."""
+        found: Occupancy | None = vars(self).get("_occupancy")
+        if found is None:  # setdefault: two threads asking first get one object
+            found = vars(self).setdefault("_occupancy", Occupancy(self.name))
+        return found
 
 
 class BatchedModel(LoadedModel, Protocol):

@@ -74,7 +74,8 @@ class _WaveRun:
         run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=role(agent),
                        ok=False, threads=task.threads, wave=self.wave.index, batch=task.batch)
         try:
-            entry = ex.host.acquire(inst) if batch is None else ex.host.loaded.get(inst)
+            entry = (ex.host.acquire(inst, ex.control.agent(agent)) if batch is None
+                     else ex.host.loaded.get(inst))
             if entry is None:
                 run.start_s = run.end_s = round(ex.now(), 4)
                 run.error = ex.host.load_errors.get(inst) or f"{inst} is not loaded"
@@ -127,7 +128,9 @@ class _WaveRun:
         ex.log("batch", instance=str(inst), size=batch.size)
         try:
             cast(BatchedModel, entry.model).run_batch(batch, threads)
-        except LocalMoaError as exc:
+        except LocalMoaError as exc:  # its worker died twice: its agents stop with why
+            for task in self.groups[inst]:
+                self.ex.control.agent(self.agents[task.agent]).set(str(exc))
             batch.fail(str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug costs this batch, never the run
             batch.fail(internal_error(exc, f"batch on {inst}"))

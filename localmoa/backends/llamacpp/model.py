@@ -155,7 +155,6 @@ class LlamaCppModel(LoadedModel):
             "cpu_repack": bool(getattr(llm.model_params, "use_extra_bufts", True)),
             "flash_attn": flash_attn,
             "n_seq": n_seq}
-        self._busy = threading.Lock()  # one generation at a time (held while it streams)
         self._lock = threading.Lock()  # any use of the llama object (tokenizer included)
         self._owner: int | None = None  # the thread whose generation holds ``_lock``
         self._unload_pending = False  # unload() came during a generation
@@ -191,17 +190,14 @@ class LlamaCppModel(LoadedModel):
     @contextlib.contextmanager
     def _claim(self) -> Iterator[None]:
         """The instance for one generation (or one batch) by this thread."""
-        if not self._busy.acquire(blocking=False):
-            raise GenerationError(f"model instance {self.name!r} is already generating; "
-                                  "a llama.cpp context serves one request (or batch) at a time")
-        self._lock.acquire()
-        self._owner = threading.get_ident()
-        try:
-            yield
-        finally:
-            self._owner = None
-            self._release()
-            self._busy.release()
+        with self.occupancy.generation():
+            self._lock.acquire()
+            self._owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._owner = None
+                self._release()
 
     def _stream(self, stream: ChatStream, messages: Sequence[Message], options: GenerateOptions,
                 llama_cpp: Any, processors: Any) -> Iterator[str]:

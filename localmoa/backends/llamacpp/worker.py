@@ -56,10 +56,9 @@ class WorkerModel(LoadedModel):
         self.runtime_facts: dict[str, Any] = {
             **facts, "worker_pid": process.pid, "worker_prestarted": prestarted,
             "worker_start_s": round(process.ready_s or 0.0, 4)}  # worker_wait_s: in facts
-        self._busy = threading.Lock()  # one generation (or batch) at a time
-        self._state = threading.Lock()  # orders unload() against the end of a generation
-        self._unload_pending = False
+        self._state = threading.Lock()  # orders kill() against adopt()
         self._unloaded = False
+        process.on_death = self._died
 
     @property
     def pid(self) -> int:
@@ -129,7 +128,14 @@ class WorkerModel(LoadedModel):
             if self._unloaded:
                 return False
             self.process = process
+        process.on_death = self._died
         return True
+
+    def _died(self, why: str) -> None:
+        """Its worker is gone: when it died on its own (a native crash, the OOM killer),
+        the agent holding this instance is stopped, with why, through its Cancel."""
+        if not self.process.ended_by_localmoa:
+            self.occupancy.fail(why)
 
     def stop_request(self, rid: int, replies: queue.SimpleQueue[tuple[Any, ...]],
                 last: str) -> None:
@@ -148,19 +154,10 @@ class WorkerModel(LoadedModel):
 
     @contextlib.contextmanager
     def _claim(self) -> Iterator[None]:
-        if not self._busy.acquire(blocking=False):
-            raise GenerationError(f"model instance {self.name!r} is already generating; "
-                                  "a llama.cpp context serves one request (or batch) at a time")
-        try:
+        with self.occupancy.generation():
             if self._unloaded:
                 raise GenerationError(f"model instance {self.name!r} was unloaded")
             yield
-        finally:
-            with self._state:
-                pending, self._unload_pending = self._unload_pending, False
-                self._busy.release()
-            if pending:
-                self.unload()
 
     def embed(self, texts: Sequence[str]) -> list[list[float]] | None:
         """One mean-pooled, L2-normalised vector per text, computed by the worker between
@@ -186,16 +183,14 @@ class WorkerModel(LoadedModel):
         """The worker exits and its memory returns to the system. During a generation
         (or one paused in a stream nobody closed) that happens when it ends: unload
         never waits on a generation."""
+        self.occupancy.after_generation(self._exit)
+
+    def _exit(self) -> None:
         with self._state:
-            if not self._busy.acquire(blocking=False):
-                self._unload_pending = True
+            if self._unloaded:
                 return
-        try:
-            if not self._unloaded:
-                self._unloaded = True
-                self.process.stop()
-        finally:
-            self._busy.release()
+            self._unloaded = True
+        self.process.stop()
 
     def kill(self, reason: str) -> None:
         """Cut it off now: SIGKILL its worker. Calls on it fail with ``reason``."""

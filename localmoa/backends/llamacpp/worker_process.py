@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,9 @@ class WorkerProcess:
         self.dead = threading.Event()
         self.death: str | None = None
         self.restarted = False  # it took over from a worker that died mid-batch
+        #: Told why, once, when the process is gone (its model's occupancy then stops
+        #: the agent that holds it through that agent's Cancel).
+        self.on_death: Callable[[str], None] | None = None
         self._kill_reason: str | None = None
         self._stopping = False
         self._queues: dict[int, queue.SimpleQueue[tuple[Any, ...]]] = {}
@@ -189,6 +193,9 @@ class WorkerProcess:
         self._stderr_thread.join(1.0)  # the last line a dying worker wrote (an abort's)
         self.death = self._describe(code)
         self.dead.set()
+        if self.on_death is not None:
+            with contextlib.suppress(Exception):  # the reader must reach its replies
+                self.on_death(self.death)
         with contextlib.suppress(Exception):
             self.conn.close()
         with _lock:
