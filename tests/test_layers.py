@@ -154,3 +154,29 @@ def test_only_the_runtime_executes_a_graph() -> None:
             if isinstance(node, ast.Call):
                 called = node.func.id if isinstance(node.func, ast.Name) else None
                 assert called not in {"execute_jobs", "execute_plan", "preflight"}, module
+
+
+def test_no_function_is_over_80_lines() -> None:
+    long = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size > 80:
+                    long.append(f"{module}.{node.name}: {size}")
+    assert long == []
+
+
+def test_the_environment_is_read_in_constants_only() -> None:
+    """os.environ, os.getenv and os.putenv appear in constants.py alone."""
+    readers = []
+    for module, path in MODULES.items():
+        if module == "localmoa.constants":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in {"environ", "getenv", "environb"}:
+                readers.append(f"{module}:{node.lineno}")
+            elif isinstance(node, ast.ImportFrom) and node.module == "os" and any(
+                    alias.name in {"environ", "getenv"} for alias in node.names):
+                readers.append(f"{module}:{node.lineno}")
+    assert readers == []
