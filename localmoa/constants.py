@@ -164,3 +164,29 @@ def ollama_host(configured: str | None = None) -> str:
     except ValueError as exc:  # a port that is not a number or out of range, a broken [v6]
         raise ConfigError(f"{source} {value!r} is not an Ollama host ({exc}); write "
                           "[scheme://]host[:port], e.g. http://127.0.0.1:11434") from None
+
+
+def ollama_models_dirs() -> list[Path]:
+    """Where Ollama keeps pulled models (manifests/ and blobs/): OLLAMA_MODELS (as Ollama
+    reads it: quotes and spaces trimmed), else ~/.ollama/models, then the Linux service's
+    /usr/share/ollama/.ollama/models."""
+    value = os.environ.get("OLLAMA_MODELS", "").strip().strip("'\"").strip()
+    if value:
+        return [Path(value).expanduser()]
+    return [Path.home() / ".ollama" / "models", Path("/usr/share/ollama/.ollama/models")]
+
+
+def lmstudio_models_dirs() -> list[Path]:
+    """LM Studio's models folders (PUBLISHER/REPO/*.gguf): LOCALMOA_LMSTUDIO_MODELS, else
+    ~/.lmstudio/models, then the older ~/.cache/lm-studio/models."""
+    explicit = _env_path("LOCALMOA_LMSTUDIO_MODELS")
+    if explicit:
+        return [explicit]
+    return [Path.home() / ".lmstudio" / "models",
+            Path.home() / ".cache" / "lm-studio" / "models"]
+
+
+def assembled_models_dir() -> Path:
+    """LOCALMOA_MODELS_DIR, else LOCALMOA_HOME/models: where GGUFs shipped as part packages
+    (source: {chunks: ...}) are assembled, once."""
+    return _env_path("LOCALMOA_MODELS_DIR") or localmoa_home() / "models"

