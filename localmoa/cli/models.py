@@ -86,9 +86,21 @@ def _footprint_dict(fp: Footprint) -> dict[str, Any]:
 
 
 @app.command("list")
-def list_models(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+def list_models(
+    config: ConfigOpt = None, json_out: JsonOpt = False,
+    discover: Annotated[bool, typer.Option(
+        "--discover", help="List the GGUFs already on this machine instead: the Hugging "
+        "Face cache, Ollama's store, LM Studio's models folder; each with its models.yaml "
+        "line.")] = False,
+) -> None:
     """Every model of the config: backend, source, whether it is here, size, quant,
-    parameters, context length and its estimated footprint at its n_ctx."""
+    parameters, context length and its estimated footprint at its n_ctx. With
+    --discover, the models other tools downloaded (read in place, nothing copied)."""
+    if discover:
+        from .models_discover import show_discovered
+
+        show_discovered(json_out, config)
+        return
     cfg = load_config(config)
     resources = probe()  # once: it asks psutil, the cgroup and NVML
     rows = [_describe(cfg, name, resources) for name in sorted(cfg.models)]
