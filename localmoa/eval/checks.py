@@ -14,6 +14,9 @@ stripped). The rules, with the value each takes:
     starts_with: S    the reply begins with S (case-insensitive)
     ends_with: S      the reply ends with S (case-insensitive)
     json_keys: [K..]  the reply holds a JSON object (see answers.py) with every key K
+
+A code task (kind "code", HumanEval) is right when its code passes the task's tests in
+the sandbox (codecheck.py); that needs a CodeJudge, which exists only with --execute.
 """
 
 from __future__ import annotations
@@ -22,21 +25,26 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..answers import canonical, extract_choice, extract_json, extract_number, parse_number
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from .codecheck import CodeJudge
 
 
 @dataclass(frozen=True)
 class Verdict:
     """What was read from a reply and whether it is right. ``extracted`` is a number
     written canonically, a letter, a JSON object or the reply's text; None when the
-    reply held nothing of the kind. ``why`` says what was wrong ("" when right)."""
+    reply held nothing of the kind. ``why`` says what was wrong ("" when right).
+    ``status``: a code task's sandbox status (sandbox.STATUSES), else None."""
 
     extracted: Any
     correct: bool
     why: str = ""
+    status: str | None = None
 
 
 def count_words(text: str) -> int:
@@ -153,11 +161,17 @@ def _fits(kind: str, value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(text(v) for v in value)
 
 
-def score(task: Task, reply: str) -> Verdict:
+def score(task: Task, reply: str, judge: CodeJudge | None = None) -> Verdict:
     """The verdict on ``reply`` for ``task``. An empty reply is never right (it would meet
-    "at most N words")."""
+    "at most N words"). A code task needs ``judge`` to run its tests (else it is wrong,
+    its code not run)."""
     if not reply.strip():
-        return Verdict(None, False, "empty reply")
+        return Verdict(None, False, "empty reply", status="error" if task.kind == "code"
+                       else None)
+    if task.kind == "code":
+        if judge is None:
+            return Verdict(None, False, "code not run: --execute not given")
+        return judge.verdict(task, reply)
     if task.kind == "number":
         value = extract_number(reply)
         if value is None:

@@ -1,7 +1,8 @@
 """Contenders: the ways of answering that an eval compares, each at a stated budget.
 
 A contender is a graph to run and a way to read its runs: "final" takes the graph's
-answer; "vote" takes the majority of the first layer's extracted answers (consensus.majority). Two
+answer; "vote" takes the majority of the first layer's extracted answers (consensus.majority); on
+code tasks the answers agree when their code behaves alike (codevote.py). Two
 contenders on one graph share its runs: the profile's run gives both `moa:P` and
 `vote:P`; one Self-MoA run gives both `self-moa:M:N` and `self-consistency:M:N`.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..bench import single_model_graph
 from ..config import Config
@@ -34,6 +35,9 @@ from ..metrics import AgentRun, RunReport
 from ..recipe import MoaGraph, Overrides, build_graph
 from .checks import Verdict, score, vote_key
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from .codecheck import CodeJudge
 
 
 @dataclass(frozen=True)
@@ -63,27 +67,45 @@ class Contender:
         return {"name": self.name, "kind": self.kind, "run": self.run, "reads": self.reads,
                 "models": sorted({a.model for a in self.agents()}), **self.budget()}
 
-    def read(self, task: Task, report: RunReport) -> dict[str, Any]:
+    def read(self, task: Task, report: RunReport,
+             judge: CodeJudge | None = None) -> dict[str, Any]:
         """This contender's answer to ``task`` from one run's ``report``: the raw reply,
-        what was extracted, the verdict, tokens and seconds (model loading excluded)."""
+        what was extracted, the verdict, tokens and seconds (model loading excluded).
+        ``judge`` runs code tasks' tests (``--execute``)."""
         if self.reads == "vote":
-            return read_vote(task, report)
+            return read_vote(task, report, judge)
         raw = report.answer if report.ok else ""
-        verdict = score(task, raw) if report.ok else Verdict(None, False,
-                                                              f"run failed: {report.error}")
+        verdict = score(task, raw, judge) if report.ok else Verdict(
+            None, False, f"run failed: {report.error}")
         loading = loading_s(report.agents, report.totals.wall_s)
         return {"raw": raw, "extracted": verdict.extracted, "correct": verdict.correct,
                 "why": verdict.why, "tokens": report.totals.completion_tokens,
                 "seconds": round(max(0.0, report.totals.wall_s - loading), 4),
-                "load_s": round(loading, 4), "error": report.error}
+                "load_s": round(loading, 4), "error": report.error, **_status(task, verdict)}
 
 
-def read_vote(task: Task, report: RunReport) -> dict[str, Any]:
+def _status(task: Task, verdict: Verdict | None) -> dict[str, Any]:
+    """A code task's sandbox status ("not run" when its code never ran)."""
+    if task.kind != "code":
+        return {}
+    return {"status": verdict.status if verdict and verdict.status else "not run"}
+
+
+def _vote_keys(task: Task, layer: list[AgentRun], verdicts: list[Verdict | None],
+               judge: CodeJudge | None) -> list[str | None]:
+    """What each sample votes with: its extracted answer, or for code its behaviour."""
+    if task.kind == "code":
+        return [judge.behaviour_key(task, r.answer) if judge and v is not None else None
+                for r, v in zip(layer, verdicts, strict=True)]
+    return [vote_key(v) if v is not None else None for v in verdicts]
+
+
+def read_vote(task: Task, report: RunReport, judge: CodeJudge | None = None) -> dict[str, Any]:
     """The majority of the first layer. Its time is when that layer ended (the latest
     end of its agents), less model loading until then."""
     layer = [r for r in report.agents if r.layer == 1 and r.role == "proposer"]
-    verdicts = [score(task, r.answer) if r.ok else None for r in layer]
-    keys = [vote_key(v) if v is not None else None for v in verdicts]
+    verdicts = [score(task, r.answer, judge) if r.ok else None for r in layer]
+    keys = _vote_keys(task, layer, verdicts, judge)
     found = majority(keys)
     winner = found[0] if found is not None else None
     if winner is None:  # nothing extracted: the earliest sample that answered stands
@@ -103,7 +125,7 @@ def read_vote(task: Task, report: RunReport) -> dict[str, Any]:
             "error": None if chosen else "every sample failed",
             "votes": sum(k is not None and k == keys[winner] for k in keys)
             if winner is not None else 0,
-            "samples": samples}
+            "samples": samples, **_status(task, chosen)}
 
 
 def loading_s(runs: list[AgentRun], until_s: float) -> float:

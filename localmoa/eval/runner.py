@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..errors import RunFailedError, RunInterrupted, UsageError
@@ -25,6 +25,9 @@ from ..runtime import Request, Runtime
 from .contenders import Contender
 from .stats import summarise
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from .codecheck import CodeJudge
 
 #: Added to every agent's seed per repeat round.
 ROUND_SEED_STEP = 10_000
@@ -128,10 +131,11 @@ def cost(graph: MoaGraph) -> int:
 
 
 def run_eval(config: Config, tasks: list[Task], prepared: Prepared, *, repeat: int = 1,
-             progress: Progress | None = None) -> dict[str, Any]:
+             progress: Progress | None = None, judge: CodeJudge | None = None
+             ) -> dict[str, Any]:
     """Run every graph of ``prepared`` on every task, ``repeat`` rounds (see ``schedule``).
     Returns the contenders, their summaries, every answer (raw, extracted, verdict, tokens,
-    seconds) and every run's report."""
+    seconds) and every run's report. ``judge`` runs code tasks' tests (``--execute``)."""
     if repeat < 1:
         raise UsageError(f"--repeat {repeat}: give at least 1")
     order = schedule(prepared, len(tasks), repeat)
@@ -154,7 +158,7 @@ def run_eval(config: Config, tasks: list[Task], prepared: Prepared, *, repeat: i
             for contender in prepared.readers[name]:
                 answers.append({"contender": contender.name, "task": task.id,
                                 "set": task.set, "round": round_no,
-                                **contender.read(task, report)})
+                                **contender.read(task, report, judge)})
             done += cost(graph)
         if progress:
             progress(total, total, "done")

@@ -58,4 +58,22 @@ def summarise(answers: list[dict[str, Any]]) -> dict[str, Any]:
         "failed_runs": sum(a.get("error") is not None for a in answers),
         "no_answer": sum(a["extracted"] is None for a in answers),
         "by_set": dict(sorted(by_set.items())),
+        **pass_at_1(answers),
     }
+
+
+def pass_at_1(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over the code tasks' answers (those with a sandbox ``status``): pass@1, the share
+    whose one answer passed its tests, with its 95% Wilson interval, and how many ended
+    in each status. Empty when no answer is code."""
+    code = [a for a in answers if "status" in a]
+    if not code:
+        return {}
+    passed = sum(bool(a["correct"]) for a in code)
+    low, high = wilson(passed, len(code))
+    statuses: dict[str, int] = {}
+    for a in code:
+        statuses[a["status"]] = statuses.get(a["status"], 0) + 1
+    return {"pass_at_1": {"value": round(passed / len(code), 4),
+                          "ci95": [round(low, 4), round(high, 4)], "passed": passed,
+                          "problems": len(code), "statuses": dict(sorted(statuses.items()))}}

@@ -18,6 +18,7 @@ from typing import Any
 from ..answers import canonical, letters, parse_number
 from ..errors import UsageError
 from ..fileio import FileRefused, read_prompt_bytes
+from . import humaneval
 from .checks import check_problem
 from .tasks import DEFAULT_SEED, SET_NAMES, Task, choice_prompt, shipped
 
@@ -27,17 +28,24 @@ KEYS = ("id", "prompt", "answer", "choices", "check")
 EXAMPLE = '{"prompt": "What is 6 x 7?", "answer": 42}'
 
 
-def load_tasks(source: str, seed: int = DEFAULT_SEED, limit: int | None = None) -> list[Task]:
-    """``--tasks``: a shipped set's name, or a JSONL file of tasks (all of them unless
-    ``limit``)."""
+def load_tasks(source: str, seed: int = DEFAULT_SEED, limit: int | None = None,
+               subset: str | None = None) -> list[Task]:
+    """``--tasks``: a shipped set's name, HumanEval (all 164 unless ``limit``, in the
+    ``subset`` order), or a JSONL file of tasks (all of them unless ``limit``)."""
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit}: give at least 1 task")
+    if subset is not None and source != humaneval.NAME:
+        raise UsageError(f"--subset {subset}: only --tasks {humaneval.NAME} takes a subset; "
+                         "the generated sets are chosen by --seed")
+    if source == humaneval.NAME:
+        return humaneval.load(limit, humaneval.parse_order(subset))
     if source in SET_NAMES:
         return shipped(source, seed, limit)
     path = Path(source).expanduser()
     if not path.exists():
         raise UsageError(f"--tasks {source}: no task set of that name and no such file; give "
-                         f"one of {', '.join(SET_NAMES)}, or a JSONL file of tasks")
+                         f"one of {', '.join(SET_NAMES)}, {humaneval.NAME}, or a JSONL file "
+                         "of tasks")
     tasks = read_task_file(path)
     return tasks[:limit] if limit is not None else tasks
 
