@@ -75,6 +75,22 @@ def test_writing_outside_its_folder_is_denied_and_nothing_is_written(
     assert not target.exists()
 
 
+def test_native_writes_meet_a_read_only_file_system_where_the_machine_allows(
+        tmp_path: Path) -> None:
+    if not sandbox.containment().read_only:
+        pytest.skip("this machine allows no mount namespace: the audit hook guards alone")
+    target = tmp_path / "native.txt"
+    # libc's creat() is not seen by the audit hook: the read-only mount stops it
+    outcome = run_program(
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        f"fd = libc.creat({str(target).encode()!r}, 0o644)\n"
+        "assert fd == -1 and ctypes.get_errno() == 30, (fd, ctypes.get_errno())  # EROFS\n"
+        "assert libc.creat(b'mine.txt', 0o644) >= 0  # its own folder stays writable\n",
+        GENEROUS)
+    assert outcome.status == "passed", outcome
+    assert not target.exists()
+
+
 def test_removing_files_outside_its_folder_is_denied(tmp_path: Path) -> None:
     keep = tmp_path / "keep.txt"
     keep.write_text("precious", encoding="utf-8")
@@ -138,6 +154,8 @@ def test_the_containment_is_probed_and_described() -> None:
     assert "separate process" in text and "no network" in text
     if found.network_namespace:
         assert "network namespace" in text
+    if found.read_only:
+        assert "read-only view" in text
     fallback = sandbox.Containment(None).describe()
     assert "socket guard only" in fallback
     # the socket guard alone still refuses the network

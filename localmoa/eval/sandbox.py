@@ -84,41 +84,57 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Containment:
-    """How this machine contains a program's network: ``unshare`` is the program that
-    makes a new network namespace, or None when the machine allows none."""
+    """What this machine allows besides the limits and the audit hook: ``unshare`` is
+    the program that makes a new user and network namespace (None when the machine
+    allows none); ``read_only``: a new mount namespace too, where every mount but the
+    program's folder is read-only."""
 
     unshare: str | None
+    read_only: bool = False
 
     @property
     def network_namespace(self) -> bool:
         return self.unshare is not None
 
     def prefix(self) -> list[str]:
-        return [self.unshare, "-rn", "--"] if self.unshare else []
+        if self.unshare is None:
+            return []
+        return [self.unshare, "-rnm" if self.read_only else "-rn", "--"]
 
     def describe(self) -> str:
-        network = ("a new network namespace without network (unshare -rn) and a socket guard"
+        network = ("a new network namespace without network (unshare) and a socket guard"
                    if self.unshare else
                    "a socket guard only (this machine allows no new network namespace: "
                    "unshare -rn failed)")
+        files = ("a read-only view of the file system but that directory"
+                 if self.read_only else "writes outside that directory refused")
         return ("model-written code runs in a separate process: a timeout, memory, CPU and "
                 "file-size limits, an empty temporary directory, a clean environment, "
-                f"writes outside that directory refused; no network: {network}")
+                f"{files} (and a guard on writes); no network: {network}")
+
+
+#: Run under a probed containment: reports whether / is read-only and the network absent.
+_PROBE = ("import os, socket\n"
+          "__sandbox_result__([bool(os.statvfs('/').f_flag & os.ST_RDONLY), "
+          "[i for _, i in socket.if_nameindex()]])\n")
 
 
 @functools.cache
 def containment() -> Containment:
-    """Probed once per process: whether ``unshare -rn`` starts Python here."""
+    """Probed once per process: ``unshare -rnm`` with a read-only view, else
+    ``unshare -rn``, else neither (the socket guard alone)."""
     unshare = shutil.which("unshare", path=SYSTEM_PATH)
     if unshare is None:
         return Containment(None)
-    try:
-        probe = subprocess.run([unshare, "-rn", "--", sys.executable, "-I", "-c", "pass"],
-                               env=dict(CHILD_ENV), stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=30, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return Containment(None)
-    return Containment(unshare if probe.returncode == 0 else None)
+    for candidate in (Containment(unshare, True), Containment(unshare, False)):
+        try:
+            outcome = run_program(_PROBE, Limits(timeout_s=30), candidate)
+        except OSError:
+            continue
+        found = json.loads(outcome.result or "null") if outcome.passed else None
+        if isinstance(found, list) and (found[0] or not candidate.read_only):
+            return candidate
+    return Containment(None)
 
 
 def run_program(source: str, limits: Limits | None = None,
@@ -145,7 +161,8 @@ def _run(contained: Containment, limits: Limits, control: Path, work: Path,
          pipe: tuple[int, int]) -> Outcome:
     command = [*contained.prefix(), sys.executable, "-I", "-B", "-c",
                _BOOTSTRAP.read_text(encoding="utf-8"), str(control / "program.py"),
-               str(work), str(pipe[1]), json.dumps(limits.child_limits())]
+               str(work), str(pipe[1]),
+               json.dumps({**limits.child_limits(), "read_only": contained.read_only})]
     env = {**CHILD_ENV, "HOME": str(work), "TMPDIR": str(work)}
     start = time.monotonic()
     with open(control / "stdout", "wb") as out, open(control / "stderr", "wb") as err:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import resource
 import sys
 from typing import Any
@@ -59,6 +60,52 @@ def set_limits(limits: dict[str, int]) -> None:
         # a limit the machine will not lower is left as it is
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(getattr(resource, name), (value, value))
+
+
+_MS = {"RDONLY": 1, "NOSUID": 2, "NODEV": 4, "NOEXEC": 8, "REMOUNT": 32, "NOATIME": 1024,
+       "NODIRATIME": 2048, "BIND": 4096, "REC": 16384, "PRIVATE": 1 << 18,
+       "RELATIME": 1 << 21}
+#: statvfs flags a remount must keep (a mount from outside the namespace is locked).
+_KEEP = {"ST_NOSUID": "NOSUID", "ST_NODEV": "NODEV", "ST_NOEXEC": "NOEXEC",
+         "ST_NOATIME": "NOATIME", "ST_NODIRATIME": "NODIRATIME", "ST_RELATIME": "RELATIME"}
+
+
+def _mount_points() -> list[str]:
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        fields = [line.split()[4] for line in handle if len(line.split()) > 4]
+    # mountinfo writes a space as \040 (octal escapes)
+    return [_unescape(f) for f in fields]
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def read_only_view(root: str) -> bool:
+    """In a new mount namespace (``unshare -m``): every mount read-only but ROOT, bound
+    onto itself first so it stays writable. Best effort: a mount that refuses stays as
+    it is. True when / is read-only after it."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    mount = libc.mount
+    mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                      ctypes.c_void_p]
+    mount(None, b"/", None, _MS["REC"] | _MS["PRIVATE"], None)  # nothing leaks out
+    if mount(root.encode(), root.encode(), None, _MS["BIND"] | _MS["REC"], None) != 0:
+        return False
+    for point in _mount_points():
+        if point == root or point.startswith(root + os.sep):
+            continue
+        try:
+            have = os.statvfs(point).f_flag
+        except OSError:
+            continue
+        keep = sum(_MS[ms] for st, ms in _KEEP.items() if have & getattr(os, st, 0))
+        mount(None, point.encode(), None,
+              _MS["REMOUNT"] | _MS["BIND"] | _MS["RDONLY"] | keep, None)
+    return bool(os.statvfs("/").f_flag & os.ST_RDONLY)
 
 
 def _inside(path: Any, root: str) -> bool:
@@ -152,8 +199,10 @@ def main() -> None:
     with open(program, encoding="utf-8") as handle:
         source = handle.read()
     sys.dont_write_bytecode = True
+    if limits.get("read_only"):
+        read_only_view(root)
     set_limits(limits)
-    os.chdir(root)
+    os.chdir(root)  # after the bind mount: the folder as the program sees it
     sys.addaudithook(make_hook(root))
     status, detail = run(source)
     if _refused:
