@@ -212,7 +212,10 @@ def write_results(path: Path, document: dict[str, Any]) -> None:
 
 def summary_table(summaries: dict[str, Any], tasks: int, repeat: int) -> Table:
     rounds = f" x {repeat} rounds" if repeat > 1 else ""
-    table = Table(title=f"contenders on {tasks} tasks{rounds} (time: model loading excluded)",
+    code = " (accuracy: pass@1 on code tasks)" if any(
+        "pass_at_1" in s for s in summaries.values()) else ""
+    table = Table(title=f"contenders on {tasks} tasks{rounds}{code} (time: model loading "
+                  "excluded)",
                   title_justify="left", header_style="bold")
     for col in ("contender", "calls", "accuracy", "95% CI", "tokens", "wall s", "mean s",
                 "med s", "tok/s", "acc/s"):
