@@ -107,6 +107,9 @@ def test_tasks_are_code_tasks_the_model_sees_the_prompt() -> None:
     (f"```python\n{FULL}", FULL.strip("\n")),
     # bare code, no fence
     (FULL, FULL.strip("\n")),
+    # ... after a line of prose
+    (f"Here is the function:\nfrom math import prod\n{FULL}",
+     f"from math import prod\n{FULL}".strip("\n")),
     # a bare body
     ("    return [2 * n for n in numbers]\n", "    return [2 * n for n in numbers]"),
     # no code at all

@@ -40,6 +40,8 @@ ORDERS = ("first", "spread")
 INSTRUCTION = ("Complete the following Python function. Reply with the whole function "
                "(its imports too) in one ```python code block.")
 
+_CODE_LINE = re.compile(r"^(?:from\s+\S+\s+import|import\s|def\s|async\s+def\s|class\s|@)",
+                        re.M)
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
@@ -113,11 +115,14 @@ def load(limit: int | None = None, order: str | int = "first") -> list[Task]:
 
 def extract_code(reply: str, entry_point: str) -> str | None:
     """The code of a reply: the fenced block that defines ``entry_point`` (else the
-    first Python or unlabelled block, else the first block), or the whole reply without
-    a fence. None when there is no code at all."""
+    first Python or unlabelled block, else the first block), or without a fence the
+    reply from its first line of code on (when it defines the function; else the whole
+    reply, a bare body). None when there is no code at all."""
     blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(reply)]
     if not blocks:
-        text = reply.strip("\n")
+        start = _CODE_LINE.search(reply) if _defines(reply, entry_point) else None
+        text = reply[start.start():] if start else reply  # prose before the code goes
+        text = text.strip("\n")
         return text if text.strip() else None
     defining = [b for _, b in blocks if _defines(b, entry_point)]
     python = [b for lang, b in blocks if lang in ("python", "py", "python3", "")]
