@@ -137,6 +137,12 @@ def test_a_program_that_sleeps_past_its_timeout_is_killed() -> None:
     assert outcome.status == "timeout"
 
 
+def test_a_file_past_the_size_limit_is_an_error() -> None:
+    outcome = run_program("open('big.bin', 'wb').write(bytes(2 << 20))\n",
+                          Limits(timeout_s=120, file_bytes=1 << 20))
+    assert outcome.status == "error" and "File too large" in outcome.detail, outcome
+
+
 def test_output_is_capped() -> None:
     outcome = run_program("print('x' * 100_000)\n", Limits(timeout_s=120, output_bytes=1000))
     assert outcome.status == "passed"

@@ -144,15 +144,21 @@ def eval_command(
                 "task_count": len(task_list), "repeat": repeat, "samples": samples,
                 "contenders": list(kinds), "max_tokens": max_tokens,
                 "memory_budget": memory_budget, "no_batch": no_batch, "sampling_seed": SEED}
-    document = {"settings": settings, "machine": machine_facts(),
-                "tasks": [t.to_dict() for t in task_list], **results}
+    publish(out, target, settings, [t.to_dict() for t in task_list], results)
+
+
+def publish(out: Output, target: Path, settings: dict[str, Any], tasks: list[dict[str, Any]],
+            results: dict[str, Any]) -> None:
+    """Write results.json and the plot, then show the tables (or the JSON document);
+    LocalMoaError when every run failed."""
+    document = {"settings": settings, "machine": machine_facts(), "tasks": tasks, **results}
     write_results(target / "results.json", document)
     pictures = draw_accuracy_vs_time(results["summaries"], target)
     summaries = results["summaries"]
-    if json_out:
+    if out.json_mode:
         out.document({"out": str(target), "settings": settings, "summaries": summaries})
     else:
-        out.show(summary_table(summaries, len(task_list), repeat))
+        out.show(summary_table(summaries, len(tasks), settings["repeat"]))
         out.show(by_set_table(summaries))
         out.show(f"wrote {escape(str(target / 'results.json'))} and "
                  f"{', '.join(escape(p.name) for p in pictures)}")
