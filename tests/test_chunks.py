@@ -257,3 +257,30 @@ def test_real_qwen_coder_0_5b_answers() -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] and "5" in report["answer"]
+
+
+def test_two_at_once_assemble_once(parts: FakeParts, isolated_home: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two resolutions at once (two runs starting together): one assembles under the
+    lock, the other waits and finds the stamped file."""
+    import threading
+
+    copies = []
+    real_copy = chunks_module._copy_parts
+
+    def counted(*args: object) -> str:
+        copies.append(1)
+        return real_copy(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(chunks_module, "_copy_parts", counted)
+    chunks = parts.chunks()
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        chunks_module.resolve_chunks(chunks, "m"))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2 and results[0] == results[1]
+    assert results[0].read_bytes() == parts.data
+    assert copies == [1]
