@@ -96,6 +96,8 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
         stream = model.chat(messages, options)
         for piece in stream:
             cancel.check()
+            if run.first_text_s is None and piece:
+                run.first_text_s = round(time.perf_counter() - t0, 4)
             pieces.append(piece)
             if on_text:
                 on_text(agent, piece)

@@ -47,6 +47,8 @@ class AgentRun:
     #: Times its model's worker died while it decoded in a batch and a fresh one went on
     #: from the text it had written (nothing it wrote was lost).
     worker_restarts: int = 0
+    #: When its first piece of text arrived, from the run's start (None: it wrote none).
+    first_text_s: float | None = None
 
     @property
     def is_aggregator(self) -> bool:
@@ -151,6 +153,9 @@ class RunReport:
     #: What the recipe decided: ``routing`` (the router's choice, why, what it cost),
     #: ``consensus`` (aggregation skipped: who agreed, time saved), ``early_exit``.
     recipe: dict[str, Any] = field(default_factory=dict)
+    #: How soon the answer came (``latency_of``): its first text from the run's start,
+    #: the aggregator's after its last reference ended, the references' order.
+    latency: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, *, profile: str, prompt: str, answer: str, runs: list[AgentRun],
@@ -176,7 +181,7 @@ class RunReport:
         return cls(profile=profile, prompt=prompt, answer=answer, agents=runs, layers=layers,
                    totals=totals, cores=cores, models=models, ok=error is None, error=error,
                    plan=plan or {}, actual=actual or {}, runtime=runtime or {},
-                   warnings=warnings or [], recipe=recipe or {})
+                   warnings=warnings or [], recipe=recipe or {}, latency=latency_of(runs))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,5 +197,34 @@ class RunReport:
             ok=data.get("ok", True), error=data.get("error"), models=data.get("models", {}),
             plan=data.get("plan", {}), actual=data.get("actual", {}),
             runtime=data.get("runtime", {}), warnings=data.get("warnings", []),
-            recipe=data.get("recipe", {}),
+            recipe=data.get("recipe", {}), latency=data.get("latency", {}),
         )
+
+
+def latency_of(runs: list[AgentRun]) -> dict[str, Any]:
+    """How soon the final answer came, from the agents' runs.
+
+    - ``answer_first_text_s``: the final answer's first text, from the run's start (the
+      aggregator's; without one, the last layer's first agent that wrote any);
+    - ``aggregator_first_text_after_references_s``: the aggregator's first text after
+      the last of its references ended (the wait a user sees once every proposer is done);
+    - ``references_prefilled_early_tokens``: reference tokens the aggregator evaluated
+      before that end (0 while references are given whole, after the layer);
+    - ``reference_order``: the agents whose answers the aggregator read, in the order it
+      read them.
+    """
+    aggregator = next((r for r in runs if r.is_aggregator), None)
+    if aggregator is None:
+        last = max((r.layer for r in runs), default=0)
+        first = [r.first_text_s for r in runs if r.layer == last and r.first_text_s is not None]
+        return {"answer_first_text_s": min(first) if first else None,
+                "aggregator_first_text_after_references_s": None,
+                "references_prefilled_early_tokens": 0, "reference_order": []}
+    references = [r for r in runs if r.layer == aggregator.layer - 1 and r.ok]
+    after = None
+    if references and aggregator.first_text_s is not None:
+        after = round(aggregator.first_text_s - max(r.end_s for r in references), 4)
+    return {"answer_first_text_s": aggregator.first_text_s,
+            "aggregator_first_text_after_references_s": after,
+            "references_prefilled_early_tokens": 0,
+            "reference_order": [r.agent for r in references]}

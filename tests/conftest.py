@@ -87,8 +87,14 @@ def smollm2_path() -> Path:
     return path
 
 
+#: The longest a test waits for a command or an event before it calls the behaviour
+#: broken: a safety net of minutes, far past what a slow, busy machine needs (a test
+#: never measures it).
+SAFETY_S = 1200.0
+
+
 def cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None,
-        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        timeout: float = SAFETY_S) -> subprocess.CompletedProcess[str]:
     """Run the real `localmoa` command line in a subprocess."""
     import os
 
@@ -162,7 +168,7 @@ class EventStream:
             self.seen.extend(json.loads(line) for line in lines if line)
         return True
 
-    def wait_for(self, event: str, timeout: float = 300, child: Any = None,
+    def wait_for(self, event: str, timeout: float = SAFETY_S, child: Any = None,
                  **fields: object) -> dict:
         """Block until ``event`` (with ``fields``) is logged: the phase a test wants is
         reached. Fails if localmoa ends first; ``timeout`` only bounds a broken test."""
@@ -179,7 +185,7 @@ class EventStream:
             if self._ended or not self._read(deadline, child):
                 raise AssertionError(f"localmoa ended before {event}; seen: {self.seen[-5:]}")
 
-    def all(self, timeout: float = 300) -> list[dict]:
+    def all(self, timeout: float = SAFETY_S) -> list[dict]:
         """Every event, once the child has exited."""
         import time
 

@@ -18,10 +18,11 @@ from localmoa.memory import speed
 from localmoa.memory.planner import Instance, plan
 from localmoa.recipe import Overrides, build_graph
 
+from .conftest import SAFETY_S
 from .scripted import MiB, Script, ScriptedBackend, config, footprint
 
 QUESTION = [{"role": "user", "content": "Which is larger, 9.11 or 9.9?"}]
-WAIT_S = 60  # only ever reached when the behaviour under test is broken
+WAIT_S = SAFETY_S  # only ever reached when the behaviour under test is broken
 OPTIONS = GenerateOptions(temperature=0.0, max_tokens=8)
 
 

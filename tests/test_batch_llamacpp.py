@@ -18,11 +18,13 @@ from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.errors import GenerationError
 from localmoa.prompts import agent_messages
 
+from .conftest import SAFETY_S
+
 QUESTION = [{"role": "user", "content": "Which is larger, 9.11 or 9.9?"}]
 REFERENCES = ["9.9 is larger: 0.9 is more than 0.11.", "9.11 is larger, it has more digits.",
               "Compare the decimals: 9.90 > 9.11, so 9.9."]
 SYSTEMS = ["You are a careful assistant.", "You are a teacher.", "You are a skeptic."]
-WAIT_S = 120  # only ever reached when the behaviour under test is broken
+WAIT_S = SAFETY_S  # only ever reached when the behaviour under test is broken
 
 
 @pytest.fixture(scope="module", params=["worker", "in-process"])

@@ -30,6 +30,7 @@ from localmoa.backends.llamacpp.model import (
 from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.errors import GenerationError
 
+from .conftest import SAFETY_S
 from .test_batch_llamacpp import batched
 
 ROUTE = {"type": "object", "properties": {"specialist": {"enum": ["math", "writing", "trivia"]}},
@@ -42,7 +43,7 @@ SEEDS = range(4)
 HOT = 1.5  # a temperature at which SmolLM2 writes anything it may
 TEXTS = ["What is the integral of x squared?", "Write a haiku about autumn leaves.",
          "Who painted the Mona Lisa?"]
-WAIT_S = 120  # only ever reached when the behaviour under test is broken
+WAIT_S = SAFETY_S  # only ever reached when the behaviour under test is broken
 
 
 def hot(seed: int, schema: dict[str, Any] | None = ROUTE, **more: Any) -> GenerateOptions:

@@ -22,10 +22,11 @@ from localmoa.memory.planner import plan
 from localmoa.metrics import AgentRun
 from localmoa.recipe import Overrides, build_graph
 
+from .conftest import SAFETY_S
 from .scripted import MiB, Script, ScriptedBackend, config, footprint
 
 QUESTION = [{"role": "user", "content": "Which is larger, 9.11 or 9.9?"}]
-WAIT_S = 60  # only ever reached when the behaviour under test is broken
+WAIT_S = SAFETY_S  # only ever reached when the behaviour under test is broken
 
 
 def run(cfg, *, budget_mib: int = 10_000, sizes: dict[str, int] | None = None,
@@ -43,6 +44,23 @@ def test_scripted_run_answers(scripted: ScriptedBackend) -> None:
     assert [r.ok for r in report.agents] == [True, True, True]
     aggregator_messages = scripted.calls[-1][1]
     assert "1. Nine point nine is larger." in aggregator_messages[0]["content"]
+
+
+def test_the_report_says_when_the_answer_began(scripted: ScriptedBackend) -> None:
+    """latency: the aggregator's first text from the start and after its last reference
+    ended, and the references in the order the aggregator read them."""
+    cfg = config({"m": {}, "n": {}}, [[{"model": "n"}, {"model": "m"}]], {"model": "m"})
+    report = run(cfg)
+    proposers, aggregator = report.agents[:2], report.agents[2]
+    assert all(r.first_text_s is not None and r.start_s <= r.first_text_s <= r.end_s
+               for r in report.agents)
+    latency = report.latency
+    assert latency["answer_first_text_s"] == aggregator.first_text_s
+    assert latency["aggregator_first_text_after_references_s"] == pytest.approx(
+        aggregator.first_text_s - max(r.end_s for r in proposers), abs=1e-3)
+    assert latency["aggregator_first_text_after_references_s"] >= 0  # given whole, after
+    assert latency["reference_order"] == [r.agent for r in proposers]
+    assert latency["references_prefilled_early_tokens"] == 0
 
 
 def test_a_timeout_cuts_an_agent_at_its_next_piece(scripted: ScriptedBackend,

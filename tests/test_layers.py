@@ -174,9 +174,10 @@ def test_the_environment_is_read_in_constants_only() -> None:
         if module == "localmoa.constants":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Attribute) and node.attr in {"environ", "getenv", "environb"}:
-                readers.append(f"{module}:{node.lineno}")
-            elif isinstance(node, ast.ImportFrom) and node.module == "os" and any(
-                    alias.name in {"environ", "getenv"} for alias in node.names):
+            attribute = isinstance(node, ast.Attribute) and node.attr in {
+                "environ", "getenv", "environb"}
+            imported = isinstance(node, ast.ImportFrom) and node.module == "os" and any(
+                alias.name in {"environ", "getenv"} for alias in node.names)
+            if attribute or imported:
                 readers.append(f"{module}:{node.lineno}")
     assert readers == []

@@ -16,9 +16,10 @@ from localmoa.metrics import RunReport
 from localmoa.recipe import Overrides, build_graph, merge_graphs
 from localmoa.serve.service import Job, MoaService, Sampling, ServeOptions
 
+from .conftest import SAFETY_S
 from .scripted import MiB, Script, ScriptedBackend, config, footprint
 
-WAIT_S = 120  # only ever reached when the behaviour under test is broken
+WAIT_S = SAFETY_S  # only ever reached when the behaviour under test is broken
 
 
 def ask(text: str) -> list:

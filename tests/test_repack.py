@@ -25,7 +25,7 @@ from localmoa.errors import UsageError
 from localmoa.memory.estimate import LoadSettings, footprint, model_facts
 from localmoa.memory.gguf_header import read_header
 
-from .conftest import cli
+from .conftest import SAFETY_S, cli
 
 HERE = Path(__file__).parent
 MiB = 1 << 20
@@ -103,7 +103,7 @@ def test_a_run_after_the_canary_crashed(fresh: Path) -> None:
     repacking, says so once, and records it in the report."""
     args = ["run", "Which is larger, 9.11 or 9.9?", "--max-tokens", "16", "--json"]
     first = subprocess.run([sys.executable, "-c", CRASHING_CLI, *args], capture_output=True,
-                           text=True, timeout=300)
+                           text=True, timeout=SAFETY_S)
     assert first.returncode == 0, first.stderr
     notice = [line for line in first.stderr.splitlines() if line.startswith("localmoa: notice:")]
     assert len(notice) == 1 and "repacking crashed on this CPU" in notice[0]
@@ -234,8 +234,8 @@ def test_plan_follows_the_override(gemma_path: Path, tmp_path: Path) -> None:
 
 def second_instance(path: Path, n_ctx: int, mode: str) -> dict:
     proc = subprocess.run([sys.executable, str(HERE / "measure_second_instance.py"), str(path),
-                           str(n_ctx)], capture_output=True, text=True, timeout=300, check=True,
-                          env=dict(os.environ, LOCALMOA_CPU_REPACK=mode))
+                           str(n_ctx)], capture_output=True, text=True, timeout=SAFETY_S,
+                          check=True, env=dict(os.environ, LOCALMOA_CPU_REPACK=mode))
     return json.loads(proc.stdout)
 
 

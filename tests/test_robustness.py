@@ -22,7 +22,7 @@ from localmoa.prompts import TRIM_MARK, fit_references
 from localmoa.recipe import Overrides
 from localmoa.runtime import run_moa
 
-from .conftest import EventStream, start_cli
+from .conftest import SAFETY_S, EventStream, start_cli
 
 QUESTION = "Write a short story about a dragon who learns to count."
 
@@ -167,7 +167,7 @@ def test_a_normal_run_opens_no_non_loopback_socket(tmp_path: Path) -> None:
     env = dict(os.environ, LOCALMOA_NETWORK_LOG=str(log))
     env.pop("HF_HUB_OFFLINE", None)  # localmoa sets it itself
     proc = subprocess.run([sys.executable, "-m", "localmoa", "run", "Hi", "--max-tokens", "8"],
-                          capture_output=True, env=env, timeout=300)
+                          capture_output=True, env=env, timeout=SAFETY_S)
     assert proc.returncode == 0, proc.stderr.decode()[-500:]
     attempts = log.read_text().splitlines() if log.exists() else []
     assert not [a for a in attempts if not a.startswith("allow")], attempts

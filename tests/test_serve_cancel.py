@@ -14,10 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .conftest import SAFETY_S
 from .serve_process import Served, hold_config
 
 QUESTION = [{"role": "user", "content": "Hold on."}]
-WAIT_S = 300.0  # a bound on events that come in well under a second
+WAIT_S = SAFETY_S  # only ever reached when the behaviour under test is broken
 
 
 @pytest.fixture(scope="module")

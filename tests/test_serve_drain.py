@@ -21,12 +21,13 @@ from localmoa.serve.app import create_app
 from localmoa.serve.drain import Drain
 from localmoa.serve.service import MoaService
 
+from .conftest import SAFETY_S
 from .scripted import Script, ScriptedBackend, config
 from .serve_process import Served, hold_config
 
 QUESTION = [{"role": "user", "content": "Hold on."}]
 #: Generous bounds on events that come in well under a second: a busy machine.
-WAIT_S = 300.0
+WAIT_S = SAFETY_S  # only ever reached when the behaviour under test is broken
 DRAINING = "localmoa serve draining"
 
 

@@ -29,7 +29,7 @@ from localmoa.memory.probe import process_memory
 from localmoa.recipe import Overrides
 from localmoa.runtime import run_moa
 
-from .conftest import EventStream, cli, start_cli
+from .conftest import SAFETY_S, EventStream, cli, start_cli
 
 #: A long, steady answer: an agent is still decoding when its worker is killed.
 COUNT = "Count from 1 to 200, one number per line."
@@ -57,7 +57,7 @@ def test_a_proposers_worker_killed_by_sigsegv_mid_decode_costs_only_that_agent()
     # the agent on instance #0: the aggregator's instance too, so it must come back
     victim = events.wait_for("prefill", instance="smollm2-135m#0")["agent"]  # (no batch)
     instance = kill_at_first_text(events, victim, signal.SIGSEGV)
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=SAFETY_S)
     assert proc.returncode == 0, err.decode()[-800:]
     report = json.loads(out)
     runs = {run["agent"]: run for run in report["agents"]}
@@ -80,7 +80,7 @@ def test_a_batchs_worker_killed_mid_decode_is_restarted_and_its_agents_answer() 
     proc = start_cli("run", COUNT, "-t", "0", "-n", "160", "--json", events=events)
     instance = kill_at_first_text(events, "L1.2", signal.SIGSEGV)  # the three, one worker
     restarted = events.wait_for("worker_restarted")
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=SAFETY_S)
     assert proc.returncode == 0, err.decode()[-800:]
     report = json.loads(out)
     assert report["ok"] and report["answer"]
@@ -97,7 +97,7 @@ def test_the_aggregators_worker_killed_mid_decode_prints_the_proposers_answers()
     events = EventStream()
     proc = start_cli("run", COUNT, "-t", "0", "-n", "160", "--no-stats", events=events)
     kill_at_first_text(events, "AGG", signal.SIGKILL)
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=SAFETY_S)
     assert proc.returncode == 1
     text = err.decode()
     assert text.strip().splitlines()[-1] == (
@@ -176,7 +176,7 @@ def test_a_worker_that_dies_under_its_agent_sets_that_agents_cancel(
     pieces = iter(stream)
     next(pieces)
     os.kill(model.pid, signal.SIGKILL)
-    assert cancel.wait(300)
+    assert cancel.wait(SAFETY_S)
     assert cancel.reason == "model smollm2 crashed: signal 9 (SIGKILL) during decode " \
         "(killed by the system, often for lack of memory, or by a user)"
     with pytest.raises(GenerationError, match="crashed"):
@@ -186,7 +186,7 @@ def test_a_worker_that_dies_under_its_agent_sets_that_agents_cancel(
     model2 = LlamaCppBackend().load("smollm2", spec, smollm2_path, n_threads=1)
     assert model2.occupancy.claim(other)
     model2.unload()
-    assert model2.process.dead.wait(300) and not other.is_set()
+    assert model2.process.dead.wait(SAFETY_S) and not other.is_set()
 
 
 def test_a_closed_stream_stops_the_worker_at_its_next_token(spec: ModelSpec,

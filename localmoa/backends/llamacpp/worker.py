@@ -29,6 +29,7 @@ from .model import LoadParams
 from .worker_batch import relay_batch
 from .worker_process import (
     EXIT_GRACE_S,
+    DeafWatch,
     WorkerProcess,
     discard_spares,
     live_workers,
@@ -140,17 +141,22 @@ class WorkerModel(LoadedModel):
     def stop_request(self, rid: int, replies: queue.SimpleQueue[tuple[Any, ...]],
                 last: str) -> None:
         """Ask the worker to stop request ``rid`` and wait for its ``last`` reply; kill it
-        when it does not come within CANCEL_GRACE_S (stuck in native code)."""
-        self.process.send(("cancel", rid, None))
-        deadline = time.monotonic() + CANCEL_GRACE_S
-        while (left := deadline - time.monotonic()) > 0:
+        when a whole CANCEL_GRACE_S passes with no reply and no CPU used (DeafWatch: it
+        is stopped or blocked; one that is only slow is waited for)."""
+        process = self.process
+        process.send(("cancel", rid, None))
+        watch = DeafWatch(process, CANCEL_GRACE_S)
+        while True:
             try:
-                reply = replies.get(timeout=left)
+                reply = replies.get(timeout=max(watch.left_s(), 0.05))
             except queue.Empty:
-                break
+                if watch.deaf():
+                    break
+                continue
             if reply[0] in (last, "error", "dead"):
                 return
-        self.process.kill(f"it did not stop within {CANCEL_GRACE_S:g} s of a cancel")
+        process.kill(f"it did not stop within {CANCEL_GRACE_S:g} s of a cancel, and used no "
+                     "CPU meanwhile")
 
     @contextlib.contextmanager
     def _claim(self) -> Iterator[None]:

@@ -27,7 +27,7 @@ from ...errors import GenerationError, ModelLoadError
 from ..base import GenerationStats
 from ..batch import Batch, Sequence
 from .model import LoadParams
-from .worker_process import WorkerProcess
+from .worker_process import DeafWatch, WorkerProcess
 
 #: Times a batch's worker that died on its own is replaced; the next death fails it.
 MAX_RESTARTS = 1
@@ -83,7 +83,7 @@ def _relay(model: WorkerModel, seqs: list[Sequence], n_threads: int,
                   for s in seqs], n_threads)
     process.phase = "prefill"
     by_index = {s.index: s for s in seqs}
-    asked: dict[int, float] = {}  # sequence -> when its cancel was sent
+    asked: dict[int, DeafWatch] = {}  # sequence -> since its cancel was sent
     ended = False
     try:
         while True:
@@ -124,19 +124,19 @@ def _deliver(process: WorkerProcess, by_index: dict[int, Sequence],
 
 
 def _cancel_stopped(process: WorkerProcess, rid: int, seqs: list[Sequence],
-                    asked: dict[int, float], grace_s: float) -> None:
+                    asked: dict[int, DeafWatch], grace_s: float) -> None:
     """An agent that stopped leaves at the worker's next step; a worker that has not
-    let it go after ``grace_s`` is stuck and is killed."""
-    now = time.monotonic()
+    let it go after ``grace_s``, and used no CPU meanwhile, is stuck and is killed."""
     for seq in seqs:
         if seq.done:
             continue
         if seq.index not in asked:
             if seq.wants_stop():
-                asked[seq.index] = now
+                asked[seq.index] = DeafWatch(process, grace_s)
                 process.send(("cancel", rid, seq.index))
-        elif now > asked[seq.index] + grace_s:
-            process.kill(f"it did not stop within {grace_s:g} s of a cancel")
+        elif asked[seq.index].deaf():
+            process.kill(f"it did not stop within {grace_s:g} s of a cancel, and used no "
+                         "CPU meanwhile")
 
 
 def _restart(model: WorkerModel, batch: Batch, unfinished: list[Sequence],

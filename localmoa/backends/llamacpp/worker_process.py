@@ -28,6 +28,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from ... import constants, signals
 from ...errors import GenerationError, ModelLoadError
 
@@ -110,6 +112,14 @@ class WorkerProcess:
         except ChildProcessError:  # reaped already, by the reader's wait
             return False
         return exited is None
+
+    def cpu_s(self) -> float:
+        """CPU seconds the worker has used so far (-1 once it is gone)."""
+        try:
+            times = psutil.Process(self.pid).cpu_times()
+        except psutil.Error:
+            return -1.0
+        return float(times.user + times.system)
 
     @property
     def ended_by_localmoa(self) -> bool:
@@ -239,6 +249,35 @@ class WorkerProcess:
             self._stderr.append(line)
             if echo:
                 sys.stderr.write(f"[worker {self.pid} {self.label}] {line}\n")
+
+
+class DeafWatch:
+    """Whether a worker asked to let something go (a cancel) is deaf: a whole grace
+    period in which it used no CPU time, because it is stopped (SIGSTOP) or blocked.
+    A worker that is only slow, on a busy machine or in a long prefill step, keeps using
+    CPU and is waited for; one that computes and never looks up is the engine's to
+    abandon (its agent's grace), which kills it."""
+
+    def __init__(self, process: WorkerProcess, grace_s: float) -> None:
+        self.process = process
+        self.grace_s = grace_s
+        self._since = time.monotonic()
+        self._cpu_s = process.cpu_s()
+
+    def left_s(self) -> float:
+        """Seconds until the next look (0: look now)."""
+        return max(0.0, self._since + self.grace_s - time.monotonic())
+
+    def deaf(self) -> bool:
+        """True once a grace period passed with no CPU used; a period in which it used
+        some starts another."""
+        if self.left_s() > 0:
+            return False
+        cpu_s = self.process.cpu_s()
+        if cpu_s > self._cpu_s:
+            self._since, self._cpu_s = time.monotonic(), cpu_s
+            return False
+        return True
 
 
 def prestart(count: int) -> None:
