@@ -2,25 +2,38 @@
 
 ``footprint(header, settings)`` is pure; ``read_header`` is the only I/O.
 
-What llama.cpp (through llama-cpp-python 0.3.x, CPU) was measured to hold, on
-SmolLM2-135M Q4_1 and Gemma-3-270M Q4_K_M at n_ctx 512..8192 (PSS after
-loading and filling the context; see docs/architecture.md, "Memory model"):
+What llama.cpp (through llama-cpp-python 0.3.x, CPU) was measured to hold, part by
+part (RSS of a fresh process at each stage: after the load, after filling the
+context, after a chat and an embedding; tests/measure_footprint.py, on SmolLM2-135M
+Q4_1, Gemma-3-270M Q4_K_M and Qwen2.5-Coder 0.5B/1.5B Q4_K_M; benchmarks/README.md,
+"The estimator against measured memory"):
 
-- weights: the tensor bytes, memory-mapped. A second instance of the same file
-  shares those pages, except tensors llama.cpp *repacks* into its own buffer
-  for faster CPU matmuls (Q4_0, Q4_K, IQ4_NL on x86 AVX2 / ARM): each instance
-  holds its own copy of those. Gemma-3's 27 Q4_K tensors (12.7 MiB) were
-  repacked; SmolLM2's Q4_1 tensors were not.
+- weights: the tensor bytes, memory-mapped and read whole at load (llama.cpp maps
+  with MAP_POPULATE). A second instance of the same file shares those pages.
+- repacked weights: tensors llama.cpp *repacks* for faster CPU matmuls (Q4_0, Q4_K,
+  IQ4_NL on x86 AVX2 / ARM) get a private copy per instance, *and* the mapped pages
+  they were read from stay resident: with mmap they count twice in the first
+  instance (Qwen2.5-Coder-1.5B: 597 MiB of its 1,060 MiB are repacked Q4_K).
 - KV cache: sum over layers of (n_embd_k_gqa + n_embd_v_gqa) x cells x bytes per
   element, cells = n_ctx (x parallel) padded to 256. llama-cpp-python keeps
   sliding-window layers at full size (swa_full), as measured on Gemma-3.
 - compute: llama.cpp reserves a buffer sized for n_vocab x n_ubatch logits
-  (98 MiB SmolLM2, 515 MiB Gemma-3) but a chat touches only the attention
-  scratch, which grows with the context: fitted below.
-- overhead: context, vocabulary tables and the like, fitted below.
-- not counted: a model that has embedded text (LoadedModel.embed) keeps llama.cpp's
-  output buffer at one embedding chunk's rows, at most
-  backends/llamacpp/embed.EMBED_OUTPUT_BYTES (4 MiB; SmolLM2: +4.2 MiB measured).
+  (98 MiB SmolLM2, 300 MiB Qwen2.5-0.5B, 515 MiB Gemma-3), but a chat asks for
+  the logits of one token per sequence, so a decode touches only the activations
+  of one layer's busiest step: the feed-forward's gate, up and their product
+  (3 x n_ff floats per token of a micro-batch), a few n_embd-wide tensors, the KQ
+  mask (f16 with flash attention), and the activations quantised for the weights'
+  dot products. Without flash attention the KQ scores dominate (fitted below).
+- output and sampling: the logits rows llama.cpp keeps (n_vocab floats per
+  sequence, up to EMBED_OUTPUT_BYTES once a model has embedded) and each
+  sequence's sampler candidates (n_vocab x 12 B).
+- tokenizer: per vocabulary entry its text, the id <-> text maps and the piece
+  cache; per BPE merge a node of the rank map with its two strings (measured with
+  vocab-only loads: SmolLM2 49k tokens + 49k merges 17.0 MiB, Gemma-3 262k tokens
+  42.1 MiB, Qwen2 152k tokens + 151k merges 47.1 MiB).
+- context: llama.cpp's context, graph metadata and threads, llama-cpp-python's
+  arrays, and the library code a load touches (RSS; shared with other processes
+  running llama.cpp).
 """
 
 from __future__ import annotations
@@ -46,13 +59,32 @@ AMX_ROW_ALIGN = {"Q4_0": 32, "Q4_1": 32, "Q8_0": 32, "Q4_K": 256, "Q5_K": 256, "
 #: A layer il is sliding-window when (il + 1) % n != 0 (gemma2: every other layer).
 SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4}
 
-# Fitted on the measurements above (2 models x 5 context sizes, f16 and q8_0 KV).
+# Fitted on SmolLM2 and Gemma-3 with flash attention off (n_ctx 512..8192).
 ATTN_SCRATCH_PER_HEAD = 1.45  # x n_kv x n_ubatch x 4 B, per attention head (no flash attn)
 ATTN_SCRATCH_PER_MASK = 1.32  # x n_kv x n_ubatch x 4 B, per KQ mask (2 with sliding windows)
-FLASH_SCRATCH_PER_MASK = 1.4  # x n_kv x n_ubatch x 2 B with flash attention
-FLASH_FIXED_BYTES = 7 * MiB
-OVERHEAD_FIXED_BYTES = 18 * MiB
-OVERHEAD_PER_VOCAB_TOKEN = 226  # bytes per vocabulary entry (tokenizer tables)
+FLASH_SCRATCH_PER_MASK = 1.4  # x n_kv x n_ubatch x 2 B with flash attention: the mask, its copy
+#: Floats per micro-batch token of one layer's busiest step: the feed-forward's gate, up and
+#: their product (x n_ff), and the residual, normed input, query and attention output (x the
+#: wider of n_embd and n_head x head size).
+ACT_FF_TENSORS = 3
+ACT_EMBD_TENSORS = 4
+#: Bytes per element of the activations quantised for a matmul (q8_K: 292 per 256).
+ACT_QUANT_BYTES = 292 / 256
+#: Per vocabulary entry and per BPE merge (measured: vocab-only loads of three tokenizers).
+TOKENIZER_PER_TOKEN = 158
+TOKENIZER_PER_MERGE = 150
+#: llama.cpp's context, graph metadata and threads, llama-cpp-python's arrays and the
+#: tokenizer's fixed part (anonymous: 14.6-17.7 MiB measured), and the library code a load
+#: and a decode touch (11.7-12.9 MiB of RSS, shared with other processes running llama.cpp).
+OVERHEAD_FIXED_BYTES = 18 * MiB + 13 * MiB
+#: Per sequence: its logits row (4 B) and its sampler's candidates (12 B) per vocab entry.
+OUTPUT_PER_VOCAB_SEQ = 16
+#: The output rows a model that embedded keeps (backends/llamacpp/embed.EMBED_OUTPUT_BYTES).
+EMBED_OUTPUT_BYTES = 4 * MiB
+#: Room over the measured parts that are not exact from the header (compute, overhead):
+#: their sum came within 0.5% of the measured peaks, and the same load varies by about
+#: 1 MiB from run to run (allocator, threads), so the worst case keeps a margin.
+HEADROOM = 0.05
 #: A model worker process before its load: Python, numpy and llama-cpp-python imported
 #: (PSS measured: 26-27 MiB; private 21 MiB).
 WORKER_PROCESS_BYTES = 28 * MiB
@@ -111,6 +143,8 @@ class ModelFacts:
     #: Bytes of the vocabulary's longest token (0: unknown): a text of B bytes is at
     #: least B / this many tokens (prompt_fit.py).
     longest_token_bytes: int = 0
+    n_ff: int = 0  # the feed-forward's width (the widest layer's)
+    n_merges: int = 0  # BPE merges of the tokenizer (0: none, an SPM vocabulary)
 
     def repacked_bytes_of(self, types: frozenset[str]) -> int:
         """Weights that become private copies when llama.cpp repacks ``types`` (type names
@@ -252,6 +286,7 @@ def model_facts(header: GgufHeader) -> ModelFacts:
     window = header.arch_value("attention.sliding_window")
     swa = _swa_layers(arch, n_layers, window, header.arch_value("attention.sliding_window_pattern"))
     tokens = md.get("tokenizer.ggml.tokens")
+    merges = md.get("tokenizer.ggml.merges")
     vocab = header.arch_value("vocab_size")
     if vocab is None:
         vocab = tokens.count if isinstance(tokens, ArraySummary) else len(tokens or [])
@@ -283,7 +318,9 @@ def model_facts(header: GgufHeader) -> ModelFacts:
         repacked_bytes=sum(n for kind, _, _, n in matrices if kind in REPACKED_TYPES),
         output_bytes=other, parameters=params, quant=quant,
         has_chat_template="tokenizer.chat_template" in md,
-        matrices=tuple(matrices), longest_token_bytes=_longest_token(tokens))
+        matrices=tuple(matrices), longest_token_bytes=_longest_token(tokens),
+        n_ff=_max_int(header.arch_value("feed_forward_length", 0)),
+        n_merges=merges.count if isinstance(merges, ArraySummary) else len(merges or []))
 
 
 def _longest_token(tokens: Any) -> int:
@@ -328,25 +365,41 @@ def kv_bytes(facts: ModelFacts, settings: LoadSettings) -> int:
 
 
 def compute_bytes(facts: ModelFacts, settings: LoadSettings) -> int:
-    """Resident attention scratch while prefilling a full context (fitted, see module doc)."""
+    """The compute buffer's pages a decode touches while prefilling a full context: one
+    layer's busiest step and the KQ mask, for a micro-batch (see module doc)."""
     n_kv = _pad(settings.n_ctx * settings.parallel, 256)
     n_ubatch = min(settings.n_batch, settings.n_ctx, 512)
     masks = 2 if any(facts.swa_layers) else 1
+    width = max(facts.n_embd, facts.n_head * max(facts.key_length, facts.value_length))
+    activations = n_ubatch * (4 * (ACT_FF_TENSORS * facts.n_ff + ACT_EMBD_TENSORS * width)
+                              + ACT_QUANT_BYTES * max(facts.n_ff, width))
     if settings.uses_flash_attn:
-        return int(n_kv * n_ubatch * 2 * FLASH_SCRATCH_PER_MASK * masks + FLASH_FIXED_BYTES)
+        return int(n_kv * n_ubatch * 2 * FLASH_SCRATCH_PER_MASK * masks + activations)
     per_token = 4 * n_ubatch * (ATTN_SCRATCH_PER_HEAD * facts.n_head
                                 + ATTN_SCRATCH_PER_MASK * masks)
-    return int(n_kv * per_token)
+    return int(max(n_kv * per_token, activations))
+
+
+def tokenizer_bytes(facts: ModelFacts) -> int:
+    """llama.cpp's vocabulary: its tokens (text, id <-> text maps, piece cache) and its
+    BPE merges (the rank map), beyond a fixed part counted with the context."""
+    return TOKENIZER_PER_TOKEN * facts.n_vocab + TOKENIZER_PER_MERGE * facts.n_merges
+
+
+def overhead_bytes(facts: ModelFacts, settings: LoadSettings) -> int:
+    """Everything but weights, KV cache and compute: the tokenizer, the context, the
+    output rows and samplers of its sequences, a worker process (see module doc)."""
+    output = OUTPUT_PER_VOCAB_SEQ * facts.n_vocab * settings.parallel + EMBED_OUTPUT_BYTES
+    worker = WORKER_PROCESS_BYTES if settings.worker_process else 0
+    measured = OVERHEAD_FIXED_BYTES + tokenizer_bytes(facts) + output
+    return int(measured + HEADROOM * (measured + compute_bytes(facts, settings))) + worker
 
 
 def footprint(name: str, facts: ModelFacts, settings: LoadSettings) -> Footprint:
     """The Footprint of one instance of a model under ``settings`` (pure)."""
     kv = kv_bytes(facts, settings)
     compute = compute_bytes(facts, settings)
-    overhead = OVERHEAD_FIXED_BYTES + OVERHEAD_PER_VOCAB_TOKEN * facts.n_vocab
-    if settings.worker_process:
-        overhead += WORKER_PROCESS_BYTES
-    weights = facts.weights_bytes
+    overhead = overhead_bytes(facts, settings)
     offloaded = 0
     if settings.gpu_pool and settings.n_gpu_layers:
         offloaded = facts.n_layers if settings.n_gpu_layers < 0 else min(
@@ -357,10 +410,17 @@ def footprint(name: str, facts: ModelFacts, settings: LoadSettings) -> Footprint
         on_gpu += facts.output_bytes // 2  # the output matrix; the embeddings stay on the CPU
     fraction = offloaded / facts.n_layers if facts.n_layers else 0.0
     kv_gpu = int(kv * fraction)
-    cpu_weights = weights - on_gpu
-    repacked_cpu = int(facts.repacked_bytes_of(settings.repacked_types) * (1 - fraction))
-    shared = max(0, cpu_weights - repacked_cpu) if settings.use_mmap else 0
-    pools = {"ram": cpu_weights + (kv - kv_gpu) + overhead + (0 if offloaded else compute)}
+    cpu_weights = facts.weights_bytes - on_gpu
+    # A repacked tensor is copied into a private buffer of each instance; with mmap the
+    # mapped pages it was read from stay resident too (and are shared, as all the file's).
+    copies = int(facts.repacked_bytes_of(settings.repacked_types) * (1 - fraction))
+    if settings.use_mmap:
+        shared = cpu_weights
+    else:
+        shared, copies = 0, 0  # read into anonymous buffers, the repacked ones once
+    weights = facts.weights_bytes + copies
+    pools = {"ram": cpu_weights + copies + (kv - kv_gpu) + overhead
+             + (0 if offloaded else compute)}
     if offloaded and settings.gpu_pool:
         # A GPU compute buffer is allocated for real (not touched lazily): full logits.
         gpu_compute = max(compute, 4 * facts.n_vocab * min(settings.n_batch, 512))
