@@ -60,9 +60,16 @@ def signal_state():
     signals.clear()
 
 
+@pytest.fixture(scope="session")
+def assembled_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the whole session where GGUFs shipped as part packages are
+    assembled (once, not once per test's LOCALMOA_HOME)."""
+    return tmp_path_factory.mktemp("assembled-models")
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                  repack_verdicts: bytes) -> Path:
+                  repack_verdicts: bytes, assembled_models: Path) -> Path:
     from localmoa.backends.llamacpp import repack
 
     home = tmp_path / "localmoa-home"
@@ -72,9 +79,10 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     for name in ("LOCALMOA_CONFIG", "LOCALMOA_DEBUG", "LOCALMOA_CPU_REPACK",
                  "LOCALMOA_EVENT_LOG", "LOCALMOA_NETWORK_LOG", "LOCALMOA_MEMORY_BUDGET",
                  "LOCALMOA_MAX_PROMPT_BYTES", "LOCALMOA_ALLOWED_HOSTS", "LOCALMOA_ORIGINS",
-                 "LOCALMOA_API_KEY",
-                 "OLLAMA_HOST"):
+                 "LOCALMOA_API_KEY", "LOCALMOA_LMSTUDIO_MODELS",
+                 "OLLAMA_HOST", "OLLAMA_MODELS"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOCALMOA_MODELS_DIR", str(assembled_models))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     return home

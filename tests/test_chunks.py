@@ -244,6 +244,17 @@ def test_cli_assembles_with_a_line_on_stderr(parts: FakeParts, tmp_path: Path) -
     assert row["source"] == f"chunks:{parts.prefix}1..{parts.prefix}3"
 
 
+def test_pull_of_a_chunks_model_resolves_it_and_downloads_nothing(
+        parts: FakeParts, tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text(parts.yaml())
+    proc = cli("models", "pull", "m", "--config", str(config),
+               env={"PYTHONPATH": str(parts.site)})
+    assert proc.returncode == 0, proc.stderr
+    assert "is on this machine" in proc.stdout + proc.stderr
+    assert "nothing to download" in proc.stdout + proc.stderr
+
+
 def test_real_qwen_coder_0_5b_answers() -> None:
     """The real Qwen2.5-Coder-0.5B from its 6 PyPI part packages: assembled, loaded, one
     short answer (8 tokens at most)."""

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from .conftest import cli
@@ -78,7 +80,7 @@ def test_humaneval_on_tiny_gives_pass_at_1_with_an_interval_per_contender(
     out = tmp_path / "out"
     proc = cli("eval", "--tasks", "humaneval", "--limit", "2", "--execute",
                "--contenders", "single,vote",
-               "--max-tokens", "48", "--out", str(out), "--json", timeout=900)
+               "--max-tokens", "48", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     assert "localmoa: notice: model-written code runs in a separate process" in proc.stderr
     printed = json.loads(proc.stdout)
@@ -91,6 +93,8 @@ def test_humaneval_on_tiny_gives_pass_at_1_with_an_interval_per_contender(
         assert found["problems"] == 2 and sum(found["statuses"].values()) == 2
         assert found["value"] == summary["accuracy"]
     doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    jsonschema.validate(doc, json.loads((resources.files("localmoa") / "schemas"
+                                         / "eval-results.schema.json").read_text()))
     assert doc["settings"]["execute"] is True
     assert [t["id"] for t in doc["tasks"]] == ["HumanEval/0", "HumanEval/1"]
     for answer in doc["answers"]:

@@ -29,22 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..answers import canonical, extract_choice, extract_json, extract_number, parse_number
 from .tasks import Task
+from .verdict import Verdict
 
 if TYPE_CHECKING:
     from .codecheck import CodeJudge
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What was read from a reply and whether it is right. ``extracted`` is a number
-    written canonically, a letter, a JSON object or the reply's text; None when the
-    reply held nothing of the kind. ``why`` says what was wrong ("" when right).
-    ``status``: a code task's sandbox status (sandbox.STATUSES), else None."""
-
-    extracted: Any
-    correct: bool
-    why: str = ""
-    status: str | None = None
 
 
 def count_words(text: str) -> int:

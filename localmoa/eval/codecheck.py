@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import codevote, humaneval
-from .checks import Verdict
 from .sandbox import Containment, Limits, Outcome, containment, run_program
 from .tasks import Task
+from .verdict import Verdict
 
 
 @dataclass

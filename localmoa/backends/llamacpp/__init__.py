@@ -2,7 +2,7 @@
 llama-cpp-python, each in a worker process of its own.
 
 - backend.py: LlamaCppBackend (estimate, load, pull, prestart, the repack check)
-- spec.py: the keys of its entries and Source (path / repo / package)
+- spec.py: the keys of its entries and Source (path / repo / package / chunks / ollama / lmstudio)
 - sources.py, pull.py: a source resolved to a local GGUF (offline), and downloaded
 - model.py: a llama.cpp model in this process; batch_loop.py: sequences of one context
   decoded together; embed.py: embeddings

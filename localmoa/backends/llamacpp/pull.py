@@ -24,15 +24,18 @@ from .spec import Source
 
 def pull_gguf(config: Config, name: str, source: Source,
               report: Callable[[Progress], None]) -> str:
-    """Fetch the GGUF of a model whose ``source`` is a path, a package or a Hugging Face
-    repo (backend: llamacpp)."""
+    """Fetch the GGUF of a model whose ``source`` is a Hugging Face repo (backend:
+    llamacpp); any other source is already on the machine (a file, a package, part
+    packages, Ollama's store, LM Studio's folder), and is only resolved."""
     if source.path is not None:
         path = resolve_model_path(config, name)
         return f"{name} is a local file ({path}); nothing to download"
     if source.package is not None:
         path = resolve_model_path(config, name)
         return f"{name} ships in the Python package {source.package} ({path})"
-    assert source.repo is not None
+    if source.repo is None:  # chunks, ollama, lmstudio: on this machine, or one line why
+        path = resolve_model_path(config, name)
+        return f"{name} is on this machine ({path}); nothing to download"
     return _pull_hf(config, name, source.repo, source.file, report)
 
 
