@@ -56,12 +56,13 @@ def packaged(name: str) -> Path:
     raise SystemExit(f"{name}: give its GGUF as --gguf {name}=PATH")
 
 
-def predicted(path: Path, n_ctx: int, n_seq: int, kv_type: str) -> dict[str, float]:
+def predicted(path: Path, n_ctx: int, n_seq: int, kv_type: str,
+              flash: bool = True) -> dict[str, float]:
     """The estimator's bytes for one load (the backend's defaults: flash attention auto,
     this machine's repacking), in MiB: the total and its parts."""
     facts = model_facts(read_header(path))
-    settings = LoadSettings(n_ctx=n_ctx, kv_type=kv_type, repacked_types=repack.private_types(
-        repack.choose(None)))
+    settings = LoadSettings(n_ctx=n_ctx, kv_type=kv_type, flash_attn=flash,
+                            repacked_types=repack.private_types(repack.choose(None)))
     fp = footprint("m", facts, replace(settings, parallel=n_seq))
     total = fp.total_bytes if n_seq == 1 else batched_pools(
         "m", facts, settings, [n_seq])[n_seq]["ram"]
@@ -69,9 +70,11 @@ def predicted(path: Path, n_ctx: int, n_seq: int, kv_type: str) -> dict[str, flo
             "compute": fp.compute_bytes / MiB, "overhead": fp.overhead_bytes / MiB}
 
 
-def measured(path: Path, n_ctx: int, n_seq: int, kv_type: str) -> dict[str, Any]:
+def measured(path: Path, n_ctx: int, n_seq: int, kv_type: str,
+             flash: bool = True) -> dict[str, Any]:
     proc = subprocess.run(["nice", "-n", "10", sys.executable, str(MEASURE), str(path),
-                           str(n_ctx), kv_type, str(n_seq), "--embed"],
+                           str(n_ctx), kv_type, str(n_seq), "--embed"]
+                          + ([] if flash else ["--flash-off"]),
                           capture_output=True, text=True, check=True, timeout=3600)
     out: dict[str, Any] = json.loads(proc.stdout)
     out["peak"] = max([out["peak_rss"]] + [s.get("rss", s["pss"]) for s in out["stages"].values()])
@@ -79,10 +82,11 @@ def measured(path: Path, n_ctx: int, n_seq: int, kv_type: str) -> dict[str, Any]
 
 
 def row(name: str, path: Path, n_ctx: int, n_seq: int, kv_type: str,
-        sample: dict[str, Any]) -> dict[str, Any]:
-    pred = predicted(path, n_ctx, n_seq, kv_type)
+        sample: dict[str, Any], flash: bool = True) -> dict[str, Any]:
+    pred = predicted(path, n_ctx, n_seq, kv_type, flash)
     peak = sample["peak"] / MiB
     return {"model": name, "path": str(path), "n_ctx": n_ctx, "n_seq": n_seq, "kv": kv_type,
+            "flash_attn": flash,
             "predicted_mib": round(pred["total"], 1), "measured_mib": round(peak, 1),
             "ratio": round(pred["total"] / peak, 3), "parts_mib": {
                 k: round(v, 1) for k, v in pred.items() if k != "total"},
@@ -93,7 +97,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | n_ctx | n_seq | KV | predicted | measured peak | ratio |",
              "|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['n_ctx']} | {r['n_seq']} | {r.get('kv', 'f16')} | "
+        kv = r.get("kv", "f16") + ("" if r.get("flash_attn", True) else ", flash attn off")
+        lines.append(f"| {r['model']} | {r['n_ctx']} | {r['n_seq']} | {kv} | "
                      f"{r['predicted_mib']:.1f} MiB | {r['measured_mib']:.1f} MiB | "
                      f"{r['ratio']:.2f}x |")
     return "\n".join(lines)
@@ -107,6 +112,7 @@ def main() -> None:
     parser.add_argument("--n-ctx", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--n-seq", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--kv", nargs="+", default=["f16"], help="KV cache types")
+    parser.add_argument("--flash-off", action="store_true", help="flash attention off")
     parser.add_argument("--reuse", type=Path, help="predict again for these measurements")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
@@ -114,13 +120,15 @@ def main() -> None:
     if args.reuse:
         for old in json.loads(args.reuse.read_text())["rows"]:
             rows.append(row(old["model"], Path(old["path"]), old["n_ctx"], old["n_seq"],
-                            old.get("kv", "f16"), old["measured"]))
+                            old.get("kv", "f16"), old["measured"], old.get("flash_attn", True)))
     models = [(m, packaged(m)) for m in args.models]
     models += [(spec.split("=", 1)[0], Path(spec.split("=", 1)[1])) for spec in args.gguf]
     runs = [(name, path, n_seq, n_ctx, kv) for name, path in models for kv in args.kv
             for n_seq in args.n_seq for n_ctx in args.n_ctx]
     for name, path, n_seq, n_ctx, kv in runs:
-        rows.append(row(name, path, n_ctx, n_seq, kv, measured(path, n_ctx, n_seq, kv)))
+        flash = not args.flash_off
+        rows.append(row(name, path, n_ctx, n_seq, kv, measured(path, n_ctx, n_seq, kv, flash),
+                        flash))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
         write(args.json, rows)  # each row as soon as it is measured
     print(table(rows))

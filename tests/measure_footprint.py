@@ -60,7 +60,7 @@ def main() -> None:
     path, n_ctx, kv_type = Path(sys.argv[1]).resolve(), int(sys.argv[2]), sys.argv[3]
     n_seq = int(sys.argv[4]) if len(sys.argv) > 4 else 1  # room for a batch of n_seq
     spec = LlamaCppSpec(backend="llamacpp", source=Source(path=str(path)), n_ctx=n_ctx,
-                        kv_type=kv_type)
+                        kv_type=kv_type, flash_attn="off" if "--flash-off" in sys.argv else None)
     rss0, pss0 = process_memory()
     base = split_rss(path)
     peak = Peak()

@@ -6,7 +6,7 @@ What llama.cpp (through llama-cpp-python 0.3.x, CPU) was measured to hold, part 
 part (RSS of a fresh process at each stage: after the load, after filling the
 context, after a chat and an embedding; tests/measure_footprint.py, on SmolLM2-135M
 Q4_1, Gemma-3-270M Q4_K_M and Qwen2.5-Coder 0.5B/1.5B Q4_K_M; benchmarks/README.md,
-"The estimator against measured memory"):
+"`bench_estimate.py`"):
 
 - weights: the tensor bytes, memory-mapped and read whole at load (llama.cpp maps
   with MAP_POPULATE). A second instance of the same file shares those pages.
@@ -23,7 +23,7 @@ Q4_1, Gemma-3-270M Q4_K_M and Qwen2.5-Coder 0.5B/1.5B Q4_K_M; benchmarks/README.
   of one layer's busiest step: the feed-forward's gate, up and their product
   (3 x n_ff floats per token of a micro-batch), a few n_embd-wide tensors, the KQ
   mask (f16 with flash attention), and the activations quantised for the weights'
-  dot products. Without flash attention the KQ scores dominate (fitted below).
+  dot products. Without flash attention the KQ scores come on top (fitted below).
 - output and sampling: the logits rows llama.cpp keeps (n_vocab floats per
   sequence, up to EMBED_OUTPUT_BYTES once a model has embedded) and each
   sequence's sampler candidates (n_vocab x 12 B).
@@ -377,7 +377,9 @@ def compute_bytes(facts: ModelFacts, settings: LoadSettings) -> int:
         return int(n_kv * n_ubatch * 2 * FLASH_SCRATCH_PER_MASK * masks + activations)
     per_token = 4 * n_ubatch * (ATTN_SCRATCH_PER_HEAD * facts.n_head
                                 + ATTN_SCRATCH_PER_MASK * masks)
-    return int(max(n_kv * per_token, activations))
+    # the KQ scores and the feed-forward's tensors are live at different steps, but the
+    # allocator may place them side by side (SmolLM2 at n_ctx 512: 20.9 MiB touched)
+    return int(n_kv * per_token + activations)
 
 
 def tokenizer_bytes(facts: ModelFacts) -> int:
