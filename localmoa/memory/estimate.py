@@ -74,7 +74,7 @@ ACT_QUANT_BYTES = 292 / 256
 TOKENIZER_PER_TOKEN = 158
 TOKENIZER_PER_MERGE = 150
 #: llama.cpp's context, graph metadata and threads, llama-cpp-python's arrays and the
-#: tokenizer's fixed part (anonymous: 14.6-17.7 MiB measured), and the library code a load
+#: tokenizer's fixed part (anonymous: 14.6-18.5 MiB measured), and the library code a load
 #: and a decode touch (11.7-12.9 MiB of RSS, shared with other processes running llama.cpp).
 OVERHEAD_FIXED_BYTES = 18 * MiB + 13 * MiB
 #: Per sequence: its logits row (4 B) and its sampler's candidates (12 B) per vocab entry.
