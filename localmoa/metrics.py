@@ -205,7 +205,7 @@ def latency_of(runs: list[AgentRun]) -> dict[str, Any]:
     """How soon the final answer came, from the agents' runs.
 
     - ``answer_first_text_s``: the final answer's first text, from the run's start (the
-      aggregator's; without one, the last layer's first agent that wrote any);
+      aggregator's; without one, a vote's: when the last layer ended);
     - ``aggregator_first_text_after_references_s``: the aggregator's first text after
       the last of its references ended (the wait a user sees once every proposer is done);
     - ``references_prefilled_early_tokens``: reference tokens the aggregator evaluated
@@ -214,13 +214,15 @@ def latency_of(runs: list[AgentRun]) -> dict[str, Any]:
       read them.
     """
     aggregator = next((r for r in runs if r.is_aggregator), None)
-    if aggregator is None:
-        last = max((r.layer for r in runs), default=0)
-        first = [r.first_text_s for r in runs if r.layer == last and r.first_text_s is not None]
-        return {"answer_first_text_s": min(first) if first else None,
+    if aggregator is None:  # a vote or the consensus short-cut: the answer exists when
+        last = max((r.layer for r in runs), default=0)  # its layer has ended
+        ended = [r.end_s for r in runs if r.layer == last]
+        return {"answer_first_text_s": max(ended) if ended else None,
                 "aggregator_first_text_after_references_s": None,
                 "references_prefilled_early_tokens": 0, "reference_order": []}
-    references = [r for r in runs if r.layer == aggregator.layer - 1 and r.ok]
+    # the last layer that ran before it (after an early exit, not the one just below)
+    read = max((r.layer for r in runs if r.layer < aggregator.layer), default=0)
+    references = [r for r in runs if r.layer == read and r.ok]
     after = None
     if references and aggregator.first_text_s is not None:
         after = round(aggregator.first_text_s - max(r.end_s for r in references), 4)

@@ -88,15 +88,27 @@ class Occupancy:
         try:
             yield
         finally:
+            self._end()
+
+    def _end(self) -> None:
+        """A generation (or an action) ended: run what waited for it, still marked
+        generating so that none starts under it, until nothing waits."""
+        while True:
             with self._lock:
-                self._generating = False
                 after, self._after = self._after, None
-            if after is not None:
+                if after is None:
+                    self._generating = False
+                    return
+            try:
                 after()
+            except BaseException:
+                self._end()  # what waits behind it still runs, and the mark comes off
+                raise
 
     def after_generation(self, action: Callable[[], None]) -> None:
-        """Run ``action`` now when no generation runs, else when the running one ends
-        (an unload: the last one asked for wins). A generation cannot start meanwhile."""
+        """Run ``action`` now when no generation runs, else when the running one (or
+        action) ends (an unload: the last one asked for wins). A generation cannot start
+        meanwhile."""
         with self._lock:
             if self._generating:
                 self._after = action
@@ -105,5 +117,4 @@ class Occupancy:
         try:
             action()
         finally:
-            with self._lock:
-                self._generating = False
+            self._end()

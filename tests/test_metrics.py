@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from localmoa.metrics import AgentRun, RunReport
+from localmoa.metrics import AgentRun, RunReport, latency_of
 
 
 def make(agent: str, layer: int, tokens: int, start: float, end: float, ok: bool = True,
@@ -35,3 +35,27 @@ def test_json_round_trip() -> None:
     report = RunReport.build(profile="p", prompt="q", answer="x", runs=runs, wall_s=2.0,
                              cores=2, models={"m": {"backend": "llamacpp"}})
     assert RunReport.from_dict(report.to_dict()) == report
+
+
+def _run(agent: str, layer: int, role: str, start: float, first: float | None,
+         end: float, ok: bool = True) -> AgentRun:
+    return AgentRun(agent=agent, model="m", layer=layer, role=role, ok=ok, start_s=start,
+                    first_text_s=first, end_s=end)
+
+
+def test_latency_after_an_early_exit_reads_the_last_layer_that_ran() -> None:
+    """layers_up_to stopped after layer 1: the aggregator (layer 4) read layer 1."""
+    runs = [_run("L1.1", 1, "proposer", 0.0, 0.5, 2.0), _run("L1.2", 1, "proposer", 0.0, 0.4, 3.0),
+            _run("L1.3", 1, "proposer", 0.0, None, 1.0, ok=False),
+            _run("AGG", 4, "aggregator", 3.1, 4.0, 5.0)]
+    latency = latency_of(runs)
+    assert latency["reference_order"] == ["L1.1", "L1.2"]
+    assert latency["aggregator_first_text_after_references_s"] == 1.0
+    assert latency["answer_first_text_s"] == 4.0
+
+
+def test_latency_of_a_vote_is_when_its_layer_ended() -> None:
+    runs = [_run("L1.1", 1, "proposer", 0.0, 0.5, 2.0), _run("L1.2", 1, "proposer", 0.0, 0.4, 3.0)]
+    latency = latency_of(runs)
+    assert latency["answer_first_text_s"] == 3.0
+    assert latency["aggregator_first_text_after_references_s"] is None

@@ -52,6 +52,32 @@ def test_no_generation_starts_under_an_unload() -> None:
     assert seen == [True] and not state.generating
 
 
+def test_an_unload_asked_for_during_one_runs_after_it_under_the_mark() -> None:
+    state = Occupancy("m")
+    done: list[tuple[str, bool]] = []
+
+    def first() -> None:
+        state.after_generation(lambda: done.append(("second", state.generating)))
+        done.append(("first", state.generating))
+
+    with state.generation():
+        state.after_generation(first)
+    assert done == [("first", True), ("second", True)] and not state.generating
+
+
+def test_a_failing_unload_takes_the_mark_off() -> None:
+    state = Occupancy("m")
+
+    def broken() -> None:
+        raise RuntimeError("unload failed")
+
+    with pytest.raises(RuntimeError):
+        state.after_generation(broken)
+    assert not state.generating
+    with state.generation():
+        pass
+
+
 def test_the_host_and_the_model_share_it() -> None:
     """A model gets its occupancy from the LoadedModel protocol; the host's busy flag
     is that object's claim, so a claim by the host is seen by the model, and back."""

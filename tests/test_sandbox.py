@@ -75,6 +75,26 @@ def test_writing_outside_its_folder_is_denied_and_nothing_is_written(
     assert not target.exists()
 
 
+def test_sqlite_outside_its_folder_is_denied_even_without_a_read_only_view(
+        isolated_home: Path) -> None:
+    target = isolated_home / "escaped.db"
+    source = f"import sqlite3\nsqlite3.connect({str(target)!r}).execute('create table t(x)')\n"
+    plain = sandbox.Containment(sandbox.containment().unshare, read_only=False)
+    outcome = run_program(source, GENEROUS, plain)
+    assert outcome.status == "denied", outcome
+    assert not target.exists()
+    inside = run_program("import sqlite3\nsqlite3.connect('mine.db').execute('create table "
+                         "t(x)')\nsqlite3.connect(':memory:')\n", GENEROUS, plain)
+    assert inside.passed, inside
+
+
+def test_a_demo_under_main_does_not_run() -> None:
+    """As in HumanEval's harness: a reply's own demo that reads input is not run."""
+    outcome = run_program("def f(x):\n    return x + 1\n\nif __name__ == '__main__':\n"
+                          "    print(f(int(input())))\n\nassert f(1) == 2\n", GENEROUS)
+    assert outcome.passed, outcome
+
+
 def test_native_writes_meet_a_read_only_file_system_where_the_machine_allows(
         tmp_path: Path) -> None:
     if not sandbox.containment().read_only:

@@ -125,8 +125,8 @@ class _WaveRun:
         if entry is None:
             batch.fail(ex.host.load_errors.get(inst) or f"{inst} is not loaded")
             return
-        ex.log("batch", instance=str(inst), size=batch.size)
         try:
+            ex.log("batch", instance=str(inst), size=batch.size)
             cast(BatchedModel, entry.model).run_batch(batch, threads)
         except LocalMoaError as exc:  # its worker died twice: its agents stop with why
             for task in self.groups[inst]:

@@ -19,8 +19,11 @@ What contains a program (``run_program``):
 A refused action makes the outcome "network" or "denied" even when the program caught
 the error. Statuses: passed, failed (an assertion), error, timeout, memory, network,
 denied. This is containment for honest mistakes of a model (a loop that never ends, a
-list that grows without bound, a stray file write), not a security boundary against
-code written to escape it: native code (ctypes) is not covered by the audit hook.
+list that grows without bound, a stray file write, a demo that reads input), not a
+security boundary against code written to escape it: native code (ctypes) is not
+covered by the audit hook, code that digs into the bootstrap's objects can switch the
+hook off, root in the namespace can remount the read-only view, and a program that
+writes to the verdict descriptor can forge its result.
 """
 
 from __future__ import annotations
@@ -151,9 +154,7 @@ def run_program(source: str, limits: Limits | None = None,
         try:
             return _run(contained, limits, control, work, (read_end, write_end))
         finally:
-            for fd in (read_end, write_end):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            os.close(read_end)  # the write end is _run's: closed once the child has it
             _make_removable(work)
 
 
@@ -165,11 +166,13 @@ def _run(contained: Containment, limits: Limits, control: Path, work: Path,
                json.dumps({**limits.child_limits(), "read_only": contained.read_only})]
     env = {**CHILD_ENV, "HOME": str(work), "TMPDIR": str(work)}
     start = time.monotonic()
-    with open(control / "stdout", "wb") as out, open(control / "stderr", "wb") as err:
-        proc = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err, pass_fds=(pipe[1],),
-                                start_new_session=True)
-    os.close(pipe[1])
+    try:
+        with open(control / "stdout", "wb") as out, open(control / "stderr", "wb") as err:
+            proc = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=err, pass_fds=(pipe[1],),
+                                    start_new_session=True)
+    finally:
+        os.close(pipe[1])  # once: the number may be another thread's right after
     timed_out = False
     try:
         proc.wait(timeout=limits.timeout_s)
@@ -220,7 +223,11 @@ def _status(code: int, verdict: dict[str, str] | None, stderr: str) -> tuple[str
     if "MemoryError" in stderr or code == -signal.SIGSEGV:
         return "memory", "it ran out of its memory limit"
     if code < 0:
-        return "error", f"killed by signal {signal.Signals(-code).name}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:  # a real-time signal has no name
+            name = str(-code)
+        return "error", f"killed by signal {name}"
     last = stderr.strip().splitlines()[-1:] or ["no output"]
     return "error", f"exited with code {code} before its tests finished: {last[0][:200]}"
 

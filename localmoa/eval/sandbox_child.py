@@ -137,6 +137,9 @@ def _verdict_of(event: str, args: tuple[Any, ...], root: str) -> tuple[str, str]
         return "denied", f"{event} refused: no new processes in the sandbox"
     if event == "open" and args and _is_write(args) and not _inside(args[0], root):
         return "denied", f"writing {args[0]!r} refused: outside the sandbox's directory"
+    if (event == "sqlite3.connect" and args and args[0] not in (":memory:", "", b"")
+            and not _inside(args[0], root)):  # sqlite writes from C: no open event
+        return "denied", f"sqlite3 on {args[0]!r} refused: outside the sandbox's directory"
     if event in PATH_EVENTS:
         for arg in args:
             if isinstance(arg, (str, bytes, os.PathLike)) and not _inside(arg, root):
@@ -171,8 +174,10 @@ def _describe(exc: BaseException) -> str:
 
 
 def run(source: str) -> tuple[str, str]:
-    """Run the program's source as __main__: its status and a line on what happened."""
-    scope: dict[str, Any] = {"__name__": "__main__", "__sandbox_result__": _result.append}
+    """Run the program's source, not as __main__ (a demo under ``if __name__ ==
+    "__main__":`` that reads input does not run, as in HumanEval's own harness): its
+    status and a line on what happened."""
+    scope: dict[str, Any] = {"__name__": "__sandbox__", "__sandbox_result__": _result.append}
     try:
         return _run_in(source, scope)
     finally:

@@ -155,8 +155,8 @@ class WorkerModel(LoadedModel):
                 continue
             if reply[0] in (last, "error", "dead"):
                 return
-        process.kill(f"it did not stop within {CANCEL_GRACE_S:g} s of a cancel, and used no "
-                     "CPU meanwhile")
+        process.kill(f"it did not stop within {CANCEL_GRACE_S:g} s of a cancel "
+                     "(stopped or stuck)")
 
     @contextlib.contextmanager
     def _claim(self) -> Iterator[None]:

@@ -126,7 +126,7 @@ def _deliver(process: WorkerProcess, by_index: dict[int, Sequence],
 def _cancel_stopped(process: WorkerProcess, rid: int, seqs: list[Sequence],
                     asked: dict[int, DeafWatch], grace_s: float) -> None:
     """An agent that stopped leaves at the worker's next step; a worker that has not
-    let it go after ``grace_s``, and used no CPU meanwhile, is stuck and is killed."""
+    let it go is killed once DeafWatch finds it deaf (stopped or stuck)."""
     for seq in seqs:
         if seq.done:
             continue
@@ -135,8 +135,8 @@ def _cancel_stopped(process: WorkerProcess, rid: int, seqs: list[Sequence],
                 asked[seq.index] = DeafWatch(process, grace_s)
                 process.send(("cancel", rid, seq.index))
         elif asked[seq.index].deaf():
-            process.kill(f"it did not stop within {grace_s:g} s of a cancel, and used no "
-                         "CPU meanwhile")
+            process.kill(f"it did not stop within {grace_s:g} s of a cancel "
+                         "(stopped or stuck)")
 
 
 def _restart(model: WorkerModel, batch: Batch, unfinished: list[Sequence],

@@ -253,29 +253,41 @@ class WorkerProcess:
 
 class DeafWatch:
     """Whether a worker asked to let something go (a cancel) is deaf: a whole grace
-    period in which it used no CPU time, because it is stopped (SIGSTOP) or blocked.
-    A worker that is only slow, on a busy machine or in a long prefill step, keeps using
-    CPU and is waited for; one that computes and never looks up is the engine's to
-    abandon (its agent's grace), which kills it."""
+    period in which it used no CPU time, because it is stopped (SIGSTOP) or blocked,
+    confirmed by a short second look (after a Ctrl-Z and ``fg`` the worker resumes with
+    localmoa, its clock did not run). A worker that is only slow, on a busy machine or
+    in a long prefill step, keeps using CPU and is waited for, up to ``CEILING_S`` (or
+    twelve graces) after the ask: then it is deaf whatever it does."""
+
+    CONFIRM_S = 1.0
+    CEILING_S = 120.0
 
     def __init__(self, process: WorkerProcess, grace_s: float) -> None:
         self.process = process
         self.grace_s = grace_s
-        self._since = time.monotonic()
+        self._asked = self._since = time.monotonic()
         self._cpu_s = process.cpu_s()
+        self._doubt = False  # one look found no CPU used: the next decides
 
     def left_s(self) -> float:
         """Seconds until the next look (0: look now)."""
-        return max(0.0, self._since + self.grace_s - time.monotonic())
+        wait = self.CONFIRM_S if self._doubt else self.grace_s
+        return max(0.0, self._since + wait - time.monotonic())
 
     def deaf(self) -> bool:
-        """True once a grace period passed with no CPU used; a period in which it used
-        some starts another."""
+        """True once a grace period, then a confirming look, passed with no CPU used, or
+        once the ceiling passed; a look that finds CPU used starts another period."""
+        now = time.monotonic()
+        if now - self._asked >= max(self.CEILING_S, 12 * self.grace_s):
+            return True
         if self.left_s() > 0:
             return False
         cpu_s = self.process.cpu_s()
         if cpu_s > self._cpu_s:
-            self._since, self._cpu_s = time.monotonic(), cpu_s
+            self._since, self._cpu_s, self._doubt = now, cpu_s, False
+            return False
+        if not self._doubt:
+            self._since, self._doubt = now, True
             return False
         return True
 
