@@ -104,6 +104,16 @@ def test_assembled_once_and_checked(parts: FakeParts, isolated_home: Path) -> No
     assert models_dir(isolated_home) == sorted([GGUF_NAME, f".{GGUF_NAME}.stamp.json"])
 
 
+def test_a_killed_assemblys_temporary_file_is_removed(parts: FakeParts,
+                                                      isolated_home: Path) -> None:
+    """A SIGKILL mid-assembly leaves .NAME.XXXX.tmp; the next assembly removes it."""
+    folder = isolated_home / "models"
+    folder.mkdir()
+    (folder / f".{GGUF_NAME}.k1ll3d.tmp").write_bytes(b"half a model")
+    resolve_model_path(config_with(parts.chunks()), "m")
+    assert models_dir(isolated_home) == sorted([GGUF_NAME, f".{GGUF_NAME}.stamp.json"])
+
+
 def test_reused_without_reading_the_parts(parts: FakeParts, isolated_home: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = config_with(parts.chunks())

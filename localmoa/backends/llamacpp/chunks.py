@@ -157,6 +157,9 @@ def _part_paths(chunks: Chunks, model: str) -> list[Path]:
 def _assemble(chunks: Chunks, parts: list[Path], target: Path, model: str) -> None:
     """Concatenate ``parts`` into a temporary file beside ``target``, hashing as it goes;
     renamed over ``target`` only when the sha256 is the pinned one."""
+    for stale in target.parent.glob(f".{chunks.name}.*.tmp"):  # a killed assembly's:
+        with contextlib.suppress(OSError):  # under the lock, nobody else writes them
+            stale.unlink()
     total = sum(p.stat().st_size for p in parts)
     free = shutil.disk_usage(target.parent).free
     if free < total:

@@ -203,7 +203,11 @@ def lmstudio_file(text: str, model: str, where: str = "") -> Path:
             if path.is_file():
                 return path
             continue
-        files = sorted(p.name for p in folder.iterdir() if model_gguf(p.name))
+        try:
+            files = sorted(p.name for p in folder.iterdir() if model_gguf(p.name))
+        except OSError as exc:
+            raise ModelNotFoundError(f"model {model!r}: cannot list LM Studio's {folder}: "
+                                     f"{exc.strerror or exc}") from None
         chosen = match_quant(files, quant) if quant else (files[0] if len(files) == 1 else None)
         if chosen:
             return folder / chosen
