@@ -155,7 +155,8 @@ def test_embedding_output_bound_is_the_backends() -> None:
 
 
 #: Measured peaks (RSS growth of a fresh process: load, fill every cell, a chat, an
-#: embedding; benchmarks/bench_estimate.py, 2026-12-03) of Qwen2.5-Coder-0.5B Q4_K_M.
+#: embedding; benchmarks/bench_estimate.py, 2026-12-03) of Qwen2.5-Coder-0.5B Q4_K_M
+#: (the estimator before issue 26 predicted 0.85-0.89x of them).
 QWEN05_PEAKS_MIB = [(2048, 1, 641.4), (4096, 1, 668.0), (2048, 3, 689.8), (4096, 3, 768.4)]
 
 
