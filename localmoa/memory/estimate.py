@@ -73,10 +73,12 @@ ACT_QUANT_BYTES = 292 / 256
 #: Per vocabulary entry and per BPE merge (measured: vocab-only loads of three tokenizers).
 TOKENIZER_PER_TOKEN = 158
 TOKENIZER_PER_MERGE = 150
+#: The library code a load and a decode touch (11.7-12.9 MiB of RSS): the pages of one
+#: file, which a second instance (another worker process) shares.
+LIBRARY_BYTES = 13 * MiB
 #: llama.cpp's context, graph metadata and threads, llama-cpp-python's arrays and the
-#: tokenizer's fixed part (anonymous: 14.6-18.5 MiB measured), and the library code a load
-#: and a decode touch (11.7-12.9 MiB of RSS, shared with other processes running llama.cpp).
-OVERHEAD_FIXED_BYTES = 18 * MiB + 13 * MiB
+#: tokenizer's fixed part (anonymous: 14.6-18.5 MiB measured), and the library code.
+OVERHEAD_FIXED_BYTES = 18 * MiB + LIBRARY_BYTES
 #: Per sequence: its logits row (4 B) and its sampler's candidates (12 B) per vocab entry.
 OUTPUT_PER_VOCAB_SEQ = 16
 #: The output rows a model that embedded keeps (backends/llamacpp/embed.EMBED_OUTPUT_BYTES).
@@ -182,6 +184,8 @@ class Footprint:
     overhead_bytes: int = 0
     #: Weights every further instance of the same file shares (mmap, not repacked, on CPU).
     shared_weights_bytes: int = 0
+    #: Code pages every further instance shares (llama.cpp's library, in its overhead).
+    shared_code_bytes: int = 0
     #: Bytes of the first instance in each pool ("ram", "gpu0", "ollama@host" ...).
     pools: dict[str, int] = field(default_factory=dict)
     #: Runs in this process on this machine's cores (not in an Ollama daemon).
@@ -225,9 +229,15 @@ class Footprint:
         return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
 
     @property
+    def shared_bytes(self) -> int:
+        """What a second instance of the same model shares with the first, in RAM."""
+        return self.shared_weights_bytes + self.shared_code_bytes
+
+    @property
     def extra_instance_bytes(self) -> int:
-        """What a second instance of the same model adds (it shares the mapped weights)."""
-        return self.total_bytes - self.shared_weights_bytes
+        """What a second instance of the same model adds (it shares the mapped weights
+        and the library code)."""
+        return self.total_bytes - self.shared_bytes
 
     def cost(self, instances: int, seqs: int = 1) -> dict[str, int]:
         """Bytes per pool of ``instances`` instances loaded at once, the first with room
@@ -240,12 +250,12 @@ class Footprint:
             out = dict(self.batched_pools[seqs])
             if instances > 1:
                 for pool, amount in self.cost(instances - 1).items():
-                    extra = amount - (self.shared_weights_bytes if pool == "ram" else 0)
+                    extra = amount - (self.shared_bytes if pool == "ram" else 0)
                     out[pool] = out.get(pool, 0) + extra
             return out
         out = dict(self.pools)
         out["ram"] = out.get("ram", 0) + (instances - 1) * (
-            self.pools.get("ram", 0) - self.shared_weights_bytes)
+            self.pools.get("ram", 0) - self.shared_bytes)
         for pool, amount in self.pools.items():
             if pool != "ram":
                 out[pool] = amount * instances  # VRAM copies are never shared
@@ -430,7 +440,8 @@ def footprint(name: str, facts: ModelFacts, settings: LoadSettings) -> Footprint
         compute = gpu_compute
     return Footprint(model=name, n_ctx=settings.n_ctx, kv_type=settings.kv_type,
                      weights_bytes=weights, kv_bytes=kv, compute_bytes=compute,
-                     overhead_bytes=overhead, shared_weights_bytes=shared, pools=pools)
+                     overhead_bytes=overhead, shared_weights_bytes=shared,
+                     shared_code_bytes=LIBRARY_BYTES, pools=pools)
 
 
 def batched_pools(name: str, facts: ModelFacts, settings: LoadSettings,

@@ -159,7 +159,8 @@ class OllamaBackend(BackendBase):
         # The daemon holds one copy, whatever number of agents use it at once.
         pool = ollama_pool(spec)
         fp = dataclasses.replace(fp, pools={pool: fp.total_bytes},
-                                 shared_weights_bytes=fp.total_bytes, local=False,
+                                 shared_weights_bytes=fp.total_bytes, shared_code_bytes=0,
+                                 local=False,
                                  parallel_limit=parallel, parallel_group=f"{pool}/{name}")
         return Estimate(None, facts, dataclasses.replace(fp, hints=refusal_hints(fp)))
 
