@@ -17,7 +17,7 @@ from localmoa.cli._live import LiveView
 from localmoa.metrics import AgentRun
 from localmoa.recipe import Overrides, build_graph
 
-from .conftest import EventStream
+from .conftest import SAFETY_S, EventStream
 
 PROMPT = ">>> "
 
@@ -33,7 +33,8 @@ class _Spawn(pexpect.spawn):
         return ptyprocess.PtyProcess.spawn(args, pass_fds=self.pass_fds, **kwargs)
 
 
-def spawn(*args: str, timeout: float = 120, events: EventStream | None = None) -> pexpect.spawn:
+def spawn(*args: str, timeout: float = SAFETY_S,
+          events: EventStream | None = None) -> pexpect.spawn:
     env = dict(os.environ, COLUMNS="120", TERM="xterm", **(events.env if events else {}))
     kind = type("Spawn", (_Spawn,), {"pass_fds": (events.write_fd,) if events else ()})
     child = kind(sys.executable, ["-m", "localmoa", "chat", *args], env=env,

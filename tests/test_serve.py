@@ -21,7 +21,7 @@ from localmoa.config import load_config
 from localmoa.preflight import preflight
 from localmoa.recipe import build_graph, merge_graphs
 
-from .conftest import cli
+from .conftest import SAFETY_S, cli
 from .serve_process import Served
 
 QUESTION = [{"role": "user", "content": "Which is larger, 9.11 or 9.9?"}]
@@ -214,12 +214,12 @@ def test_a_client_that_goes_away_stops_its_agents(server: Served) -> None:
     before = _metric(server, "localmoa_requests_cancelled_total")
     body = {"model": "smollm2-135m", "messages": LONG, "max_tokens": 2000, "stream": True}
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body,
-                      timeout=120) as response:
+                      timeout=SAFETY_S) as response:
         for line in response.iter_lines():
             if '"content": "' in line and '"content": ""' not in line:
                 break  # a first piece of the answer: now go away
     # the next request is served, after the abandoned run stopped
-    reply = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+    reply = httpx.post(server.url + "/v1/chat/completions", timeout=SAFETY_S, json={
         "model": "smollm2-135m", "messages": QUESTION, "max_tokens": 8})
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
     assert _metric(server, "localmoa_requests_cancelled_total") == before + 1

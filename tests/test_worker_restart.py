@@ -25,7 +25,7 @@ from localmoa.memory.planner import Instance, Plan, Task, Wave
 from localmoa.metrics import RunReport
 from localmoa.recipe import Agent, Overrides
 
-from .conftest import EventStream
+from .conftest import SAFETY_S, EventStream
 
 #: A long, steady answer: every proposer is still decoding when its worker is killed.
 COUNT = "Count from 1 to 200, one number per line."
@@ -171,7 +171,7 @@ def test_sigterm_to_the_process_group_interrupts_and_keeps_the_partial_work() ->
     proc = start_group(events, "--json")
     writing(events)
     os.killpg(proc.pid, signal.SIGTERM)  # localmoa and its workers alike
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=SAFETY_S)
     assert proc.returncode == 143, err.decode()[-800:]
     doc = json.loads(out)
     assert doc["error"] == "terminated (SIGTERM)"
@@ -188,7 +188,7 @@ def test_the_stats_after_ctrl_c_count_the_tokens_the_agents_wrote() -> None:
     proc = start_group(events)
     writing(events)
     os.killpg(proc.pid, signal.SIGINT)  # a Ctrl-C in the terminal reaches the whole group
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=SAFETY_S)
     text = err.decode()
     assert proc.returncode == 130, text[-800:]
     rows = {m[1]: int(m[2]) for m in re.finditer(
