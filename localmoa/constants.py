@@ -190,3 +190,9 @@ def assembled_models_dir() -> Path:
     """LOCALMOA_MODELS_DIR, else LOCALMOA_HOME/models: where GGUFs shipped as part packages
     (source: {chunks: ...}) are assembled, once."""
     return _env_path("LOCALMOA_MODELS_DIR") or localmoa_home() / "models"
+
+
+def eval_records_path() -> Path:
+    """LOCALMOA_EVAL_RECORDS, else LOCALMOA_HOME/eval-records.json: each model's summed
+    `localmoa eval` record, the selectors' tie-break (selection/records.py)."""
+    return _env_path("LOCALMOA_EVAL_RECORDS") or localmoa_home() / "eval-records.json"

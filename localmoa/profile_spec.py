@@ -76,6 +76,38 @@ class Specialist(StrictModel):
         return self
 
 
+class SelectSpec(StrictModel):
+    """How ``aggregate: select`` chooses among the last layer's answers (selection/)."""
+
+    by: Literal["confidence", "judge", "verify"] = Field(
+        default="confidence",
+        description="confidence: the answer of the model whose "
+        "samples agree most with each other (SLM-MUX); judge: the aggregator's model names "
+        "the best answer by its number (output constrained to the numbers); verify: each "
+        "answer's code runs on the prompt's examples (or the check command) and the one "
+        "that passes most wins.",
+    )
+    execute: bool = Field(
+        default=False,
+        description="Allow running model-written code: "
+        "verify needs it; confidence then compares code by what it "
+        "does on the prompt's examples. Each program runs in the eval's "
+        "sandbox (README: HumanEval).",
+    )
+    check: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description=(
+            "verify: a command run on each answer in an empty folder holding answer.txt and "
+            "candidate.py; exit status 0 passes."
+        ),
+    )
+    check_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="verify: the wall-clock limit of one check."
+    )
+
+
 class Profile(StrictModel):
     """A MoA recipe: proposer layers, then the final aggregator. A routing profile has a
     router and specialists instead of layers: the router picks specialists per query and
@@ -90,11 +122,17 @@ class Profile(StrictModel):
         default=None, description=TEMPLATE_HELP + " The default of the profile's "
         "agents (aggregator included) that set none.")
 
-    aggregate: Literal["always", "auto", "never"] = Field(
+    aggregate: Literal["always", "auto", "never", "select"] = Field(
         default="always",
         description="always: the aggregator writes the answer; auto: skipped when "
         "the last layer's proposers agree (their answer is returned); never: the answer "
-        "most proposers share (majority vote, ties to the first agent).")
+        "most proposers share (majority vote, ties to the first agent); select: one "
+        "proposer's answer, chosen by select.by and never rewritten.",
+    )
+    select: SelectSpec | None = Field(
+        default=None,
+        description="With aggregate: select, how the answer is chosen (default: by confidence).",
+    )
     layers_up_to: int | None = Field(
         default=None, ge=1, le=32, description="Up to N proposer layers (the last one repeated), "
         "stopping early once a layer's answers agree.")
@@ -124,4 +162,10 @@ class Profile(StrictModel):
         for i, layer in enumerate(self.layers):
             if not layer:
                 raise ValueError(f"layer {i + 1} has no agents")
+        if self.select is not None and self.aggregate != "select":
+            raise ValueError(
+                f"select: is read only with aggregate: select (this profile "
+                f"has aggregate: {self.aggregate}); set aggregate: select or "
+                "drop select:"
+            )
         return self

@@ -15,10 +15,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from .backends import get_backend
 from .config import Config
 from .errors import UsageError
-from .profile_spec import AgentSpec, Profile
+from .profile_spec import AgentSpec, Profile, SelectSpec
 from .prompts import reference_slots
+from .selection import SELECTORS, judge
 
 #: Self-MoA samples when ``--self MODEL`` gives no N, and the range N may take.
 SELF_DEFAULT_SAMPLES = 4
@@ -76,6 +78,8 @@ class MoaGraph:
     aggregate: str = "always"
     #: Stop adding proposer layers once a layer's answers agree (``layers_up_to``).
     early_exit: bool = False
+    #: With ``aggregate: select``: how the answer is chosen (selection/); else None.
+    select: SelectSpec | None = None
 
     @property
     def jobs(self) -> int:
@@ -112,8 +116,12 @@ class Overrides:
     timeout_s: float | None = None
     #: Self-MoA: (model, samples) replaces the profile's proposers and aggregator.
     self_moa: tuple[str, int] | None = None
-    #: ``always`` | ``auto`` | ``never``: the profile's ``aggregate`` for this run.
+    #: ``always`` | ``auto`` | ``never`` | ``select``: the profile's ``aggregate``.
     aggregate: str | None = None
+    #: ``--select BY``: ``aggregate: select`` chosen by BY (selection.SELECTORS).
+    select: str | None = None
+    #: ``--execute``: model-written code may run (the verify selector needs it).
+    execute: bool = False
 
 
 def self_moa_profile(model: str, samples: int) -> Profile:
@@ -190,10 +198,50 @@ def build_graph(config: Config, profile: str | None,
     layers = [[make(s, i + 1, j + 1, f"L{i + 1}.{j + 1}") for j, s in enumerate(layer)]
               for i, layer in enumerate(specs)]
     aggregator = make(agg_spec, len(layers) + 1, 1, "AGG")
+    aggregate = "select" if ov.select else ov.aggregate or prof.aggregate
+    select = _select_spec(config, prof, ov, aggregator) if aggregate == "select" else None
+    if select is not None and select.by == "judge":
+        aggregator = judge_agent(aggregator, len(layers[-1]))
     models = list(dict.fromkeys(a.model for a in [*sum(layers, []), aggregator]))
     return MoaGraph(profile=name, layers=layers, aggregator=aggregator, models=models,
-                    aggregate=ov.aggregate or prof.aggregate,
+                    aggregate=aggregate, select=select,
                     early_exit=prof.layers_up_to is not None and ov.layers is None)
+
+
+def _select_spec(config: Config, prof: Profile, ov: Overrides, aggregator: Agent) -> SelectSpec:
+    """The run's SelectSpec: the profile's (else the default), ``--select`` and
+    ``--execute`` applied; UsageError when verify may not run code, or the judge's model
+    cannot constrain its output."""
+    spec = prof.select or SelectSpec()
+    spec = spec.model_copy(
+        update={"by": ov.select or spec.by, "execute": spec.execute or ov.execute}
+    )
+    if spec.by == "verify" and not spec.execute:
+        raise UsageError(
+            "select by verify runs model-written code: pass --execute, or set "
+            "execute: true in the profile's select: (README: HumanEval, on "
+            "what the sandbox contains)"
+        )
+    backend = get_backend(config.models[aggregator.model].backend)
+    if spec.by == "judge" and not backend.capabilities.constrained_output:
+        raise UsageError(
+            f"select by judge: the aggregator's model {aggregator.model!r} "
+            f"(backend {backend.name}) cannot constrain its output to the "
+            "answers' numbers; use --select confidence, or a llama.cpp, "
+            "Ollama or OpenAI model as the aggregator"
+        )
+    return spec
+
+
+def judge_agent(aggregator: Agent, candidates: int) -> Agent:
+    """The aggregator as the judge of ``candidates`` answers: the judge's prompt, its
+    output constrained to their numbers, a few tokens (selection/judge.py)."""
+    return replace(
+        aggregator,
+        prompt_template=judge.template(candidates),
+        json_schema=judge.schema_text(candidates),
+        max_tokens=judge.MAX_TOKENS,
+    )
 
 
 def _profile_of(config: Config, profile: str | None, ov: Overrides) -> tuple[str, Profile]:
@@ -305,10 +353,16 @@ def merge_graphs(graphs: list[MoaGraph]) -> MoaGraph:
                 aggregator=_tag(g.aggregator, j)) for j, g in enumerate(graphs[1:], start=1)]
     layers = [[a for g in tagged for a in g.layers[k]] for k in range(len(graphs[0].layers))]
     models = list(dict.fromkeys(m for g in graphs for m in g.models))
-    return MoaGraph(profile=graphs[0].profile, layers=layers,
-                    aggregator=tagged[0].aggregator, models=models,
-                    more_aggregators=tuple(g.aggregator for g in tagged[1:]),
-                    aggregate=graphs[0].aggregate, early_exit=graphs[0].early_exit)
+    return MoaGraph(
+        profile=graphs[0].profile,
+        layers=layers,
+        aggregator=tagged[0].aggregator,
+        models=models,
+        more_aggregators=tuple(g.aggregator for g in tagged[1:]),
+        aggregate=graphs[0].aggregate,
+        early_exit=graphs[0].early_exit,
+        select=graphs[0].select,
+    )
 
 
 def _tag(agent: Agent, job: int) -> Agent:
@@ -320,8 +374,10 @@ def replace_model(spec: AgentSpec, model: str) -> AgentSpec:
 
 
 def _check_overrides(ov: Overrides) -> None:
-    if ov.aggregate is not None and ov.aggregate not in ("always", "auto", "never"):
-        raise UsageError(f"--aggregate {ov.aggregate}: give always, auto or never")
+    if ov.aggregate is not None and ov.aggregate not in ("always", "auto", "never", "select"):
+        raise UsageError(f"--aggregate {ov.aggregate}: give always, auto, never or select")
+    if ov.select is not None and ov.select not in SELECTORS:
+        raise UsageError(f"--select {ov.select}: give {', '.join(SELECTORS)}")
     if ov.layers is not None and not 1 <= ov.layers <= 32:
         raise UsageError(f"--layers {ov.layers}: give 1 to 32 proposer layers")
     if ov.temperature is not None and not 0.0 <= ov.temperature <= 2.0:

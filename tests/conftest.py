@@ -79,7 +79,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     for name in ("LOCALMOA_CONFIG", "LOCALMOA_DEBUG", "LOCALMOA_CPU_REPACK",
                  "LOCALMOA_EVENT_LOG", "LOCALMOA_NETWORK_LOG", "LOCALMOA_MEMORY_BUDGET",
                  "LOCALMOA_MAX_PROMPT_BYTES", "LOCALMOA_ALLOWED_HOSTS", "LOCALMOA_ORIGINS",
-                 "LOCALMOA_API_KEY", "LOCALMOA_LMSTUDIO_MODELS",
+                 "LOCALMOA_API_KEY", "LOCALMOA_LMSTUDIO_MODELS", "LOCALMOA_EVAL_RECORDS",
                  "OLLAMA_HOST", "OLLAMA_MODELS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LOCALMOA_MODELS_DIR", str(assembled_models))

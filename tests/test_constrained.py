@@ -29,6 +29,8 @@ from localmoa.backends.llamacpp.model import (
 )
 from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.errors import GenerationError
+from localmoa.prompts import agent_messages
+from localmoa.selection import judge
 
 from .conftest import SAFETY_S
 from .test_batch_llamacpp import batched
@@ -47,7 +49,8 @@ WAIT_S = SAFETY_S  # only ever reached when the behaviour under test is broken
 
 
 def hot(seed: int, schema: dict[str, Any] | None = ROUTE, **more: Any) -> GenerateOptions:
-    return GenerateOptions(temperature=HOT, max_tokens=32, seed=seed, json_schema=schema, **more)
+    more.setdefault("max_tokens", 32)
+    return GenerateOptions(temperature=HOT, seed=seed, json_schema=schema, **more)
 
 
 def follows(text: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +103,21 @@ def test_a_schema_binds_only_its_own_sequence(model) -> None:
     route, free = batched(model, [(ASK, hot(7)), (colours, hot(7, None, stop=("\n\n",)))])
     follows(route[0], ROUTE)
     assert free[0].strip() and not free[0].lstrip().startswith("{")  # prose, not JSON
+
+
+def test_the_judge_always_names_a_candidate(model) -> None:
+    """The select judge's prompt and constraint: at a high temperature, over many seeds,
+    its whole answer is one of the candidates' numbers."""
+    candidates = ["Paris is the capital of France.", "Lyon.", "The capital is Marseille."]
+    messages = agent_messages([{"role": "user", "content": "What is the capital of France?"}],
+                              None, candidates, judge.template(3), 2)
+    named = []
+    for seed in range(12):
+        text = model.chat(messages, hot(seed, judge.schema(3), max_tokens=judge.MAX_TOKENS)
+                          ).text()
+        assert judge.parse(text, 3) is not None and text.strip() == str(json.loads(text))
+        named.append(json.loads(text))
+    assert set(named) <= {1, 2, 3}
 
 
 def test_stop_strings_never_cut_a_schema_answer(model) -> None:

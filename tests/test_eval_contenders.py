@@ -16,10 +16,12 @@ from localmoa.eval.contenders import (
     parse_kinds,
     single_graph,
 )
-from localmoa.eval.runner import ROUND_SEED_STEP, prepare, reseed, schedule
+from localmoa.eval.runner import ROUND_SEED_STEP, prepare, reread, reseed, schedule
 from localmoa.eval.tasks import Task
 from localmoa.metrics import AgentRun, RunReport
 from localmoa.recipe import Overrides, build_graph
+
+from .conftest import cli
 
 TASK = Task(id="t1", set="arith", prompt="What is 40 + 2?", kind="number", answer="42")
 ALL = tuple(k.name for k in KINDS)
@@ -51,14 +53,22 @@ def tiny_contenders() -> dict:
 def test_contenders_of_tiny_and_tiny_self(tiny_contenders: dict) -> None:
     assert list(tiny_contenders) == [
         "single:smollm2-135m", "vote:tiny", "self-consistency:smollm2-135m:4",
-        "self-moa:smollm2-135m:4", "moa:tiny", "consensus:tiny", "vote:tiny-self",
-        "moa:tiny-self", "consensus:tiny-self"]
+        "self-moa:smollm2-135m:4", "moa:tiny", "consensus:tiny", "select:confidence:tiny",
+        "select:judge:tiny", "select:verify:tiny", "vote:tiny-self", "moa:tiny-self",
+        "consensus:tiny-self", "select:confidence:tiny-self", "select:judge:tiny-self",
+        "select:verify:tiny-self"]
     c = tiny_contenders
+    # selectors read the profile's own run; the judge is a run of its own
+    assert c["select:confidence:tiny"].run == c["select:verify:tiny"].run == "tiny"
+    judged = c["select:judge:tiny"].graph
+    assert judged.profile == "select:judge:tiny" and judged.select.by == "judge"
+    assert judged.aggregator.json_schema == '{"enum": [1, 2, 3]}'
+    assert c["select:confidence:tiny"].budget() == {"calls": 3, "max_tokens": 3 * 128}
     # one run, two contenders: a profile's run gives its vote and its MoA ...
     assert c["vote:tiny"].run == c["moa:tiny"].run == "tiny"
     # ... and one Self-MoA run gives self-consistency and Self-MoA
     assert c["self-consistency:smollm2-135m:4"].run == c["self-moa:smollm2-135m:4"].run
-    assert len({x.run for x in c.values()}) == 6  # the consensus runs are their own
+    assert len({x.run for x in c.values()}) == 8  # consensus and judge runs are their own
     assert c["consensus:tiny"].graph.aggregate == "auto"
     assert c["moa:tiny"].graph.aggregate == "always"
     assert c["vote:tiny"].budget() == {"calls": 3, "max_tokens": 3 * 128}
@@ -96,10 +106,13 @@ def test_only_the_kinds_asked_for() -> None:
 
 def test_prepare_plans_each_graph_once_widest_first(tiny_contenders: dict) -> None:
     prepared = prepare(load_config(), list(tiny_contenders.values()))
-    assert list(prepared.graphs) == ["tiny-self", "consensus:tiny-self", "self:smollm2-135m",
-                                     "tiny", "consensus:tiny", "single:smollm2-135m"]
+    assert list(prepared.graphs) == ["tiny-self", "consensus:tiny-self",
+                                     "select:judge:tiny-self", "self:smollm2-135m", "tiny",
+                                     "consensus:tiny", "select:judge:tiny",
+                                     "single:smollm2-135m"]
     assert set(prepared.preflights) == set(prepared.graphs)
-    assert [c.name for c in prepared.readers["tiny"]] == ["vote:tiny", "moa:tiny"]
+    assert [c.name for c in prepared.readers["tiny"]] == [
+        "vote:tiny", "moa:tiny", "select:confidence:tiny", "select:verify:tiny"]
     assert [c.name for c in prepared.contenders] == list(tiny_contenders)
     assert prepared.widest == {"smollm2-135m": 6}
     assert prepared.interleaved  # one small model: it stays loaded for every graph
@@ -206,3 +219,45 @@ def test_loading_s(spans: list[tuple[float, float]], until: float, loading: floa
             for i, (start, length) in enumerate(spans)]
     runs.append(agent("AGG", "x", layer=2, load_s=0.7))  # no start: not loaded in this run
     assert loading_s(runs, until) == pytest.approx(loading)
+
+
+def select_report() -> RunReport:
+    runs = [agent("L1.1", "It is 41.", end=2.0), agent("L1.2", "41", end=3.0),
+            agent("L1.3", "The answer is 42.", end=2.5)]
+    runs[2].model = "b"
+    return report(runs, 4.0)
+
+
+def test_select_confidence_reads_the_profiles_samples() -> None:
+    [chosen] = build_contenders(load_config(), ["tiny"], ("select:confidence",), 4,
+                                Overrides())
+    # model m: 2/2 agree on 41; model b: 1/1 on 42; a tie at 1.0: the first listed (m)
+    answer = chosen.read(TASK, select_report())
+    assert (answer["raw"], answer["correct"]) == ("It is 41.", False)
+    assert answer["selection"]["selector"] == "confidence"
+    assert answer["seconds"] >= 3.0 and answer["tokens"] == 30  # its layer's end, its tokens
+
+
+def test_reread_scores_new_contenders_on_stored_runs() -> None:
+    stored = {"settings": {"profiles": ["tiny"], "tasks": "t"}, "tasks": [TASK.to_dict()],
+              "runs": [{"run": "tiny", "task": "t1", "round": 0,
+                        "report": select_report().to_dict()},
+                       {"run": "single:smollm2-135m", "task": "t1", "round": 0,
+                        "report": select_report().to_dict()}]}
+    kinds = ("vote", "select:confidence", "select:judge")
+    found = reread(stored, build_contenders(load_config(), ["tiny"], kinds, 4, Overrides()))
+    assert [c["name"] for c in found["contenders"]] == ["vote:tiny", "select:confidence:tiny"]
+    assert [a["raw"] for a in found["answers"]] == ["It is 41.", "It is 41."]
+    assert [r["run"] for r in found["runs"]] == ["tiny"]  # only the runs read
+    with pytest.raises(UsageError, match="none of these contenders reads a stored run"):
+        reread(stored, build_contenders(load_config(), ["tiny"], ("select:judge",), 4,
+                                        Overrides()))
+
+
+def test_reread_refuses_what_is_not_a_results_file(tmp_path: Path) -> None:
+    bad = tmp_path / "results.json"
+    for text, fragment in [("{", "not JSON"), ('{"settings": {}}', "not a results.json")]:
+        bad.write_text(text)
+        proc = cli("eval", "--reread", str(bad))
+        assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""HumanEval in the eval (localmoa/eval/humaneval.py, codevote.py, codecheck.py): the
+"""HumanEval in the eval (localmoa/eval/humaneval.py, coderun/examples.py, codecheck.py): the
 problems, the stable subsets, code extraction, the program that is run, the example
 calls votes compare on, pass@1, and the vote over code by behaviour."""
 
@@ -8,12 +8,13 @@ import json
 
 import pytest
 
+from localmoa.coderun import examples as codevote
+from localmoa.coderun.sandbox import Limits
 from localmoa.errors import UsageError
-from localmoa.eval import codevote, humaneval
+from localmoa.eval import humaneval
 from localmoa.eval.checks import score
 from localmoa.eval.codecheck import CodeJudge
 from localmoa.eval.contenders import read_vote
-from localmoa.eval.sandbox import Limits
 from localmoa.eval.stats import summarise
 from localmoa.eval.taskfile import load_tasks
 from localmoa.metrics import AgentRun, RunReport

@@ -1,4 +1,4 @@
-"""The sandbox (localmoa/eval/sandbox.py): model-written code that passes, fails, opens a
+"""The sandbox (localmoa/coderun/sandbox.py): model-written code that passes, fails, opens a
 socket, writes outside its folder, allocates without bound or loops forever is contained
 and reported. No test depends on the machine's speed: the generous limits are safety
 nets, and the loop's short timeout is only asserted to end in "timeout"."""
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from localmoa.eval import sandbox
-from localmoa.eval.sandbox import Limits, run_program
+from localmoa.coderun import sandbox
+from localmoa.coderun.sandbox import Limits, run_program
 
 #: A safety net, far above what any of these programs needs.
 GENEROUS = Limits(timeout_s=120)

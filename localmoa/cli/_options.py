@@ -30,9 +30,37 @@ MemoryBudgetOpt = Annotated[
 ]
 AggregateOpt = Annotated[
     str | None,
-    typer.Option("--aggregate", help="always: the aggregator writes the answer; auto: "
-                 "skip it when the proposers agree; never: majority vote of the proposers. "
-                 "Default: the profile's (always).", show_default=False),
+    typer.Option(
+        "--aggregate",
+        help="always: the aggregator writes the answer; auto: "
+        "skip it when the proposers agree; never: majority vote of the proposers; "
+        "select: one proposer's answer, chosen (--select). Default: the "
+        "profile's (always).",
+        show_default=False,
+    ),
+]
+SelectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--select",
+        metavar="confidence|judge|verify",
+        help="Choose one "
+        "proposer's answer instead of writing a new one (aggregate: select). "
+        "confidence: the model whose samples agree most; judge: the aggregator's "
+        "model names the best by its number; verify: the code that passes the "
+        "prompt's examples (needs --execute).",
+        show_default=False,
+    ),
+]
+ExecuteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--execute",
+        help="Allow running model-written code for --select verify "
+        "(and code compared by behaviour): each program in the sandbox, with a "
+        "timeout, limits, an empty folder and no network. Read README's HumanEval "
+        "section first.",
+    ),
 ]
 LayersOpt = Annotated[
     int | None,

@@ -193,7 +193,7 @@ def layer_table(report: RunReport) -> Table:
 
 
 def recipe_lines(recipe: dict[str, Any]) -> list[str]:
-    """What the recipe decided, one line each: routing, early exit, consensus."""
+    """What the recipe decided, one line each: routing, early exit, consensus, selection."""
     lines = []
     routing = recipe.get("routing")
     if routing:
@@ -214,4 +214,11 @@ def recipe_lines(recipe: dict[str, Any]) -> list[str]:
                      "saved (estimated)")
     elif agreed:
         lines.append(f"[bold]consensus[/] aggregation ran: {escape(agreed['agreement'])}")
+    selected = recipe.get("selection")
+    if selected:
+        fallback = f" ({escape(selected['fallback'])})" if selected.get("fallback") else ""
+        lines.append(
+            f"[bold]selection[/] {escape(selected['summary'])}{fallback}; "
+            f"{selected['seconds']:.2f} s"
+        )
     return lines

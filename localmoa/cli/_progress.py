@@ -78,8 +78,12 @@ class RunDisplay:
         if self.show_layers and self.live is None:
             self.out.layer_answers(layer, runs)
         total = len(self.graph.layers)
-        self._show(f"layer {layer + 1} of {total}" if layer < total
-                   else "aggregating (reading the references)")
+        final = (
+            "the judge reads the answers"
+            if self.graph.aggregate == "select"
+            else "aggregating (reading the references)"
+        )
+        self._show(f"layer {layer + 1} of {total}" if layer < total else final)
 
     def _on_agent_start(self, agent: Agent) -> None:
         if agent.is_aggregator and self.live is not None:
@@ -88,8 +92,8 @@ class RunDisplay:
             self.out.rule(f"answer ({agent.model})")
 
     def _on_text(self, agent: Agent, piece: str) -> None:
-        if not agent.is_aggregator:
-            return
+        if not agent.is_aggregator or self.graph.aggregate == "select":
+            return  # a judge's number is not the answer (the engine sends none)
         if not self.streamed:
             self.streamed = True
             self._stop_progress()  # the answer takes the terminal from here

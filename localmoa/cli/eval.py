@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..bench import SEED, machine_facts
+from ..coderun.sandbox import Limits
 from ..errors import LocalMoaError, UsageError
 from ..eval import humaneval
 from ..eval.checks import RULES
@@ -29,11 +30,12 @@ from ..eval.codecheck import CodeJudge
 from ..eval.contenders import KINDS, build_contenders, parse_kinds
 from ..eval.plot import draw_accuracy_vs_time, require_matplotlib
 from ..eval.runner import check_samples, prepare, run_eval
-from ..eval.sandbox import Limits
+from ..eval.runner import reread as reread_runs
 from ..eval.taskfile import load_tasks
 from ..eval.tasks import DEFAULT_LIMIT, DEFAULT_SEED, SET_NAMES
 from ..fileio import atomic_write
 from ..recipe import SELF_DEFAULT_SAMPLES, Overrides
+from ..selection import records
 from ._options import ConfigOpt, JsonOpt, MaxTokensOpt, MemoryBudgetOpt, NoBatchOpt
 from ._output import Output
 from ._prepare import command_runtime, load_command_config
@@ -108,14 +110,22 @@ def eval_command(
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Folder for results.json and accuracy_vs_time.png/.svg. Default: "
         "./localmoa-eval-DATE-TIME", show_default=False, file_okay=False)] = None,
+    reread: Annotated[Path | None, typer.Option(
+        "--reread", metavar="RESULTS.json", help="Run no model: score --contenders on the "
+        "runs an earlier eval stored (e.g. select:confidence,select:verify on a profile's "
+        "samples). Profiles, tasks and settings come from that file.", show_default=False,
+        dir_okay=False)] = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Score a profile against its own members on tasks with a known answer: each model
-    alone, majority vote, self-consistency and Self-MoA over N samples, and the MoA
-    itself. Per contender: accuracy with a 95% interval, tokens, seconds, tok/s and
-    accuracy per second. Writes results.json (every answer, raw and extracted, with its
-    verdict) and accuracy_vs_time.png/.svg."""
+    alone, majority vote, self-consistency and Self-MoA over N samples, selection
+    (select:confidence, select:judge, select:verify), and the MoA itself. Per contender:
+    accuracy with a 95% interval, tokens, seconds, tok/s and accuracy per second. Writes
+    results.json (every answer, raw and extracted, with its verdict) and
+    accuracy_vs_time.png/.svg."""
+    if reread is not None:
+        return reread_eval(reread, contenders, execute, code_timeout, out_dir, config, json_out)
     if repeat < 1:
         raise UsageError(f"--repeat {repeat}: give at least 1")
     check_samples(samples)
@@ -127,12 +137,7 @@ def eval_command(
     names = list(profile or [cfg.default_profile])
     chosen = build_contenders(cfg, names, kinds, samples,
                               Overrides(seed=SEED, max_tokens=max_tokens))
-    if not chosen:
-        raise UsageError(f"--contenders {contenders}: none applies to {', '.join(names)} "
-                         "(vote needs two proposers or more)")
-    out = Output(json_mode=json_out)
-    if judge is not None:
-        out.notice(judge.containment().describe())
+    out = notify_containment(Output(json_mode=json_out), judge)
     prepared = prepare(cfg, chosen, runtime=command_runtime(out, cfg, memory_budget,
                                                             keep_loaded=True))
     target = _out_folder(out_dir)  # before the models run, not after
@@ -142,9 +147,66 @@ def eval_command(
     settings = {"profiles": names, "tasks": tasks, "seed": seed, "limit": limit,
                 "subset": subset, "execute": execute, "code_timeout_s": code_timeout,
                 "task_count": len(task_list), "repeat": repeat, "samples": samples,
-                "contenders": list(kinds), "max_tokens": max_tokens,
-                "memory_budget": memory_budget, "no_batch": no_batch, "sampling_seed": SEED}
+                "contenders": list(kinds), "max_tokens": max_tokens, "sampling_seed": SEED,
+                "memory_budget": memory_budget, "no_batch": no_batch}
     publish(out, target, settings, [t.to_dict() for t in task_list], results)
+    remember(out, results)
+
+
+def notify_containment(out: Output, judge: CodeJudge | None) -> Output:
+    """Say how model-written code will be contained, when it may run."""
+    if judge is not None:
+        out.notice(judge.containment().describe())
+    return out
+
+
+def remember(out: Output, results: dict[str, Any]) -> None:
+    """Add each single model's score to its stored record (the selectors' tie-break)."""
+    singles = {s["models"][0]: (s["correct"], s["answers"])
+               for s in results["summaries"].values()
+               if s["kind"] == "single" and s.get("answers")}
+    if singles:
+        try:
+            records.add(singles)
+        except OSError as exc:
+            out.notice(f"the eval records were not updated ({exc.strerror}): {records.path()}")
+
+
+def reread_eval(path: Path, contenders: str | None, execute: bool, code_timeout: float,
+                out_dir: Path | None, config: Path | None, json_out: bool) -> None:
+    """``--reread``: new contenders scored on a results.json's stored runs."""
+    stored = read_results(path)
+    settings = dict(stored["settings"])
+    kinds = parse_kinds(contenders)
+    judge = code_judge(settings["tasks"], execute, code_timeout) \
+        if settings["tasks"] == "humaneval" or execute else None
+    require_matplotlib()
+    cfg = load_command_config(config, bool(settings.get("no_batch")))
+    chosen = build_contenders(cfg, list(settings["profiles"]), kinds,
+                              int(settings.get("samples") or SELF_DEFAULT_SAMPLES),
+                              Overrides(seed=SEED, max_tokens=settings.get("max_tokens")))
+    out = notify_containment(Output(json_mode=json_out), judge)
+    results = reread_runs(stored, chosen, judge)
+    settings.update({"reread": str(path), "contenders": list(kinds), "execute": execute,
+                     "code_timeout_s": code_timeout})
+    publish(out, _out_folder(out_dir), settings, stored["tasks"], results)
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A results.json written by `localmoa eval`; UsageError when it is not one."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            stored = json.load(handle)
+    except OSError as exc:
+        raise UsageError(f"--reread {path}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise UsageError(f"--reread {path}: not JSON ({exc})") from None
+    if not (isinstance(stored, dict) and isinstance(stored.get("settings"), dict)
+            and isinstance(stored.get("runs"), list) and isinstance(stored.get("tasks"), list)
+            and "profiles" in stored["settings"] and "tasks" in stored["settings"]):
+        raise UsageError(f"--reread {path}: not a results.json of localmoa eval (it needs "
+                         "settings, tasks and runs)")
+    return stored
 
 
 def publish(out: Output, target: Path, settings: dict[str, Any], tasks: list[dict[str, Any]],

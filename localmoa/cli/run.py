@@ -27,6 +27,7 @@ from ._options import (
     AggregateOpt,
     AggregatorOpt,
     ConfigOpt,
+    ExecuteOpt,
     JsonOpt,
     LayersOpt,
     MaxTokensOpt,
@@ -35,6 +36,7 @@ from ._options import (
     ProfileOpt,
     ProposerOpt,
     SeedOpt,
+    SelectOpt,
     SelfOpt,
     TemperatureOpt,
 )
@@ -113,6 +115,8 @@ def run(
     agent_timeout: AgentTimeoutOpt = None,
     self_moa: SelfOpt = None,
     aggregate: AggregateOpt = None,
+    select: SelectOpt = None,
+    execute: ExecuteOpt = False,
     no_batch: NoBatchOpt = False,
     show_layers: Annotated[bool, typer.Option(
         "--show-layers", help="Print each layer's answers to stderr as the layer finishes.")
@@ -138,7 +142,8 @@ def run(
     overrides = Overrides(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
         temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout,
-        self_moa=parse_self(self_moa, cfg), aggregate=aggregate)
+        self_moa=parse_self(self_moa, cfg), aggregate=aggregate, select=select,
+        execute=execute)
     request = Request.for_profile(cfg, profile, overrides, [Message(role="user", content=text)])
     with command_runtime(out, cfg, memory_budget, start_early=True) as runtime:
         prepared = runtime.prepare(request)  # routed, planned: refuses here, before any load

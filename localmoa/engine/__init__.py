@@ -34,6 +34,7 @@ from ..metrics import AgentRun, RunReport
 from ..prompt_fit import check_fits, longest_token_bytes
 from ..recipe import Agent, MoaGraph
 from .loading import clear_dead, load_wave, prestart_next
+from .selecting import judges, select_judged, select_now
 from .state import Execution, RunEvents
 from .waves import run_wave
 
@@ -86,7 +87,8 @@ def execute_jobs(config: Config, graph: MoaGraph, conversations: Sequence[Sequen
     _refuse_unfit(config, graph, conversations, host.paths)  # before anything loads
     ex = Execution(host=host, plan=plan, conversations=list(conversations),
                     events=events or RunEvents(), held_before=list(host.held),
-                    control=Control(cancels=list(cancels or [None] * jobs)))
+                    control=Control(cancels=list(cancels or [None] * jobs)),
+                    quiet_aggregator=graph.aggregate == "select")
     host.load_errors.clear()  # a chat's earlier turns' failures are not this run's
     start = (host.loads, host.unloads, host.load_s)
     agents = {a.id: a for a in graph.all_agents()}
@@ -122,6 +124,7 @@ def execute_jobs(config: Config, graph: MoaGraph, conversations: Sequence[Sequen
             for number, stage in enumerate(stages, start=1):
                 ending = {job for job in range(jobs) if job in outcomes
                           or (job in skipping and number < len(stages))}
+                judges(graph, stage, agents, references)  # the final stage's, by judge
                 _run_layer(ex, number, agents, ending, references, runs, memory)
                 for job in (j for j in range(jobs) if j not in ending):
                     job_runs = [runs[a.id] for a in stage if a.job == job]
@@ -203,6 +206,8 @@ def _stage_end(ex: Execution, graph: MoaGraph, job: int, number: int,
         return RunInterrupted("interrupted", report(job, error="interrupted"), exit_code=130)
     if number == last:
         final = job_runs[0]
+        if graph.aggregate == "select":
+            return select_judged(ex, graph, job, final, recipe, report)
         if not final.ok:
             message = f"the aggregator ({final.model}) failed: {final.error}"
             return AggregatorFailedError(message, report(job, error=message))
@@ -222,6 +227,10 @@ def _stage_end(ex: Execution, graph: MoaGraph, job: int, number: int,
                                 "agreement": agreed.summary(),
                                 "estimated_time_saved_s": _layer_time(job_runs)
                                 * (last - 1 - number)}
+    if graph.aggregate == "select" and (final_layer or "early_exit" in recipe):
+        selected = select_now(ex, graph, job, ok, recipe, report)
+        if selected is not None:
+            return selected
     if graph.aggregate == "never" and (final_layer or "early_exit" in recipe):
         chosen = consensus.vote(answers)
         return _short_cut(ex, job, recipe, chosen, ok, "never", report)

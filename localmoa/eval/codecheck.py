@@ -2,7 +2,7 @@
 
 A code task (kind "code", humaneval.py) is right when its program passes: the reply's
 code, the problem's tests and ``check(entry_point)``, run by sandbox.run_program. The
-same judge gives the behaviour key that votes over code compare (codevote.py).
+same judge gives the behaviour key that votes over code compare (coderun/examples.py).
 ``CodeJudge`` exists only when the user asked for code to run (``--execute``).
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import codevote, humaneval
-from .sandbox import Containment, Limits, Outcome, containment, run_program
+from ..coderun import examples as codevote
+from ..coderun.sandbox import Containment, Limits, Outcome, containment, run_program
+from . import humaneval
 from .tasks import Task
 from .verdict import Verdict
 

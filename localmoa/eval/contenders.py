@@ -2,7 +2,7 @@
 
 A contender is a graph to run and a way to read its runs: "final" takes the graph's
 answer; "vote" takes the majority of the first layer's extracted answers (consensus.majority); on
-code tasks the answers agree when their code behaves alike (codevote.py). Two
+code tasks the answers agree when their code behaves alike (coderun/examples.py). Two
 contenders on one graph share its runs: the profile's run gives both `moa:P` and
 `vote:P`; one Self-MoA run gives both `self-moa:M:N` and `self-consistency:M:N`.
 
@@ -16,6 +16,13 @@ Kinds (``KINDS``; ``--contenders`` picks among them):
 - moa: the profile itself
 - consensus: the profile with ``aggregate: auto``: its aggregator is skipped when the
   proposers agree (localmoa/consensus.py), their answer returned
+- select:confidence, select:verify: one of the profile's last-layer answers, chosen as
+  ``aggregate: select`` would (selection/), read from the profile's own run (so from
+  the same samples as its vote and its MoA); ties go to the first listed model (no
+  stored eval record is read: it may come from these very tasks); verify runs each
+  answer on the prompt's examples (never the task's hidden tests) and needs --execute
+- select:judge: the profile with ``aggregate: select`` by judge: its own run, the
+  aggregator's model naming the best answer
 
 A new kind is a function from (config, profile, overrides, samples) to contenders
 and one line in KINDS.
@@ -23,6 +30,7 @@ and one line in KINDS.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -32,7 +40,12 @@ from ..config import Config
 from ..consensus import majority
 from ..errors import UsageError
 from ..metrics import AgentRun, RunReport
+from ..profile_spec import SelectSpec
 from ..recipe import MoaGraph, Overrides, build_graph
+from ..selection import Candidate, Selection
+from ..selection.choose import verify_scores
+from ..selection.confidence import by_confidence
+from ..selection.verify import by_verify
 from .checks import Verdict, score, vote_key
 from .tasks import Task
 
@@ -56,7 +69,11 @@ class Contender:
 
     def agents(self) -> list[Any]:
         """The agents whose calls this contender pays for."""
-        return list(self.graph.layers[0]) if self.reads == "vote" else self.graph.all_agents()
+        if self.reads == "vote":
+            return list(self.graph.layers[0])
+        if self.reads.startswith("select:"):
+            return [a for layer in self.graph.layers for a in layer]
+        return self.graph.all_agents()
 
     def budget(self) -> dict[str, int]:
         """The stated budget: model calls per answer and the most tokens they may write."""
@@ -74,6 +91,8 @@ class Contender:
         ``judge`` runs code tasks' tests (``--execute``)."""
         if self.reads == "vote":
             return read_vote(task, report, judge)
+        if self.reads.startswith("select:"):
+            return read_select(task, report, self.reads.partition(":")[2], judge)
         raw = report.answer if report.ok else ""
         verdict = score(task, raw, judge) if report.ok else Verdict(
             None, False, f"run failed: {report.error}")
@@ -126,6 +145,66 @@ def read_vote(task: Task, report: RunReport, judge: CodeJudge | None = None) -> 
             "votes": sum(k is not None and k == keys[winner] for k in keys)
             if winner is not None else 0,
             "samples": samples, **_status(task, chosen)}
+
+
+def _selection(
+    by: str,
+    task: Task,
+    candidates: list[Candidate],
+    keys: list[str | None],
+    judge: CodeJudge | None,
+) -> Selection:
+    """What ``aggregate: select`` by ``by`` chooses, ties to the first listed model."""
+    if by == "verify" and judge is not None:
+        spec = SelectSpec(by="verify", execute=True, check_timeout_s=judge.limits.timeout_s)
+        return by_verify(candidates, verify_scores(spec, task.prompt, candidates), keys, {})
+    chosen = by_confidence(candidates, keys, {})
+    if by == "verify":
+        chosen.fallback = "code may not run (no --execute): chosen by confidence"
+    return chosen
+
+
+def read_select(
+    task: Task, report: RunReport, by: str, judge: CodeJudge | None = None
+) -> dict[str, Any]:
+    """One of the last proposer layer's answers, chosen by ``by`` (confidence, verify).
+    Its time is when that layer ended plus the selecting, less model loading."""
+    last = max((r.layer for r in report.agents if r.role == "proposer"), default=1)
+    layer = [r for r in report.agents if r.layer == last and r.role == "proposer" and r.ok]
+    end = max((r.end_s for r in layer), default=0.0)
+    loading = loading_s(report.agents, end)
+    tokens = sum(r.completion_tokens for r in report.agents if r.role == "proposer")
+    if not layer:
+        return {
+            "raw": "",
+            "extracted": None,
+            "correct": False,
+            "why": "every sample failed",
+            "tokens": tokens,
+            "seconds": round(max(0.0, end - loading), 4),
+            "load_s": round(loading, 4),
+            "error": "every sample failed",
+            **_status(task, None),
+        }
+    start = time.perf_counter()
+    verdicts: list[Verdict | None] = [score(task, r.answer, judge) for r in layer]
+    keys = _vote_keys(task, layer, verdicts, judge)
+    candidates = [Candidate(r.agent, r.model, r.answer) for r in layer]
+    chosen = _selection(by, task, candidates, keys, judge)
+    took = time.perf_counter() - start
+    verdict = verdicts[chosen.index]
+    return {
+        "raw": layer[chosen.index].answer,
+        "extracted": verdict.extracted if verdict else None,
+        "correct": bool(verdict and verdict.correct),
+        "why": verdict.why if verdict else "",
+        "tokens": tokens,
+        "seconds": round(max(0.0, end - loading) + took, 4),
+        "load_s": round(loading, 4),
+        "error": None,
+        "selection": chosen.to_dict(candidates),
+        **_status(task, verdict),
+    }
 
 
 def loading_s(runs: list[AgentRun], until_s: float) -> float:
@@ -187,8 +266,24 @@ def moa(config: Config, profile: str, base: Overrides, samples: int) -> list[Con
     return [Contender(f"moa:{graph.profile}", "moa", graph)]
 
 
-def consensus(config: Config, profile: str, base: Overrides,
-              samples: int) -> list[Contender]:
+def selects(by: str) -> Callable[[Config, str, Overrides, int], list[Contender]]:
+    """The ``select:BY`` kind: a reader of the profile's run (confidence, verify), or
+    the profile's graph with ``aggregate: select`` by judge."""
+
+    def make(config: Config, profile: str, base: Overrides, samples: int) -> list[Contender]:
+        graph = build_graph(config, profile, base)
+        if by != "judge":
+            return [
+                Contender(f"select:{by}:{graph.profile}", f"select:{by}", graph, f"select:{by}")
+            ]
+        judged = build_graph(config, profile, replace(base, select="judge"))
+        name = f"select:judge:{graph.profile}"
+        return [Contender(name, "select:judge", replace(judged, profile=name))]
+
+    return make
+
+
+def consensus(config: Config, profile: str, base: Overrides, samples: int) -> list[Contender]:
     graph = build_graph(config, profile, replace(base, aggregate="auto"))
     return [Contender(f"consensus:{graph.profile}", "consensus",
                       replace(graph, profile=f"consensus:{graph.profile}"))]
@@ -208,8 +303,21 @@ KINDS: tuple[Kind, ...] = (
          self_consistency),
     Kind("self-moa", "N samples of the aggregator's model, aggregated by it", self_moa),
     Kind("moa", "the profile itself", moa),
-    Kind("consensus", "the profile, its aggregator skipped when the proposers agree",
-         consensus),
+    Kind("consensus", "the profile, its aggregator skipped when the proposers agree", consensus),
+    Kind(
+        "select:confidence",
+        "the answer of the profile's most self-consistent model (read from the profile's run)",
+        selects("confidence"),
+    ),
+    Kind(
+        "select:judge", "the profile's aggregator names the best proposer answer", selects("judge")
+    ),
+    Kind(
+        "select:verify",
+        "the answer that passes the prompt's examples (code, "
+        "--execute; read from the profile's run)",
+        selects("verify"),
+    ),
 )
 
 
@@ -230,11 +338,15 @@ def parse_kinds(value: str | None) -> tuple[str, ...]:
 def build_contenders(config: Config, profiles: list[str], kinds: tuple[str, ...],
                      samples: int, base: Overrides) -> list[Contender]:
     """Every contender of every profile, in KINDS order per profile; one of each name (a
-    model's single comes from the first profile that has it)."""
+    model's single comes from the first profile that has it). UsageError when none
+    applies."""
     out: dict[str, Contender] = {}
     for profile in profiles:
         for kind in KINDS:
             if kind.name in kinds:
                 for contender in kind.make(config, profile, base, samples):
                     out.setdefault(contender.name, contender)
+    if not out:
+        raise UsageError(f"--contenders {','.join(kinds)}: none applies to "
+                         f"{', '.join(profiles)} (vote needs two proposers or more)")
     return list(out.values())

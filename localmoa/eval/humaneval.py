@@ -9,7 +9,7 @@ Which problems (``select``): the first N in the dataset's order (HumanEval/0, 1,
 ``spread``, N spaced evenly over all 164; or an integer seed, a shuffled order that
 the same seed always gives.
 
-A reply's code (``extract_code``): the fenced block that defines the problem's
+A reply's code (``extract_code``, coderun/extract.py): the fenced block that defines the problem's
 function (else the first fenced block), or the whole reply when it has no fence. The
 program that is run (``program``): the problem's prompt, then that code (a full
 definition replaces the prompt's stub; a bare body completes it), then the problem's
@@ -23,11 +23,11 @@ import importlib
 import importlib.resources
 import json
 import random
-import re
-import textwrap
 from dataclasses import dataclass
 from typing import Any
 
+from ..coderun import extract
+from ..coderun.extract import extract_code as extract_code  # re-exported: the eval's name
 from ..errors import UsageError
 from .tasks import Task
 
@@ -39,10 +39,6 @@ INSTALL = 'pip install "localmoa[humaneval]"'
 ORDERS = ("first", "spread")
 INSTRUCTION = ("Complete the following Python function. Reply with the whole function "
                "(its imports too) in one ```python code block.")
-
-_CODE_LINE = re.compile(r"^(?:from\s+\S+\s+import|import\s|def\s|async\s+def\s|class\s|@)",
-                        re.M)
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -113,36 +109,9 @@ def load(limit: int | None = None, order: str | int = "first") -> list[Task]:
     return [task_of(problems[i]) for i in select(len(problems), limit, order)]
 
 
-def extract_code(reply: str, entry_point: str) -> str | None:
-    """The code of a reply: the fenced block that defines ``entry_point`` (else the
-    first Python or unlabelled block, else the first block), or without a fence the
-    reply from its first line of code on (when it defines the function; else the whole
-    reply, a bare body). None when there is no code at all."""
-    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(reply)]
-    if not blocks:
-        start = _CODE_LINE.search(reply) if _defines(reply, entry_point) else None
-        text = reply[start.start():] if start else reply  # prose before the code goes
-        text = text.strip("\n")
-        return text if text.strip() else None
-    defining = [b for _, b in blocks if _defines(b, entry_point)]
-    python = [b for lang, b in blocks if lang in ("python", "py", "python3", "")]
-    chosen = (defining or python or [b for _, b in blocks])[0]
-    return chosen.strip("\n") if chosen.strip() else None
-
-
-def _defines(code: str, name: str) -> bool:
-    return re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
-
-
 def solution(code: str, check: dict[str, Any]) -> str:
-    """The prompt and the reply's code as one module that defines the function: a full
-    definition follows the prompt (and so replaces its stub); a bare body is indented
-    under the prompt's signature."""
-    prompt = check["prompt"]
-    if _defines(code, check["entry_point"]):
-        return f"{prompt}\n    pass\n\n\n{code}\n"
-    body = textwrap.dedent(code)
-    return prompt + textwrap.indent(body, "    ") + "\n"
+    """The problem's prompt and the reply's code as one module (extract.solution)."""
+    return extract.solution(code, check["prompt"], check["entry_point"])
 
 
 def program(code: str, check: dict[str, Any]) -> str:

@@ -164,7 +164,14 @@ def run_eval(config: Config, tasks: list[Task], prepared: Prepared, *, repeat: i
             progress(total, total, "done")
     finally:
         runtime.free()
-    contenders = prepared.contenders
+    return results_of(prepared.contenders, answers, runs)
+
+
+def results_of(
+    contenders: list[Contender], answers: list[dict[str, Any]], runs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The contenders, their summaries, their answers (by contender, then round, then
+    task) and the runs they read."""
     position = {c.name: i for i, c in enumerate(contenders)}
     answers.sort(key=lambda a: (position[a["contender"]], a["round"]))  # stable: task order
     summaries = {c.name: {**c.describe(),
@@ -172,6 +179,46 @@ def run_eval(config: Config, tasks: list[Task], prepared: Prepared, *, repeat: i
                  for c in contenders}
     return {"contenders": [c.describe() for c in contenders], "summaries": summaries,
             "answers": answers, "runs": runs}
+
+
+def reread(
+    stored: dict[str, Any], contenders: list[Contender], judge: CodeJudge | None = None
+) -> dict[str, Any]:
+    """Score ``contenders`` on the runs a results.json stored, running no model: each
+    contender reads the stored runs of its graph (a selector over a profile's samples,
+    a vote). UsageError when none of them has a stored run."""
+    tasks = {
+        t["id"]: Task(**{**t, "choices": tuple(t.get("choices") or ())})
+        for t in stored.get("tasks", [])
+    }
+    stored_runs = [r for r in stored.get("runs", []) if r.get("task") in tasks]
+    have = {r["run"] for r in stored_runs}
+    usable = [c for c in contenders if c.run in have]
+    if not usable:
+        raise UsageError(
+            "--reread: none of these contenders reads a stored run (stored: "
+            f"{', '.join(sorted(have)) or 'none'}); pick contenders that read "
+            "a profile's run (vote, select:confidence, select:verify)"
+        )
+    answers: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    for run in stored_runs:
+        readers = [c for c in usable if c.run == run["run"]]
+        if not readers:
+            continue
+        task, report = tasks[run["task"]], RunReport.from_dict(run["report"])
+        runs.append(run)
+        for contender in readers:
+            answers.append(
+                {
+                    "contender": contender.name,
+                    "task": task.id,
+                    "set": task.set,
+                    "round": run.get("round", 0),
+                    **contender.read(task, report, judge),
+                }
+            )
+    return results_of(usable, answers, runs)
 
 
 def run_one(runtime: Runtime, graph: MoaGraph, prompt: str) -> RunReport:

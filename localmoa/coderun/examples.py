@@ -92,3 +92,91 @@ def key_of(result: str | None) -> str | None:
 def text_key(code: str) -> str:
     """The fallback key of a prompt without examples: the code, white space collapsed."""
     return " ".join(code.split())
+
+
+#: How an example states its expected value after the call: ``f(x) == y``,
+#: ``f(x) ➞ y``, ``f(x) -> y``, ``f(x) => y``, ``f(x) should return y``.
+_EXPECT = re.compile(r"^\s*(?:==|➞|->|=>|→|should\s+(?:return|be|give)|returns?|gives?)\s*", re.I)
+
+TEST_HARNESS = """
+
+__tests__ = {tests!r}
+__passed__ = 0
+for __call__, __expected__ in __tests__:
+    try:
+        __got__ = eval(__call__)
+        __want__ = eval(__expected__)
+        if isinstance(__want__, float) or isinstance(__got__, float):
+            __ok__ = abs(__got__ - __want__) <= 1e-6 * max(1.0, abs(__want__))
+        else:
+            __ok__ = __got__ == __want__
+    except BaseException:  # a call that raises fails its example
+        __ok__ = False
+    __passed__ += bool(__ok__)
+__sandbox_result__([__passed__, len(__tests__)])
+"""
+
+
+def _literal(text: str) -> str | None:
+    """``text`` when it is one Python literal (an expected value), else None."""
+    text = text.strip().rstrip(".,;")
+    try:
+        ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return text
+
+
+def _doctest_expected(lines: list[str], at: int) -> str | None:
+    """The expected output of the ``>>>`` line at ``at``: the next line, when it is a
+    literal and not another prompt."""
+    following = lines[at + 1].strip() if at + 1 < len(lines) else ""
+    if not following or following.startswith((">>>", "...")):
+        return None
+    return _literal(following)
+
+
+def tests_of(prompt: str, entry_point: str) -> list[tuple[str, str]]:
+    """The prompt's examples that state a result, as (call, expected) pairs: a
+    ``>>> f(x)`` line and the literal on the next line, or ``f(x) == y`` (``➞``,
+    ``->``, ``=>``, "should return") on one line. Calls and results are literals only;
+    each call once, at most MAX_EXAMPLES."""
+    found: dict[str, str] = {}
+    lines = prompt.splitlines()
+    calls = examples(prompt, entry_point)
+    for i, line in enumerate(lines):
+        for call in calls:
+            if call in found or call not in " ".join(line.split()):
+                continue
+            text = " ".join(line.split())
+            after = text[text.index(call) + len(call) :]
+            if text.lstrip().startswith(">>>") and not after.strip():
+                expected = _doctest_expected(lines, i)
+            else:
+                match = _EXPECT.match(after)
+                expected = _literal(after[match.end() :]) if match else None
+            if expected is not None:
+                found[call] = expected
+    return list(found.items())[:MAX_EXAMPLES]
+
+
+def test_program(solution: str, tests: list[tuple[str, str]]) -> str:
+    """The solution, then a harness that runs each example and reports
+    ``[passed, total]``."""
+    return solution + TEST_HARNESS.format(tests=tests)
+
+
+def passed_of(result: str | None) -> tuple[int, int] | None:
+    """A test harness's reported ``[passed, total]``; None when it reported nothing
+    usable."""
+    try:
+        value: Any = json.loads(result) if result is not None else None
+    except ValueError:
+        return None
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return value[0], value[1]
+    return None
