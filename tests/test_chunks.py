@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from localmoa.backends.llamacpp import chunks as chunks_module
+from localmoa.backends.llamacpp.backend import LlamaCppBackend
 from localmoa.backends.llamacpp.sources import resolve_model_path
 from localmoa.backends.llamacpp.spec import Chunks, LlamaCppSpec, Source
 from localmoa.config import Config
@@ -305,3 +306,16 @@ def test_two_at_once_assemble_once(parts: FakeParts, isolated_home: Path,
     assert len(results) == 2 and results[0] == results[1]
     assert results[0].read_bytes() == parts.data
     assert copies == [1]
+
+
+def test_doctor_locates_parts_without_assembling(parts: FakeParts, isolated_home: Path) -> None:
+    """`localmoa doctor` asks where a model is: for part packages that is no reason to
+    write a GGUF of a gigabyte."""
+    backend = LlamaCppBackend()
+    found = backend.locate(config_with(parts.chunks()), "m")
+    assert found["present"] and found["assembled"] is False
+    missing = backend.locate(config_with(parts.chunks(count=4)), "m")
+    assert not missing["present"] and "is not installed" in missing["problem"]
+    assert models_dir(isolated_home) == []  # nothing written
+    resolve_model_path(config_with(parts.chunks()), "m")
+    assert backend.locate(config_with(parts.chunks()), "m")["assembled"] is True

@@ -86,9 +86,14 @@ class LlamaCppBackend(BackendBase):
         repack.verdict()
 
     def locate(self, config: Config, name: str) -> dict[str, Any]:
+        """Where the model's GGUF is; never assembles or downloads (doctor reads it)."""
         from ...errors import LocalMoaError
+        from .chunks import locate_chunks
         from .sources import resolve_model_path
 
+        source = _own(config.models[name]).source
+        if source.chunks is not None:
+            return locate_chunks(source.chunks, name)
         try:
             return {"path": str(resolve_model_path(config, name)), "present": True}
         except LocalMoaError as exc:

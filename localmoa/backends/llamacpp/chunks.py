@@ -59,6 +59,21 @@ def resolve_chunks(chunks: Chunks, model: str) -> Path:
     return target
 
 
+def locate_chunks(chunks: Chunks, model: str) -> dict[str, object]:
+    """Where the assembled GGUF is or will be, without assembling it (doctor's view):
+    present when it is assembled, or when every part is installed (assembled on first
+    use); else the one-line problem naming the missing part."""
+    target = assembled_path(chunks)
+    if _stamped(target, chunks.sha256):
+        return {"path": str(target), "present": True, "assembled": True}
+    try:
+        _part_paths(chunks, model)
+    except LocalMoaError as exc:
+        return {"present": False, "problem": str(exc)}
+    return {"path": str(target), "present": True, "assembled": False,
+            "note": f"assembled from {chunks.count} part packages on first use"}
+
+
 @contextlib.contextmanager
 def _assembly_lock(target: Path, model: str) -> Iterator[None]:
     """fileio.locked on the assembled file, its folder made first: one process assembles,
