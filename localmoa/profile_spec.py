@@ -133,6 +133,9 @@ class Profile(StrictModel):
         default=None,
         description="With aggregate: select, how the answer is chosen (default: by confidence).",
     )
+    why: str | None = Field(
+        default=None, min_length=1, max_length=300, description="One line: the "
+        "measurement behind the profile's aggregate setting (`localmoa profiles` shows it).")
     layers_up_to: int | None = Field(
         default=None, ge=1, le=32, description="Up to N proposer layers (the last one repeated), "
         "stopping early once a layer's answers agree.")

@@ -253,3 +253,24 @@ def test_run_select_on_the_real_tiny_profile() -> None:
     refused = cli("run", "-p", "tiny", "--select", "verify", "Write f.")
     assert refused.returncode == 2 and "pass --execute" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_profiles_show_the_selector_and_why(tmp_path: Path) -> None:
+    conf = tmp_path / "models.yaml"
+    conf.write_text("""\
+profiles:
+  pick:
+    aggregate: select
+    select: {by: judge}
+    why: synthesis lost 5 points to selection on 40 problems
+    layers: [[{model: smollm2-135m}, {model: smollm2-135m}]]
+    aggregator: {model: smollm2-135m}
+""", encoding="utf-8")
+    shown = cli("profiles", "--config", str(conf), "--json")
+    assert shown.returncode == 0, shown.stderr
+    [row] = [p for p in json.loads(shown.stdout)["profiles"] if p["name"] == "pick"]
+    assert row["aggregate"] == "select" and row["select"]["by"] == "judge"
+    assert row["why"] == "synthesis lost 5 points to selection on 40 problems"
+    table = cli("profiles", "--config", str(conf), env={"COLUMNS": "200"})
+    assert "aggregate: select by judge" in table.stdout
+    assert "Why: synthesis lost 5 points" in table.stdout

@@ -27,6 +27,8 @@ def profiles(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
             "layers": [[a.model for a in layer] for layer in prof.layers],
             "aggregator": prof.aggregator.model,
             "aggregate": prof.aggregate,
+            "select": prof.select.model_dump() if prof.select else None,
+            "why": prof.why,
             "layers_up_to": prof.layers_up_to,
             "router": prof.router.model_dump() if prof.router else None,
             "specialists": {n: {"description": s.description, "profile": s.profile,
@@ -49,8 +51,11 @@ def profiles(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
         if prof.layers_up_to:
             layers += f"\n(up to {prof.layers_up_to} layers, early exit)"
         if prof.aggregate != "always":
-            layers += f"\n(aggregate: {prof.aggregate})"
+            by = f" by {prof.select.by if prof.select else 'confidence'}" \
+                if prof.aggregate == "select" else ""
+            layers += f"\n(aggregate: {prof.aggregate}{by})"
         label = name + (" (default)" if name == cfg.default_profile else "")
+        about = prof.description + (f"\nWhy: {prof.why}" if prof.why else "")
         table.add_row(escape(label), escape(layers), escape(prof.aggregator.model),
-                      escape(prof.description))
+                      escape(about))
     out.show(table)
