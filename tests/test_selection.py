@@ -274,3 +274,6 @@ profiles:
     table = cli("profiles", "--config", str(conf), env={"COLUMNS": "200"})
     assert "aggregate: select by judge" in table.stdout
     assert "Why: synthesis lost 5 points" in table.stdout
+    planned = cli("plan", "--config", str(conf), "-p", "pick")
+    assert planned.returncode == 0, planned.stderr
+    assert "aggregate: select by judge: the aggregator's model only names" in planned.stderr

@@ -69,6 +69,11 @@ def plan(
                  f"first, planned alone and kept loaded when it fits; below, the plan with "
                  f"every specialist chosen ({', '.join(chosen)})")
     graph = build_graph(cfg, profile, overrides, chosen)
+    if graph.select is not None:
+        out.note(f"aggregate: select by {graph.select.by}: "
+                 + ("the aggregator's model only names the best answer (a few tokens)"
+                    if graph.select.by == "judge" else "the aggregator's wave below does "
+                    "not run; the answer is chosen when the proposers end"))
     pre = command_runtime(out, cfg, memory_budget).preflight(graph)  # nothing loads
     if json_out:
         out.document(plan_document(pre))
