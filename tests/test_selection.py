@@ -277,3 +277,18 @@ profiles:
     planned = cli("plan", "--config", str(conf), "-p", "pick")
     assert planned.returncode == 0, planned.stderr
     assert "aggregate: select by judge: the aggregator's model only names" in planned.stderr
+
+
+def test_select_after_a_synthesis_layer_and_with_early_exit(scripted: ScriptedBackend) -> None:
+    scripted.scripts.update({"a": Script(pieces=("8",)), "b": Script(pieces=("7",))})
+    cfg = config({"a": {}, "b": {}}, [[{"model": "a"}, {"model": "b"}],
+                                      [{"model": "b"}, {"model": "b"}]], {"model": "a"})
+    report = run(cfg, Overrides(select="confidence"))
+    assert report.answer == "7"  # chosen among layer 2's answers, which read layer 1's
+    assert report.recipe["selection"]["chosen"] == "L2.1"
+    assert [a.agent for a in report.agents] == ["L1.1", "L1.2", "L2.1", "L2.2"]
+    cfg = config({"a": {}}, [[{"model": "a"}, {"model": "a"}]], {"model": "a"})
+    cfg.profiles["p"] = cfg.profiles["p"].model_copy(update={"layers_up_to": 3})
+    report = run(cfg, Overrides(select="confidence", max_tokens=64))
+    assert report.recipe["early_exit"]["after_layer"] == 1  # they agree: no layer 2
+    assert report.recipe["selection"]["chosen"] == "L1.1" and report.answer == "8"
