@@ -5,6 +5,7 @@ that place the references) are in config_checks.py."""
 
 from __future__ import annotations
 
+import shlex
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
@@ -106,6 +107,20 @@ class SelectSpec(StrictModel):
     check_timeout_s: float = Field(
         default=10.0, gt=0, le=600, description="verify: the wall-clock limit of one check."
     )
+
+    @field_validator("check")
+    @classmethod
+    def _a_command(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"check: {exc} (it is split as a shell would, without "
+                             "running one)") from None
+        if not argv:
+            raise ValueError("check: give a command, e.g. python3 -m pytest -q")
+        return value
 
 
 class Profile(StrictModel):

@@ -90,7 +90,8 @@ def check_fits(graph: MoaGraph, conversation: Sequence[Any], n_ctx: Callable[[st
             raise _too_long(size, best, needs(best), n_ctx(best.model), longest_token,
                             f"no agent of layer {number} can hold it")
     aggregators = [a for a in (graph.aggregator, *graph.more_aggregators) if a.job == job]
-    if graph.aggregate != "never" and aggregators and not fits(aggregators[0]):
+    reads = graph.aggregate != "never" and (graph.select is None or graph.select.by == "judge")
+    if reads and aggregators and not fits(aggregators[0]):
         agg = aggregators[0]
         raise _too_long(size, agg, needs(agg), n_ctx(agg.model), longest_token,
                         "the aggregator cannot hold it")

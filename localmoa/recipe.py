@@ -378,6 +378,9 @@ def _check_overrides(ov: Overrides) -> None:
         raise UsageError(f"--aggregate {ov.aggregate}: give always, auto, never or select")
     if ov.select is not None and ov.select not in SELECTORS:
         raise UsageError(f"--select {ov.select}: give {', '.join(SELECTORS)}")
+    if ov.select is not None and ov.aggregate not in (None, "select"):
+        raise UsageError(f"--select {ov.select} chooses an answer; --aggregate "
+                         f"{ov.aggregate} writes or votes one: give one of the two")
     if ov.layers is not None and not 1 <= ov.layers <= 32:
         raise UsageError(f"--layers {ov.layers}: give 1 to 32 proposer layers")
     if ov.temperature is not None and not 0.0 <= ov.temperature <= 2.0:

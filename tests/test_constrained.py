@@ -115,8 +115,9 @@ def test_the_judge_always_names_a_candidate(model) -> None:
     for seed in range(12):
         text = model.chat(messages, hot(seed, judge.schema(3), max_tokens=judge.MAX_TOKENS)
                           ).text()
-        assert judge.parse(text, 3) is not None and text.strip() == str(json.loads(text))
-        named.append(json.loads(text))
+        answer = follows(text, judge.schema(3))
+        assert judge.parse(text, 3) == answer["best"] - 1
+        named.append(answer["best"])
     assert set(named) <= {1, 2, 3}
 
 

@@ -20,6 +20,7 @@ from localmoa.eval.runner import ROUND_SEED_STEP, prepare, reread, reseed, sched
 from localmoa.eval.tasks import Task
 from localmoa.metrics import AgentRun, RunReport
 from localmoa.recipe import Overrides, build_graph
+from localmoa.selection import judge
 
 from .conftest import cli
 
@@ -62,7 +63,7 @@ def test_contenders_of_tiny_and_tiny_self(tiny_contenders: dict) -> None:
     assert c["select:confidence:tiny"].run == c["select:verify:tiny"].run == "tiny"
     judged = c["select:judge:tiny"].graph
     assert judged.profile == "select:judge:tiny" and judged.select.by == "judge"
-    assert judged.aggregator.json_schema == '{"enum": [1, 2, 3]}'
+    assert judged.aggregator.json_schema == judge.schema_text(3)
     assert c["select:confidence:tiny"].budget() == {"calls": 3, "max_tokens": 3 * 128}
     # one run, two contenders: a profile's run gives its vote and its MoA ...
     assert c["vote:tiny"].run == c["moa:tiny"].run == "tiny"

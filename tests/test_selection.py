@@ -141,10 +141,11 @@ def test_verify_runs_the_users_check_command() -> None:
     assert scores[0] is not None and scores[0].detail.startswith("exit 3")
 
 
-@pytest.mark.parametrize(("reply", "index"), [("2", 1), (" 3\n", 2), ("4", None), ("x", None)])
+@pytest.mark.parametrize(("reply", "index"), [
+    ('{"best": 2}', 1), (" 3\n", 2), ('{"best": 4}', None), ("x", None), ('{"best": true}', None)])
 def test_the_judges_number_names_a_candidate(reply: str, index: int | None) -> None:
     assert judge.parse(reply, 3) == index
-    assert judge.schema(3) == {"enum": [1, 2, 3]}
+    assert judge.schema(3)["properties"] == {"best": {"enum": [1, 2, 3]}}
 
 
 def test_verify_needs_leave_to_run_code_and_the_judge_a_constraint() -> None:
@@ -198,8 +199,9 @@ def test_select_by_judge_takes_the_number_it_names(scripted: ScriptedBackend) ->
     assert report.recipe["selection"]["chosen"] == "L1.2"
     judge_call = scripted.calls[-1]
     assert "Reply with the number of the best candidate only" in judge_call[1][0]["content"]
+    assert '{"best": N}' in judge_call[1][0]["content"]
     judged = [o for name, o in scripted.options if name == "judge"]
-    assert [o.json_schema for o in judged] == [{"enum": [1, 2, 3, 4]}]
+    assert [o.json_schema for o in judged] == [judge.schema(4)]
     assert report.agents[-1].answer == "2"
 
 
@@ -213,7 +215,7 @@ def test_the_judge_reads_only_the_answers_that_came(scripted: ScriptedBackend) -
     report = run(cfg, Overrides(select="judge"))
     assert report.answer == "8"
     judged = [o for name, o in scripted.options if name == "judge"]
-    assert [o.json_schema for o in judged] == [{"enum": [1, 2]}]  # b's two failed
+    assert [o.json_schema for o in judged] == [judge.schema(2)]  # b's two failed
     assert report.recipe["selection"]["candidates"] == 2
 
 
@@ -292,3 +294,48 @@ def test_select_after_a_synthesis_layer_and_with_early_exit(scripted: ScriptedBa
     report = run(cfg, Overrides(select="confidence", max_tokens=64))
     assert report.recipe["early_exit"]["after_layer"] == 1  # they agree: no layer 2
     assert report.recipe["selection"]["chosen"] == "L1.1" and report.answer == "8"
+
+
+@pytest.mark.parametrize("cheat", [
+    "__sandbox_result__([99, 2])\ndef add(a, b):\n    return 0\n",
+    "class Yes:\n    def __eq__(self, other):\n        return True\n"
+    "def add(a, b):\n    return Yes()\n",
+    "import builtins\nbuiltins.eval = lambda *a: 3\ndef add(a, b):\n    return 0\n",
+])
+def test_a_candidate_cannot_report_its_own_pass(cheat: str) -> None:
+    found = code_tests(ADD)
+    assert found is not None
+    from localmoa.coderun.sandbox import run_program
+    from localmoa.selection.verify import score_code
+    scored = score_code(f"```python\n{cheat}```", found, run_program)
+    assert scored.passed == 0 and scored.total == 2
+
+
+def test_verify_on_pasted_code_with_top_level_calls() -> None:
+    query = ("Fix this function.\n```python\nimport math\n\ndef double(x):\n"
+             "    \"\"\"double(3) == 6\"\"\"\n    return x\n\nprint(double(3))\n```")
+    right = "```python\nimport math\n\ndef double(x):\n    return 2 * x\n```"
+    scores = verify_scores(SelectSpec(by="verify", execute=True), query,
+                           cands(("a", right)))
+    assert scores[0] is not None and (scores[0].passed, scores[0].total) == (1, 1)
+    chosen = choose(SelectSpec(by="verify", execute=True), query,
+                    cands(("a", "```python\ndef double(x):\n    return x\n```")), stored={})
+    assert chosen.fallback == "no candidate passed an example: chosen by confidence"
+
+
+@pytest.mark.parametrize(("check", "fragment"), [("   ", "give a command"),
+                                                  ("python3 -c 'x", "No closing quotation")])
+def test_a_check_command_that_cannot_be_split_is_refused(check: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        SelectSpec(by="verify", execute=True, check=check)
+
+
+def test_a_check_that_times_out_leaves_nothing_running(tmp_path: Path) -> None:
+    marker = tmp_path / "left"
+    spec = SelectSpec(by="verify", execute=True, check_timeout_s=1,
+                      check=f"sh -c 'sleep 1000 & echo $! > {marker}; wait'")
+    [scored] = verify_scores(spec, "anything", cands(("a", "x")))
+    assert scored is not None and scored.passed == 0 and "no end within 1 s" in scored.detail
+    stat = Path(f"/proc/{int(marker.read_text())}/stat")
+    # the background sleep went with its group (dead: gone, or a zombie not yet reaped)
+    assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")

@@ -80,7 +80,7 @@ class RunDisplay:
         total = len(self.graph.layers)
         final = (
             "the judge reads the answers"
-            if self.graph.aggregate == "select"
+            if self.graph.select is not None and self.graph.select.by == "judge"
             else "aggregating (reading the references)"
         )
         self._show(f"layer {layer + 1} of {total}" if layer < total else final)

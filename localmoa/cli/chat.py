@@ -149,6 +149,9 @@ def _turn(out: Output, session: ChatSession, text: str, live: bool) -> Turn | No
         return None
     if display.streamed:
         out.end_stream()
+    elif turn.report.answer:  # no aggregator wrote it (selected, or skipped): say it now
+        out.stream(turn.report.answer)
+        out.end_stream()
     r = turn.report
     kept = "models kept loaded" if not r.actual.get("loads") else \
         f"{r.actual['loads']} model load{'s' if r.actual['loads'] != 1 else ''} " \

@@ -136,7 +136,7 @@ def eval_command(
     cfg = load_command_config(config, no_batch)
     names = list(profile or [cfg.default_profile])
     chosen = build_contenders(cfg, names, kinds, samples,
-                              Overrides(seed=SEED, max_tokens=max_tokens))
+                              Overrides(seed=SEED, max_tokens=max_tokens, execute=execute))
     out = notify_containment(Output(json_mode=json_out), judge)
     prepared = prepare(cfg, chosen, runtime=command_runtime(out, cfg, memory_budget,
                                                             keep_loaded=True))
@@ -184,12 +184,14 @@ def reread_eval(path: Path, contenders: str | None, execute: bool, code_timeout:
     cfg = load_command_config(config, bool(settings.get("no_batch")))
     chosen = build_contenders(cfg, list(settings["profiles"]), kinds,
                               int(settings.get("samples") or SELF_DEFAULT_SAMPLES),
-                              Overrides(seed=SEED, max_tokens=settings.get("max_tokens")))
+                              Overrides(seed=SEED, max_tokens=settings.get("max_tokens"),
+                                        execute=execute))
     out = notify_containment(Output(json_mode=json_out), judge)
     results = reread_runs(stored, chosen, judge)
     settings.update({"reread": str(path), "contenders": list(kinds), "execute": execute,
                      "code_timeout_s": code_timeout})
-    publish(out, _out_folder(out_dir), settings, stored["tasks"], results)
+    publish(out, _out_folder(out_dir), settings, stored["tasks"], results,
+            stored.get("machine"))
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -210,10 +212,11 @@ def read_results(path: Path) -> dict[str, Any]:
 
 
 def publish(out: Output, target: Path, settings: dict[str, Any], tasks: list[dict[str, Any]],
-            results: dict[str, Any]) -> None:
+            results: dict[str, Any], machine: dict[str, Any] | None = None) -> None:
     """Write results.json and the plot, then show the tables (or the JSON document);
-    LocalMoaError when every run failed."""
-    document = {"settings": settings, "machine": machine_facts(), "tasks": tasks, **results}
+    LocalMoaError when every run failed. ``machine``: where the runs ran (this one)."""
+    document = {"settings": settings, "machine": machine or machine_facts(), "tasks": tasks,
+                **results}
     write_results(target / "results.json", document)
     pictures = draw_accuracy_vs_time(results["summaries"], target)
     summaries = results["summaries"]

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sandbox import CHILD_ENV, SYSTEM_PATH, Containment
+from .sandbox import CHILD_ENV, SYSTEM_PATH, Containment, kill_group
 
 
 @dataclass(frozen=True)
@@ -26,34 +26,31 @@ class CommandOutcome:
     detail: str
 
 
-def run_check(
-    command: str, answer: str, code: str | None, timeout_s: float, contained: Containment
-) -> CommandOutcome:
+def run_check(command: str, answer: str, code: str | None, timeout_s: float,
+              contained: Containment) -> CommandOutcome:
     """Run ``command`` on one candidate (see the module)."""
     argv = shlex.split(command)
     with tempfile.TemporaryDirectory(prefix="localmoa-check-") as top:
         work = Path(top)
         (work / "answer.txt").write_text(answer, encoding="utf-8")
-        (work / "candidate.py").write_text(code if code is not None else answer, encoding="utf-8")
+        (work / "candidate.py").write_text(code if code is not None else answer,
+                                           encoding="utf-8")
         prefix = [contained.unshare, "-rn", "--"] if contained.unshare else []
         env = {**CHILD_ENV, "PATH": SYSTEM_PATH, "HOME": top, "TMPDIR": top}
         try:
-            done = subprocess.run(
-                [*prefix, *argv],
-                cwd=work,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout_s,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return CommandOutcome(False, f"no end within {timeout_s:g} s")
+            proc = subprocess.Popen([*prefix, *argv], cwd=work, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
             return CommandOutcome(False, f"could not start {argv[0]!r}: {exc.strerror}")
-    if done.returncode == 0:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return CommandOutcome(False, f"no end within {timeout_s:g} s")
+        finally:
+            kill_group(proc)  # what it left running goes too
+    if proc.returncode == 0:
         return CommandOutcome(True, "exit 0")
-    tail = (done.stderr or done.stdout).decode("utf-8", "replace").strip().splitlines()
-    return CommandOutcome(
-        False, f"exit {done.returncode}" + (f": {tail[-1][:200]}" if tail else "")
-    )
+    tail = (stderr or stdout).decode("utf-8", "replace").strip().splitlines()
+    return CommandOutcome(False, f"exit {proc.returncode}"
+                          + (f": {tail[-1][:200]}" if tail else ""))

@@ -98,28 +98,37 @@ def text_key(code: str) -> str:
 #: ``f(x) ➞ y``, ``f(x) -> y``, ``f(x) => y``, ``f(x) should return y``.
 _EXPECT = re.compile(r"^\s*(?:==|➞|->|=>|→|should\s+(?:return|be|give)|returns?|gives?)\s*", re.I)
 
+#: Runs the candidate in a namespace of its own, with what the harness needs bound
+#: first: a candidate cannot report for the harness, rebind ``eval`` or ``type`` for
+#: it, or pass with an object whose ``==`` is always true (types must match).
 TEST_HARNESS = """
+def __harness__(report=__sandbox_result__, run=exec, evaluate=eval, kind=type,
+                absolute=abs, largest=max, same=(int, float)):
+    tests = {tests!r}
+    scope = {{"__name__": "__candidate__"}}
+    run(compile({solution!r}, "<candidate>", "exec"), scope)
+    passed = 0
+    for call, expected in tests:
+        try:
+            got, want = evaluate(call, scope), evaluate(expected, {{}})
+            if kind(want) is float or kind(got) is float:
+                ok = kind(got) in same and kind(want) in same and \\
+                    absolute(got - want) <= 1e-6 * largest(1.0, absolute(want))
+            else:
+                ok = kind(got) is kind(want) and got == want
+        except BaseException:  # a call that raises fails its example
+            ok = False
+        passed += ok is True
+    report([passed, len(tests)])
 
-__tests__ = {tests!r}
-__passed__ = 0
-for __call__, __expected__ in __tests__:
-    try:
-        __got__ = eval(__call__)
-        __want__ = eval(__expected__)
-        if isinstance(__want__, float) or isinstance(__got__, float):
-            __ok__ = abs(__got__ - __want__) <= 1e-6 * max(1.0, abs(__want__))
-        else:
-            __ok__ = __got__ == __want__
-    except BaseException:  # a call that raises fails its example
-        __ok__ = False
-    __passed__ += bool(__ok__)
-__sandbox_result__([__passed__, len(__tests__)])
+
+__harness__()
 """
 
 
 def _literal(text: str) -> str | None:
     """``text`` when it is one Python literal (an expected value), else None."""
-    text = text.strip().rstrip(".,;")
+    text = text.strip().removesuffix('"""').removesuffix("'''").strip().rstrip(".,;")
     try:
         ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -161,9 +170,9 @@ def tests_of(prompt: str, entry_point: str) -> list[tuple[str, str]]:
 
 
 def test_program(solution: str, tests: list[tuple[str, str]]) -> str:
-    """The solution, then a harness that runs each example and reports
-    ``[passed, total]``."""
-    return solution + TEST_HARNESS.format(tests=tests)
+    """A harness that runs the solution in its own namespace, then each example, and
+    reports ``[passed, total]``."""
+    return TEST_HARNESS.format(tests=tests, solution=solution)
 
 
 def passed_of(result: str | None) -> tuple[int, int] | None:

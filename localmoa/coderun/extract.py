@@ -50,6 +50,13 @@ def solution(code: str, prompt: str, entry_point: str) -> str:
     return prompt + textwrap.indent(body, "    ") + "\n"
 
 
+def imports_of(code: str) -> str:
+    """The top-level import lines of ``code`` (what a candidate's own definition may
+    rely on from the prompt)."""
+    return "\n".join(line for line in code.splitlines()
+                     if re.match(r"(?:from\s+\S+\s+)?import\s", line))
+
+
 def entry_point(prompt: str) -> str | None:
     """The function a prompt asks for: the last function defined in its code (the
     stub follows its helpers), else the function its examples call (``>>> f(``), else

@@ -179,7 +179,7 @@ def _run(contained: Containment, limits: Limits, control: Path, work: Path,
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
-        _kill_group(proc)
+        kill_group(proc)
     seconds = time.monotonic() - start
     stdout = _head(control / "stdout", limits.output_bytes)
     stderr = _head(control / "stderr", limits.output_bytes)
@@ -192,7 +192,7 @@ def _run(contained: Containment, limits: Limits, control: Path, work: Path,
                    verdict.get("result") if verdict else None)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
     """Kill the program's whole process group (what it started too), then reap it."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)

@@ -30,7 +30,6 @@ and one line in KINDS.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -43,9 +42,7 @@ from ..metrics import AgentRun, RunReport
 from ..profile_spec import SelectSpec
 from ..recipe import MoaGraph, Overrides, build_graph
 from ..selection import Candidate, Selection
-from ..selection.choose import verify_scores
-from ..selection.confidence import by_confidence
-from ..selection.verify import by_verify
+from ..selection.choose import choose
 from .checks import Verdict, score, vote_key
 from .tasks import Task
 
@@ -147,64 +144,45 @@ def read_vote(task: Task, report: RunReport, judge: CodeJudge | None = None) -> 
             "samples": samples, **_status(task, chosen)}
 
 
-def _selection(
-    by: str,
-    task: Task,
-    candidates: list[Candidate],
-    keys: list[str | None],
-    judge: CodeJudge | None,
-) -> Selection:
-    """What ``aggregate: select`` by ``by`` chooses, ties to the first listed model."""
-    if by == "verify" and judge is not None:
-        spec = SelectSpec(by="verify", execute=True, check_timeout_s=judge.limits.timeout_s)
-        return by_verify(candidates, verify_scores(spec, task.prompt, candidates), keys, {})
-    chosen = by_confidence(candidates, keys, {})
-    if by == "verify":
+def _selection(by: str, task: Task, candidates: list[Candidate],
+               judge: CodeJudge | None) -> Selection:
+    """What ``aggregate: select`` by ``by`` chooses in a run (selection/choose.py: the
+    same keys, code compared by behaviour when it may run), ties to the first listed
+    model; verify without leave to run code falls back to confidence."""
+    execute = judge is not None
+    spec = SelectSpec(by="verify" if by == "verify" and execute else "confidence",
+                      execute=execute,
+                      check_timeout_s=judge.limits.timeout_s if judge else 10.0)
+    chosen = choose(spec, task.prompt, candidates, stored={})
+    if by == "verify" and not execute:
+        chosen.selector = "verify"
         chosen.fallback = "code may not run (no --execute): chosen by confidence"
     return chosen
 
 
-def read_select(
-    task: Task, report: RunReport, by: str, judge: CodeJudge | None = None
-) -> dict[str, Any]:
+def read_select(task: Task, report: RunReport, by: str,
+                judge: CodeJudge | None = None) -> dict[str, Any]:
     """One of the last proposer layer's answers, chosen by ``by`` (confidence, verify).
-    Its time is when that layer ended plus the selecting, less model loading."""
+    Its time is when that layer ended (its every agent, as the run waits for all), less
+    model loading, plus what selecting took; its tokens the proposers'."""
     last = max((r.layer for r in report.agents if r.role == "proposer"), default=1)
-    layer = [r for r in report.agents if r.layer == last and r.role == "proposer" and r.ok]
+    layer = [r for r in report.agents if r.layer == last and r.role == "proposer"]
     end = max((r.end_s for r in layer), default=0.0)
     loading = loading_s(report.agents, end)
     tokens = sum(r.completion_tokens for r in report.agents if r.role == "proposer")
-    if not layer:
-        return {
-            "raw": "",
-            "extracted": None,
-            "correct": False,
-            "why": "every sample failed",
-            "tokens": tokens,
-            "seconds": round(max(0.0, end - loading), 4),
-            "load_s": round(loading, 4),
-            "error": "every sample failed",
-            **_status(task, None),
-        }
-    start = time.perf_counter()
-    verdicts: list[Verdict | None] = [score(task, r.answer, judge) for r in layer]
-    keys = _vote_keys(task, layer, verdicts, judge)
-    candidates = [Candidate(r.agent, r.model, r.answer) for r in layer]
-    chosen = _selection(by, task, candidates, keys, judge)
-    took = time.perf_counter() - start
-    verdict = verdicts[chosen.index]
-    return {
-        "raw": layer[chosen.index].answer,
-        "extracted": verdict.extracted if verdict else None,
-        "correct": bool(verdict and verdict.correct),
-        "why": verdict.why if verdict else "",
-        "tokens": tokens,
-        "seconds": round(max(0.0, end - loading) + took, 4),
-        "load_s": round(loading, 4),
-        "error": None,
-        "selection": chosen.to_dict(candidates),
-        **_status(task, verdict),
-    }
+    ok = [r for r in layer if r.ok]
+    timing = {"tokens": tokens, "load_s": round(loading, 4)}
+    if not ok:
+        return {"raw": "", "extracted": None, "correct": False, "why": "every sample failed",
+                "seconds": round(max(0.0, end - loading), 4), "error": "every sample failed",
+                **timing, **_status(task, None)}
+    candidates = [Candidate(r.agent, r.model, r.answer) for r in ok]
+    chosen = _selection(by, task, candidates, judge)
+    verdict = score(task, candidates[chosen.index].answer, judge)
+    return {"raw": candidates[chosen.index].answer, "extracted": verdict.extracted,
+            "correct": verdict.correct, "why": verdict.why,
+            "seconds": round(max(0.0, end - loading) + chosen.seconds, 4), "error": None,
+            "selection": chosen.to_dict(candidates), **timing, **_status(task, verdict)}
 
 
 def loading_s(runs: list[AgentRun], until_s: float) -> float:

@@ -1,7 +1,7 @@
 """The ``judge`` selector: the aggregator's model reads the candidates and names the
 best by its number. It is asked to check each answer, not to write one, and its output
-is constrained to the valid numbers (a JSON schema ``{"enum": [1, ..., n]}``, the
-grammar path the choosing router uses): whatever it samples is a candidate's number.
+is constrained to the valid numbers (a JSON schema: ``{"best": N}``, N in 1..n, the
+grammar path the choosing router uses): whatever it samples names a candidate.
 
 When the candidates all agree (consensus.agreement), the judge is not called: the
 agreed answer stands (``aggregate: auto``'s short-cut, applied to selection).
@@ -15,17 +15,16 @@ from collections.abc import Sequence
 
 from . import Candidate, Selection
 
-#: The judge's prompt template (prompts.py placeholders).
+#: The judge's prompt template (prompts.py placeholders; {{ }} are literal braces).
 TEMPLATE = (
     "You are a careful reviewer. Below are {n} candidate answers to the user's request, "
     "numbered.\n\nCheck each one in turn: does it do exactly what was asked, is it "
     "correct, and is it complete? Look for wrong facts, wrong arithmetic, code that would "
     "fail on the request's examples, and missing parts. Do not write a new answer and do "
-    "not merge them.\n\nReply with the number of the best candidate only.\n\n"
-    "Candidate answers:\n{{references}}"
-)
-#: The judge writes one number: a few tokens are enough.
-MAX_TOKENS = 8
+    "not merge them.\n\nReply with the number of the best candidate only, as JSON: "
+    '{{{{"best": N}}}}.\n\nCandidate answers:\n{{references}}')
+#: The judge writes ``{"best": N}``: a few tokens are enough.
+MAX_TOKENS = 16
 
 
 def template(candidates: int) -> str:
@@ -33,8 +32,10 @@ def template(candidates: int) -> str:
 
 
 def schema(candidates: int) -> dict[str, object]:
-    """The judge's output: one of the numbers 1..``candidates``."""
-    return {"enum": list(range(1, candidates + 1))}
+    """The judge's output: ``{"best": N}``, N one of 1..``candidates`` (an object at the
+    top, as OpenAI's strict structured output wants)."""
+    return {"type": "object", "required": ["best"], "additionalProperties": False,
+            "properties": {"best": {"enum": list(range(1, candidates + 1))}}}
 
 
 def schema_text(candidates: int) -> str:
@@ -42,12 +43,17 @@ def schema_text(candidates: int) -> str:
 
 
 def parse(reply: str, candidates: int) -> int | None:
-    """The 0-based candidate the judge named; None when its reply names none in range."""
-    found = re.search(r"\d+", reply)
-    if found is None:
-        return None
-    number = int(found.group())
-    return number - 1 if 1 <= number <= candidates else None
+    """The 0-based candidate the judge named (``{"best": N}``, else the first whole
+    number in its reply); None when it names none in range."""
+    try:
+        found: object = json.loads(reply)
+    except ValueError:
+        found = None
+    number = found.get("best") if isinstance(found, dict) else None
+    if not isinstance(number, int) or isinstance(number, bool):
+        match = re.search(r"\d+", reply)
+        number = int(match.group()) if match else None
+    return number - 1 if number is not None and 1 <= number <= candidates else None
 
 
 def by_judge(

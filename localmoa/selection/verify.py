@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..coderun import examples
-from ..coderun.extract import entry_point, extract_code, prompt_code, solution
+from ..coderun.extract import defines, entry_point, extract_code, imports_of, prompt_code, solution
 from ..coderun.sandbox import Outcome
 from . import Candidate, Selection
 from .confidence import by_confidence, model_scores
@@ -68,10 +68,13 @@ def score_code(answer: str, found: CodeTests, run: Callable[[str], Outcome]) -> 
     code = extract_code(answer, found.entry_point)
     if code is None:
         return Score(0, total, "no code in the answer")
-    module = solution(code, found.prompt, found.entry_point) if found.prompt else code
+    if defines(code, found.entry_point):  # its own definition, with the prompt's imports
+        module = f"{imports_of(found.prompt or '')}\n{code}\n"
+    else:  # a bare body completes the prompt's stub
+        module = solution(code, found.prompt or "", found.entry_point)
     outcome = run(examples.test_program(module, found.tests))
     counted = examples.passed_of(outcome.result) if outcome.passed else None
-    if counted is None:
+    if counted is None or not 0 <= counted[0] <= counted[1] == total:
         return Score(0, total, f"{outcome.status}: {outcome.detail}".rstrip(": "))
     return Score(counted[0], counted[1], f"{counted[0]}/{counted[1]} examples pass")
 
@@ -98,6 +101,7 @@ def by_verify(
     best = max((i for i, s in enumerate(shares) if s == top), key=rank)
     tied = sum(s == top for s in shares)
     chosen = scores[best]
+    fallback = None if top > 0 else "no candidate passed an example: chosen by confidence"
     why = (f"passes {chosen.passed}/{chosen.total}" if chosen else "passes nothing") + (
         f"; {tied} candidates tied, the more confident model's" if tied > 1 else ""
     )
@@ -111,4 +115,4 @@ def by_verify(
         }
         for c, s in zip(candidates, scores, strict=True)
     ]
-    return Selection("verify", best, why, table)
+    return Selection("verify", best, why, table, fallback)
