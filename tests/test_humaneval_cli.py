@@ -79,12 +79,13 @@ def test_humaneval_on_tiny_gives_pass_at_1_with_an_interval_per_contender(
         tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = cli("eval", "--tasks", "humaneval", "--limit", "2", "--execute",
-               "--contenders", "single,vote",
+               "--contenders", "single,vote,select:confidence,select:verify",
                "--max-tokens", "48", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     assert "localmoa: notice: model-written code runs in a separate process" in proc.stderr
     printed = json.loads(proc.stdout)
-    names = ["single:smollm2-135m", "vote:tiny"]
+    names = ["single:smollm2-135m", "vote:tiny", "select:confidence:tiny",
+             "select:verify:tiny"]
     assert list(printed["summaries"]) == names
     for name, summary in printed["summaries"].items():
         found = summary["pass_at_1"]
@@ -102,3 +103,10 @@ def test_humaneval_on_tiny_gives_pass_at_1_with_an_interval_per_contender(
                                     "network", "denied"), answer
         assert answer["correct"] == (answer["status"] == "passed")
         assert answer["raw"].strip()
+    votes = {a["task"]: a for a in doc["answers"] if a["contender"] == "vote:tiny"}
+    for answer in (a for a in doc["answers"] if a["contender"].startswith("select:")):
+        # one of the same samples, chosen and never rewritten, and said how
+        assert answer["raw"] in [s["raw"] for s in votes[answer["task"]]["samples"]]
+        chosen = answer["selection"]
+        assert chosen["selector"] == answer["contender"].split(":")[1]
+        assert chosen["candidates"] == 3 and chosen["summary"]
