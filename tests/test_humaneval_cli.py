@@ -109,4 +109,5 @@ def test_humaneval_on_tiny_gives_pass_at_1_with_an_interval_per_contender(
         assert answer["raw"] in [s["raw"] for s in votes[answer["task"]]["samples"]]
         chosen = answer["selection"]
         assert chosen["selector"] == answer["contender"].split(":")[1]
-        assert chosen["candidates"] == 3 and chosen["summary"]
+        samples = votes[answer["task"]]["samples"]
+        assert chosen["candidates"] == sum(s["ok"] for s in samples) and chosen["summary"]
