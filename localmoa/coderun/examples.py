@@ -95,8 +95,10 @@ def text_key(code: str) -> str:
 
 
 #: How an example states its expected value after the call: ``f(x) == y``,
-#: ``f(x) ➞ y``, ``f(x) -> y``, ``f(x) => y``, ``f(x) should return y``.
-_EXPECT = re.compile(r"^\s*(?:==|➞|->|=>|→|should\s+(?:return|be|give)|returns?|gives?)\s*", re.I)
+#: ``f(x) = y``, ``f(x) ==> y``, ``f(x) ➞ y``, ``f(x) -> y``, ``f(x) => y``,
+#: ``f(x) should return y``.
+_EXPECT = re.compile(r"^\s*(?:==>|==|=>|->|➞|→|=|should\s+(?:return|be|give)|returns?|gives?)"
+                     r"\s*", re.I)
 
 #: Runs the candidate in a namespace of its own, with what the harness needs bound
 #: first: a candidate cannot report for the harness, rebind ``eval`` or ``type`` for

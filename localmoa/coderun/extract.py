@@ -15,6 +15,10 @@ import textwrap
 
 _CODE_LINE = re.compile(r"^(?:from\s+\S+\s+import|import\s|def\s|async\s+def\s|class\s|@)", re.M)
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+#: A fence at the start of a line: a prompt may mention ``` inline ("reply in one
+#: ```python code block") before its code.
+_LINE_FENCE = re.compile(r"^[ \t]*```[ \t]*[\w+-]*[^\n]*\n(.*?)(?:^[ \t]*```|\Z)",
+                         re.DOTALL | re.M)
 _DEF = re.compile(r"^[ \t]*(?:async\s+)?def\s+([A-Za-z_]\w*)\s*\(", re.M)
 
 
@@ -61,7 +65,7 @@ def entry_point(prompt: str) -> str | None:
     """The function a prompt asks for: the last function defined in its code (the
     stub follows its helpers), else the function its examples call (``>>> f(``), else
     None."""
-    blocks = [body for _, body in _FENCE.findall(prompt)] or [prompt]
+    blocks = _LINE_FENCE.findall(prompt) or [prompt]
     names = [m.group(1) for block in blocks for m in _DEF.finditer(block)]
     if names:
         return names[-1]
@@ -72,4 +76,7 @@ def entry_point(prompt: str) -> str | None:
 def prompt_code(prompt: str, name: str) -> str | None:
     """The code of the prompt that defines ``name`` (a fenced block, or the prompt from
     its first line of code on): what a bare body completes. None when it has none."""
-    return extract_code(prompt, name) if defines(prompt, name) else None
+    if not defines(prompt, name):
+        return None
+    blocks = [b for b in _LINE_FENCE.findall(prompt) if defines(b, name)]
+    return blocks[0].strip("\n") if blocks else extract_code(prompt, name)
