@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 
 from . import constants
 from .backends.base import ChatStream, GenerateOptions, GenerationStats, LoadedModel, Message
-from .backends.batch import SequenceStream
+from .backends.batch import FEED_MARK, SequenceStream
 from .cancel import Control, Stopped
 from .config import ModelSpec
 from .errors import LocalMoaError
 from .metrics import AgentRun
-from .prompts import agent_messages, fit_references, reference_slots
+from .prompts import agent_messages, fit_references, reference_slots, streamed_messages
 from .recipe import Agent
 
 #: Tokens kept free for the chat template's own markup around the messages.
@@ -71,13 +71,16 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
               conversation: Sequence[Message], references: list[str] | None,
               control: Control, run: AgentRun, t0: float,
               on_start: Callable[[Agent], None] | None,
-              on_text: Callable[[Agent, str], None] | None) -> AgentRun:
+              on_text: Callable[[Agent, str], None] | None,
+              streamed: bool = False) -> AgentRun:
     """Run one agent to completion, failure or stop; ``run`` is filled in and returned.
 
     Failures a user can meet (LocalMoaError: the backend's errors, a stop) become the
     agent's error. Anything else is a bug, in localmoa or a backend: the agent fails
     with "internal error", and with LOCALMOA_DEBUG=1 its traceback goes to stderr.
-    The callbacks must not raise (the engine guards them).
+    The callbacks must not raise (the engine guards them). ``streamed``: its references
+    stream in through its model (a batch member with a PromptFeed): its messages hold
+    the feed's mark where they go (prompts.streamed_messages).
     """
     if on_start:
         on_start(agent)
@@ -86,7 +89,8 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
     stream: ChatStream | None = None
     cancel = control.agent(agent)  # the run's, its request's and its own stop, in one
     try:
-        messages = fitted_messages(agent, spec, model, conversation, references, run)
+        messages = (streamed_messages(conversation, agent.system, FEED_MARK) if streamed
+                    else fitted_messages(agent, spec, model, conversation, references, run))
         options = GenerateOptions(temperature=agent.temperature, top_p=agent.top_p,
                                   max_tokens=agent.max_tokens, seed=agent.seed,
                                   n_threads=task_threads or None, stop=agent.stop,
@@ -138,6 +142,7 @@ def record_stats(run: AgentRun, stats: GenerationStats) -> None:
     run.batch = stats.batch_size
     run.shared_prompt_tokens = stats.shared_tokens
     run.timing = stats.timing
+    run.early_prompt_tokens = stats.early_prompt_tokens
 
 
 def _count_what_was_cut_short(run: AgentRun, stream: ChatStream, model: LoadedModel,

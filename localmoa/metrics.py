@@ -49,6 +49,11 @@ class AgentRun:
     worker_restarts: int = 0
     #: When its first piece of text arrived, from the run's start (None: it wrote none).
     first_text_s: float | None = None
+    #: Its references streamed in (reference streaming): the agents whose answers it
+    #: read, in the order they came; None when it read them whole, in agent order.
+    reference_order: list[str] | None = None
+    #: Prompt tokens it evaluated before its last reference came (streamed references).
+    early_prompt_tokens: int = 0
 
     @property
     def is_aggregator(self) -> bool:
@@ -209,9 +214,10 @@ def latency_of(runs: list[AgentRun]) -> dict[str, Any]:
     - ``aggregator_first_text_after_references_s``: the aggregator's first text after
       the last of its references ended (the wait a user sees once every proposer is done);
     - ``references_prefilled_early_tokens``: reference tokens the aggregator evaluated
-      before that end (0 while references are given whole, after the layer);
+      before that end (0 when references are given whole, after the layer);
     - ``reference_order``: the agents whose answers the aggregator read, in the order it
-      read them.
+      read them (streamed: the order they ended in);
+    - ``references_streamed``: whether they streamed in (reference streaming).
     """
     aggregator = next((r for r in runs if r.is_aggregator), None)
     if aggregator is None:  # a vote or the consensus short-cut: the answer exists when
@@ -219,14 +225,17 @@ def latency_of(runs: list[AgentRun]) -> dict[str, Any]:
         ended = [r.end_s for r in runs if r.layer == last]
         return {"answer_first_text_s": max(ended) if ended else None,
                 "aggregator_first_text_after_references_s": None,
-                "references_prefilled_early_tokens": 0, "reference_order": []}
+                "references_prefilled_early_tokens": 0, "reference_order": [],
+                "references_streamed": False}
     # the last layer that ran before it (after an early exit, not the one just below)
     read = max((r.layer for r in runs if r.layer < aggregator.layer), default=0)
     references = [r for r in runs if r.layer == read and r.ok]
     after = None
     if references and aggregator.first_text_s is not None:
         after = round(aggregator.first_text_s - max(r.end_s for r in references), 4)
+    order = aggregator.reference_order
     return {"answer_first_text_s": aggregator.first_text_s,
             "aggregator_first_text_after_references_s": after,
-            "references_prefilled_early_tokens": 0,
-            "reference_order": [r.agent for r in references]}
+            "references_prefilled_early_tokens": aggregator.early_prompt_tokens,
+            "reference_order": [r.agent for r in references] if order is None else order,
+            "references_streamed": order is not None}

@@ -19,7 +19,8 @@ from .backends import get_backend
 from .backends.base import Estimate
 from .config import Config
 from .memory.estimate import Footprint, ModelFacts
-from .memory.planner import Plan, plan
+from .memory.overlap import streamed_plan
+from .memory.planner import Plan
 from .memory.probe import Resources, probe
 from .recipe import MoaGraph
 
@@ -114,7 +115,7 @@ def preflight(config: Config, graph: MoaGraph, memory_budget: str | None = None,
     paths: dict[str, Path] = {}
     facts: dict[str, ModelFacts] = {}
     footprints: dict[str, Footprint] = {}
-    widest = {m: max(n, (batch_up_to or {}).get(m, 1)) for m, n in graph.widest().items()}
+    widest = {m: max(n, (batch_up_to or {}).get(m, 1)) for m, n in graph.batch_room().items()}
     for name in graph.models:
         found = estimate_model(config, name, resources, widest[name])
         footprints[name] = found.footprint
@@ -123,7 +124,7 @@ def preflight(config: Config, graph: MoaGraph, memory_budget: str | None = None,
         if found.path is not None:
             paths[name] = found.path
     budgets = pool_budgets(config, resources, footprints)
-    the_plan = plan(graph, footprints, budgets, resources.usable_cores)
+    the_plan = streamed_plan(graph, footprints, budgets, resources.usable_cores)
     runtime, notices = runtime_facts(config, graph.models)
     return Preflight(graph=graph, paths=paths, facts=facts, footprints=footprints,
                      resources=resources, plan=the_plan, budgets=budgets, runtime=runtime,

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from .prompts import check_template
-from .spec_types import StrictModel
+from .spec_types import OnOff, StrictModel
 
 TEMPLATE_HELP = ("Replaces the aggregate-and-synthesize prompt and the numbered references at "
                  "the head of the agent's system message; placeholders {references} (alias "
@@ -151,6 +151,12 @@ class Profile(StrictModel):
     why: str | None = Field(
         default=None, min_length=1, max_length=300, description="One line: the "
         "measurement behind the profile's aggregate setting (`localmoa profiles` shows it).")
+    stream_references: OnOff = Field(
+        default="on", description="on: the next stage reads each proposer's answer as "
+        "soon as that proposer ends (its prompt grows as they finish; the references "
+        "in finishing order), when its model is loaded beside the proposers within the "
+        "budget (`localmoa plan` says when it is not); off: after the whole layer, in "
+        "agent order, as before (for A/B runs).")
     layers_up_to: int | None = Field(
         default=None, ge=1, le=32, description="Up to N proposer layers (the last one repeated), "
         "stopping early once a layer's answers agree.")

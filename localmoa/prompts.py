@@ -156,6 +156,44 @@ def agent_messages(conversation: Sequence[Message], system: str | None,
     return [Message(role=m["role"], content=m["content"]) for m in messages]
 
 
+def streamed_messages(conversation: Sequence[Message], system: str | None,
+                      mark: str) -> list[Message]:
+    """The messages of an agent whose references stream in (reference streaming): laid
+    out so that its prompt only ever grows at one place, ``mark``, near its end.
+
+    1. one system message: the conversation's own, then the agent's ``system``;
+    2. the conversation's other messages;
+    3. in its latest user message, after the user's text: a blank line, the aggregate
+       prompt, a newline and ``mark``, where the references go as they come
+       (``streamed_reference``); after the mark only the chat template's end of the turn
+       and the start of the answer.
+
+    The references' text is the default's (``1. ...``, ``2. ...``); their order is the
+    order their agents finished in.
+    """
+    messages: list[dict[str, str]] = [{"role": m["role"], "content": m["content"]}
+                                      for m in conversation]
+    parts = [messages.pop(0)["content"]] if messages and messages[0]["role"] == "system" else []
+    if system is not None:
+        parts.append(system)
+    at = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "user"),
+              None)
+    block = AGGREGATE_PROMPT + "\n" + mark
+    if at is None:
+        messages.append({"role": "user", "content": block})
+    else:
+        messages[at]["content"] += "\n\n" + block
+    if parts:
+        messages.insert(0, {"role": "system", "content": "\n\n".join(parts)})
+    return [Message(role=m["role"], content=m["content"]) for m in messages]
+
+
+def streamed_reference(number: int, answer: str) -> str:
+    """Reference ``number`` (from 1) as streamed after the others: ``1. ...``, then
+    ``\n2. ...`` (the default's numbered text, piece by piece)."""
+    return ("" if number == 1 else "\n") + f"{number}. {answer}"
+
+
 TRIM_MARK = " [...]"
 
 

@@ -80,6 +80,9 @@ class MoaGraph:
     early_exit: bool = False
     #: With ``aggregate: select``: how the answer is chosen (selection/); else None.
     select: SelectSpec | None = None
+    #: The aggregator reads each proposer's answer as it ends (reference streaming),
+    #: where the plan can overlap them (memory/overlap.py). Off for graphs built by hand.
+    stream_references: bool = False
 
     @property
     def jobs(self) -> int:
@@ -102,6 +105,18 @@ class MoaGraph:
                 out[agent.model] = max(out.get(agent.model, 0), n)
         return out
 
+    def batch_room(self) -> dict[str, int]:
+        """``widest()``, and with reference streaming one more sequence for the
+        aggregator's model, which may join the last layer's batch (memory/overlap.py):
+        the batches whose footprints the plan needs."""
+        out = self.widest()
+        if self.stream_references and self.layers:
+            model = self.aggregator.model
+            joined = sum(a.model == model for a in self.layers[-1])
+            if joined:
+                out[model] = max(out[model], joined + 1)
+        return out
+
 
 @dataclass(frozen=True)
 class Overrides:
@@ -122,6 +137,8 @@ class Overrides:
     select: str | None = None
     #: ``--execute``: model-written code may run (the verify selector needs it).
     execute: bool = False
+    #: ``--no-stream-references`` (False): the profile's ``stream_references`` off.
+    stream_references: bool | None = None
 
 
 def self_moa_profile(model: str, samples: int) -> Profile:
@@ -205,7 +222,10 @@ def build_graph(config: Config, profile: str | None,
     models = list(dict.fromkeys(a.model for a in [*sum(layers, []), aggregator]))
     return MoaGraph(profile=name, layers=layers, aggregator=aggregator, models=models,
                     aggregate=aggregate, select=select,
-                    early_exit=prof.layers_up_to is not None and ov.layers is None)
+                    early_exit=prof.layers_up_to is not None and ov.layers is None,
+                    stream_references=(prof.stream_references == "on"
+                                       if ov.stream_references is None
+                                       else ov.stream_references))
 
 
 def _select_spec(config: Config, prof: Profile, ov: Overrides, aggregator: Agent) -> SelectSpec:

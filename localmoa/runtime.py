@@ -43,6 +43,7 @@ from .errors import InsufficientMemoryError, LocalMoaError
 from .host import ModelHost
 from .memory import planner
 from .memory.estimate import Footprint
+from .memory.overlap import streamed_plan
 from .memory.probe import Resources, probe
 from .metrics import AgentRun, RunReport
 from .preflight import Preflight
@@ -190,7 +191,7 @@ class Runtime:
         own: the widest of any graph (times the requests merged), and the room of the
         instances loaded now."""
         resident = self.host.resident_seqs() if self._host is not None else {}
-        own = graph.widest()
+        own = graph.batch_room()
         room = {m: max(self.widest.get(m, 1) * self.merged_requests, resident.get(m, 1))
                 for m in graph.models}
         return {m: n for m, n in room.items() if n > own.get(m, 1)}
@@ -236,7 +237,7 @@ class Runtime:
         budgets = {pool: budget - held.get(pool, 0) - taken.get(pool, 0)
                    for pool, budget in pre.budgets.items()}
         seqs = {m: n for m, n in host.resident_seqs().items() if m in resident}
-        return planner.plan(graph, pre.footprints, budgets, pre.resources.usable_cores,
+        return streamed_plan(graph, pre.footprints, budgets, pre.resources.usable_cores,
                             resident=resident, resident_seqs=seqs, keep=True)
 
     def _others_bytes(self, used: Mapping[str, Footprint]) -> dict[str, int]:

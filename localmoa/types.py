@@ -66,10 +66,14 @@ class GenerationStats:
     #: (the server's own timings block or durations), or "client" (localmoa timing an
     #: HTTP stream: TTFT includes the network, decode rate counts streamed chunks).
     timing: str = "local"
+    #: A prompt streamed in while other agents still wrote it (reference streaming):
+    #: the tokens of it evaluated before its last piece came. Its ``ttft_s`` and
+    #: ``prompt_s`` then count from when the prompt was whole.
+    early_prompt_tokens: int = 0
 
     @property
     def prompt_tok_per_s(self) -> float:
-        evaluated = self.prompt_tokens - self.cached_tokens
+        evaluated = self.prompt_tokens - self.cached_tokens - self.early_prompt_tokens
         return evaluated / self.prompt_s if self.prompt_s > 0 else 0.0
 
     @property

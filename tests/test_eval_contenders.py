@@ -115,7 +115,8 @@ def test_prepare_plans_each_graph_once_widest_first(tiny_contenders: dict) -> No
     assert [c.name for c in prepared.readers["tiny"]] == [
         "vote:tiny", "moa:tiny", "select:confidence:tiny", "select:verify:tiny"]
     assert [c.name for c in prepared.contenders] == list(tiny_contenders)
-    assert prepared.widest == {"smollm2-135m": 6}
+    # tiny-self's six samples, and its aggregator reading along in their batch
+    assert prepared.widest == {"smollm2-135m": 7}
     assert prepared.interleaved  # one small model: it stays loaded for every graph
     order = list(prepared.graphs)
     assert schedule(prepared, 2, 2) == [

@@ -145,9 +145,10 @@ def test_mixed_run_ollama_and_llamacpp(httpserver: HTTPServer, tmp_path: Path) -
     assert placed["size_vram_bytes"] < placed["size_bytes"] and placed["partly_on_cpu"]
     others = [a for a in report["agents"] if a["model"] == "smollm2-135m"]
     assert all(a["ok"] for a in others) and report["answer"].strip()
-    # the two local agents are one batch, which gets every core: the daemon has its own
+    # the two local agents are one batch, which gets every core: the daemon has its own;
+    # the aggregator (smollm2 too) reads their answers along, a third sequence of it
     assert [a["threads"] for a in others if a["layer"] == 1] == [report["cores"]] * 2
-    assert [a["batch"] for a in others if a["layer"] == 1] == [2, 2]
+    assert [a["batch"] for a in others if a["layer"] == 1] == [3, 3]
     assert report["cores"] == cpu_cores()
 
 

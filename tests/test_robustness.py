@@ -199,8 +199,9 @@ def test_four_agents_on_one_model_concurrently_answer_intact(tmp_path: Path,
     graph = build_graph(config, "four", Overrides(max_tokens=40, temperature=0.0, seed=2))
     pre = preflight(config, graph, "8GiB")
     together = pre.plan.waves[0]
+    proposers = [t for t in together.tasks if not t.follows]  # (the aggregator reads along)
     slots = {0} if batching else {0, 1, 2, 3}  # one batch of four, or four instances
-    assert len(together.tasks) == 4 and {t.slot for t in together.tasks} == slots
+    assert len(proposers) == 4 and {t.slot for t in proposers} == slots
     concurrent = execute_plan(config, graph, [{"role": "user", "content": QUESTION}], pre.plan,
                               pre.paths)
     layer1 = [a for a in concurrent.agents if a.layer == 1]
@@ -209,17 +210,16 @@ def test_four_agents_on_one_model_concurrently_answer_intact(tmp_path: Path,
     # the same agents one at a time on a single instance, with the same 1 thread each
     one = [Wave(index=i + 1, layer=1, tasks=[Task(t.agent, t.model, 0, 1)],
                 loads=[Instance(t.model, 0)] if i == 0 else []) for i, t in
-           enumerate(together.tasks)]
-    agg = pre.plan.waves[-1]
+           enumerate(proposers)]
     one.append(Wave(index=5, layer=2, tasks=[Task("AGG", "smollm2-135m", 0, 1)],
                     unloads=[Instance("smollm2-135m", 0)]))
     sequential = execute_plan(config, graph, [{"role": "user", "content": QUESTION}],
                               Plan(waves=one, budgets=pre.plan.budgets, peak_bytes={},
                                    cores=1), pre.paths)
-    assert agg.tasks[0].agent == "AGG"
+    assert pre.plan.waves[-1].tasks[-1].agent == "AGG"
     for a, b in zip(layer1, [a for a in sequential.agents if a.layer == 1], strict=True):
         if batching:  # llama.cpp's N-row kernels may part from 1 row at a near tie
-            assert a.ok and a.answer and a.batch == 4
+            assert a.ok and a.answer and a.batch == 5  # the aggregator reads along
         else:
             assert a.ok and a.answer == b.answer, (a.agent, a.answer, b.answer)
             assert a.completion_tokens == b.completion_tokens

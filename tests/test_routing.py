@@ -94,9 +94,9 @@ def test_a_host_reused_across_routed_runs(scripted: ScriptedBackend,
             report = run_routed(cfg, "r", QUESTION, host=host)
             assert report.recipe["routing"]["chosen"] == ["math"]
             loads.append(scripted.loads.count("m"))
-        # the first query loads it for the router, then with room for math's batch of 2;
-        # the second query's router and MoA both use that instance
-        assert loads == [2, 2] and scripted.seqs[-1] == ("m", 2)
+        # the first query loads it for the router, then with room for math's batch of 2
+        # and the aggregator reading along; the second query's router and MoA both use it
+        assert loads == [2, 2] and scripted.seqs[-1] == ("m", 3)
     finally:
         host.close()
 

@@ -9,6 +9,14 @@ on its Sequence. Every agent reads its own ChatStream, as for a lone chat, and
 closing that stream takes its sequence out of the batch at the next step,
 without stopping the others.
 
+A sequence may come with a ``PromptFeed``: its prompt is not whole yet (reference
+streaming: the answers it reads are still being written). Its messages hold
+``FEED_MARK`` once, where the feed's pieces go, in the order they come; the
+decoding loop evaluates the prompt up to the mark at once and each piece as it
+arrives, and the sequence starts writing once the feed is closed and the rest of
+its prompt (the text after the mark) is evaluated. A batch may also take members
+after it started (``Batch(joinable=True)``): the loop lets them in at its next step.
+
 A sequence keeps the text it has written and how many tokens that took: a
 backend whose decoder dies mid-batch (a model worker's crash) can resume it on a
 fresh one from its prompt plus that text (``resume_text``), and an agent that
@@ -31,15 +39,76 @@ from ..types import ChatStream, GenerateOptions, GenerationStats, Message
 
 _END = object()
 
+#: Where a fed sequence's streamed pieces go in its messages (a private-use character
+#: pair around a name no chat template or answer will hold).
+FEED_MARK = "\ue000localmoa:references\ue001"
+
+
+def fed_messages(messages: Seq[Message], text: str) -> list[Message]:
+    """``messages`` with ``text`` in place of a feed's mark (the prompt made whole)."""
+    return [Message(role=m["role"], content=m["content"].replace(FEED_MARK, text))
+            for m in messages]
+
+
+class PromptFeed:
+    """Text that goes on growing a waiting sequence's prompt, at ``FEED_MARK``: pieces
+    appended from any thread, then ``close()`` (no more will come). Listeners are called
+    on every change (a decoding loop waiting for text wakes up; a worker's relay sends it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pieces: list[str] = []
+        self._closed = False
+        self.closed_at: float | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def append(self, text: str) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the prompt feed is closed")
+            self._pieces.append(text)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
+
+    def close(self, last: str | None = None) -> None:
+        """No more pieces will come (``last``, if given, is appended first, at once)."""
+        with self._lock:
+            if self._closed:
+                return
+            if last is not None:
+                self._pieces.append(last)
+            self._closed = True
+            self.closed_at = time.perf_counter()
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
+
+    def since(self, start: int) -> tuple[list[str], bool]:
+        """The pieces from number ``start`` on, and whether the feed is closed."""
+        with self._lock:
+            return self._pieces[start:], self._closed
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def text(self) -> str:
+        """Every piece so far, joined."""
+        with self._lock:
+            return "".join(self._pieces)
+
 
 class Sequence:
     """One agent's chat inside a batch, as the decoding loop sees it."""
 
     def __init__(self, index: int, messages: Seq[Message], options: GenerateOptions,
-                 cancelled: Callable[[], bool] | None) -> None:
+                 cancelled: Callable[[], bool] | None, feed: PromptFeed | None = None) -> None:
         self.index = index
         self.messages = list(messages)
         self.options = options
+        self.feed = feed  # the rest of its prompt, still coming (FEED_MARK in messages)
+        self.early_tokens = 0  # prompt tokens evaluated before its feed closed
         self._cancelled = cancelled
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.closed = False  # its reader stopped reading
@@ -93,12 +162,16 @@ class Sequence:
             return
         ended = time.perf_counter()
         first = self.first_token_at or ended
+        whole = self.joined_at  # when its prompt was whole: a fed one's, at its close
+        if self.feed is not None and self.feed.closed_at is not None:
+            whole = max(whole, self.feed.closed_at)
         self.end(GenerationStats(
             prompt_tokens=self.prompt_tokens, completion_tokens=completion_tokens,
-            ttft_s=(self.first_text_at or ended) - self.joined_at,
-            prompt_s=first - self.joined_at, decode_s=(self.last_token_at or first) - first,
+            ttft_s=max(0.0, (self.first_text_at or ended) - whole),
+            prompt_s=max(0.0, first - whole), decode_s=(self.last_token_at or first) - first,
             decode_tokens=max(0, self.sampled - 1), finish_reason=reason,
-            shared_tokens=self.shared_tokens, batch_size=self.batch_size))
+            shared_tokens=self.shared_tokens, batch_size=self.batch_size,
+            early_prompt_tokens=self.early_tokens))
 
     def end(self, stats: GenerationStats) -> None:
         """It ended with ``stats`` (a model worker measured them); its reader's stream ends."""
@@ -164,9 +237,18 @@ class Batch:
     """The meeting point of ``size`` agents and the thread that decodes for them."""
 
     def __init__(self, size: int, name: str = "",
-                 on_restart: Callable[[int, str, int], None] | None = None) -> None:
+                 on_restart: Callable[[int, str, int], None] | None = None,
+                 joinable: bool = False) -> None:
         self.size = size
         self.name = name
+        #: Members may join after the decoding started (they wait in ``_late``).
+        self.joinable = joinable
+        self._late: list[Sequence] = []
+        self._wake: list[Callable[[], None]] = []
+        #: Threads its decoding should use from its next step on (0: what the driver was
+        #: given); the engine raises it when the cores of the agents beside it free up.
+        self.threads = 0
+        self._on_threads: list[Callable[[int], None]] = []
         #: Called when the backend restarted its dead decoder and resumes the sequences
         #: (new pid, why the old one died, sequences resumed): the engine counts it.
         self.on_restart = on_restart
@@ -178,16 +260,24 @@ class Batch:
 
     # --- the agents' side -------------------------------------------------------------
     def chat(self, messages: Seq[Message], options: GenerateOptions,
-             cancelled: Callable[[], bool] | None = None) -> ChatStream:
-        """Join: the answer streams once every member has joined or withdrawn."""
+             cancelled: Callable[[], bool] | None = None,
+             feed: PromptFeed | None = None) -> ChatStream:
+        """Join: the answer streams once every member has joined or withdrawn (a
+        joinable batch that already started takes it at its next step)."""
         with self._cond:
             if self._error is not None:
                 raise GenerationError(self._error)
-            if self._started or len(self._seqs) + self._withdrawn >= self.size:
+            late = self._started or len(self._seqs) + self._withdrawn >= self.size
+            if late and not (self.joinable and self._started):
                 raise GenerationError(f"{self.name}: the batch already started")
-            seq = Sequence(len(self._seqs), messages, options, cancelled)
+            seq = Sequence(len(self._seqs), messages, options, cancelled, feed)
             self._seqs.append(seq)
+            if late:
+                self._late.append(seq)
+            wake = list(self._wake)
             self._cond.notify_all()
+        for listener in wake:
+            listener()
         return SequenceStream(seq)
 
     def withdraw(self) -> None:
@@ -196,9 +286,11 @@ class Batch:
             self._withdrawn += 1
             self._cond.notify_all()
 
-    def member(self, model: Any, cancelled: Callable[[], bool] | None = None) -> Member:
-        """What one agent uses as its model: chats join this batch."""
-        return Member(self, model, cancelled)
+    def member(self, model: Any, cancelled: Callable[[], bool] | None = None,
+               feed: PromptFeed | None = None) -> Member:
+        """What one agent uses as its model: chats join this batch (with ``feed``, its
+        prompt's streamed rest)."""
+        return Member(self, model, cancelled, feed)
 
     # --- the driver's side ------------------------------------------------------------
     def sequences(self) -> list[Sequence]:
@@ -209,6 +301,38 @@ class Batch:
                                 or len(self._seqs) + self._withdrawn >= self.size)
             self._started = True
             return [] if self._error is not None else list(self._seqs)
+
+    def late(self) -> list[Sequence]:
+        """Members that joined since the decoding started (each is handed out once)."""
+        with self._cond:
+            late, self._late = self._late, []
+            return late
+
+    def seal(self) -> None:
+        """A joinable batch takes no more members: its loop ends once its last one has."""
+        with self._cond:
+            self.joinable = False
+            wake = list(self._wake)
+        for listener in wake:
+            listener()
+
+    def set_threads(self, n: int) -> None:
+        """Decode with ``n`` threads from the next step on."""
+        with self._cond:
+            self.threads = n
+            listeners = list(self._on_threads)
+        for listener in listeners:
+            listener(n)
+
+    def on_threads(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(n)`` when the threads change (a worker's relay sends it on)."""
+        with self._cond:
+            self._on_threads.append(listener)
+
+    def on_join(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` when a member joins (a waiting loop wakes up)."""
+        with self._cond:
+            self._wake.append(listener)
 
     def restarted(self, pid: int, reason: str, resumed: int) -> None:
         """The decoder died (``reason``) and a fresh one (``pid``) resumes ``resumed``
@@ -232,6 +356,7 @@ class Batch:
         """The driver is done: any sequence not finished fails (the loop died)."""
         with self._cond:
             self._started = True
+            self.joinable = False  # nothing decodes for a member that joins now
             seqs = list(self._seqs)
         for seq in seqs:
             seq.fail(message or f"{self.name}: batched decoding ended without finishing "
@@ -241,16 +366,18 @@ class Batch:
 class Member:
     """One agent's view of a batch: ``chat`` joins it; the tokenizer is the model's."""
 
-    def __init__(self, batch: Batch, model: Any, cancelled: Callable[[], bool] | None) -> None:
+    def __init__(self, batch: Batch, model: Any, cancelled: Callable[[], bool] | None,
+                 feed: PromptFeed | None = None) -> None:
         self.batch = batch
         self.model = model
         self.cancelled = cancelled
+        self.feed = feed
         self.joined = False
         self.left = False
 
     def chat(self, messages: Seq[Message], options: GenerateOptions) -> ChatStream:
         self.joined = True
-        return self.batch.chat(messages, options, self.cancelled)
+        return self.batch.chat(messages, options, self.cancelled, self.feed)
 
     def __getattr__(self, name: str) -> Any:
         if name in ("count_tokens", "cut_tokens"):  # the model's tokenizer, where it has one

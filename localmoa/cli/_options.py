@@ -39,6 +39,17 @@ AggregateOpt = Annotated[
         show_default=False,
     ),
 ]
+StreamRefsOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--stream-references/--no-stream-references",
+        help="Whether the aggregator reads each proposer's answer as soon as it ends "
+        "(its prompt is evaluated while the others still write), or only after the "
+        "whole layer, in agent order (--no-stream-references, for A/B runs). Default: "
+        "the profile's stream_references (on).",
+        show_default=False,
+    ),
+]
 SelectOpt = Annotated[
     str | None,
     typer.Option(

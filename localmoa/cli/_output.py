@@ -146,8 +146,14 @@ def latency_line(latency: dict[str, Any]) -> str:
     if first is None:
         return ""
     after = latency.get("aggregator_first_text_after_references_s")
+    streamed = ""
+    if latency.get("references_streamed"):
+        streamed = (f"; references streamed in as they ended "
+                    f"({', '.join(latency.get('reference_order', []))}), "
+                    f"{latency.get('references_prefilled_early_tokens', 0)} tokens read early")
     return (f"[bold]answer[/] first text at {first:.2f} s"
-            + (f", {after:.2f} s after its last reference ended" if after is not None else ""))
+            + (f", {after:.2f} s after its last reference ended" if after is not None else "")
+            + streamed)
 
 
 def agent_table(report: RunReport) -> Table:

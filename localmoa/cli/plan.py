@@ -21,6 +21,7 @@ from ._options import (
     ProfileOpt,
     ProposerOpt,
     SelfOpt,
+    StreamRefsOpt,
 )
 from ._output import Output
 from ._prepare import command_runtime, load_command_config
@@ -47,6 +48,7 @@ def plan(
     aggregator: AggregatorOpt = None,
     self_moa: SelfOpt = None,
     no_batch: NoBatchOpt = False,
+    stream_references: StreamRefsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show how a profile would run here: model footprints and the wave plan.
@@ -59,7 +61,8 @@ def plan(
     """
     cfg = load_command_config(config, no_batch)
     overrides = Overrides(layers=layers, proposers=tuple(proposer or ()),
-                          aggregator=aggregator, self_moa=parse_self(self_moa, cfg))
+                          aggregator=aggregator, self_moa=parse_self(self_moa, cfg),
+                          stream_references=stream_references)
     router = cfg.profile(profile)[1].router if overrides.self_moa is None else None
     out = Output(json_mode=json_out)
     chosen = None
@@ -82,6 +85,18 @@ def plan(
     out.show(footprint_table(pre))
     out.show(wave_table(pre.plan))
     out.show(summary_line(pre.plan))
+    streaming = streaming_line(pre.plan)
+    if streaming:
+        out.show(streaming)
+
+
+def streaming_line(plan: Plan) -> str:
+    """Whether the aggregator reads each reference as its proposer ends, and if not why."""
+    streaming = plan.streaming
+    if not streaming:
+        return ""
+    state = "on" if streaming.get("on") else "off"
+    return f"[bold]reference streaming[/] {state}: {escape(streaming.get('why', ''))}"
 
 
 def plan_document(pre: Preflight) -> dict[str, Any]:
@@ -173,8 +188,11 @@ def wave_agents(wave: Wave) -> str:
     parts = []
     batched: dict[tuple[str, int, int], list[str]] = {}
     for t in wave.tasks:
+        name = f"{t.agent} (reads as they end)" if t.follows else t.agent
         if t.batch > 1:
-            batched.setdefault((t.model, t.slot, t.threads), []).append(t.agent)
+            batched.setdefault((t.model, t.slot, t.threads), []).append(name)
+        elif t.follows:
+            parts.append(f"{name} {t.model}#{t.slot} x{t.threads} (every core once they end)")
         else:
             cores = f"x{t.threads}" if t.threads else "(its own cores)"
             parts.append(f"{t.agent} {t.model}#{t.slot} {cores}")

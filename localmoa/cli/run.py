@@ -38,6 +38,7 @@ from ._options import (
     SeedOpt,
     SelectOpt,
     SelfOpt,
+    StreamRefsOpt,
     TemperatureOpt,
 )
 from ._output import Output
@@ -54,6 +55,8 @@ Examples:
   localmoa run "Explain mmap" --temperature 0 --seed 7 --json > run.json
 
   localmoa run --self smollm2-135m:6 "Which is larger, 9.11 or 9.9?"
+
+  localmoa run --no-stream-references --json "..."  # the aggregator reads the whole layer
 """
 
 
@@ -117,6 +120,7 @@ def run(
     aggregate: AggregateOpt = None,
     select: SelectOpt = None,
     execute: ExecuteOpt = False,
+    stream_references: StreamRefsOpt = None,
     no_batch: NoBatchOpt = False,
     show_layers: Annotated[bool, typer.Option(
         "--show-layers", help="Print each layer's answers to stderr as the layer finishes.")
@@ -143,7 +147,7 @@ def run(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
         temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout,
         self_moa=parse_self(self_moa, cfg), aggregate=aggregate, select=select,
-        execute=execute)
+        execute=execute, stream_references=stream_references)
     request = Request.for_profile(cfg, profile, overrides, [Message(role="user", content=text)])
     with command_runtime(out, cfg, memory_budget, start_early=True) as runtime:
         prepared = runtime.prepare(request)  # routed, planned: refuses here, before any load

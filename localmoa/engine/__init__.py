@@ -287,7 +287,8 @@ def _plan_summary(plan: Plan) -> dict[str, Any]:
     return {"waves": len(plan.waves), "loads": plan.loads, "unloads": plan.unloads,
             "predicted_peak_bytes": plan.peak_bytes, "budget_bytes": plan.budgets,
             "batches": [{"wave": w.index, "layer": w.layer, "model": m, "size": n}
-                        for w in plan.waves for m, n in w.batches.items()]}
+                        for w in plan.waves for m, n in w.batches.items()],
+            **({"streaming": dict(plan.streaming)} if plan.streaming else {})}
 
 
 def _refuse_unfit(config: Config, graph: MoaGraph,

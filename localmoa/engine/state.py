@@ -17,6 +17,7 @@ from ..host import Loaded, ModelHost
 from ..memory.planner import Instance, Plan, Task, Wave
 from ..metrics import AgentRun
 from ..recipe import Agent
+from .streaming import References
 
 #: After its timeout, how long an agent may take to notice and stop before it is
 #: abandoned; and, on Ctrl-C, how long all agents together get to stop.
@@ -69,6 +70,8 @@ class Execution:
     quiet_aggregator: bool = False
     #: Each request's answers the judge chooses from (``aggregate: select``, by judge).
     candidates: dict[int, list[Any]] = field(default_factory=dict)
+    #: The current wave's followers' references (reference streaming: streaming.py).
+    followers: list[References] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.log = EventLog(constants.event_log(), self.t0)
@@ -111,8 +114,15 @@ class Execution:
         if not written:
             self.log("first_text", agent=agent.id)
         written.append(piece)
+        for refs in self.followers:
+            refs.text(agent, piece)
         if not (self.quiet_aggregator and agent.is_aggregator):
             self.emit("on_text", agent, piece)
+
+    def proposer_ended(self, agent: Agent, run: AgentRun) -> None:
+        """An agent ended (answered, failed, abandoned): followers reading it get it now."""
+        for refs in self.followers:
+            refs.ended(agent, run)
 
     def worker_restarted(self, instance: str, pid: int, reason: str, resumed: int) -> None:
         """A batch's worker died on its own (``reason``) and a fresh one (``pid``) took over

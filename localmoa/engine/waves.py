@@ -19,6 +19,7 @@ from ..metrics import AgentRun
 from ..recipe import Agent
 from . import state
 from .state import Execution, role
+from .streaming import follower_references
 
 
 def run_wave(ex: Execution, wave: Wave, agents: dict[str, Agent],
@@ -39,11 +40,22 @@ class _WaveRun:
         self.references, self.results = references, results
         self.groups: dict[Instance, list[Task]] = {}
         for task in wave.tasks:
-            if task.batch > 1:
+            if task.batch > 1 or task.follows:  # a follower's prompt grows: a batch's loop
                 self.groups.setdefault(Instance(task.model, task.slot), []).append(task)
+        followers = [agents[t.agent] for t in wave.tasks if t.follows]
+        self.refs = follower_references(
+            followers, [a for a in agents.values()
+                        if any(a.layer == f.layer - 1 for f in followers)],
+            {f.id: ex.control.agent(f) for f in followers})
+        ex.followers = list(self.refs.values())
         self.batches = {inst: Batch(len(tasks), str(inst), on_restart=functools.partial(
                             ex.worker_restarted, _loaded_name(ex, inst)))
                         for inst, tasks in self.groups.items()}
+        for task in (t for t in wave.tasks if t.follows):  # once the proposers are done,
+            batch = self.batches[Instance(task.model, task.slot)]  # it gets every core
+            self.refs[task.agent].on_closed = functools.partial(batch.set_threads, ex.plan.cores)
+        for agent_id, run in list(results.items()):  # an earlier wave's proposers
+            ex.proposer_ended(agents[agent_id], run)
         self.workers: dict[str, Any] = {}  # agent id -> the thread running its job
         self.drivers: dict[Instance, Any] = {}  # batch -> the thread decoding it
         self.started = time.monotonic()
@@ -91,6 +103,7 @@ class _WaveRun:
             if task.agent in self.results:  # abandoned meanwhile: its report stands
                 return
             self.results[task.agent] = run
+        ex.proposer_ended(agent, run)
         ex.log("agent_done", agent=agent.id, ok=run.ok, error=run.error)
         ex.emit("on_agent_done", agent, run)
 
@@ -99,8 +112,10 @@ class _WaveRun:
         """The agent's chat on ``entry``'s model (as a member of ``batch``, if any)."""
         ex = self.ex
         model: Any = entry.model
+        refs = self.refs.get(agent.id)
         if batch is not None:  # a sequence of the batch: it joins with its chat
-            model = batch.member(entry.model, functools.partial(ex.stopping, agent))
+            model = batch.member(entry.model, functools.partial(ex.stopping, agent),
+                                 refs.feed if refs is not None else None)
         try:
             with ex.control.lock:
                 charge, entry.charged = not entry.charged, True
@@ -111,7 +126,10 @@ class _WaveRun:
             run_agent(agent, model, ex.host.config.models[agent.model], task.threads,
                       ex.conversations[agent.job], self.references.get(agent.job),
                       ex.control, run, ex.t0,
-                      functools.partial(ex.agent_start, instance=str(entry.inst)), ex.text)
+                      functools.partial(ex.agent_start, instance=str(entry.inst)), ex.text,
+                      streamed=refs is not None)
+            if refs is not None:
+                run.reference_order = list(refs.order)
         finally:
             if batch is not None:
                 model.leave()
@@ -167,8 +185,12 @@ class _WaveRun:
         set for the grace period."""
         ex, timeout = self.ex, agent.timeout_s
         cancel = ex.control.agent(agent)
+        start = self.started
+        refs = self.refs.get(agent.id)
+        if refs is not None:  # a follower's time counts once its last reference came
+            start = refs.closed_at if refs.closed_at is not None else float("inf")
         if not cancel.is_set():
-            if timeout is None or now < self.started + timeout:
+            if timeout is None or now < start + timeout:
                 return
             cancel.set(f"timed out after {timeout:g} s (per-agent timeout)")
         if agent.id not in seen_at:
@@ -230,4 +252,5 @@ def abandon(ex: Execution, agent: Agent, wave: Wave, results: dict[str, AgentRun
     seqs = entry.inst.seqs if entry is not None else 1
     ex.host.abandon(inst, cost.instance(seqs) if cost else {})
     ex.log("abandoned", agent=agent.id, instance=str(inst))
+    ex.proposer_ended(agent, results[agent.id])
     ex.emit("on_agent_done", agent, results[agent.id])

@@ -72,7 +72,7 @@ def prepare(config: Config, contenders: list[Contender], memory_budget: str | No
     graphs = dict(sorted(graphs.items(), key=lambda kv: -max(kv[1].widest().values())))
     widest: dict[str, int] = {}
     for graph in graphs.values():
-        for model, n in graph.widest().items():
+        for model, n in graph.batch_room().items():
             widest[model] = max(widest.get(model, 1), n)
     runtime = runtime or Runtime(config, memory_budget, keep_loaded=True)
     runtime.widest.update(widest)

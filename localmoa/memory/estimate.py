@@ -147,6 +147,9 @@ class Footprint:
     #: Pools of one instance whose context has room for n sequences (a batch), by n;
     #: empty when its agents are not batched.
     batched_pools: dict[int, dict[str, int]] = field(default_factory=dict)
+    #: Its backend can evaluate a prompt that grows while it waits (reference streaming:
+    #: the aggregator reads each proposer's answer as that proposer ends).
+    streams: bool = False
     #: Most agents that may use the model at once (an Ollama daemon's parallel, a
     #: server's concurrency); 0: any.
     parallel_limit: int = 0

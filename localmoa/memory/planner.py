@@ -54,6 +54,9 @@ class Task:
     slot: int
     threads: int
     batch: int = 1
+    #: It starts with the wave before its stage's and reads that wave's answers as they
+    #: come (reference streaming, overlap.py).
+    follows: bool = False
 
 
 @dataclass
@@ -106,6 +109,9 @@ class Plan:
     #: What an instance of each model costs: the engine's check when reality departs
     #: from the plan (an agent that timed out keeps its instance busy).
     costs: dict[str, ModelCost] = field(default_factory=dict)
+    #: Reference streaming (overlap.py): ``on``, and the wave the aggregator follows, or
+    #: why it waits for the whole layer.
+    streaming: dict[str, Any] = field(default_factory=dict)
 
     @property
     def loads(self) -> int:

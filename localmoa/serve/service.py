@@ -101,7 +101,7 @@ class MoaService:
                 graph = self.graph_for(f"{PROFILE_PREFIX}{name}", Sampling())
             except LocalMoaError:
                 continue
-            for model, n in graph.widest().items():
+            for model, n in graph.batch_room().items():
                 widest[model] = max(widest.get(model, 1), n)
         return widest
 

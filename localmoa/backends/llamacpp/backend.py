@@ -53,7 +53,7 @@ class LlamaCppBackend(BackendBase):
         path = resolve_model_path(config, name)
         facts = model_facts(read_model_header(path, model=name))
         settings = load_settings(spec, resources)
-        fp = footprint(name, facts, settings)
+        fp = dataclasses.replace(footprint(name, facts, settings), streams=True)
         if spec.batch != "off" and batch_up_to > 1:
             sizes = range(2, min(batch_up_to, MAX_BATCH) + 1)
             fp = dataclasses.replace(fp, batched_pools=batched_pools(name, facts, settings,

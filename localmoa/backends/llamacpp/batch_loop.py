@@ -33,12 +33,14 @@ import codecs
 import contextlib
 import ctypes
 import random
+import threading
+from collections.abc import Callable
 from collections.abc import Sequence as MessageList
 from typing import Any
 
 from ...errors import GenerationError
 from ..base import Message
-from ..batch import Sequence
+from ..batch import FEED_MARK, Sequence, fed_messages
 from ..structured import check_json_answer, gbnf, stops_for
 
 #: Sampling defaults of llama-cpp-python's chat completion, so that a batched agent
@@ -60,6 +62,12 @@ class _PromptRecorder:
         self._llm = llm
         self.prompt: Any = None
         self.stop: list[str] = []
+        #: The text the handler tokenized last, with its add_bos and special flags.
+        self.text: tuple[bytes, bool, bool] | None = None
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> Any:
+        self.text = (text, add_bos, special)
+        return self._llm.tokenize(text, add_bos, special)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._llm, name)
@@ -70,8 +78,9 @@ class _PromptRecorder:
         raise _Captured
 
 
-def chat_prompt(llm: Any, messages: MessageList[Message]) -> tuple[list[int], list[str]]:
-    """The prompt tokens and stop strings of a chat, as ``create_chat_completion`` makes them."""
+def _recorded(llm: Any, messages: MessageList[Message]) -> _PromptRecorder:
+    """What the chat handler made of a chat: its prompt (text or tokens), stop strings,
+    and the text it tokenized (when it did)."""
     from llama_cpp import llama_chat_format
 
     handler = (llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
@@ -80,12 +89,38 @@ def chat_prompt(llm: Any, messages: MessageList[Message]) -> tuple[list[int], li
     chat: Any = [dict(m) for m in messages]
     with contextlib.suppress(_Captured):
         handler(llama=recorder, messages=chat, stream=True, stop=[])
-    prompt = recorder.prompt
-    if prompt is None:
+    if recorder.prompt is None:
         raise GenerationError("the chat handler produced no prompt")
+    return recorder
+
+
+def chat_prompt(llm: Any, messages: MessageList[Message]) -> tuple[list[int], list[str]]:
+    """The prompt tokens and stop strings of a chat, as ``create_chat_completion`` makes them."""
+    recorder = _recorded(llm, messages)
+    prompt = recorder.prompt
     if isinstance(prompt, str):
         prompt = llm.tokenize(prompt.encode("utf-8"), special=True)
     return [int(t) for t in prompt], recorder.stop
+
+
+def split_prompt(llm: Any, messages: MessageList[Message]
+                 ) -> tuple[list[int], list[int], list[str]] | None:
+    """A fed chat's prompt tokens before its FEED_MARK and after it (the text the handler
+    tokenized, cut at the mark and tokenized as it did), and its stop strings; None when
+    the mark is not there once."""
+    recorder = _recorded(llm, messages)
+    if isinstance(recorder.prompt, str):
+        text, add_bos, special = recorder.prompt.encode("utf-8"), True, True
+    elif recorder.text is not None:
+        text, add_bos, special = recorder.text
+    else:
+        return None
+    mark = FEED_MARK.encode("utf-8")
+    if text.count(mark) != 1:
+        return None
+    head, tail = text.split(mark)
+    return ([int(t) for t in llm.tokenize(head, add_bos, special)],
+            [int(t) for t in llm.tokenize(tail, False, special)], recorder.stop)
 
 
 class _Text:
@@ -120,25 +155,41 @@ class _Text:
         return out
 
 
+class _Prompt:
+    """A sequence's prompt as the loop starts it: the tokens known now (a fed one's up to
+    its FEED_MARK), those after the mark (added when its feed closes), the text it wrote
+    before a restart, and whether the mark could not be placed in tokens (the chat
+    handler gave tokens: the whole prompt is tokenized when the feed closes)."""
+
+    def __init__(self, tokens: list[int], tail: list[int] | None = None,
+                 resumed: list[int] | None = None, deferred: bool = False) -> None:
+        self.tokens, self.tail = tokens, tail or []
+        self.resumed, self.deferred = resumed or [], deferred
+
+
 class _Live:
     """The state of one sequence while it decodes."""
 
-    def __init__(self, seq: Sequence, seq_id: int, prompt: tuple[list[int], list[int]],
+    def __init__(self, seq: Sequence, seq_id: int, prompt: _Prompt,
                  stops: list[str], n_ctx: int, lib: Any, vocab: Any, model: str) -> None:
-        chat, resumed = prompt  # the chat's tokens, those of the text it had written
         self.seq = seq
         self.model = model
         self.id = seq_id
-        self.tokens = chat + resumed
-        self.prompt_tokens = len(chat)
+        self.n_ctx = n_ctx
+        self.tokens = prompt.tokens + prompt.resumed
+        self.tail, self.deferred = prompt.tail, prompt.deferred
+        self.head = len(prompt.tokens)  # a fed prompt: the tokens before its first piece
+        self.open = seq.feed is not None  # its feed may still bring text
+        self.taken = 0  # feed pieces taken so far
+        self.prompt_tokens = len(prompt.tokens)
+        self.shared = 0  # positions evaluated once with other sequences
         self.pos = 0  # positions decoded so far
         self.last = 0  # the token sampled last, decoded next
         self.index = 0  # its place in the batch being decoded
+        self.sampling = False  # its prompt is evaluated: it writes
         self.generated = seq.resume_tokens  # produced before a restart count too
+        self.max_tokens = 0
         options = seq.options
-        room = n_ctx - len(self.tokens)
-        left = options.max_tokens - self.generated if options.max_tokens > 0 else room
-        self.max_tokens = self.generated + min(left, room)
         self.text = _Text([*stops, *stops_for(options)])
         #: The answer so far, kept only to check it is whole JSON (a schema is given).
         self.answer: list[str] | None = (None if options.json_schema is None
@@ -150,8 +201,28 @@ class _Live:
             except GenerationError as exc:
                 raise GenerationError(f"model {model!r}: {exc}") from None
         self.sampler = _sampler(lib, options.temperature, options.top_p, options.seed, grammar)
-        for token in resumed:  # the grammar goes on from the text already written
+        for token in prompt.resumed:  # the grammar goes on from the text already written
             lib.llama_sampler_accept(self.sampler, token)
+        if not self.open:
+            self.limit()
+
+    def limit(self) -> None:
+        """Its token budget, once its prompt is whole: max_tokens, within the context."""
+        options = self.seq.options
+        room = self.n_ctx - len(self.tokens)
+        left = options.max_tokens - self.generated if options.max_tokens > 0 else room
+        self.max_tokens = self.generated + min(left, room)
+
+    def room_for_feed(self) -> int:
+        """Tokens its feed may still add: the context less its prompt, its tail and the
+        answer it must have room to write."""
+        options = self.seq.options
+        answer = options.max_tokens if options.max_tokens > 0 else self.n_ctx // 4
+        return self.n_ctx - len(self.tokens) - len(self.tail) - answer
+
+    def pending(self) -> int:
+        """Prompt tokens known and not yet evaluated."""
+        return 0 if self.sampling else len(self.tokens) - self.pos
 
     def write(self, text: str) -> None:
         if self.answer is not None:
@@ -209,9 +280,12 @@ def common_prefix(prompts: list[list[int]]) -> int:
 
 
 def decode_batch(llm: Any, seqs: list[Sequence], n_threads: int, n_ctx_seq: int,
-                 model: str = "") -> None:
+                 model: str = "", join: Any = None,
+                 threads_now: Callable[[], int] | None = None) -> None:
     """Decode ``seqs`` together in ``llm``'s context until each has finished (``model``:
-    its name, for messages)."""
+    its name, for messages). ``join``: a Batch whose members may join while it decodes
+    (``late()``, ``on_join``). ``threads_now``: the threads to use, read at every step
+    (0: ``n_threads``)."""
     import llama_cpp.llama_cpp as lib
 
     ctx = llm.ctx
@@ -221,22 +295,19 @@ def decode_batch(llm: Any, seqs: list[Sequence], n_threads: int, n_ctx_seq: int,
             seq.fail(f"the model instance was loaded for {n_seq_max} sequences, not "
                      f"{len(seqs)}")
         seqs = seqs[:n_seq_max]
-    vocab = lib.llama_model_get_vocab(llm.model)
     memory = lib.llama_get_memory(ctx)
     lib.llama_memory_clear(memory, True)
     llm.reset()  # llama-cpp-python's own prompt cache no longer matches the context
     if n_threads:
         lib.llama_set_n_threads(ctx, n_threads, n_threads)
-    live: list[_Live] = []
+    loop = _Loop(lib, llm, memory, n_ctx_seq, model, n_seq_max, join)
+    loop.threads = (n_threads, threads_now)
     try:
         for seq in seqs:
-            state = _start(llm, seq, len(live), n_ctx_seq, lib, vocab, model)
-            if state is not None:
-                live.append(state)
-        _run(lib, ctx, vocab, memory, live, int(lib.llama_n_batch(ctx)))
+            loop.start(seq)
+        loop.run()
     finally:
-        for state in live:
-            state.close(lib)
+        loop.close()
         lib.llama_memory_clear(memory, True)
 
 
@@ -246,25 +317,41 @@ def _start(llm: Any, seq: Sequence, seq_id: int, n_ctx_seq: int, lib: Any, vocab
     if seq.wants_stop():
         seq.finish("cancelled", seq.resume_tokens)
         return None
-    tokens, stops = chat_prompt(llm, seq.messages)
-    if len(tokens) >= n_ctx_seq:
-        seq.fail(f"the prompt has {len(tokens)} tokens; the context window is "
-                 f"{n_ctx_seq} (raise n_ctx or shorten the prompt)")
-        return None
-    resumed: list[int] = []
-    if seq.resume_text:  # the text it wrote before a restart, as the start of its answer
-        resumed = [int(t) for t in llm.tokenize(seq.resume_text.encode("utf-8"),
-                                                add_bos=False, special=False)]
+    if seq.feed is not None and not seq.resume_text:
+        split = split_prompt(llm, seq.messages)
+        if split is None:  # the whole prompt is tokenized when its feed closes
+            _, stops = chat_prompt(llm, fed_messages(seq.messages, ""))
+            prompt = _Prompt([], deferred=True)
+        else:
+            head, tail, stops = split
+            prompt = _Prompt(head, tail)
+    else:
+        messages = (seq.messages if seq.feed is None
+                    else fed_messages(seq.messages, seq.feed.text()))  # resumed: it was whole
+        tokens, stops = chat_prompt(llm, messages)
+        prompt = _Prompt(tokens, resumed=_resumed(llm, seq))
+        if len(tokens) >= n_ctx_seq:
+            seq.fail(f"the prompt has {len(tokens)} tokens; the context window is "
+                     f"{n_ctx_seq} (raise n_ctx or shorten the prompt)")
+            return None
         spent = 0 < seq.options.max_tokens <= seq.resume_tokens
-        if spent or len(tokens) + len(resumed) >= n_ctx_seq:
+        if seq.resume_text and (spent or len(tokens) + len(prompt.resumed) >= n_ctx_seq):
             seq.prompt(len(tokens), 0, 1)
             seq.finish("length", seq.resume_tokens)  # its tokens or its context are used up
             return None
     try:
-        return _Live(seq, seq_id, (tokens, resumed), stops, n_ctx_seq, lib, vocab, model)
+        return _Live(seq, seq_id, prompt, stops, n_ctx_seq, lib, vocab, model)
     except GenerationError as exc:  # its schema: only this sequence fails
         seq.fail(str(exc))
         return None
+
+
+def _resumed(llm: Any, seq: Sequence) -> list[int]:
+    """The tokens of the text a sequence wrote before a restart (its answer's start)."""
+    if not seq.resume_text:
+        return []
+    return [int(t) for t in llm.tokenize(seq.resume_text.encode("utf-8"), add_bos=False,
+                                         special=False)]
 
 
 def _piece(lib: Any, vocab: Any, token: int, buffer: Any) -> bytes:
@@ -309,76 +396,200 @@ class _Batch:
         self.lib.llama_batch_free(self.raw)
 
 
-def _run(lib: Any, ctx: Any, vocab: Any, memory: Any, live: list[_Live], n_batch: int) -> None:
-    if live:
-        _Loop(lib, ctx, vocab, memory, live, n_batch).run()
+#: How long an idle loop (every sequence waiting for its feed) sleeps between looks
+#: at its agents' stops; a feed's text or a join wakes it at once.
+IDLE_WAIT_S = 0.05
+#: A fed sequence evaluates its streamed text in chunks of at least this many tokens
+#: while its feed is open (one token at a time, each a row of every step, costs several
+#: times more per token on a CPU than a chunk does); what is left goes once it closes.
+FEED_CHUNK_TOKENS = 32
+#: Marks a streamed piece cut to fit the context (as prompts.TRIM_MARK).
+_TRIM = " [...]"
 
 
 class _Loop:
-    """The decoding of a batch's sequences in one context, steps 2 to 5 above."""
+    """Continuous batching of a batch's sequences in one context, as llama-server's slots:
+    each step is one ``llama_decode`` of at most ``n_batch`` tokens that holds the next
+    token of every sequence that writes, then prompt tokens of those still reading
+    (chunked prefill: a long prompt spreads over steps), in the order they came. A fed
+    sequence reads its prompt as its feed brings it; a sequence may join (a joinable
+    batch) and starts from the longest prefix another one has evaluated; one that ends
+    leaves and frees its cells."""
 
-    def __init__(self, lib: Any, ctx: Any, vocab: Any, memory: Any, live: list[_Live],
-                 n_batch: int) -> None:
-        self.lib, self.ctx, self.vocab, self.memory = lib, ctx, vocab, memory
-        self.live = live
-        self.n_batch = n_batch
-        self.batch = _Batch(lib, n_batch, len(live))
+    def __init__(self, lib: Any, llm: Any, memory: Any, n_ctx: int, model: str,
+                 n_seq_max: int, join: Any) -> None:
+        self.lib, self.llm, self.ctx, self.memory = lib, llm, llm.ctx, memory
+        self.vocab = lib.llama_model_get_vocab(llm.model)
+        self.n_ctx, self.model, self.n_seq_max, self.join = n_ctx, model, n_seq_max, join
+        self.n_batch = int(lib.llama_n_batch(self.ctx))
+        self.live: list[_Live] = []
+        self.batch = _Batch(lib, self.n_batch, n_seq_max)
         self.piece = ctypes.create_string_buffer(256)
+        self.wake = threading.Event()
+        self.began = False  # the first sequences' shared prefix is evaluated
+        #: The threads set now, and what says how many to use (None: they never change).
+        self.threads: tuple[int, Callable[[], int] | None] = (0, None)
+        if join is not None:
+            join.on_join(self.wake.set)
+
+    def start(self, seq: Sequence) -> None:
+        """Take ``seq`` in: at the next step it reads its prompt (or its first tokens
+        are copied from a sequence that has evaluated them)."""
+        used = {s.id for s in self.live if not s.seq.done}
+        free = next((i for i in range(self.n_seq_max) if i not in used), None)
+        if free is None:
+            seq.fail(f"the model instance was loaded for {self.n_seq_max} sequences, and "
+                     "all are in use")
+            return
+        state = _start(self.llm, seq, free, self.n_ctx, self.lib, self.vocab, self.model)
+        if state is None:
+            return
+        self.live = [s for s in self.live if not s.seq.done]
+        if seq.feed is not None:
+            seq.feed.listen(self.wake.set)
+        if self.began:  # it joins a running batch: reuse what another has evaluated
+            self._copy_prefix(state)
+        self.live.append(state)
+
+    def close(self) -> None:
+        for state in self.live:
+            state.close(self.lib)
+        self.batch.free()
 
     def run(self) -> None:
-        try:
-            shared = common_prefix([s.tokens for s in self.live])
-            for state in self.live:
-                state.seq.prompt(state.prompt_tokens, min(shared, state.prompt_tokens),
-                                 len(self.live))
-            if self._shared_prefix(shared) and self._prompt_rests(shared):
-                self._steps()
-        finally:
-            self.batch.free()
+        self._shared_prefix()
+        self.began = True
+        while self._step():
+            pass
 
-    def _shared_prefix(self, shared: int) -> bool:
-        """The shared prefix, once, as positions of every sequence; False when every
-        sequence has left."""
-        ids = [s.id for s in self.live]
-        for start in range(0, shared, self.n_batch):
-            for pos in range(start, min(shared, start + self.n_batch)):
-                self.batch.add(self.live[0].tokens[pos], pos, ids, False)
+    def _shared_prefix(self) -> None:
+        """The tokens the first sequences' prompts start with, once, as positions of
+        every one of them (their KV cells are shared)."""
+        members = [s for s in self.live if s.tokens]
+        shared = common_prefix([s.tokens for s in members])
+        ids = [s.id for s in members]
+        for begin in range(0, shared, self.n_batch):
+            for pos in range(begin, min(shared, begin + self.n_batch)):
+                self.batch.add(members[0].tokens[pos], pos, ids, False)
             self.batch.decode(self.ctx)
-            if not self._drop_stopped():
-                return False
+        for state in members:
+            state.pos = state.shared = shared
+        for state in self.live:
+            if not state.open and not state.deferred:
+                state.seq.prompt(state.prompt_tokens, min(state.shared, state.prompt_tokens),
+                                 len(self.live))
+
+    def _copy_prefix(self, state: _Live) -> None:
+        best, n = None, 0
+        for other in self.live:
+            if other.seq.done:
+                continue
+            k = common_prefix([state.tokens, other.tokens[:other.pos] + [-1]])
+            if k > n:
+                best, n = other, k
+        if best is not None:
+            self.lib.llama_memory_seq_cp(self.memory, best.id, state.id, 0, n)
+            state.pos = state.shared = n
+        if not state.open:
+            state.seq.prompt(state.prompt_tokens, state.shared, len(self.live) + 1)
+
+    def _step(self) -> bool:
+        """One decode; False when nothing is left to decode, nor can come."""
+        if self.join is not None:
+            for seq in self.join.late():
+                self.start(seq)
+        for state in self.live:
+            if state.open and not state.seq.done:
+                self._take_feed(state)
+        running = self._drop_stopped()
+        if not running and not (self.join is not None and self.join.joinable):
+            return False
+        sampling = self._fill(running)
+        now, wanted = self.threads
+        if wanted is not None and wanted() and wanted() != now:
+            self.threads = (wanted(), wanted)
+            self.lib.llama_set_n_threads(self.ctx, self.threads[0], self.threads[0])
+        if self.batch.n == 0:  # every sequence waits for its feed (or none is left)
+            self.wake.wait(IDLE_WAIT_S)
+            self.wake.clear()
+            return True
+        self.batch.decode(self.ctx)
+        for state, index in sampling:
+            if not state.seq.done:
+                self._sample(state, index)
         return True
 
-    def _prompt_rests(self, shared: int) -> bool:
-        """Each prompt's own rest; a sequence samples after the chunk holding its end.
-        False when every sequence has left."""
-        rest = [(s, pos) for s in self.live for pos in range(shared, len(s.tokens))]
-        for start in range(0, len(rest), self.n_batch):
-            ending: list[tuple[_Live, int]] = []
-            for state, pos in rest[start:start + self.n_batch]:
-                if state.seq.done:
-                    continue
-                last = pos == len(state.tokens) - 1
+    def _fill(self, running: list[_Live]) -> list[tuple[_Live, int]]:
+        """This step's tokens: every writer's next one, then prompt tokens up to the
+        budget; the sequences that sample after it, with their rows."""
+        budget = self.n_batch
+        sampling = []
+        for state in running:
+            if state.sampling:
+                sampling.append((state, self.batch.add(state.last, state.pos, [state.id], True)))
+                state.pos += 1
+                budget -= 1
+        for state in running:
+            pending = state.pending()
+            if state.open and pending < FEED_CHUNK_TOKENS:
+                continue  # a whole chunk, or its end, is worth a place in a step
+            n = min(budget, pending)
+            if n <= 0:
+                continue
+            for pos in range(state.pos, state.pos + n):
+                last = pos == len(state.tokens) - 1 and not state.open
                 index = self.batch.add(state.tokens[pos], pos, [state.id], last)
                 if last:
-                    ending.append((state, index))
-            self.batch.decode(self.ctx)
-            for state, index in ending:
-                state.pos = len(state.tokens)
-                if not state.seq.done:
-                    self._sample(state, index)
-            if not self._drop_stopped():
-                return False
-        return True
+                    sampling.append((state, index))
+            state.pos += n
+            budget -= n
+        return sampling
 
-    def _steps(self) -> None:
-        """One decode step for every live sequence, until none is left."""
-        while running := self._drop_stopped():
-            for state in running:
-                state.index = self.batch.add(state.last, state.pos, [state.id], True)
-                state.pos += 1
-            self.batch.decode(self.ctx)
-            for state in running:
-                self._sample(state, state.index)
+    def _take_feed(self, state: _Live) -> None:
+        """The pieces its feed brought since the last step; at its close, the rest of
+        its prompt."""
+        feed = state.seq.feed
+        assert feed is not None
+        pieces, closed = feed.since(state.taken)
+        state.taken += len(pieces)
+        if not state.deferred:
+            for piece in pieces:
+                state.tokens += self._fitted(state, piece)
+        if not closed:
+            return
+        state.open = False
+        state.seq.early_tokens = max(0, min(state.pos, len(state.tokens)) - state.head)
+        if state.deferred:
+            state.tokens, _ = chat_prompt(self.llm, fed_messages(state.seq.messages,
+                                                                 feed.text()))
+        else:
+            state.tokens += state.tail
+            if state.pos >= len(state.tokens):  # no tail: its last position again, to sample
+                state.pos = len(state.tokens) - 1
+                self.lib.llama_memory_seq_rm(self.memory, state.id, state.pos, -1)
+        state.prompt_tokens = len(state.tokens)
+        state.seq.prompt(state.prompt_tokens, state.shared, len(self.live))
+        if len(state.tokens) >= self.n_ctx:
+            state.seq.fail(f"the prompt has {len(state.tokens)} tokens; the context window "
+                           f"is {self.n_ctx} (raise n_ctx or shorten the prompt)")
+            self._free(state)
+            return
+        state.limit()
+
+    def _fitted(self, state: _Live, piece: str) -> list[int]:
+        """A streamed piece's tokens, cut (and marked) where the context has no room."""
+        tokens = [int(t) for t in self.llm.tokenize(piece.encode("utf-8"), add_bos=False,
+                                                     special=False)]
+        room = state.room_for_feed()
+        if len(tokens) <= room:
+            return tokens
+        mark = [int(t) for t in self.llm.tokenize(_TRIM.encode("utf-8"), add_bos=False,
+                                                   special=False)]
+        return tokens[:max(0, room - len(mark))] + mark if room > len(mark) else []
+
+    def _free(self, state: _Live) -> None:
+        self.lib.llama_memory_seq_rm(self.memory, state.id, -1, -1)  # its cells are free
+        state.close(self.lib)
 
     def _leave(self, state: _Live, reason: str | None) -> None:
         tail = state.text.flush() if reason != "cancelled" else ""
@@ -390,12 +601,12 @@ class _Loop:
         except GenerationError as exc:
             state.seq.fail(str(exc))
         state.seq.finish(reason, state.generated)
-        self.lib.llama_memory_seq_rm(self.memory, state.id, -1, -1)  # its cells are free
-        state.close(self.lib)
+        self._free(state)
 
     def _sample(self, state: _Live, index: int) -> None:
         lib = self.lib
         token = int(lib.llama_sampler_sample(state.sampler, self.ctx, index))
+        state.sampling = True
         state.seq.token()
         if lib.llama_vocab_is_eog(self.vocab, token):
             self._leave(state, "stop")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,17 +173,23 @@ class LlamaCppModel(LoadedModel):
     def run_batch(self, batch: Batch, n_threads: int) -> None:
         """Decode the chats of ``batch`` together, as sequences of this instance's context
         (the driver thread's call; the members read their own streams)."""
-        self.decode(batch.sequences(), n_threads)  # once every member joined or withdrew
+        # once every member joined or withdrew; a joinable batch takes more as it runs
+        self.decode(batch.sequences(), n_threads, batch if batch.joinable else None,
+                    lambda: batch.threads)
 
-    def decode(self, seqs: list[BatchSequence], n_threads: int) -> None:
-        """Decode ``seqs`` together (a model worker's batch arrives as sequences)."""
+    def decode(self, seqs: list[BatchSequence], n_threads: int, join: Batch | None = None,
+               threads_now: Callable[[], int] | None = None) -> None:
+        """Decode ``seqs`` together (a model worker's batch arrives as sequences);
+        ``join``: a batch whose later members join the running loop; ``threads_now``:
+        the threads to use, read at every step."""
         if not seqs:
             return
         with self._claim():
             if self.llm is None:
                 raise GenerationError(f"model instance {self.name!r} was unloaded")
             try:
-                decode_batch(self.llm, seqs, n_threads, self.n_ctx_seq, self.name)
+                decode_batch(self.llm, seqs, n_threads, self.n_ctx_seq, self.name, join,
+                             threads_now)
             except (RuntimeError, ValueError) as exc:
                 raise GenerationError(f"{self.name}: {exc}") from exc
 

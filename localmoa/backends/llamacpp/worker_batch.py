@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from ...errors import GenerationError, ModelLoadError
 from ..base import GenerationStats
-from ..batch import Batch, Sequence
+from ..batch import Batch, Sequence, fed_messages
 from .model import LoadParams
 from .worker_process import DeafWatch, WorkerProcess
 
@@ -61,7 +61,7 @@ def relay_batch(model: WorkerModel, batch: Batch, seqs: list[Sequence], n_thread
     cannot go on (the engine fails the sequences left with that line)."""
     pending, restarts = seqs, 0
     while pending:
-        death = _relay(model, pending, n_threads, cancel_grace_s)
+        death = _relay(model, batch, pending, n_threads, cancel_grace_s)
         if death is None:
             return
         unfinished = [seq for seq in seqs if not seq.done]
@@ -73,22 +73,31 @@ def relay_batch(model: WorkerModel, batch: Batch, seqs: list[Sequence], n_thread
         pending = _restart(model, batch, unfinished, death)
 
 
-def _relay(model: WorkerModel, seqs: list[Sequence], n_threads: int,
+def _relay(model: WorkerModel, batch: Batch, seqs: list[Sequence], n_threads: int,
            cancel_grace_s: float) -> str | None:
     """One batch request to the current worker: None when it ended, the one line of
     its death when it died."""
     process = model.process
-    rid, replies = process.request(
-        "batch", [(s.index, s.messages, s.options, s.resume_text, s.resume_tokens)
-                  for s in seqs], n_threads)
+    fed = [s for s in seqs if s.feed is not None and not s.resume_text]
+    rid, replies = process.request("batch", [_sent(s) for s in seqs], n_threads)
+    for seq in fed:  # its feed's text goes to the worker as it comes
+        assert seq.feed is not None
+        seq.feed.listen(lambda: replies.put(("feed_ready",)))
+    sent = {s.index: 0 for s in fed}
+    batch.on_threads(lambda n: process.send(("threads", rid, n)))
+    if batch.threads:
+        process.send(("threads", rid, batch.threads))
     process.phase = "prefill"
     by_index = {s.index: s for s in seqs}
     asked: dict[int, DeafWatch] = {}  # sequence -> since its cancel was sent
     ended = False
     try:
         while True:
+            _send_feeds(process, rid, fed, sent)
             with contextlib.suppress(queue.Empty):
                 reply = replies.get(timeout=_POLL_S)
+                if reply[0] == "feed_ready":
+                    continue
                 if _deliver(process, by_index, reply):
                     ended = True
                     if reply[0] == "batch_end":
@@ -102,6 +111,29 @@ def _relay(model: WorkerModel, seqs: list[Sequence], n_threads: int,
             model.stop_request(rid, replies, "batch_end")
         process.forget(rid)
         process.phase = "idle"
+
+
+def _sent(seq: Sequence) -> tuple[Any, ...]:
+    """A sequence as the worker's batch request has it. One resumed after a restart had
+    its whole prompt: it goes with the feed's text in place (no feed)."""
+    messages, fed = seq.messages, seq.feed is not None
+    if fed and seq.resume_text:
+        assert seq.feed is not None
+        messages, fed = fed_messages(seq.messages, seq.feed.text()), False
+    return (seq.index, messages, seq.options, seq.resume_text, seq.resume_tokens, fed)
+
+
+def _send_feeds(process: WorkerProcess, rid: int, fed: list[Sequence],
+                sent: dict[int, int]) -> None:
+    """The feed text each fed sequence got since it was last sent, and its close."""
+    for seq in fed:
+        if sent[seq.index] < 0:
+            continue  # closed and sent
+        assert seq.feed is not None
+        pieces, closed = seq.feed.since(sent[seq.index])
+        if pieces or closed:
+            process.send(("feed", rid, seq.index, pieces, closed))
+            sent[seq.index] = -1 if closed else sent[seq.index] + len(pieces)
 
 
 def _deliver(process: WorkerProcess, by_index: dict[int, Sequence],

@@ -9,8 +9,10 @@ message (``multiprocessing.connection`` framing):
     ("load", rid, LoadParams)                     ("loaded", rid, load_s, facts)
     ("chat", rid, messages, options)              ("text", rid, piece) ... ("end", rid, stats)
     ("batch", rid, [(i, messages, options,        ("text", rid, i, piece, tokens) ...
-                    resume_text, resume_tokens)], n)  ("end", rid, i, stats)
-                                                  ("fail", rid, i, message), ("batch_end", rid)
+                    resume_text, resume_tokens,   ("end", rid, i, stats)
+                    fed)], n)                     ("fail", rid, i, message), ("batch_end", rid)
+    ("feed", rid, i, [pieces], closed)            (sequence i's prompt grows; see batch.py)
+    ("threads", rid, n)                           (the batch decodes with n threads from now)
     ("cancel", rid, i | None)                     (the chat or sequence ends as "cancelled")
     ("count", rid, text), ("cut", rid, text, n)   ("value", rid, value)
     ("embed", rid, texts)                         ("value", rid, vectors | None)
@@ -50,6 +52,7 @@ from typing import Any
 
 from ...errors import LocalMoaError
 from ..base import GenerateOptions, GenerationStats, Message
+from ..batch import PromptFeed
 from ..batch import Sequence as BatchSequence
 
 
@@ -57,9 +60,10 @@ class _RemoteSequence(BatchSequence):
     """A sequence decoded here whose text and end go to the parent."""
 
     def __init__(self, server: _Server, rid: int, index: int, messages: Sequence[Message],
-                 options: GenerateOptions, resume: tuple[str, int]) -> None:
+                 options: GenerateOptions, resume: tuple[str, int], fed: bool) -> None:
         super().__init__(index, messages, options,
-                         lambda: server.is_cancelled(rid, index))
+                         lambda: server.is_cancelled(rid, index),
+                         server.feed(rid, index) if fed else None)
         self.server = server
         self.rid = rid
         self.resume_text, self.resume_tokens = resume
@@ -90,6 +94,9 @@ class _Server:
         self._send_lock = threading.Lock()
         self._cancel_lock = threading.Lock()  # the reader adds, the main thread forgets
         self._cancelled: set[tuple[int, int | None]] = set()
+        #: Fed sequences' feeds, made by whichever comes first: the batch, or its text.
+        self._feeds: dict[tuple[int, int], PromptFeed] = {}
+        self._threads: dict[int, int] = {}  # a batch's threads, when changed as it runs
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
@@ -97,6 +104,11 @@ class _Server:
                 self.conn.send(message)
             except OSError:  # the parent is gone
                 os._exit(0)
+
+    def feed(self, rid: int, index: int) -> PromptFeed:
+        """Sequence ``index`` of batch ``rid``'s feed (made on first use)."""
+        with self._cancel_lock:
+            return self._feeds.setdefault((rid, index), PromptFeed())
 
     def is_cancelled(self, rid: int, index: int | None = None) -> bool:
         return (rid, None) in self._cancelled or (rid, index) in self._cancelled
@@ -116,6 +128,14 @@ class _Server:
             elif kind == "cancel":
                 with self._cancel_lock:
                     self._cancelled.add((message[1], message[2]))
+            elif kind == "feed":
+                feed = self.feed(message[1], message[2])
+                for piece in message[3]:
+                    feed.append(piece)
+                if message[4]:
+                    feed.close()
+            elif kind == "threads":
+                self._threads[message[1]] = message[2]
             elif kind in ("count", "cut"):
                 self._answer(message[1], functools.partial(self._tokens, message))
             else:
@@ -157,6 +177,8 @@ class _Server:
             finally:
                 with self._cancel_lock:
                     self._cancelled = {c for c in self._cancelled if c[0] != rid}
+                    self._feeds = {k: f for k, f in self._feeds.items() if k[0] != rid}
+                    self._threads.pop(rid, None)
 
     def _load(self, rid: int, params: Any) -> None:
         from .model import load_llama
@@ -183,13 +205,13 @@ class _Server:
         self.send(("end", rid, None if cancelled else stream.stats))
 
     def _batch(self, rid: int,
-               seqs: list[tuple[int, list[Message], GenerateOptions, str, int]],
+               seqs: list[tuple[int, list[Message], GenerateOptions, str, int, bool]],
                n_threads: int) -> None:
-        members = [_RemoteSequence(self, rid, index, messages, options, (text, tokens))
-                   for index, messages, options, text, tokens in seqs]
+        members = [_RemoteSequence(self, rid, index, messages, options, (text, tokens), fed)
+                   for index, messages, options, text, tokens, fed in seqs]
         message = "batched decoding ended without finishing this sequence"
         try:
-            self.model.decode(members, n_threads)
+            self.model.decode(members, n_threads, None, lambda: self._threads.get(rid, 0))
         except Exception as exc:  # noqa: BLE001 - the batch's agents fail, not the worker
             message = _error_text(exc)
         for seq in members:  # whatever the loop did not finish

@@ -1,0 +1,115 @@
+"""How soon the final answer starts: reference streaming on (the default) against
+``--no-stream-references``, on ``tiny`` (one model: the aggregator joins the proposers'
+batch) and on a two-family profile (``duo``: Qwen2.5-Coder-0.5B and two SmolLM2-135M
+propose, the Qwen aggregates: it joins the Qwen proposer's instance as a batch of two).
+
+Each (prompt, seed) pair runs in both modes, one after the other, in fresh processes
+(`localmoa run --json`: loads included, as a user sees them). Reported per profile, as
+medians over the pairs, and as the median of the paired ratios (on / off):
+
+- ``after_s``: the aggregator's first text after its last reference ended
+  (``latency.aggregator_first_text_after_references_s``), target <= 0.25x;
+- ``first_s``: the final answer's first text from the run's start;
+- ``wall_s``: the whole run, target <= 1.02x;
+- ``early``: reference tokens the aggregator evaluated before its last reference ended.
+
+Targets are ratios in one run of this script; absolute times are this machine's.
+
+    python benchmarks/bench_latency.py --json benchmarks/results/latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+PROMPTS = ["Which is larger, 9.11 or 9.9?",
+           "Name three uses of a paperclip, one sentence each.",
+           "Write a Python function that returns the factorial of n."]
+SEEDS = [1, 2]
+DUO = """\
+profiles:
+  duo:
+    description: Qwen2.5-Coder-0.5B and two SmolLM2-135M propose, the Qwen aggregates.
+    layers:
+      - - {model: qwen2.5-coder-0.5b, temperature: 0.7, max_tokens: 128,
+           system: You are a careful assistant. Answer accurately and concisely.}
+        - {model: smollm2-135m, temperature: 0.9, max_tokens: 128,
+           system: "You are a teacher. Explain your reasoning step by step, briefly."}
+        - {model: smollm2-135m, temperature: 0.5, max_tokens: 128,
+           system: You are a skeptic. Check the question for traps before answering.}
+    aggregator: {model: qwen2.5-coder-0.5b, temperature: 0.3, max_tokens: 192}
+"""
+
+
+def run(profile: str, config: Path, prompt: str, seed: int, streamed: bool) -> dict[str, Any]:
+    args = [sys.executable, "-m", "localmoa", "run", prompt, "--profile", profile,
+            "--config", str(config), "--seed", str(seed), "--json"]
+    if not streamed:
+        args.append("--no-stream-references")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"{profile} failed: {proc.stderr.strip()[-400:]}")
+    doc = json.loads(proc.stdout)
+    latency = doc["latency"]
+    return {"after_s": latency["aggregator_first_text_after_references_s"],
+            "first_s": latency["answer_first_text_s"], "wall_s": doc["totals"]["wall_s"],
+            "early": latency["references_prefilled_early_tokens"],
+            "streamed": latency["references_streamed"],
+            "order": latency["reference_order"],
+            "tokens": doc["totals"]["completion_tokens"]}
+
+
+def summary(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"pairs": len(pairs)}
+    for key in ("after_s", "first_s", "wall_s", "tokens"):
+        on = [p[0][key] for p in pairs]
+        off = [p[1][key] for p in pairs]
+        out[key] = {"on": round(statistics.median(on), 3), "off": round(statistics.median(off), 3),
+                    "ratio_of_medians": round(statistics.median(on) / statistics.median(off), 3),
+                    "median_paired_ratio": round(statistics.median(
+                        a / b for a, b in zip(on, off, strict=True) if b), 3)}
+    out["early_tokens_median"] = statistics.median(p[0]["early"] for p in pairs)
+    out["streamed"] = all(p[0]["streamed"] and not p[1]["streamed"] for p in pairs)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profiles", default="tiny,duo")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"prompts": PROMPTS, "seeds": SEEDS, "profiles": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "duo.yaml"
+        config.write_text(DUO, encoding="utf-8")
+        for profile in args.profiles.split(","):
+            pairs, raw = [], []
+            for prompt in PROMPTS:
+                for seed in SEEDS:
+                    on = run(profile, config, prompt, seed, True)
+                    off = run(profile, config, prompt, seed, False)
+                    pairs.append((on, off))
+                    raw.append({"prompt": prompt, "seed": seed, "on": on, "off": off})
+                    print(f"{profile} seed {seed} {prompt[:30]!r}: after {on['after_s']} / "
+                          f"{off['after_s']} s, first {on['first_s']} / {off['first_s']} s, "
+                          f"wall {on['wall_s']} / {off['wall_s']} s, early {on['early']}",
+                          file=sys.stderr, flush=True)
+            results["profiles"][profile] = {"summary": summary(pairs), "runs": raw}
+    for profile, data in results["profiles"].items():
+        s = data["summary"]
+        print(f"| {profile} | " + " | ".join(
+            f"{s[k]['on']} / {s[k]['off']} s ({s[k]['median_paired_ratio']}x)"
+            for k in ("after_s", "first_s", "wall_s")) + f" | {s['early_tokens_median']} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
