@@ -1,15 +1,19 @@
-"""How soon the final answer starts: reference streaming on (the default) against
-``--no-stream-references``, on ``tiny`` (one model: the aggregator joins the proposers'
-batch) and on a two-family profile (``duo``: Qwen2.5-Coder-0.5B and two SmolLM2-135M
-propose, the Qwen aggregates: it joins the Qwen proposer's instance as a batch of two).
+"""How soon the final answer starts: reference streaming on (the default) and staircase
+aggregation (``--staircase``) against ``--no-stream-references`` (today's order), on
+``tiny`` (one model: the aggregator joins the proposers' batch) and on a two-family
+profile (``duo``: Qwen2.5-Coder-0.5B and two SmolLM2-135M propose, the Qwen aggregates:
+it joins the Qwen proposer's instance as a batch of two).
 
-Each (prompt, seed) pair runs in both modes, one after the other, in fresh processes
-(`localmoa run --json`: loads included, as a user sees them). Reported per profile, as
-medians over the pairs, and as the median of the paired ratios (on / off):
+Each (prompt, seed) pair runs in the three modes, one after the other, in fresh
+processes (`localmoa run --json`: loads included, as a user sees them). Reported per
+profile and mode, as medians over the pairs, and as the median of the paired ratios
+(mode / off):
 
 - ``after_s``: the aggregator's first text after its last reference ended
-  (``latency.aggregator_first_text_after_references_s``), target <= 0.25x;
-- ``first_s``: the final answer's first text from the run's start;
+  (``latency.aggregator_first_text_after_references_s``), target <= 0.25x streamed
+  (negative for a staircase: it wrote before);
+- ``first_s``: the final answer's first text from the run's start, target <= 0.3x for
+  the staircase;
 - ``wall_s``: the whole run, target <= 1.02x;
 - ``early``: reference tokens the aggregator evaluated before its last reference ended.
 
@@ -48,11 +52,12 @@ profiles:
 """
 
 
-def run(profile: str, config: Path, prompt: str, seed: int, streamed: bool) -> dict[str, Any]:
+MODES = {"streamed": [], "staircase": ["--staircase"], "off": ["--no-stream-references"]}
+
+
+def run(profile: str, config: Path, prompt: str, seed: int, mode: str) -> dict[str, Any]:
     args = [sys.executable, "-m", "localmoa", "run", prompt, "--profile", profile,
-            "--config", str(config), "--seed", str(seed), "--json"]
-    if not streamed:
-        args.append("--no-stream-references")
+            "--config", str(config), "--seed", str(seed), "--json", *MODES[mode]]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise SystemExit(f"{profile} failed: {proc.stderr.strip()[-400:]}")
@@ -67,6 +72,7 @@ def run(profile: str, config: Path, prompt: str, seed: int, streamed: bool) -> d
 
 
 def summary(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """(mode, off) pairs: medians of each, and the median of the paired ratios."""
     out: dict[str, Any] = {"pairs": len(pairs)}
     for key in ("after_s", "first_s", "wall_s", "tokens"):
         on = [p[0][key] for p in pairs]
@@ -90,23 +96,24 @@ def main() -> None:
         config = Path(tmp) / "duo.yaml"
         config.write_text(DUO, encoding="utf-8")
         for profile in args.profiles.split(","):
-            pairs, raw = [], []
+            raw = []
             for prompt in PROMPTS:
                 for seed in SEEDS:
-                    on = run(profile, config, prompt, seed, True)
-                    off = run(profile, config, prompt, seed, False)
-                    pairs.append((on, off))
-                    raw.append({"prompt": prompt, "seed": seed, "on": on, "off": off})
-                    print(f"{profile} seed {seed} {prompt[:30]!r}: after {on['after_s']} / "
-                          f"{off['after_s']} s, first {on['first_s']} / {off['first_s']} s, "
-                          f"wall {on['wall_s']} / {off['wall_s']} s, early {on['early']}",
-                          file=sys.stderr, flush=True)
-            results["profiles"][profile] = {"summary": summary(pairs), "runs": raw}
+                    row = {m: run(profile, config, prompt, seed, m) for m in MODES}
+                    raw.append({"prompt": prompt, "seed": seed, **row})
+                    print(f"{profile} seed {seed} {prompt[:30]!r}: " + "; ".join(
+                        f"{m} after {r['after_s']} first {r['first_s']} wall {r['wall_s']}"
+                        for m, r in row.items()), file=sys.stderr, flush=True)
+            results["profiles"][profile] = {
+                "summary": {m: summary([(r[m], r["off"]) for r in raw])
+                            for m in MODES if m != "off"}, "runs": raw}
+    print("| profile | mode | after last reference s | first text s | wall s | early tokens |")
+    print("|---|---|---|---|---|---|")
     for profile, data in results["profiles"].items():
-        s = data["summary"]
-        print(f"| {profile} | " + " | ".join(
-            f"{s[k]['on']} / {s[k]['off']} s ({s[k]['median_paired_ratio']}x)"
-            for k in ("after_s", "first_s", "wall_s")) + f" | {s['early_tokens_median']} |")
+        for mode, s in data["summary"].items():
+            print(f"| {profile} | {mode} | " + " | ".join(
+                f"{s[k]['on']} / {s[k]['off']} ({s[k]['median_paired_ratio']}x)"
+                for k in ("after_s", "first_s", "wall_s")) + f" | {s['early_tokens_median']} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

@@ -72,7 +72,7 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
               control: Control, run: AgentRun, t0: float,
               on_start: Callable[[Agent], None] | None,
               on_text: Callable[[Agent, str], None] | None,
-              streamed: bool = False) -> AgentRun:
+              streamed: str | None = None) -> AgentRun:
     """Run one agent to completion, failure or stop; ``run`` is filled in and returned.
 
     Failures a user can meet (LocalMoaError: the backend's errors, a stop) become the
@@ -80,7 +80,7 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
     with "internal error", and with LOCALMOA_DEBUG=1 its traceback goes to stderr.
     The callbacks must not raise (the engine guards them). ``streamed``: its references
     stream in through its model (a batch member with a PromptFeed): its messages hold
-    the feed's mark where they go (prompts.streamed_messages).
+    this instruction and the feed's mark where they go (prompts.streamed_messages).
     """
     if on_start:
         on_start(agent)
@@ -89,7 +89,8 @@ def run_agent(agent: Agent, model: LoadedModel, spec: ModelSpec, task_threads: i
     stream: ChatStream | None = None
     cancel = control.agent(agent)  # the run's, its request's and its own stop, in one
     try:
-        messages = (streamed_messages(conversation, agent.system, FEED_MARK) if streamed
+        messages = (streamed_messages(conversation, agent.system, FEED_MARK, streamed)
+                    if streamed is not None
                     else fitted_messages(agent, spec, model, conversation, references, run))
         options = GenerateOptions(temperature=agent.temperature, top_p=agent.top_p,
                                   max_tokens=agent.max_tokens, seed=agent.seed,

@@ -137,12 +137,14 @@ class Profile(StrictModel):
         default=None, description=TEMPLATE_HELP + " The default of the profile's "
         "agents (aggregator included) that set none.")
 
-    aggregate: Literal["always", "auto", "never", "select"] = Field(
+    aggregate: Literal["always", "auto", "never", "select", "staircase"] = Field(
         default="always",
         description="always: the aggregator writes the answer; auto: skipped when "
         "the last layer's proposers agree (their answer is returned); never: the answer "
         "most proposers share (majority vote, ties to the first agent); select: one "
-        "proposer's answer, chosen by select.by and never rewritten.",
+        "proposer's answer, chosen by select.by and never rewritten; staircase: the "
+        "aggregator starts writing after the proposers' first words and goes on as "
+        "their answers come (it needs the aggregator beside the proposers: else always).",
     )
     select: SelectSpec | None = Field(
         default=None,

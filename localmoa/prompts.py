@@ -49,6 +49,18 @@ def numbered_references(references: Sequence[str]) -> str:
     return "\n".join(f"{i}. {ref}" for i, ref in enumerate(references, start=1))
 
 
+#: Staircase aggregation's instruction (engine/streaming.py): the responses come in parts.
+STAIRCASE_PROMPT = (
+    AGGREGATE_PROMPT.rsplit("\n\n", 1)[0] + " The responses are still being written: you "
+    "get them in parts. Start your response after their first parts; when more parts "
+    "come, continue your response from where it stopped, without repeating it."
+    "\n\nResponses from models (their first parts):"
+)
+#: What introduces a staircase's later parts (a new turn of the user's).
+STAIRCASE_MORE = ("More of the same responses, each part continuing its response from "
+                  "where the last one stopped. Continue your response:")
+
+
 def aggregate_system(references: Sequence[str]) -> str:
     """The aggregate prompt followed by the references numbered 1., 2., ..."""
     numbered = numbered_references(references)
@@ -157,16 +169,16 @@ def agent_messages(conversation: Sequence[Message], system: str | None,
 
 
 def streamed_messages(conversation: Sequence[Message], system: str | None,
-                      mark: str) -> list[Message]:
+                      mark: str, instruction: str = AGGREGATE_PROMPT) -> list[Message]:
     """The messages of an agent whose references stream in (reference streaming): laid
     out so that its prompt only ever grows at one place, ``mark``, near its end.
 
     1. one system message: the conversation's own, then the agent's ``system``;
     2. the conversation's other messages;
     3. in its latest user message, after the user's text: a blank line, the aggregate
-       prompt, a newline and ``mark``, where the references go as they come
-       (``streamed_reference``); after the mark only the chat template's end of the turn
-       and the start of the answer.
+       prompt (``instruction``: a staircase's), a newline and ``mark``, where the
+       references go as they come (``streamed_reference``); after the mark only the chat
+       template's end of the turn and the start of the answer.
 
     The references' text is the default's (``1. ...``, ``2. ...``); their order is the
     order their agents finished in.
@@ -178,7 +190,7 @@ def streamed_messages(conversation: Sequence[Message], system: str | None,
         parts.append(system)
     at = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "user"),
               None)
-    block = AGGREGATE_PROMPT + "\n" + mark
+    block = instruction + "\n" + mark
     if at is None:
         messages.append({"role": "user", "content": block})
     else:

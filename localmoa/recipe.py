@@ -394,8 +394,10 @@ def replace_model(spec: AgentSpec, model: str) -> AgentSpec:
 
 
 def _check_overrides(ov: Overrides) -> None:
-    if ov.aggregate is not None and ov.aggregate not in ("always", "auto", "never", "select"):
-        raise UsageError(f"--aggregate {ov.aggregate}: give always, auto, never or select")
+    if ov.aggregate is not None and ov.aggregate not in ("always", "auto", "never", "select",
+                                                         "staircase"):
+        raise UsageError(f"--aggregate {ov.aggregate}: give always, auto, never, select or "
+                         "staircase")
     if ov.select is not None and ov.select not in SELECTORS:
         raise UsageError(f"--select {ov.select}: give {', '.join(SELECTORS)}")
     if ov.select is not None and ov.aggregate not in (None, "select"):

@@ -25,7 +25,7 @@ from localmoa.selection import judge
 from .conftest import cli
 
 TASK = Task(id="t1", set="arith", prompt="What is 40 + 2?", kind="number", answer="42")
-ALL = tuple(k.name for k in KINDS)
+ALL = tuple(k.name for k in KINDS if k.name != "staircase")  # (its own test below)
 
 
 def agent(name: str, answer: str, *, layer: int = 1, ok: bool = True, tokens: int = 10,
@@ -93,7 +93,7 @@ def test_single_graph_of_a_proposer_model() -> None:
 
 
 def test_parse_kinds() -> None:
-    assert parse_kinds(None) == ALL
+    assert parse_kinds(None) == (*ALL[:6], "staircase", *ALL[6:])  # every kind
     assert parse_kinds("moa, single") == ("single", "moa")  # KINDS order
     for bad, fragment in [("best", "no kind 'best'"), (",", "name at least one")]:
         with pytest.raises(UsageError, match=fragment):
@@ -263,3 +263,10 @@ def test_reread_refuses_what_is_not_a_results_file(tmp_path: Path) -> None:
         proc = cli("eval", "--reread", str(bad))
         assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_staircase_contender_is_the_profile_writing_while_its_proposers_write() -> None:
+    [found] = build_contenders(load_config(), ["tiny"], ("staircase",), 4, Overrides(seed=1))
+    assert found.name == "staircase:tiny" and found.run == "staircase:tiny"
+    assert found.graph.aggregate == "staircase" and found.graph.stream_references
+    assert "staircase" in parse_kinds("staircase,moa")

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import GenerationError
@@ -44,6 +45,25 @@ _END = object()
 FEED_MARK = "\ue000localmoa:references\ue001"
 
 
+@dataclass(frozen=True)
+class Write:
+    """A feed item (staircase aggregation): write up to ``tokens`` tokens of the answer
+    now, then stop and read what the feed brings next."""
+
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A feed item (staircase aggregation): the answer written so far ends its turn and
+    ``text`` comes as a new turn of the user's; the next ``Write`` goes on answering."""
+
+    text: str
+
+
+FeedItem = str | Write | Turn
+
+
 def fed_messages(messages: Seq[Message], text: str) -> list[Message]:
     """``messages`` with ``text`` in place of a feed's mark (the prompt made whole)."""
     return [Message(role=m["role"], content=m["content"].replace(FEED_MARK, text))
@@ -53,16 +73,18 @@ def fed_messages(messages: Seq[Message], text: str) -> list[Message]:
 class PromptFeed:
     """Text that goes on growing a waiting sequence's prompt, at ``FEED_MARK``: pieces
     appended from any thread, then ``close()`` (no more will come). Listeners are called
-    on every change (a decoding loop waiting for text wakes up; a worker's relay sends it)."""
+    on every change (a decoding loop waiting for text wakes up; a worker's relay sends it).
+    A staircase's feed also holds ``Write`` and ``Turn`` items: the sequence writes part
+    of its answer, then reads on."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pieces: list[str] = []
+        self._pieces: list[FeedItem] = []
         self._closed = False
         self.closed_at: float | None = None
         self._listeners: list[Callable[[], None]] = []
 
-    def append(self, text: str) -> None:
+    def append(self, text: FeedItem) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the prompt feed is closed")
@@ -84,7 +106,7 @@ class PromptFeed:
         for listener in listeners:
             listener()
 
-    def since(self, start: int) -> tuple[list[str], bool]:
+    def since(self, start: int) -> tuple[list[FeedItem], bool]:
         """The pieces from number ``start`` on, and whether the feed is closed."""
         with self._lock:
             return self._pieces[start:], self._closed
@@ -94,9 +116,10 @@ class PromptFeed:
             self._listeners.append(listener)
 
     def text(self) -> str:
-        """Every piece so far, joined."""
+        """Every piece of text so far, joined (a staircase's turns after a blank line)."""
         with self._lock:
-            return "".join(self._pieces)
+            return "".join(p if isinstance(p, str) else "\n\n" + p.text
+                           for p in self._pieces if not isinstance(p, Write))
 
 
 class Sequence:
@@ -163,8 +186,9 @@ class Sequence:
         ended = time.perf_counter()
         first = self.first_token_at or ended
         whole = self.joined_at  # when its prompt was whole: a fed one's, at its close
-        if self.feed is not None and self.feed.closed_at is not None:
-            whole = max(whole, self.feed.closed_at)
+        closed = self.feed.closed_at if self.feed is not None else None
+        if closed is not None and (self.first_token_at is None or self.first_token_at >= closed):
+            whole = max(whole, closed)  # (a staircase writes before: from its start)
         self.end(GenerationStats(
             prompt_tokens=self.prompt_tokens, completion_tokens=completion_tokens,
             ttft_s=max(0.0, (self.first_text_at or ended) - whole),

@@ -34,9 +34,19 @@ AggregateOpt = Annotated[
         "--aggregate",
         help="always: the aggregator writes the answer; auto: "
         "skip it when the proposers agree; never: majority vote of the proposers; "
-        "select: one proposer's answer, chosen (--select). Default: the "
-        "profile's (always).",
+        "select: one proposer's answer, chosen (--select); staircase: the answer starts "
+        "while the proposers still write (--staircase). Default: the profile's (always).",
         show_default=False,
+    ),
+]
+StaircaseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--staircase",
+        help="Staircase aggregation (aggregate: staircase): the final answer starts "
+        "after the proposers' first words and goes on as their answers come, instead "
+        "of after they all end. Needs the aggregator beside the proposers (`localmoa "
+        "plan` says when it is not; then it aggregates as always).",
     ),
 ]
 StreamRefsOpt = Annotated[

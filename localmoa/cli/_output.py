@@ -151,9 +151,11 @@ def latency_line(latency: dict[str, Any]) -> str:
         streamed = (f"; references streamed in as they ended "
                     f"({', '.join(latency.get('reference_order', []))}), "
                     f"{latency.get('references_prefilled_early_tokens', 0)} tokens read early")
-    return (f"[bold]answer[/] first text at {first:.2f} s"
-            + (f", {after:.2f} s after its last reference ended" if after is not None else "")
-            + streamed)
+    when = ""
+    if after is not None:
+        when = (f", {after:.2f} s after its last reference ended" if after >= 0 else
+                f", {-after:.2f} s before its last reference ended (staircase)")
+    return f"[bold]answer[/] first text at {first:.2f} s" + when + streamed
 
 
 def agent_table(report: RunReport) -> Table:

@@ -21,6 +21,7 @@ from ._options import (
     ProfileOpt,
     ProposerOpt,
     SelfOpt,
+    StaircaseOpt,
     StreamRefsOpt,
 )
 from ._output import Output
@@ -49,6 +50,7 @@ def plan(
     self_moa: SelfOpt = None,
     no_batch: NoBatchOpt = False,
     stream_references: StreamRefsOpt = None,
+    staircase: StaircaseOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Show how a profile would run here: model footprints and the wave plan.
@@ -62,7 +64,8 @@ def plan(
     cfg = load_command_config(config, no_batch)
     overrides = Overrides(layers=layers, proposers=tuple(proposer or ()),
                           aggregator=aggregator, self_moa=parse_self(self_moa, cfg),
-                          stream_references=stream_references)
+                          stream_references=stream_references,
+                          aggregate="staircase" if staircase else None)
     router = cfg.profile(profile)[1].router if overrides.self_moa is None else None
     out = Output(json_mode=json_out)
     chosen = None

@@ -38,6 +38,7 @@ from ._options import (
     SeedOpt,
     SelectOpt,
     SelfOpt,
+    StaircaseOpt,
     StreamRefsOpt,
     TemperatureOpt,
 )
@@ -55,6 +56,8 @@ Examples:
   localmoa run "Explain mmap" --temperature 0 --seed 7 --json > run.json
 
   localmoa run --self smollm2-135m:6 "Which is larger, 9.11 or 9.9?"
+
+  localmoa run --staircase "Explain mmap"          # the answer starts while proposers write
 
   localmoa run --no-stream-references --json "..."  # the aggregator reads the whole layer
 """
@@ -121,6 +124,7 @@ def run(
     select: SelectOpt = None,
     execute: ExecuteOpt = False,
     stream_references: StreamRefsOpt = None,
+    staircase: StaircaseOpt = False,
     no_batch: NoBatchOpt = False,
     show_layers: Annotated[bool, typer.Option(
         "--show-layers", help="Print each layer's answers to stderr as the layer finishes.")
@@ -146,7 +150,8 @@ def run(
     overrides = Overrides(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
         temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout,
-        self_moa=parse_self(self_moa, cfg), aggregate=aggregate, select=select,
+        self_moa=parse_self(self_moa, cfg), aggregate=staircase_of(aggregate, staircase),
+        select=select,
         execute=execute, stream_references=stream_references)
     request = Request.for_profile(cfg, profile, overrides, [Message(role="user", content=text)])
     with command_runtime(out, cfg, memory_budget, start_early=True) as runtime:
@@ -182,3 +187,13 @@ def _finish(out: Output, report: RunReport, json_out: bool, no_stats: bool,
                          f"{escape(run.answer)}\n")
     if not no_stats:
         out.report(report)
+
+
+def staircase_of(aggregate: str | None, staircase: bool) -> str | None:
+    """``--aggregate``, or ``staircase`` with ``--staircase`` (both: one line, exit 2)."""
+    if not staircase:
+        return aggregate
+    if aggregate not in (None, "staircase"):
+        raise UsageError(f"--staircase is an aggregate mode; --aggregate {aggregate} is "
+                         "another: give one of the two")
+    return "staircase"

@@ -88,7 +88,8 @@ def execute_jobs(config: Config, graph: MoaGraph, conversations: Sequence[Sequen
     ex = Execution(host=host, plan=plan, conversations=list(conversations),
                     events=events or RunEvents(), held_before=list(host.held),
                     control=Control(cancels=list(cancels or [None] * jobs)),
-                    quiet_aggregator=graph.aggregate == "select")
+                    quiet_aggregator=graph.aggregate == "select",
+                    staircase=graph.aggregate == "staircase")
     host.load_errors.clear()  # a chat's earlier turns' failures are not this run's
     start = (host.loads, host.unloads, host.load_s)
     agents = {a.id: a for a in graph.all_agents()}

@@ -17,7 +17,7 @@ from ..host import Loaded, ModelHost
 from ..memory.planner import Instance, Plan, Task, Wave
 from ..metrics import AgentRun
 from ..recipe import Agent
-from .streaming import References
+from .streaming import References, Staircase
 
 #: After its timeout, how long an agent may take to notice and stop before it is
 #: abandoned; and, on Ctrl-C, how long all agents together get to stop.
@@ -71,7 +71,9 @@ class Execution:
     #: Each request's answers the judge chooses from (``aggregate: select``, by judge).
     candidates: dict[int, list[Any]] = field(default_factory=dict)
     #: The current wave's followers' references (reference streaming: streaming.py).
-    followers: list[References] = field(default_factory=list)
+    followers: list[References | Staircase] = field(default_factory=list)
+    #: A following aggregator writes in rounds as the proposers write (aggregate: staircase).
+    staircase: bool = False
 
     def __post_init__(self) -> None:
         self.log = EventLog(constants.event_log(), self.t0)

@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..backends.batch import PromptFeed
+from ..backends.batch import PromptFeed, Turn, Write
 from ..cancel import Cancel
 from ..metrics import AgentRun
-from ..prompts import TRIM_MARK, streamed_reference
+from ..prompts import STAIRCASE_MORE, TRIM_MARK, streamed_reference
 from ..recipe import Agent
 
 
@@ -111,7 +111,99 @@ class _Live:
 
 
 def follower_references(followers: list[Agent], proposers: list[Agent],
-                        cancels: dict[str, Cancel]) -> dict[str, References]:
-    """Each follower's References, reading its own request's proposers."""
-    return {f.id: References(f, [p for p in proposers if p.job == f.job], cancels[f.id])
+                        cancels: dict[str, Cancel], staircase: bool = False
+                        ) -> dict[str, References | Staircase]:
+    """Each follower's References (or Staircase), reading its own request's proposers."""
+    kind = Staircase if staircase else References
+    return {f.id: kind(f, [p for p in proposers if p.job == f.job], cancels[f.id])
             for f in followers}
+
+
+#: Staircase aggregation's chunk schedule: the aggregator reads this many tokens of
+#: every live proposer (about 4 characters a token), writes as many of its answer, and
+#: each later round doubles both: a small first step for an early first token, longer
+#: ones after for fewer rounds (the paper's chunk size scheduling).
+FIRST_CHUNK_TOKENS = 16
+CHARS_PER_TOKEN = 4
+
+
+class Staircase:
+    """Staircase aggregation (Wang et al. 2025): the aggregator starts writing after the
+    first chunk of every live proposer and writes one chunk of its answer per round, each
+    round reading the next chunk of every proposer (a new turn of the user's), until they
+    have all ended; then it writes to its end. The proposers' text is numbered by agent
+    and stays in place: later rounds say which answer each part continues."""
+
+    def __init__(self, follower: Agent, proposers: list[Agent], cancel: Cancel) -> None:
+        self.follower = follower
+        self.feed = PromptFeed()
+        self.cancel = cancel
+        self._layer = proposers[0].layer if proposers else 0
+        self._agents = [a.id for a in proposers]
+        self._local = {a.id: a.local_id for a in proposers}
+        self._text = {a.id: "" for a in proposers}
+        self._sent = {a.id: 0 for a in proposers}
+        self._ended: set[str] = set()
+        self._lock = threading.Lock()
+        self.round = 0  # rounds written so far
+        self.order: list[str] = []  # local ids of the answers read, as they first came
+        self.closed_at: float | None = None
+        self.on_closed: Callable[[], None] | None = None
+
+    def text(self, agent: Agent, piece: str) -> None:
+        with self._lock:
+            if agent.id in self._text and agent.id not in self._ended:
+                self._text[agent.id] += piece
+                self._step()
+
+    def ended(self, agent: Agent, run: AgentRun) -> None:
+        with self._lock:
+            if agent.id not in self._text or agent.id in self._ended:
+                return
+            self._ended.add(agent.id)
+            if not run.ok and not self._sent[agent.id]:
+                self._text[agent.id] = ""  # a failed answer not read yet is not read
+            if len(self._ended) < len(self._agents):
+                self._step()
+                return
+            self._emit(final=True)
+            self.closed_at = time.monotonic()
+            if not self.order:
+                self.cancel.set(f"every agent of layer {self._layer} failed")
+            self.feed.close()
+        if self.on_closed is not None:
+            self.on_closed()
+
+    def chunk_tokens(self) -> int:
+        return FIRST_CHUNK_TOKENS << self.round
+
+    def _step(self) -> None:
+        """A round, once every live proposer has a whole chunk more to read."""
+        need = self.chunk_tokens() * CHARS_PER_TOKEN
+        live = [a for a in self._agents if a not in self._ended]
+        if any(len(self._text[a]) - self._sent[a] < need for a in live):
+            return
+        self._emit(final=False)
+
+    def _emit(self, final: bool) -> None:
+        parts = []
+        for number, agent in enumerate(self._agents, start=1):
+            new = self._text[agent][self._sent[agent]:]
+            first = self._sent[agent] == 0
+            self._sent[agent] = len(self._text[agent])
+            new = new.lstrip() if first else new
+            if final or agent in self._ended:
+                new = new.rstrip()
+            if not new:
+                continue
+            if first:
+                self.order.append(self._local[agent])
+            ended = ", its end" if agent in self._ended else ""
+            parts.append(f"{number}. {new}" if self.round == 0 else
+                         f"{number} (continued{ended}): {new}")
+        if parts:
+            text = "\n".join(parts)
+            self.feed.append(text if self.round == 0 else Turn(STAIRCASE_MORE + "\n" + text))
+        if not final:
+            self.feed.append(Write(self.chunk_tokens()))
+            self.round += 1

@@ -16,10 +16,11 @@ from ..errors import LocalMoaError
 from ..host import Loaded
 from ..memory.planner import Instance, Task, Wave
 from ..metrics import AgentRun
+from ..prompts import AGGREGATE_PROMPT, STAIRCASE_PROMPT
 from ..recipe import Agent
 from . import state
 from .state import Execution, role
-from .streaming import follower_references
+from .streaming import Staircase, follower_references
 
 
 def run_wave(ex: Execution, wave: Wave, agents: dict[str, Agent],
@@ -46,7 +47,7 @@ class _WaveRun:
         self.refs = follower_references(
             followers, [a for a in agents.values()
                         if any(a.layer == f.layer - 1 for f in followers)],
-            {f.id: ex.control.agent(f) for f in followers})
+            {f.id: ex.control.agent(f) for f in followers}, ex.staircase)
         ex.followers = list(self.refs.values())
         self.batches = {inst: Batch(len(tasks), str(inst), on_restart=functools.partial(
                             ex.worker_restarted, _loaded_name(ex, inst)))
@@ -127,7 +128,8 @@ class _WaveRun:
                       ex.conversations[agent.job], self.references.get(agent.job),
                       ex.control, run, ex.t0,
                       functools.partial(ex.agent_start, instance=str(entry.inst)), ex.text,
-                      streamed=refs is not None)
+                      streamed=None if refs is None else
+                      STAIRCASE_PROMPT if isinstance(refs, Staircase) else AGGREGATE_PROMPT)
             if refs is not None:
                 run.reference_order = list(refs.order)
         finally:

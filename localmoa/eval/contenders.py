@@ -23,6 +23,8 @@ Kinds (``KINDS``; ``--contenders`` picks among them):
   answer on the prompt's examples (never the task's hidden tests) and needs --execute
 - select:judge: the profile with ``aggregate: select`` by judge: its own run, the
   aggregator's model naming the best answer
+- staircase: the profile with ``aggregate: staircase``: its own run, the aggregator
+  writing in rounds while the proposers write (engine/streaming.py)
 
 A new kind is a function from (config, profile, overrides, samples) to contenders
 and one line in KINDS.
@@ -267,6 +269,12 @@ def consensus(config: Config, profile: str, base: Overrides, samples: int) -> li
                       replace(graph, profile=f"consensus:{graph.profile}"))]
 
 
+def staircase(config: Config, profile: str, base: Overrides, samples: int) -> list[Contender]:
+    graph = build_graph(config, profile, replace(base, aggregate="staircase"))
+    return [Contender(f"staircase:{graph.profile}", "staircase",
+                      replace(graph, profile=f"staircase:{graph.profile}"))]
+
+
 @dataclass(frozen=True)
 class Kind:
     name: str
@@ -282,6 +290,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("self-moa", "N samples of the aggregator's model, aggregated by it", self_moa),
     Kind("moa", "the profile itself", moa),
     Kind("consensus", "the profile, its aggregator skipped when the proposers agree", consensus),
+    Kind("staircase", "the profile, its aggregator writing while the proposers write",
+         staircase),
     Kind(
         "select:confidence",
         "the answer of the profile's most self-consistent model (read from the profile's run)",

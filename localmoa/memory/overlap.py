@@ -72,10 +72,11 @@ def follow(plan: Plan, graph: MoaGraph, footprints: Mapping[str, Footprint],
     for w in waves:
         for pool, amount in w.resident_bytes.items():
             peak[pool] = max(peak.get(pool, 0), amount)
+    what = ("writes its answer in rounds while they write (staircase)"
+            if graph.aggregate == "staircase" else "reads each proposer's answer as it ends")
     return dataclasses.replace(plan, waves=waves, peak_bytes=peak, streaming={
         "on": True, "wave": first + 1,
-        "why": f"the aggregator starts with wave {first + 1} and reads each proposer's "
-        "answer as it ends"})
+        "why": f"the aggregator starts with wave {first + 1} and {what}"})
 
 
 def _refusal(plan: Plan, graph: MoaGraph, footprints: Mapping[str, Footprint]) -> str:
@@ -85,7 +86,7 @@ def _refusal(plan: Plan, graph: MoaGraph, footprints: Mapping[str, Footprint]) -
         return "stream_references is off: the aggregator reads the whole layer"
     if graph.jobs > 1:
         return "requests run merged: each aggregator reads its whole layer"
-    if graph.aggregate != "always":
+    if graph.aggregate not in ("always", "staircase"):
         return (f"aggregate: {graph.aggregate} decides after the whole layer whether the "
                 "aggregator runs")
     if graph.early_exit:

@@ -40,7 +40,7 @@ from typing import Any
 
 from ...errors import GenerationError
 from ..base import Message
-from ..batch import FEED_MARK, Sequence, fed_messages
+from ..batch import FEED_MARK, Sequence, Turn, Write, fed_messages
 from ..structured import check_json_answer, gbnf, stops_for
 
 #: Sampling defaults of llama-cpp-python's chat completion, so that a batched agent
@@ -187,6 +187,15 @@ class _Live:
         self.last = 0  # the token sampled last, decoded next
         self.index = 0  # its place in the batch being decoded
         self.sampling = False  # its prompt is evaluated: it writes
+        #: A staircase: its answer's turn has begun; it stops writing at ``pause_at``
+        #: tokens to read what its feed brings next; ``read_now``: sample at the end of
+        #: what is known (a ``Write`` came); ``between``: the template's tokens that end
+        #: an answer's turn and begin a user's.
+        self.in_answer = False
+        self.pause_at: int | None = None
+        self.read_now = False
+        self.between: list[int] | None = None
+        self.own = 0  # tokens it wrote that are in ``tokens`` (a staircase reads on after them)
         self.generated = seq.resume_tokens  # produced before a restart count too
         self.max_tokens = 0
         options = seq.options
@@ -526,18 +535,21 @@ class _Loop:
         sampling = []
         for state in running:
             if state.sampling:
+                if state.seq.feed is not None:  # its prompt goes on after what it writes
+                    state.tokens.append(state.last)
+                    state.own += 1
                 sampling.append((state, self.batch.add(state.last, state.pos, [state.id], True)))
                 state.pos += 1
                 budget -= 1
         for state in running:
             pending = state.pending()
-            if state.open and pending < FEED_CHUNK_TOKENS:
+            if state.open and not state.read_now and pending < FEED_CHUNK_TOKENS:
                 continue  # a whole chunk, or its end, is worth a place in a step
             n = min(budget, pending)
             if n <= 0:
                 continue
             for pos in range(state.pos, state.pos + n):
-                last = pos == len(state.tokens) - 1 and not state.open
+                last = pos == len(state.tokens) - 1 and (not state.open or state.read_now)
                 index = self.batch.add(state.tokens[pos], pos, [state.id], last)
                 if last:
                     sampling.append((state, index))
@@ -546,35 +558,102 @@ class _Loop:
         return sampling
 
     def _take_feed(self, state: _Live) -> None:
-        """The pieces its feed brought since the last step; at its close, the rest of
-        its prompt."""
+        """The items its feed brought since the last step (text to read; a staircase's
+        ``Write`` and ``Turn``), taken while it is not writing; at its close, the rest
+        of its prompt."""
         feed = state.seq.feed
         assert feed is not None
-        pieces, closed = feed.since(state.taken)
-        state.taken += len(pieces)
-        if not state.deferred:
-            for piece in pieces:
-                state.tokens += self._fitted(state, piece)
-        if not closed:
+        items, closed = feed.since(state.taken)
+        for item in items:
+            if state.sampling or state.read_now:
+                break  # it writes: what comes next waits until it stops to read
+            state.taken += 1
+            if isinstance(item, Write):
+                self._write_now(state, item.tokens)
+            elif state.deferred:
+                continue  # the whole prompt is read at the close
+            elif isinstance(item, Turn):
+                if state.in_answer:  # its answer so far ends its turn
+                    state.tokens += self._between(state)
+                    state.in_answer = False
+                state.tokens += self._fitted(state, item.text)
+            else:
+                state.tokens += self._fitted(state, item)
+        if not closed or feed.since(state.taken)[0]:
+            return  # open, or items wait for its writing to stop
+        if state.sampling or state.read_now:
+            state.pause_at = None  # nothing more will come: it writes to its end
+            state.open = False
+            self._whole(state)
             return
+        self._close_feed(state)
+
+    def _whole(self, state: _Live) -> None:
+        """Its prompt is whole: what it read early, and its size, for its stats."""
+        state.seq.early_tokens = max(0, min(state.pos, len(state.tokens)) - state.head
+                                     - state.own)
+        state.prompt_tokens = len(state.tokens) - state.own
+        state.seq.prompt(state.prompt_tokens, state.shared, len(self.live))
+
+    def _close_feed(self, state: _Live) -> None:
+        """Its feed closed: the rest of its prompt, and it writes to its end."""
+        feed = state.seq.feed
+        assert feed is not None
         state.open = False
-        state.seq.early_tokens = max(0, min(state.pos, len(state.tokens)) - state.head)
+        state.seq.early_tokens = max(0, min(state.pos, len(state.tokens)) - state.head
+                                     - state.own)  # (before its tail is added)
         if state.deferred:
             state.tokens, _ = chat_prompt(self.llm, fed_messages(state.seq.messages,
                                                                  feed.text()))
         else:
-            state.tokens += state.tail
+            if not state.in_answer:
+                state.tokens += state.tail
+            state.in_answer = True
             if state.pos >= len(state.tokens):  # no tail: its last position again, to sample
                 state.pos = len(state.tokens) - 1
                 self.lib.llama_memory_seq_rm(self.memory, state.id, state.pos, -1)
-        state.prompt_tokens = len(state.tokens)
-        state.seq.prompt(state.prompt_tokens, state.shared, len(self.live))
+        early = state.seq.early_tokens
+        self._whole(state)
+        state.seq.early_tokens = early
         if len(state.tokens) >= self.n_ctx:
             state.seq.fail(f"the prompt has {len(state.tokens)} tokens; the context window "
                            f"is {self.n_ctx} (raise n_ctx or shorten the prompt)")
             self._free(state)
             return
         state.limit()
+
+    def _write_now(self, state: _Live, tokens: int) -> None:
+        """A staircase's ``Write``: it answers now, up to ``tokens`` tokens, then reads on."""
+        if state.deferred:
+            return  # its prompt is read whole at the close, and it writes then
+        if not state.in_answer:
+            state.tokens += state.tail
+            state.in_answer = True
+        if state.pos >= len(state.tokens):  # all of it read: its last position again
+            state.pos = len(state.tokens) - 1
+            self.lib.llama_memory_seq_rm(self.memory, state.id, state.pos, -1)
+        state.read_now = True
+        state.pause_at = state.generated + tokens
+        if not state.max_tokens:
+            state.limit()
+
+    def _between(self, state: _Live) -> list[int]:
+        """The chat template's tokens between an answer and the user's next turn."""
+        if state.between is None:
+            answer, user = "\ue002", "\ue003"
+            messages = [*fed_messages(state.seq.messages, ""),
+                        Message(role="assistant", content=answer),
+                        Message(role="user", content=user)]
+            text = _recorded(self.llm, messages)
+            raw = (text.prompt if isinstance(text.prompt, str) else
+                   text.text[0].decode("utf-8", "replace") if text.text else "")
+            if answer in raw and user in raw.split(answer, 1)[1]:
+                middle = raw.split(answer, 1)[1].split(user, 1)[0]
+            else:
+                middle = "\n\n"
+            state.between = [int(t) for t in self.llm.tokenize(middle.encode("utf-8"), False,
+                                                                True)]
+        return state.between
 
     def _fitted(self, state: _Live, piece: str) -> list[int]:
         """A streamed piece's tokens, cut (and marked) where the context has no room."""
@@ -606,7 +685,7 @@ class _Loop:
     def _sample(self, state: _Live, index: int) -> None:
         lib = self.lib
         token = int(lib.llama_sampler_sample(state.sampler, self.ctx, index))
-        state.sampling = True
+        state.sampling, state.read_now = True, False
         state.seq.token()
         if lib.llama_vocab_is_eog(self.vocab, token):
             self._leave(state, "stop")
@@ -618,6 +697,10 @@ class _Loop:
             self._leave(state, "stop")
         elif state.generated >= state.max_tokens:
             self._leave(state, "length")
+        elif state.pause_at is not None and state.generated >= state.pause_at:
+            state.sampling, state.pause_at = False, None  # a staircase's part is written:
+            state.tokens.append(token)  # its last token is read with what comes next
+            state.own += 1
         else:
             state.last = token
 

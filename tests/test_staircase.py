@@ -1,0 +1,105 @@
+"""Staircase aggregation: the aggregator writes its answer in rounds while the proposers
+still write (engine/streaming.py's Staircase, the batch loop's Write and Turn items),
+with real runs of the tiny profile (SmolLM2 from PyPI)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import jsonschema
+
+from localmoa.backends.base import GenerateOptions
+from localmoa.backends.batch import FEED_MARK, Batch, PromptFeed, Turn, Write
+from localmoa.backends.llamacpp.model import LoadParams, load_llama
+from localmoa.cancel import Cancel
+from localmoa.engine.streaming import FIRST_CHUNK_TOKENS, Staircase
+from localmoa.prompts import STAIRCASE_MORE, STAIRCASE_PROMPT, streamed_messages
+
+from .conftest import SAFETY_S, cli
+from .test_run import SCHEMA
+from .test_streaming import agents_of, run_of
+
+LONG = ("Explain in detail, in at least 200 words, why the sky is blue, with examples.")
+
+
+def test_rounds_read_every_live_proposers_next_chunk_then_write_as_much() -> None:
+    proposers, agg = agents_of(2)
+    stairs = Staircase(agg, proposers, Cancel())
+    first = FIRST_CHUNK_TOKENS * 4  # characters of a chunk
+    stairs.text(proposers[0], "a" * first)
+    assert stairs.feed.since(0) == ([], False)  # the second has not written a chunk yet
+    stairs.text(proposers[1], " " + "b" * first)
+    items, _ = stairs.feed.since(0)
+    assert items == [f"1. {'a' * first}\n2. {'b' * first}", Write(FIRST_CHUNK_TOKENS)]
+    stairs.text(proposers[0], "c" * 2 * first)
+    stairs.ended(proposers[1], run_of(proposers[1], "b" * first + " end"))
+    # one proposer left: a round needs only its next chunk (twice the first)
+    items, _ = stairs.feed.since(2)
+    assert items == [Turn(f"{STAIRCASE_MORE}\n1 (continued): {'c' * 2 * first}"),
+                     Write(2 * FIRST_CHUNK_TOKENS)]
+    stairs.text(proposers[0], "dd")
+    stairs.ended(proposers[0], run_of(proposers[0], "whatever"))
+    items, closed = stairs.feed.since(4)
+    assert closed and items == [Turn(f"{STAIRCASE_MORE}\n1 (continued, its end): dd")]
+    assert stairs.order == ["L1.1", "L1.2"] and stairs.round == 2
+
+
+def test_a_staircase_sequence_writes_before_its_prompt_is_whole(smollm2_path: Path) -> None:
+    model = load_llama(LoadParams(name="smollm2", path=str(smollm2_path), n_ctx=1024,
+                                  n_threads=2))
+    batch = Batch(1, "smollm2#0")
+    feed = PromptFeed()
+    feed.append("1. The sky is blue because of Rayleigh scattering of sunlight.")
+    feed.append(Write(8))
+    first_text = threading.Event()
+    result: dict[str, object] = {}
+
+    def aggregator() -> None:
+        with batch.chat(streamed_messages([{"role": "user", "content": LONG}], None,
+                                          FEED_MARK, STAIRCASE_PROMPT),
+                        GenerateOptions(temperature=0.0, max_tokens=64), feed=feed) as stream:
+            pieces = []
+            for piece in stream:
+                pieces.append(piece)
+                first_text.set()
+            result["text"], result["stats"] = "".join(pieces), stream.stats
+
+    def proposers() -> None:
+        assert first_text.wait(SAFETY_S)  # it wrote while the proposers still wrote
+        feed.append(Turn("1 (continued, its end): Shorter wavelengths scatter more."))
+        feed.close()
+
+    threads = [threading.Thread(target=f) for f in (aggregator, proposers)]
+    for thread in threads:
+        thread.start()
+    model.run_batch(batch, 2)
+    for thread in threads:
+        thread.join(SAFETY_S)
+    model.unload()
+    stats = result["stats"]
+    assert result["text"] and stats.finish_reason in ("stop", "length")
+    # it read the second part after its first 8 tokens and went on writing after it
+    assert stats.completion_tokens > 8
+    assert stats.prompt_tokens > 100
+
+
+def test_tiny_staircase_answers_before_the_last_proposer_ends() -> None:
+    proc = cli("run", LONG, "--staircase", "--seed", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["plan"]["streaming"]["on"] and doc["answer"].strip()
+    proposers, agg = doc["agents"][:3], doc["agents"][3]
+    assert agg["first_text_s"] < max(p["end_s"] for p in proposers)
+    assert doc["latency"]["answer_first_text_s"] == agg["first_text_s"]
+    assert sorted(agg["reference_order"]) == ["L1.1", "L1.2", "L1.3"]
+
+
+def test_staircase_and_another_aggregate_mode_is_one_line_exit_2() -> None:
+    proc = cli("run", "hi", "--staircase", "--aggregate", "auto")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "localmoa: error: --staircase is an aggregate mode; --aggregate auto is another: "
+        "give one of the two"]
