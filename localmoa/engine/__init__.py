@@ -78,8 +78,7 @@ def execute_jobs(config: Config, graph: MoaGraph, conversations: Sequence[Sequen
     whose ``cancels[j]`` was set, ends there while the others go on. The events get
     the merged agents (``Agent.job``, ids ``j/L1.1``); the reports their own ids.
     """
-    own_host = host is None
-    host = host or ModelHost(config)
+    own_host, host = host is None, host or ModelHost(config)
     host.paths.update(paths)
     jobs = graph.jobs
     if len(conversations) != jobs:
