@@ -149,3 +149,40 @@ def test_a_sequence_joins_a_running_batch_and_reuses_its_prefix(smollm2_path: Pa
     assert text and stats.completion_tokens > 0
     assert stats.shared_tokens == stats.prompt_tokens - 1  # all but its last position
     assert results[0][1].completion_tokens > 0
+
+
+def test_a_fed_sequence_whose_template_fails_fails_alone(
+        smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from localmoa.backends.llamacpp import batch_loop
+
+    def broken(*_: object) -> None:
+        raise ValueError("the template raised")
+
+    monkeypatch.setattr(batch_loop, "split_prompt", broken)
+    model = load_llama(LoadParams(name="smollm2", path=str(smollm2_path), n_ctx=512, n_seq=2,
+                                  n_threads=2))
+    batch = Batch(2, "smollm2#0")
+    results: dict[int, object] = {}
+
+    def member(i: int, messages: list, feed: PromptFeed | None) -> None:
+        try:
+            with batch.chat(messages, GenerateOptions(temperature=0.0, max_tokens=8),
+                            feed=feed) as stream:
+                results[i] = stream.text()
+        except Exception as exc:  # noqa: BLE001 - what the member got is the result
+            results[i] = exc
+
+    feed = PromptFeed()
+    feed.close("1. an answer")
+    threads = [threading.Thread(target=member, args=(0, agent_messages(QUESTION, None, None),
+                                                     None)),
+               threading.Thread(target=member, args=(1, streamed_messages(QUESTION, None,
+                                                                          FEED_MARK), feed))]
+    for thread in threads:
+        thread.start()
+    model.run_batch(batch, 2)
+    for thread in threads:
+        thread.join(SAFETY_S)
+    model.unload()
+    assert isinstance(results[0], str) and results[0]  # the other sequence answered
+    assert "its chat template failed on this prompt: the template raised" in str(results[1])

@@ -227,7 +227,9 @@ class _Live:
         answer it must have room to write."""
         options = self.seq.options
         answer = options.max_tokens if options.max_tokens > 0 else self.n_ctx // 4
-        return self.n_ctx - len(self.tokens) - len(self.tail) - answer
+        answer = max(0, answer - self.generated)  # (what it wrote is in ``tokens``)
+        tail = 0 if self.in_answer else len(self.tail)
+        return self.n_ctx - len(self.tokens) - tail - answer
 
     def pending(self) -> int:
         """Prompt tokens known and not yet evaluated."""
@@ -322,7 +324,17 @@ def decode_batch(llm: Any, seqs: list[Sequence], n_threads: int, n_ctx_seq: int,
 
 def _start(llm: Any, seq: Sequence, seq_id: int, n_ctx_seq: int, lib: Any, vocab: Any,
            model: str) -> _Live | None:
-    """The decoding state of ``seq``, or None when it ends before its first step."""
+    """The decoding state of ``seq``, or None when it ends before its first step. Its
+    chat template failing fails it alone, never the batch it joins."""
+    try:
+        return _started(llm, seq, seq_id, n_ctx_seq, lib, vocab, model)
+    except (GenerationError, RuntimeError, ValueError, TypeError, KeyError) as exc:
+        seq.fail(f"model {model!r}: its chat template failed on this prompt: {exc}")
+        return None
+
+
+def _started(llm: Any, seq: Sequence, seq_id: int, n_ctx_seq: int, lib: Any, vocab: Any,
+             model: str) -> _Live | None:
     if seq.wants_stop():
         seq.finish("cancelled", seq.resume_tokens)
         return None
@@ -334,6 +346,11 @@ def _start(llm: Any, seq: Sequence, seq_id: int, n_ctx_seq: int, lib: Any, vocab
         else:
             head, tail, stops = split
             prompt = _Prompt(head, tail)
+            if len(head) + len(tail) >= n_ctx_seq:
+                seq.fail(f"the prompt has {len(head) + len(tail)} tokens before its "
+                         f"references; the context window is {n_ctx_seq} (raise n_ctx or "
+                         "shorten the prompt)")
+                return None
     else:
         messages = (seq.messages if seq.feed is None
                     else fed_messages(seq.messages, seq.feed.text()))  # resumed: it was whole
@@ -509,10 +526,17 @@ class _Loop:
                 self.start(seq)
         for state in self.live:
             if state.open and not state.seq.done:
-                self._take_feed(state)
+                try:
+                    self._take_feed(state)
+                except (GenerationError, RuntimeError, ValueError, TypeError, KeyError) as exc:
+                    state.seq.fail(f"model {self.model!r}: its streamed prompt failed: {exc}")
+                    self._free(state)
         running = self._drop_stopped()
         if not running and not (self.join is not None and self.join.joinable):
-            return False
+            late = self.join.late() if self.join is not None else []
+            for seq in late:  # joined as the batch was sealed
+                self.start(seq)
+            return bool(late)
         sampling = self._fill(running)
         now, wanted = self.threads
         if wanted is not None and wanted() and wanted() != now:

@@ -96,9 +96,7 @@ def _relay(model: WorkerModel, batch: Batch, seqs: list[Sequence], n_threads: in
             _send_feeds(process, rid, fed, sent)
             with contextlib.suppress(queue.Empty):
                 reply = replies.get(timeout=_POLL_S)
-                if reply[0] == "feed_ready":
-                    continue
-                if _deliver(process, by_index, reply):
+                if reply[0] != "feed_ready" and _deliver(process, by_index, reply):
                     ended = True
                     if reply[0] == "batch_end":
                         return None
