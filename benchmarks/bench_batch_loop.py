@@ -266,7 +266,7 @@ def messages_of(content: str) -> list[Any]:
 def make_prompt(llm: Any, target: int) -> tuple[str, int]:
     """A user message asking for a long essay whose chat prompt has ``target`` tokens
     (or just under): background notes cut to fit, then the task."""
-    from localmoa.backends.llamacpp.batch_loop import chat_prompt
+    from localmoa.backends.llamacpp.chat_prompt import chat_prompt
 
     words = (NOTES * 8).split()
 
@@ -399,13 +399,13 @@ def _targets() -> list[tuple[Any, str, str]]:
     import llama_cpp.llama_cpp as lib
 
     from localmoa.backends import batch as batch_module
-    from localmoa.backends.llamacpp import batch_loop
+    from localmoa.backends.llamacpp import batch_loop, sampling
 
     return [(lib, "llama_decode", "llama_decode"),
             (lib, "llama_sampler_sample", "llama_sampler_sample"),
             (lib, "llama_token_to_piece", "llama_token_to_piece"),
             (lib, "llama_vocab_is_eog", "llama_vocab_is_eog"),
-            (batch_loop._Text, "feed", "_Text.feed (stop strings, utf-8)"),
+            (sampling.Text, "feed", "_Text.feed (stop strings, utf-8)"),
             (batch_module.Sequence, "write", "Sequence.write (queue to reader)"),
             (batch_module.Sequence, "token", "Sequence.token (clock)"),
             (batch_loop._Loop, "_sample", "_sample (rest)"),

@@ -11,7 +11,8 @@ import pytest
 from localmoa import engine
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.batch import Batch
-from localmoa.backends.llamacpp.batch_loop import _Text, common_prefix
+from localmoa.backends.llamacpp.batch_loop import common_prefix
+from localmoa.backends.llamacpp.sampling import Text
 from localmoa.engine import RunEvents, execute_plan
 from localmoa.errors import GenerationError
 from localmoa.memory import speed
@@ -29,14 +30,14 @@ OPTIONS = GenerateOptions(temperature=0.0, max_tokens=8)
 # --- the text of one sequence -------------------------------------------------------
 
 def test_text_holds_back_what_may_start_a_stop_string() -> None:
-    text = _Text(["</end>"])
+    text = Text(["</end>"])
     assert text.feed(b"9.9 is larger<") == ("9.9 is larger", False)
     assert text.feed(b"/e") == ("", False)
     assert text.feed(b"nd> never shown") == ("", True)
 
 
 def test_text_releases_a_false_start_and_flushes_at_the_end() -> None:
-    text = _Text(["STOP"])
+    text = Text(["STOP"])
     assert text.feed(b"ST") == ("", False)
     assert text.feed(b"AY") == ("STAY", False)
     assert text.feed(b"S") == ("", False)
@@ -44,7 +45,7 @@ def test_text_releases_a_false_start_and_flushes_at_the_end() -> None:
 
 
 def test_text_never_splits_a_character() -> None:
-    text = _Text([])
+    text = Text([])
     euro = "€".encode()
     assert text.feed(euro[:2]) == ("", False)
     assert text.feed(euro[2:]) == ("€", False)

@@ -13,7 +13,7 @@ import pytest
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.batch import FEED_MARK, Batch, PromptFeed, fed_messages
 from localmoa.backends.llamacpp.backend import LlamaCppBackend
-from localmoa.backends.llamacpp.batch_loop import chat_prompt, split_prompt
+from localmoa.backends.llamacpp.chat_prompt import chat_prompt, split_prompt
 from localmoa.backends.llamacpp.model import LoadParams, load_llama
 from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.prompts import AGGREGATE_PROMPT, agent_messages, streamed_messages, streamed_reference
@@ -153,12 +153,12 @@ def test_a_sequence_joins_a_running_batch_and_reuses_its_prefix(smollm2_path: Pa
 
 def test_a_fed_sequence_whose_template_fails_fails_alone(
         smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from localmoa.backends.llamacpp import batch_loop
+    from localmoa.backends.llamacpp import sequence_state
 
     def broken(*_: object) -> None:
         raise ValueError("the template raised")
 
-    monkeypatch.setattr(batch_loop, "split_prompt", broken)
+    monkeypatch.setattr(sequence_state, "split_prompt", broken)
     model = load_llama(LoadParams(name="smollm2", path=str(smollm2_path), n_ctx=512, n_seq=2,
                                   n_threads=2))
     batch = Batch(2, "smollm2#0")

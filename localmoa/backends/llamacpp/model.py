@@ -25,8 +25,9 @@ from ..batch import Batch
 from ..batch import Sequence as BatchSequence
 from ..structured import check_json_answer, gbnf, stops_for
 from . import repack
-from .batch_loop import decode_batch, grammar_sampler
+from .batch_loop import decode_batch
 from .embed import embed_texts
+from .sampling import grammar_sampler
 
 # llama.cpp's ggml_type numbers for the KV cache element types models.yaml accepts.
 _GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
