@@ -53,11 +53,14 @@ profiles:
 
 
 MODES = {"streamed": [], "staircase": ["--staircase"], "off": ["--no-stream-references"]}
+#: ``--temperature T`` for every agent of every run (``--temperature``); empty: the
+#: profiles' own.
+SAMPLING: list[str] = []
 
 
 def run(profile: str, config: Path, prompt: str, seed: int, mode: str) -> dict[str, Any]:
     args = [sys.executable, "-m", "localmoa", "run", prompt, "--profile", profile,
-            "--config", str(config), "--seed", str(seed), "--json", *MODES[mode]]
+            "--config", str(config), "--seed", str(seed), "--json", *SAMPLING, *MODES[mode]]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise SystemExit(f"{profile} failed: {proc.stderr.strip()[-400:]}")
@@ -90,8 +93,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profiles", default="tiny,duo")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--temperature", type=float, help="every agent's temperature "
+                        "(0: greedy, so that the modes' answers have nearly the same length)")
+    parser.add_argument("--staircase-chunks", default="", help="more staircase modes with "
+                        "these first chunks in tokens, e.g. 8,4 (mode staircase-8 ...)")
     args = parser.parse_args()
-    results: dict[str, Any] = {"prompts": PROMPTS, "seeds": SEEDS, "profiles": {}}
+    if args.temperature is not None:
+        SAMPLING.extend(["--temperature", str(args.temperature)])
+    for chunk in filter(None, args.staircase_chunks.split(",")):
+        MODES[f"staircase-{chunk}"] = ["--staircase-chunk", chunk]
+    MODES["off"] = MODES.pop("off")  # last, as before
+    results: dict[str, Any] = {"prompts": PROMPTS, "seeds": SEEDS, "profiles": {},
+                               "temperature": args.temperature}
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "duo.yaml"
         config.write_text(DUO, encoding="utf-8")

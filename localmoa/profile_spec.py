@@ -13,6 +13,11 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 from .prompts import check_template
 from .spec_types import OnOff, StrictModel
 
+#: Staircase aggregation's first chunk by default, in tokens (``staircase_chunk``), and
+#: the most a profile may set.
+STAIRCASE_CHUNK_TOKENS = 16
+STAIRCASE_CHUNK_MAX = 1024
+
 TEMPLATE_HELP = ("Replaces the aggregate-and-synthesize prompt and the numbered references at "
                  "the head of the agent's system message; placeholders {references} (alias "
                  "{helper_response}), {query} and {layer}; {{ and }} are literal braces.")
@@ -159,6 +164,11 @@ class Profile(StrictModel):
         "in finishing order), when its model is loaded beside the proposers within the "
         "budget (`localmoa plan` says when it is not); off: after the whole layer, in "
         "agent order, as before (for A/B runs).")
+    staircase_chunk: int = Field(
+        default=STAIRCASE_CHUNK_TOKENS, ge=1, le=STAIRCASE_CHUNK_MAX, description="With "
+        "aggregate: staircase, the first chunk in tokens: the aggregator starts once every "
+        "live proposer has written this many and writes as many; each later round "
+        "doubles it. Smaller starts the answer sooner on less of the proposers' text.")
     layers_up_to: int | None = Field(
         default=None, ge=1, le=32, description="Up to N proposer layers (the last one repeated), "
         "stopping early once a layer's answers agree.")

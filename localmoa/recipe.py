@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from .backends import get_backend
 from .config import Config
 from .errors import UsageError
-from .profile_spec import AgentSpec, Profile, SelectSpec
+from .profile_spec import STAIRCASE_CHUNK_TOKENS, AgentSpec, Profile, SelectSpec
 from .prompts import reference_slots
 from .selection import SELECTORS, judge
 
@@ -83,6 +83,8 @@ class MoaGraph:
     #: The aggregator reads each proposer's answer as it ends (reference streaming),
     #: where the plan can overlap them (memory/overlap.py). Off for graphs built by hand.
     stream_references: bool = False
+    #: Staircase aggregation's first chunk, in tokens (the profile's ``staircase_chunk``).
+    staircase_chunk: int = STAIRCASE_CHUNK_TOKENS
 
     @property
     def jobs(self) -> int:
@@ -139,6 +141,8 @@ class Overrides:
     execute: bool = False
     #: ``--no-stream-references`` (False): the profile's ``stream_references`` off.
     stream_references: bool | None = None
+    #: ``--staircase-chunk N``: the profile's ``staircase_chunk``.
+    staircase_chunk: int | None = None
 
 
 def self_moa_profile(model: str, samples: int) -> Profile:
@@ -225,7 +229,8 @@ def build_graph(config: Config, profile: str | None,
                     early_exit=prof.layers_up_to is not None and ov.layers is None,
                     stream_references=(prof.stream_references == "on"
                                        if ov.stream_references is None
-                                       else ov.stream_references))
+                                       else ov.stream_references),
+                    staircase_chunk=ov.staircase_chunk or prof.staircase_chunk)
 
 
 def _select_spec(config: Config, prof: Profile, ov: Overrides, aggregator: Agent) -> SelectSpec:

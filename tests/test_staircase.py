@@ -17,8 +17,8 @@ from localmoa.cancel import Cancel
 from localmoa.engine.streaming import FIRST_CHUNK_TOKENS, Staircase
 from localmoa.prompts import STAIRCASE_MORE, STAIRCASE_PROMPT, streamed_messages
 
-from .conftest import SAFETY_S, cli
-from .test_run import SCHEMA
+from .conftest import SAFETY_S, cli, run_json
+from .test_run import SCHEMA, write_config
 from .test_streaming import agents_of, run_of
 
 LONG = ("Explain in detail, in at least 200 words, why the sky is blue, with examples.")
@@ -103,3 +103,58 @@ def test_staircase_and_another_aggregate_mode_is_one_line_exit_2() -> None:
     assert proc.stderr.strip().splitlines() == [
         "localmoa: error: --staircase is an aggregate mode; --aggregate auto is another: "
         "give one of the two"]
+
+
+def test_a_smaller_first_chunk_starts_the_rounds_sooner() -> None:
+    proposers, agg = agents_of(2)
+    stairs = Staircase(agg, proposers, Cancel(), first_chunk=4)
+    stairs.text(proposers[0], "a" * 16)  # 4 tokens of about 4 characters
+    stairs.text(proposers[1], "b" * 15)
+    assert stairs.feed.since(0) == ([], False)
+    stairs.text(proposers[1], "b")
+    assert stairs.feed.since(0)[0] == [f"1. {'a' * 16}\n2. {'b' * 16}", Write(4)]
+    stairs.text(proposers[0], "c" * 32)
+    stairs.text(proposers[1], "d" * 31)
+    assert stairs.feed.since(2)[0] == []  # the second round needs 8 tokens of each
+    stairs.text(proposers[1], "d")
+    assert stairs.feed.since(2)[0][-1] == Write(8)
+
+
+def test_staircase_chunk_comes_from_the_profile_and_the_command_line(tmp_path) -> None:
+    cfg = write_config(tmp_path, """\
+profiles:
+  stairs:
+    aggregate: staircase
+    staircase_chunk: 4
+    layers: [[{model: smollm2-135m, max_tokens: 48}, {model: smollm2-135m, max_tokens: 48}]]
+    aggregator: {model: smollm2-135m, max_tokens: 48}
+""")
+    proc = cli("plan", "--config", str(cfg), "--profile", "stairs", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "first chunk 4 tokens" in json.loads(proc.stdout)["plan"]["streaming"]["why"]
+    doc = run_json(LONG, "--config", str(cfg), "--profile", "stairs", "--staircase-chunk",
+                   "8", "--seed", "3")
+    streaming = doc["plan"]["streaming"]
+    assert streaming["on"] and "first chunk 8 tokens" in streaming["why"]
+    proposers, agg = doc["agents"][:2], doc["agents"][2]
+    assert agg["ok"] and agg["first_text_s"] < max(p["end_s"] for p in proposers)
+
+
+def test_a_bad_staircase_chunk_is_one_line_exit_2(tmp_path) -> None:
+    proc = cli("run", "hi", "--staircase-chunk", "0")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "--staircase-chunk" in proc.stderr
+    proc = cli("run", "hi", "--staircase-chunk", "8", "--aggregate", "never")
+    assert proc.returncode == 2
+    assert "--aggregate never is another" in proc.stderr
+    cfg = write_config(tmp_path, """\
+profiles:
+  stairs:
+    aggregate: staircase
+    staircase_chunk: 0
+    layers: [[{model: smollm2-135m}]]
+    aggregator: {model: smollm2-135m}
+""")
+    proc = cli("plan", "--config", str(cfg), "--profile", "stairs")
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "staircase_chunk" in proc.stderr

@@ -49,6 +49,17 @@ StaircaseOpt = Annotated[
         "plan` says when it is not; then it aggregates as always).",
     ),
 ]
+StaircaseChunkOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--staircase-chunk", min=1, max=1024, metavar="N",
+        help="Staircase aggregation with a first chunk of N tokens (implies --staircase): "
+        "the answer starts once every proposer still writing has written N tokens, and "
+        "each round after doubles N. Smaller starts sooner on less of their text. "
+        "Default: the profile's staircase_chunk (16).",
+        show_default=False,
+    ),
+]
 StreamRefsOpt = Annotated[
     bool | None,
     typer.Option(

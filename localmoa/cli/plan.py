@@ -21,6 +21,7 @@ from ._options import (
     ProfileOpt,
     ProposerOpt,
     SelfOpt,
+    StaircaseChunkOpt,
     StaircaseOpt,
     StreamRefsOpt,
 )
@@ -51,6 +52,7 @@ def plan(
     no_batch: NoBatchOpt = False,
     stream_references: StreamRefsOpt = None,
     staircase: StaircaseOpt = False,
+    staircase_chunk: StaircaseChunkOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show how a profile would run here: model footprints and the wave plan.
@@ -65,7 +67,8 @@ def plan(
     overrides = Overrides(layers=layers, proposers=tuple(proposer or ()),
                           aggregator=aggregator, self_moa=parse_self(self_moa, cfg),
                           stream_references=stream_references,
-                          aggregate="staircase" if staircase else None)
+                          aggregate="staircase" if staircase or staircase_chunk else None,
+                          staircase_chunk=staircase_chunk)
     router = cfg.profile(profile)[1].router if overrides.self_moa is None else None
     out = Output(json_mode=json_out)
     chosen = None
@@ -194,6 +197,9 @@ def wave_agents(wave: Wave) -> str:
         name = f"{t.agent} (reads as they end)" if t.follows else t.agent
         if t.batch > 1:
             batched.setdefault((t.model, t.slot, t.threads), []).append(name)
+        elif t.warm:
+            parts.append(f"{t.agent} {t.model}#{t.slot} (its prompt's head now, the "
+                         "references once they end)")
         elif t.follows:
             parts.append(f"{name} {t.model}#{t.slot} x{t.threads} (every core once they end)")
         else:

@@ -38,6 +38,7 @@ from ._options import (
     SeedOpt,
     SelectOpt,
     SelfOpt,
+    StaircaseChunkOpt,
     StaircaseOpt,
     StreamRefsOpt,
     TemperatureOpt,
@@ -58,6 +59,7 @@ Examples:
   localmoa run --self smollm2-135m:6 "Which is larger, 9.11 or 9.9?"
 
   localmoa run --staircase "Explain mmap"          # the answer starts while proposers write
+  localmoa run --staircase-chunk 8 "Explain mmap"  # ... after their first 8 tokens
 
   localmoa run --no-stream-references --json "..."  # the aggregator reads the whole layer
 """
@@ -125,6 +127,7 @@ def run(
     execute: ExecuteOpt = False,
     stream_references: StreamRefsOpt = None,
     staircase: StaircaseOpt = False,
+    staircase_chunk: StaircaseChunkOpt = None,
     no_batch: NoBatchOpt = False,
     show_layers: Annotated[bool, typer.Option(
         "--show-layers", help="Print each layer's answers to stderr as the layer finishes.")
@@ -150,9 +153,10 @@ def run(
     overrides = Overrides(
         layers=layers, proposers=tuple(proposer or ()), aggregator=aggregator,
         temperature=temperature, max_tokens=max_tokens, seed=seed, timeout_s=agent_timeout,
-        self_moa=parse_self(self_moa, cfg), aggregate=staircase_of(aggregate, staircase),
-        select=select,
-        execute=execute, stream_references=stream_references)
+        self_moa=parse_self(self_moa, cfg),
+        aggregate=staircase_of(aggregate, staircase or staircase_chunk is not None),
+        select=select, execute=execute, stream_references=stream_references,
+        staircase_chunk=staircase_chunk)
     request = Request.for_profile(cfg, profile, overrides, [Message(role="user", content=text)])
     with command_runtime(out, cfg, memory_budget, start_early=True) as runtime:
         prepared = runtime.prepare(request)  # routed, planned: refuses here, before any load

@@ -88,7 +88,7 @@ def execute_jobs(config: Config, graph: MoaGraph, conversations: Sequence[Sequen
                     events=events or RunEvents(), held_before=list(host.held),
                     control=Control(cancels=list(cancels or [None] * jobs)),
                     quiet_aggregator=graph.aggregate == "select",
-                    staircase=graph.aggregate == "staircase")
+                    staircase=graph.staircase_chunk if graph.aggregate == "staircase" else 0)
     host.load_errors.clear()  # a chat's earlier turns' failures are not this run's
     start = (host.loads, host.unloads, host.load_s)
     agents = {a.id: a for a in graph.all_agents()}

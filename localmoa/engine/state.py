@@ -72,8 +72,9 @@ class Execution:
     candidates: dict[int, list[Any]] = field(default_factory=dict)
     #: The current wave's followers' references (reference streaming: streaming.py).
     followers: list[References | Staircase] = field(default_factory=list)
-    #: A following aggregator writes in rounds as the proposers write (aggregate: staircase).
-    staircase: bool = False
+    #: A following aggregator writes in rounds as the proposers write (aggregate:
+    #: staircase): its first chunk in tokens; 0: it reads the whole references.
+    staircase: int = 0
 
     def __post_init__(self) -> None:
         self.log = EventLog(constants.event_log(), self.t0)

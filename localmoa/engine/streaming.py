@@ -18,6 +18,7 @@ from collections.abc import Callable
 from ..backends.batch import PromptFeed, Turn, Write
 from ..cancel import Cancel
 from ..metrics import AgentRun
+from ..profile_spec import STAIRCASE_CHUNK_TOKENS
 from ..prompts import STAIRCASE_MORE, TRIM_MARK, streamed_reference
 from ..recipe import Agent
 
@@ -111,19 +112,24 @@ class _Live:
 
 
 def follower_references(followers: list[Agent], proposers: list[Agent],
-                        cancels: dict[str, Cancel], staircase: bool = False
+                        cancels: dict[str, Cancel], staircase: int = 0
                         ) -> dict[str, References | Staircase]:
-    """Each follower's References (or Staircase), reading its own request's proposers."""
-    kind = Staircase if staircase else References
-    return {f.id: kind(f, [p for p in proposers if p.job == f.job], cancels[f.id])
-            for f in followers}
+    """Each follower's References, or with ``staircase`` (its first chunk, in tokens) its
+    Staircase, reading its own request's proposers."""
+    def mine(f: Agent) -> list[Agent]:
+        return [p for p in proposers if p.job == f.job]
+
+    if staircase:
+        return {f.id: Staircase(f, mine(f), cancels[f.id], staircase) for f in followers}
+    return {f.id: References(f, mine(f), cancels[f.id]) for f in followers}
 
 
 #: Staircase aggregation's chunk schedule: the aggregator reads this many tokens of
 #: every live proposer (about 4 characters a token), writes as many of its answer, and
 #: each later round doubles both: a small first step for an early first token, longer
-#: ones after for fewer rounds (the paper's chunk size scheduling).
-FIRST_CHUNK_TOKENS = 16
+#: ones after for fewer rounds (the paper's chunk size scheduling). A profile's
+#: ``staircase_chunk`` (``--staircase-chunk``) sets the first.
+FIRST_CHUNK_TOKENS = STAIRCASE_CHUNK_TOKENS
 CHARS_PER_TOKEN = 4
 
 
@@ -134,8 +140,10 @@ class Staircase:
     have all ended; then it writes to its end. The proposers' text is numbered by agent
     and stays in place: later rounds say which answer each part continues."""
 
-    def __init__(self, follower: Agent, proposers: list[Agent], cancel: Cancel) -> None:
+    def __init__(self, follower: Agent, proposers: list[Agent], cancel: Cancel,
+                 first_chunk: int = FIRST_CHUNK_TOKENS) -> None:
         self.follower = follower
+        self.first_chunk = first_chunk
         self.feed = PromptFeed()
         self.cancel = cancel
         self._layer = proposers[0].layer if proposers else 0
@@ -175,7 +183,7 @@ class Staircase:
             self.on_closed()
 
     def chunk_tokens(self) -> int:
-        return FIRST_CHUNK_TOKENS << self.round
+        return self.first_chunk << self.round
 
     def _step(self) -> None:
         """A round, once every live proposer has a whole chunk more to read."""

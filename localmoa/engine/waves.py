@@ -21,6 +21,7 @@ from ..recipe import Agent
 from . import state
 from .state import Execution, role
 from .streaming import Staircase, follower_references
+from .warmed import WarmedFollower
 
 
 def run_wave(ex: Execution, wave: Wave, agents: dict[str, Agent],
@@ -41,7 +42,7 @@ class _WaveRun:
         self.references, self.results = references, results
         self.groups: dict[Instance, list[Task]] = {}
         for task in wave.tasks:
-            if task.batch > 1 or task.follows:  # a follower's prompt grows: a batch's loop
+            if task.batch > 1 or (task.follows and not task.warm):  # a growing prompt:
                 self.groups.setdefault(Instance(task.model, task.slot), []).append(task)
         followers = [agents[t.agent] for t in wave.tasks if t.follows]
         self.refs = follower_references(
@@ -52,7 +53,7 @@ class _WaveRun:
         self.batches = {inst: Batch(len(tasks), str(inst), on_restart=functools.partial(
                             ex.worker_restarted, _loaded_name(ex, inst)))
                         for inst, tasks in self.groups.items()}
-        for task in (t for t in wave.tasks if t.follows):  # once the proposers are done,
+        for task in (t for t in wave.tasks if t.follows and not t.warm):  # once they end,
             batch = self.batches[Instance(task.model, task.slot)]  # it gets every core
             self.refs[task.agent].on_closed = functools.partial(batch.set_threads, ex.plan.cores)
         for agent_id, run in list(results.items()):  # an earlier wave's proposers
@@ -117,6 +118,8 @@ class _WaveRun:
         if batch is not None:  # a sequence of the batch: it joins with its chat
             model = batch.member(entry.model, functools.partial(ex.stopping, agent),
                                  refs.feed if refs is not None else None)
+        elif refs is not None:  # on a server: its head now, the references at the end
+            model = WarmedFollower(entry.model, refs.feed, ex.control.agent(agent))
         try:
             with ex.control.lock:
                 charge, entry.charged = not entry.charged, True

@@ -150,6 +150,14 @@ class Footprint:
     #: Its backend can evaluate a prompt that grows while it waits (reference streaming:
     #: the aggregator reads each proposer's answer as that proposer ends).
     streams: bool = False
+    #: Its server keeps a prompt cache (llama-server's cache_prompt, Ollama's slots): a
+    #: request that starts as an earlier one did evaluates only what is new. With
+    #: reference streaming, the aggregator's prompt head is sent while the proposers
+    #: write (a warm-up), and its whole prompt once they end.
+    prompt_cache: bool = False
+    #: A server in another process on this machine (loopback): its threads share the
+    #: cores of the models localmoa runs itself.
+    shares_cores: bool = False
     #: Most agents that may use the model at once (an Ollama daemon's parallel, a
     #: server's concurrency); 0: any.
     parallel_limit: int = 0

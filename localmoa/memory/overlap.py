@@ -10,7 +10,11 @@ proposer wave when it can, as a task that ``follows`` it:
 - its model serves one proposer alone: that proposer and the aggregator become a
   batch of two;
 - another model: an instance of it is loaded beside the wave (the aggregator's own
-  batch of one, with the threads its own wave had: it is idle until text comes).
+  batch of one, with the threads its own wave had: it is idle until text comes);
+- a model on a server that takes only whole prompts but keeps a prompt cache
+  (``Footprint.prompt_cache``: llama-server, Ollama): a ``warm`` task, when the server
+  has a request free beside the wave's: it sends its prompt's head at once (a prefix
+  warm-up: one request of one token) and its whole prompt once the layer ends.
 
 Every change is checked against the budgets: the plan never goes past one. When the
 aggregator cannot follow (it does not fit beside the proposers, a recipe decides after
@@ -72,8 +76,12 @@ def follow(plan: Plan, graph: MoaGraph, footprints: Mapping[str, Footprint],
     for w in waves:
         for pool, amount in w.resident_bytes.items():
             peak[pool] = max(peak.get(pool, 0), amount)
-    what = ("writes its answer in rounds while they write (staircase)"
-            if graph.aggregate == "staircase" else "reads each proposer's answer as it ends")
+    what = (f"writes its answer in rounds while they write (staircase, first chunk "
+            f"{graph.staircase_chunk} tokens)" if graph.aggregate == "staircase"
+            else "reads each proposer's answer as it ends")
+    if any(t.warm for t in merged.tasks):
+        what = ("warms its server's prompt cache with its prompt's head, then sends the "
+                "references in finishing order once the layer ends")
     return dataclasses.replace(plan, waves=waves, peak_bytes=peak, streaming={
         "on": True, "wave": first + 1,
         "why": f"the aggregator starts with wave {first + 1} and {what}"})
@@ -94,8 +102,13 @@ def _refusal(plan: Plan, graph: MoaGraph, footprints: Mapping[str, Footprint]) -
     if agg.prompt_template is not None:
         return "its prompt template places the references: they go in whole"
     fp = footprints[agg.model]
-    if not fp.streams:
-        return f"{agg.model}'s backend reads a prompt only whole"
+    if not fp.streams and not fp.prompt_cache:
+        return (f"{agg.model}'s backend reads a prompt only whole and keeps no prompt "
+                "cache to warm")
+    if not fp.streams and graph.aggregate == "staircase":
+        return (f"{agg.model}'s server reads a prompt only whole: a staircase would send "
+                "its growing prompt again every round (benchmarks/README.md measures "
+                "that): the aggregator waits for the whole layer")
     need = sum(a.max_tokens for a in graph.layers[-1]) + agg.max_tokens + PROMPT_ROOM_TOKENS
     if need > fp.n_ctx:
         return (f"the proposers' answers may not fit {agg.model}'s n_ctx {fp.n_ctx} whole "
@@ -116,6 +129,8 @@ def _place(wave: Wave, after: Wave, agg: Agent, footprints: Mapping[str, Footpri
     while they write; every core once they are done), and none free is a refusal:
     two models' threads on the same cores slow both far more than the overlap saves."""
     model, fp = agg.model, footprints[agg.model]
+    if not fp.streams:
+        return _place_warm(wave, after, agg, footprints, cores)
     own = after.tasks[0]
     users = [t for t in wave.tasks if t.model == model]
     resident = {i: i for i in wave.resident}
@@ -158,6 +173,39 @@ def _place(wave: Wave, after: Wave, agg: Agent, footprints: Mapping[str, Footpri
         batches[model] = max(t.batch for t in tasks if t.model == model)
     return dataclasses.replace(wave, tasks=tasks, loads=loads, unloads=unloads,
                                resident=sorted(resident.values()), batches=batches)
+
+
+def _place_warm(wave: Wave, after: Wave, agg: Agent, footprints: Mapping[str, Footprint],
+                cores: int) -> Wave | str:
+    """``wave`` with the aggregator as a ``warm`` task on its server (the next slot of
+    its model), or why not: the warm-up is cheap only while the server has a request
+    free beside the wave's (its concurrency, an Ollama daemon's parallel), and its
+    threads do not land on the cores the wave's own models use (a server on this
+    machine beside local proposers: the threads of both on the same cores slowed the
+    proposers' first token 4x, measured in benchmarks/README.md)."""
+    model, fp = agg.model, footprints[agg.model]
+    local = sum({(t.model, t.slot): t.threads for t in wave.tasks
+                 if footprints[t.model].local}.values())
+    if fp.shares_cores and local >= cores:
+        return (f"{model}'s server runs on this machine, whose {cores} cores the "
+                "proposers use: a warm-up would slow them more than it saves; the "
+                "aggregator waits for the whole layer")
+    group = fp.parallel_group or model
+    busy = sum(1 for t in wave.tasks if (footprints[t.model].parallel_group or t.model)
+               == group)
+    if fp.parallel_limit and busy + 1 > fp.parallel_limit:
+        return (f"{model}'s server takes {fp.parallel_limit} request(s) at once and the "
+                "proposers use them: the aggregator waits for the whole layer")
+    slot = sum(1 for t in wave.tasks if t.model == model)
+    inst = Instance(model, slot)
+    loads, resident = list(wave.loads), list(wave.resident)
+    if inst not in resident:
+        loads.append(inst)
+        resident.append(inst)
+    unloads = [i for i in wave.unloads if i.model != model] + list(after.unloads)
+    tasks = [*wave.tasks, Task(agg.id, model, slot, 0, follows=True, warm=True)]
+    return dataclasses.replace(wave, tasks=tasks, loads=loads, unloads=unloads,
+                               resident=sorted(resident))
 
 
 def _usage(resident: list[Instance], footprints: Mapping[str, Footprint]) -> dict[str, int]:

@@ -57,6 +57,10 @@ class Task:
     #: It starts with the wave before its stage's and reads that wave's answers as they
     #: come (reference streaming, overlap.py).
     follows: bool = False
+    #: A follower on a server that takes only whole prompts: it sends its prompt's head
+    #: at once (the server's prompt cache keeps it), and the whole prompt once the
+    #: references are in (overlap.py).
+    warm: bool = False
 
 
 @dataclass

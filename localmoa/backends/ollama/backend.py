@@ -160,7 +160,8 @@ class OllamaBackend(BackendBase):
         pool = ollama_pool(spec)
         fp = dataclasses.replace(fp, pools={pool: fp.total_bytes},
                                  shared_weights_bytes=fp.total_bytes, shared_code_bytes=0,
-                                 local=False,
+                                 local=False, prompt_cache=True,  # per slot
+                                 shares_cores=pool == "ram",
                                  parallel_limit=parallel, parallel_group=f"{pool}/{name}")
         return Estimate(None, facts, dataclasses.replace(fp, hints=refusal_hints(fp)))
 

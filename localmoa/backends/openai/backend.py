@@ -115,7 +115,8 @@ class OpenAIBackend(BackendBase):
         pool = f"openai@{spec.origin}"  # the models of one server share it
         return Estimate(None, None, Footprint.of_pools(
             name, spec.n_ctx, {pool: 0}, local=False, parallel_limit=spec.concurrency,
-            parallel_group=pool, external=True))
+            parallel_group=pool, external=True, prompt_cache=spec.prompt_cache,
+            shares_cores=not spec.is_remote))
 
     def pool_budget(self, pool: str, config: Config) -> int | None:
         return UNLIMITED if pool.startswith("openai@") else None

@@ -58,6 +58,13 @@ class OpenAISpec(ModelSpec):
                          "busy), with exponential backoff or the server's Retry-After.")
     response_format: Literal["json_schema", "json_object"] = Field(
         "json_schema", description=RESPONSE_FORMAT_HELP)
+    prompt_cache: bool = Field(True, description="The server keeps a prompt cache "
+                               "(llama-server's cache_prompt, vLLM's prefix caching): "
+                               "with reference streaming, an aggregator on it sends its "
+                               "prompt's head while the proposers write (one request of "
+                               "one token), so its real request evaluates only the "
+                               "references. false for a server that keeps none or bills "
+                               "each request.")
 
     MISPLACED: ClassVar[dict[str, str]] = {
         "source": "source applies to backends llamacpp and ollama; an openai model is "
