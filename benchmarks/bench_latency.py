@@ -4,10 +4,10 @@ aggregation (``--staircase``) against ``--no-stream-references`` (today's order)
 profile (``duo``: Qwen2.5-Coder-0.5B and two SmolLM2-135M propose, the Qwen aggregates:
 it joins the Qwen proposer's instance as a batch of two).
 
-Each (prompt, seed) pair runs in the three modes, one after the other, in fresh
-processes (`localmoa run --json`: loads included, as a user sees them). Reported per
-profile and mode, as medians over the pairs, and as the median of the paired ratios
-(mode / off):
+Each (prompt, seed) pair runs in the three modes, one after the other (the order
+rotated from pair to pair), in fresh processes (`localmoa run --json`: loads included,
+as a user sees them). Reported per profile and mode, as medians over the pairs, and as
+the median of the paired ratios (mode / off):
 
 - ``after_s``: the aggregator's first text after its last reference ended
   (``latency.aggregator_first_text_after_references_s``), target <= 0.25x streamed
@@ -16,6 +16,9 @@ profile and mode, as medians over the pairs, and as the median of the paired rat
   the staircase;
 - ``wall_s``: the whole run, target <= 1.02x;
 - ``early``: reference tokens the aggregator evaluated before its last reference ended.
+Sampled answers differ in length between modes (a batch's composition changes the
+logits), which blurs the wall times; ``--equal-work`` runs counting prompts instead,
+where every agent writes to its max_tokens, so each mode does the same work.
 
 Targets are ratios in one run of this script; absolute times are this machine's.
 
@@ -37,6 +40,10 @@ PROMPTS = ["Which is larger, 9.11 or 9.9?",
            "Name three uses of a paperclip, one sentence each.",
            "Write a Python function that returns the factorial of n."]
 SEEDS = [1, 2]
+#: ``--equal-work``: prompts that every agent answers up to its max_tokens (the answers
+#: have the same length in every mode, so the wall times compare like for like).
+EQUAL_WORK = ["Count from 1 to 400, one number per line, with no other text.",
+              "Write the numbers from 500 down to 1, separated by commas."]
 DUO = """\
 profiles:
   duo:
@@ -89,12 +96,22 @@ def summary(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any
     return out
 
 
+def turn(n: int) -> list[str]:
+    """The modes in the order of the n-th pair: rotated each pair, so that no mode
+    always runs first (or last) on a warm page cache."""
+    modes = list(MODES)
+    return modes[n % len(modes):] + modes[:n % len(modes)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profiles", default="tiny,duo")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--temperature", type=float, help="every agent's temperature "
                         "(0: greedy, so that the modes' answers have nearly the same length)")
+    parser.add_argument("--equal-work", action="store_true", help="the counting prompts "
+                        "instead: every agent writes to its max_tokens, so the wall "
+                        "times compare the same work")
     parser.add_argument("--staircase-chunks", default="", help="more staircase modes with "
                         "these first chunks in tokens, e.g. 8,4 (mode staircase-8 ...)")
     args = parser.parse_args()
@@ -102,17 +119,17 @@ def main() -> None:
         SAMPLING.extend(["--temperature", str(args.temperature)])
     for chunk in filter(None, args.staircase_chunks.split(",")):
         MODES[f"staircase-{chunk}"] = ["--staircase-chunk", chunk]
-    MODES["off"] = MODES.pop("off")  # last, as before
-    results: dict[str, Any] = {"prompts": PROMPTS, "seeds": SEEDS, "profiles": {},
+    prompts = EQUAL_WORK if args.equal_work else PROMPTS
+    results: dict[str, Any] = {"prompts": prompts, "seeds": SEEDS, "profiles": {},
                                "temperature": args.temperature}
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "duo.yaml"
         config.write_text(DUO, encoding="utf-8")
         for profile in args.profiles.split(","):
             raw = []
-            for prompt in PROMPTS:
+            for prompt in prompts:
                 for seed in SEEDS:
-                    row = {m: run(profile, config, prompt, seed, m) for m in MODES}
+                    row = {m: run(profile, config, prompt, seed, m) for m in turn(len(raw))}
                     raw.append({"prompt": prompt, "seed": seed, **row})
                     print(f"{profile} seed {seed} {prompt[:30]!r}: " + "; ".join(
                         f"{m} after {r['after_s']} first {r['first_s']} wall {r['wall_s']}"
@@ -120,13 +137,15 @@ def main() -> None:
             results["profiles"][profile] = {
                 "summary": {m: summary([(r[m], r["off"]) for r in raw])
                             for m in MODES if m != "off"}, "runs": raw}
-    print("| profile | mode | after last reference s | first text s | wall s | early tokens |")
-    print("|---|---|---|---|---|---|")
+    print("| profile | mode | after last reference s | first text s | wall s | tokens "
+          "| early tokens |")
+    print("|---|---|---|---|---|---|---|")
     for profile, data in results["profiles"].items():
         for mode, s in data["summary"].items():
             print(f"| {profile} | {mode} | " + " | ".join(
                 f"{s[k]['on']} / {s[k]['off']} ({s[k]['median_paired_ratio']}x)"
-                for k in ("after_s", "first_s", "wall_s")) + f" | {s['early_tokens_median']} |")
+                for k in ("after_s", "first_s", "wall_s", "tokens"))
+                + f" | {s['early_tokens_median']} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
