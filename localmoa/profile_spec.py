@@ -15,7 +15,7 @@ from .spec_types import OnOff, StrictModel
 
 #: Staircase aggregation's first chunk by default, in tokens (``staircase_chunk``), and
 #: the most a profile may set.
-STAIRCASE_CHUNK_TOKENS = 16
+STAIRCASE_CHUNK_TOKENS = 8
 STAIRCASE_CHUNK_MAX = 1024
 
 TEMPLATE_HELP = ("Replaces the aggregate-and-synthesize prompt and the numbered references at "

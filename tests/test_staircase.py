@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.batch import FEED_MARK, Batch, PromptFeed, Turn, Write
+from localmoa.backends.llamacpp import batch_loop
+from localmoa.backends.llamacpp.batch_loop import RESUME_TOKENS
 from localmoa.backends.llamacpp.model import LoadParams, load_llama
 from localmoa.cancel import Cancel
 from localmoa.engine.streaming import FIRST_CHUNK_TOKENS, Staircase
@@ -46,7 +49,22 @@ def test_rounds_read_every_live_proposers_next_chunk_then_write_as_much() -> Non
     assert stairs.order == ["L1.1", "L1.2"] and stairs.round == 2
 
 
-def test_a_staircase_sequence_writes_before_its_prompt_is_whole(smollm2_path: Path) -> None:
+def _staircase_on_smollm2(smollm2_path: Path, monkeypatch) -> tuple[dict[str, object],
+                                                                     list[tuple[int, ...]]]:
+    """A fed sequence writes 8 tokens after a first part, then reads a second part as a
+    new turn and writes to its end; its result, and each answer turn's tokens as it
+    opened (what it had written so far, and its prompt's last tokens then)."""
+    opened: list[tuple[int, ...]] = []
+    answer_turn = batch_loop._Loop._answer_turn
+
+    def recording(self: batch_loop._Loop, state: Any) -> None:
+        fresh = not state.in_answer
+        answer_turn(self, state)
+        if fresh:
+            opened.append((len(state.written), *state.written,
+                           *state.tokens[-len(state.tail) - RESUME_TOKENS:]))
+
+    monkeypatch.setattr(batch_loop._Loop, "_answer_turn", recording)
     model = load_llama(LoadParams(name="smollm2", path=str(smollm2_path), n_ctx=1024,
                                   n_threads=2))
     batch = Batch(1, "smollm2#0")
@@ -78,11 +96,23 @@ def test_a_staircase_sequence_writes_before_its_prompt_is_whole(smollm2_path: Pa
     for thread in threads:
         thread.join(SAFETY_S)
     model.unload()
+    return result, opened
+
+
+def test_a_staircase_sequence_writes_before_its_prompt_is_whole(smollm2_path: Path,
+                                                               monkeypatch) -> None:
+    result, opened = _staircase_on_smollm2(smollm2_path, monkeypatch)
     stats = result["stats"]
     assert result["text"] and stats.finish_reason in ("stop", "length")
     # it read the second part after its first 8 tokens and went on writing after it
     assert stats.completion_tokens > 8
     assert stats.prompt_tokens > 100
+    # its second turn opened with the 8 tokens it had written: it goes on from its last
+    # words (read again), not from a blank turn
+    assert [t[0] for t in opened] == [0, 8]
+    written = list(opened[1][1:9])
+    assert list(opened[1][-8:]) == written
+    assert list(opened[0][-8:]) != written
 
 
 def test_tiny_staircase_answers_before_the_last_proposer_ends() -> None:

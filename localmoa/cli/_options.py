@@ -56,7 +56,7 @@ StaircaseChunkOpt = Annotated[
         help="Staircase aggregation with a first chunk of N tokens (implies --staircase): "
         "the answer starts once every proposer still writing has written N tokens, and "
         "each round after doubles N. Smaller starts sooner on less of their text. "
-        "Default: the profile's staircase_chunk (16).",
+        "Default: the profile's staircase_chunk (8).",
         show_default=False,
     ),
 ]

@@ -128,6 +128,10 @@ IDLE_WAIT_S = 0.05
 #: while its feed is open (one token at a time, each a row of every step, costs several
 #: times more per token on a CPU than a chunk does); what is left goes once it closes.
 FEED_CHUNK_TOKENS = 32
+#: A staircase's later answer turns open with this many of its last written tokens, read
+#: again, so that it goes on from its last words instead of starting a new reply (small
+#: models otherwise restart, or end, at every turn).
+RESUME_TOKENS = 16
 #: Marks a streamed piece cut to fit the context (as prompts.TRIM_MARK).
 _TRIM = " [...]"
 
@@ -355,7 +359,10 @@ class _Loop:
         """Its answer's turn begins (the template's start of it, unless it is in it) and
         it samples from the end of what it has read (read again when all of it is)."""
         if not state.in_answer:
-            state.tokens += state.tail
+            again = state.written[-RESUME_TOKENS:]  # a later turn goes on from its last words
+            state.tokens += state.tail + again
+            state.own += len(again)
+            state.no_end = bool(again)  # (its earlier turn ended after these very words)
             state.in_answer = True
         if state.pos >= len(state.tokens):
             state.pos = len(state.tokens) - 1
@@ -398,6 +405,9 @@ class _Loop:
 
     def _sample(self, state: Live, index: int) -> None:
         lib = self.lib
+        if state.no_end:  # a resumed turn's first token: not the end it copied
+            self._ban_end(index)
+            state.no_end = False
         token = int(lib.llama_sampler_sample(state.sampler, self.ctx, index))
         state.sampling, state.read_now = True, False
         state.seq.token()
@@ -405,6 +415,8 @@ class _Loop:
             self._leave(state, "stop")
             return
         state.generated += 1
+        if state.seq.feed is not None:
+            state.written.append(token)
         text, stopped = state.text.feed(token_bytes(lib, self.vocab, token, self.piece))
         state.write(text)
         if stopped:
@@ -417,6 +429,13 @@ class _Loop:
             state.own += 1
         else:
             state.last = token
+
+    def _ban_end(self, index: int) -> None:
+        """No end of turn at this row: its end-of-generation tokens' logits to -inf."""
+        logits = self.lib.llama_get_logits_ith(self.ctx, index)
+        for token in (self.lib.llama_vocab_eos(self.vocab), self.lib.llama_vocab_eot(self.vocab)):
+            if int(token) >= 0:
+                logits[int(token)] = float("-inf")
 
     def _drop_stopped(self) -> list[Live]:
         for state in self.live:

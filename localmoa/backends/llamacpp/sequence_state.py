@@ -54,6 +54,10 @@ class Live:
         self.read_now = False
         self.between: list[int] | None = None
         self.own = 0  # tokens it wrote that are in ``tokens`` (a staircase reads on after them)
+        #: A fed sequence's answer as tokens, over all its turns (a staircase's next turn
+        #: opens with its last ones).
+        self.written: list[int] = []
+        self.no_end = False  # its next token may not end its turn (it resumed its words)
         self.generated = seq.resume_tokens  # produced before a restart count too
         self.max_tokens = 0
         options = seq.options
