@@ -17,8 +17,8 @@ the median of the paired ratios (mode / off):
 - ``wall_s``: the whole run, target <= 1.02x;
 - ``early``: reference tokens the aggregator evaluated before its last reference ended.
 Sampled answers differ in length between modes (a batch's composition changes the
-logits), which blurs the wall times; ``--equal-work`` runs counting prompts instead,
-where every agent writes to its max_tokens, so each mode does the same work.
+logits), which blurs the wall times; ``wall_per_token_s`` (the wall time over the
+tokens all agents wrote) compares the modes per unit of work.
 
 Targets are ratios in one run of this script; absolute times are this machine's.
 
@@ -40,10 +40,6 @@ PROMPTS = ["Which is larger, 9.11 or 9.9?",
            "Name three uses of a paperclip, one sentence each.",
            "Write a Python function that returns the factorial of n."]
 SEEDS = [1, 2]
-#: ``--equal-work``: prompts that every agent answers up to its max_tokens (the answers
-#: have the same length in every mode, so the wall times compare like for like).
-EQUAL_WORK = ["Count from 1 to 400, one number per line, with no other text.",
-              "Write the numbers from 500 down to 1, separated by commas."]
 DUO = """\
 profiles:
   duo:
@@ -78,13 +74,15 @@ def run(profile: str, config: Path, prompt: str, seed: int, mode: str) -> dict[s
             "early": latency["references_prefilled_early_tokens"],
             "streamed": latency["references_streamed"],
             "order": latency["reference_order"],
-            "tokens": doc["totals"]["completion_tokens"]}
+            "tokens": doc["totals"]["completion_tokens"],
+            "wall_per_token_s": doc["totals"]["wall_s"] / max(1, doc["totals"][
+                "completion_tokens"])}
 
 
 def summary(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
     """(mode, off) pairs: medians of each, and the median of the paired ratios."""
     out: dict[str, Any] = {"pairs": len(pairs)}
-    for key in ("after_s", "first_s", "wall_s", "tokens"):
+    for key in ("after_s", "first_s", "wall_s", "tokens", "wall_per_token_s"):
         on = [p[0][key] for p in pairs]
         off = [p[1][key] for p in pairs]
         out[key] = {"on": round(statistics.median(on), 3), "off": round(statistics.median(off), 3),
@@ -109,9 +107,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--temperature", type=float, help="every agent's temperature "
                         "(0: greedy, so that the modes' answers have nearly the same length)")
-    parser.add_argument("--equal-work", action="store_true", help="the counting prompts "
-                        "instead: every agent writes to its max_tokens, so the wall "
-                        "times compare the same work")
     parser.add_argument("--staircase-chunks", default="", help="more staircase modes with "
                         "these first chunks in tokens, e.g. 8,4 (mode staircase-8 ...)")
     args = parser.parse_args()
@@ -119,7 +114,7 @@ def main() -> None:
         SAMPLING.extend(["--temperature", str(args.temperature)])
     for chunk in filter(None, args.staircase_chunks.split(",")):
         MODES[f"staircase-{chunk}"] = ["--staircase-chunk", chunk]
-    prompts = EQUAL_WORK if args.equal_work else PROMPTS
+    prompts = PROMPTS
     results: dict[str, Any] = {"prompts": prompts, "seeds": SEEDS, "profiles": {},
                                "temperature": args.temperature}
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,13 +133,13 @@ def main() -> None:
                 "summary": {m: summary([(r[m], r["off"]) for r in raw])
                             for m in MODES if m != "off"}, "runs": raw}
     print("| profile | mode | after last reference s | first text s | wall s | tokens "
-          "| early tokens |")
-    print("|---|---|---|---|---|---|---|")
+          "| wall per token s | early tokens |")
+    print("|---|---|---|---|---|---|---|---|")
     for profile, data in results["profiles"].items():
         for mode, s in data["summary"].items():
             print(f"| {profile} | {mode} | " + " | ".join(
                 f"{s[k]['on']} / {s[k]['off']} ({s[k]['median_paired_ratio']}x)"
-                for k in ("after_s", "first_s", "wall_s", "tokens"))
+                for k in ("after_s", "first_s", "wall_s", "tokens", "wall_per_token_s"))
                 + f" | {s['early_tokens_median']} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
