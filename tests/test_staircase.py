@@ -14,8 +14,8 @@ import jsonschema
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.batch import FEED_MARK, Batch, PromptFeed, Turn, Write
 from localmoa.backends.llamacpp import batch_loop
-from localmoa.backends.llamacpp.batch_loop import RESUME_TOKENS
 from localmoa.backends.llamacpp.model import LoadParams, load_llama
+from localmoa.backends.llamacpp.sequence_state import RESUME_TOKENS
 from localmoa.cancel import Cancel
 from localmoa.engine.streaming import FIRST_CHUNK_TOKENS, Staircase
 from localmoa.prompts import STAIRCASE_MORE, STAIRCASE_PROMPT, streamed_messages
@@ -51,7 +51,7 @@ def test_rounds_read_every_live_proposers_next_chunk_then_write_as_much() -> Non
 
 def _staircase_on_smollm2(smollm2_path: Path, monkeypatch) -> tuple[dict[str, object],
                                                                      list[tuple[int, ...]]]:
-    """A fed sequence writes 8 tokens after a first part, then reads a second part as a
+    """A fed sequence writes 24 tokens after a first part, then reads a second part as a
     new turn and writes to its end; its result, and each answer turn's tokens as it
     opened (what it had written so far, and its prompt's last tokens then)."""
     opened: list[tuple[int, ...]] = []
@@ -70,7 +70,7 @@ def _staircase_on_smollm2(smollm2_path: Path, monkeypatch) -> tuple[dict[str, ob
     batch = Batch(1, "smollm2#0")
     feed = PromptFeed()
     feed.append("1. The sky is blue because of Rayleigh scattering of sunlight.")
-    feed.append(Write(8))
+    feed.append(Write(24))
     first_text = threading.Event()
     result: dict[str, object] = {}
 
@@ -104,15 +104,46 @@ def test_a_staircase_sequence_writes_before_its_prompt_is_whole(smollm2_path: Pa
     result, opened = _staircase_on_smollm2(smollm2_path, monkeypatch)
     stats = result["stats"]
     assert result["text"] and stats.finish_reason in ("stop", "length")
-    # it read the second part after its first 8 tokens and went on writing after it
-    assert stats.completion_tokens > 8
+    # it read the second part after its first 24 tokens and went on writing after it
+    assert stats.completion_tokens > 24
     assert stats.prompt_tokens > 100
-    # its second turn opened with the 8 tokens it had written: it goes on from its last
-    # words (read again), not from a blank turn
-    assert [t[0] for t in opened] == [0, 8]
-    written = list(opened[1][1:9])
-    assert list(opened[1][-8:]) == written
-    assert list(opened[0][-8:]) != written
+    # its second turn opened with the last 16 of the 24 tokens it had written: it goes on
+    # from its last words (read again), not from a blank turn
+    assert [t[0] for t in opened] == [0, 24]
+    written = list(opened[1][1:25])
+    assert list(opened[1][-RESUME_TOKENS:]) == written[-RESUME_TOKENS:]
+    assert list(opened[1][-RESUME_TOKENS - 1:]) != written[-RESUME_TOKENS - 1:]
+
+
+class _Logits:
+    """Stands in for llama.cpp's library: a vocabulary of 6 tokens (2 and 5 end a
+    generation, 4 is a control token that does not) and one logits row."""
+
+    def __init__(self) -> None:
+        self.row = [1.0] * 6
+
+    def llama_vocab_n_tokens(self, vocab: object) -> int:
+        return 6
+
+    def llama_vocab_is_control(self, vocab: object, token: int) -> bool:
+        return token in (2, 4, 5)
+
+    def llama_vocab_is_eog(self, vocab: object, token: int) -> bool:
+        return token in (2, 5)
+
+    def llama_get_logits_ith(self, ctx: object, index: int) -> list[float]:
+        assert index == 3
+        return self.row
+
+
+def test_a_resumed_turn_may_not_end_at_once() -> None:
+    loop = batch_loop._Loop.__new__(batch_loop._Loop)
+    lib = _Logits()
+    loop.lib, loop.vocab, loop.ctx, loop.ends = lib, None, None, None
+    loop._ban_end(3)
+    inf = float("inf")
+    assert lib.row == [1.0, 1.0, -inf, 1.0, 1.0, -inf]
+    assert loop.ends == [2, 5]
 
 
 def test_tiny_staircase_answers_before_the_last_proposer_ends() -> None:

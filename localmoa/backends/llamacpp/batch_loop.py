@@ -128,12 +128,16 @@ IDLE_WAIT_S = 0.05
 #: while its feed is open (one token at a time, each a row of every step, costs several
 #: times more per token on a CPU than a chunk does); what is left goes once it closes.
 FEED_CHUNK_TOKENS = 32
-#: A staircase's later answer turns open with this many of its last written tokens, read
-#: again, so that it goes on from its last words instead of starting a new reply (small
-#: models otherwise restart, or end, at every turn).
-RESUME_TOKENS = 16
 #: Marks a streamed piece cut to fit the context (as prompts.TRIM_MARK).
 _TRIM = " [...]"
+
+
+def end_tokens(lib: Any, vocab: Any) -> list[int]:
+    """Every token llama.cpp takes as an end of generation (eos, eot, ``<|im_end|>``,
+    ``<|endoftext|>``, FIM ends ...): the control tokens it says are."""
+    n = int(lib.llama_vocab_n_tokens(vocab))
+    return [t for t in range(n) if lib.llama_vocab_is_control(vocab, t)
+            and lib.llama_vocab_is_eog(vocab, t)]
 
 
 class _Loop:
@@ -156,6 +160,7 @@ class _Loop:
         self.piece = ctypes.create_string_buffer(256)
         self.wake = threading.Event()
         self.began = False  # the first sequences' shared prefix is evaluated
+        self.ends: list[int] | None = None  # the vocabulary's end-of-generation tokens
         #: The threads set now, and what says how many to use (None: they never change).
         self.threads: tuple[int, Callable[[], int] | None] = (0, None)
         if join is not None:
@@ -311,6 +316,7 @@ class _Loop:
         if state.sampling or state.read_now:
             state.pause_at = None  # nothing more will come: it writes to its end
             state.open = False
+            state.limit()
             self._whole(state, self._early(state))
             return
         self._close_feed(state)
@@ -352,17 +358,19 @@ class _Loop:
         self._answer_turn(state)
         state.read_now = True
         state.pause_at = state.generated + tokens
-        if not state.max_tokens:
-            state.limit()
+        state.limit()  # (the context's room shrinks with every round)
 
     def _answer_turn(self, state: Live) -> None:
         """Its answer's turn begins (the template's start of it, unless it is in it) and
         it samples from the end of what it has read (read again when all of it is)."""
         if not state.in_answer:
-            again = state.written[-RESUME_TOKENS:]  # a later turn goes on from its last words
+            again = state.resumes()  # a later turn goes on from its last words
+            room = state.n_ctx - len(state.tokens) - len(state.tail) - 1
+            again = again[len(again) - max(0, min(len(again), room)):]
             state.tokens += state.tail + again
             state.own += len(again)
-            state.no_end = bool(again)  # (its earlier turn ended after these very words)
+            # (its earlier turn ended after these very words; a grammar keeps its own ends)
+            state.no_end = bool(again) and state.answer is None
             state.in_answer = True
         if state.pos >= len(state.tokens):
             state.pos = len(state.tokens) - 1
@@ -431,11 +439,12 @@ class _Loop:
             state.last = token
 
     def _ban_end(self, index: int) -> None:
-        """No end of turn at this row: its end-of-generation tokens' logits to -inf."""
+        """No end of turn at this row: every end-of-generation token's logit to -inf."""
+        if self.ends is None:
+            self.ends = end_tokens(self.lib, self.vocab)
         logits = self.lib.llama_get_logits_ith(self.ctx, index)
-        for token in (self.lib.llama_vocab_eos(self.vocab), self.lib.llama_vocab_eot(self.vocab)):
-            if int(token) >= 0:
-                logits[int(token)] = float("-inf")
+        for token in self.ends:
+            logits[token] = float("-inf")
 
     def _drop_stopped(self) -> list[Live]:
         for state in self.live:

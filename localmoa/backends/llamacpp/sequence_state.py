@@ -12,6 +12,11 @@ from ..structured import gbnf, stops_for
 from .chat_prompt import chat_prompt, split_prompt
 from .sampling import Text, grammar_sampler, sampler_chain
 
+#: A staircase's later answer turns open with this many of its last written tokens, read
+#: again, so that it goes on from its last words instead of starting a new reply (small
+#: models otherwise restart, or end, at every turn).
+RESUME_TOKENS = 16
+
 
 class Prompt:
     """A sequence's prompt as the loop starts it: the tokens known now (a fed one's up to
@@ -85,13 +90,17 @@ class Live:
         self.max_tokens = self.generated + min(left, room)
 
     def room_for_feed(self) -> int:
-        """Tokens its feed may still add: the context less its prompt, its tail and the
-        answer it must have room to write."""
+        """Tokens its feed may still add: the context less its prompt, its tail (and the
+        words it resumes with) and the answer it must have room to write."""
         options = self.seq.options
         answer = options.max_tokens if options.max_tokens > 0 else self.n_ctx // 4
         answer = max(0, answer - self.generated)  # (what it wrote is in ``tokens``)
-        tail = 0 if self.in_answer else len(self.tail)
+        tail = 0 if self.in_answer else len(self.tail) + len(self.resumes())
         return self.n_ctx - len(self.tokens) - tail - answer
+
+    def resumes(self) -> list[int]:
+        """The words its next answer turn opens with: its last written tokens."""
+        return self.written[-RESUME_TOKENS:]
 
     def pending(self) -> int:
         """Prompt tokens known and not yet evaluated."""
