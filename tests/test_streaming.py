@@ -10,9 +10,12 @@ import json
 import jsonschema
 import pytest
 
+from localmoa import load_config
 from localmoa.cancel import Cancel
+from localmoa.engine import execute_plan
 from localmoa.engine.streaming import References
 from localmoa.memory.overlap import streamed_plan as plan
+from localmoa.memory.planner import Instance, Plan, Task, Wave
 from localmoa.metrics import AgentRun
 from localmoa.prompts import TRIM_MARK
 from localmoa.recipe import Overrides, build_graph
@@ -20,6 +23,8 @@ from localmoa.recipe import Overrides, build_graph
 from .conftest import cli, run_json
 from .scripted import MiB, config, footprint
 from .test_run import SCHEMA, write_config
+
+LONG = "Explain in detail, in at least 200 words, why the sky is blue, with examples."
 
 QUESTION = "Which is larger, 9.11 or 9.9?"
 BIG = {"ram": 10_000 * MiB}
@@ -226,3 +231,34 @@ profiles:
     agg = doc["agents"][-1]
     assert not agg["ok"] and "every agent of layer 1 failed" in agg["error"]
 
+
+
+def test_the_last_batch_left_in_a_wave_gets_every_core(smollm2_path, tmp_path,
+                                                      monkeypatch) -> None:
+    """Two proposers and the aggregator as a batch on one instance, the third proposer on
+    another with one token to write: once it is done, the batch is all that is left of
+    the wave and decodes with every core (before its proposers end)."""
+    log = tmp_path / "events.jsonl"
+    monkeypatch.setenv("LOCALMOA_EVENT_LOG", str(log))
+    cfg = load_config()
+    graph = build_graph(cfg, "tiny", Overrides(max_tokens=48, temperature=0.0))
+    graph.layers[0][2] = dataclasses.replace(graph.layers[0][2], max_tokens=1)
+    model = graph.aggregator.model
+    first, second, alone = (a.id for a in graph.layers[0])
+    tasks = [Task(first, model, 0, 1, batch=3), Task(second, model, 0, 1, batch=3),
+             Task(graph.aggregator.id, model, 0, 1, batch=3, follows=True),
+             Task(alone, model, 1, 1)]
+    wave = Wave(index=1, layer=1, tasks=tasks, loads=[Instance(model, 0, 3), Instance(model, 1)],
+                unloads=[Instance(model, 0, 3), Instance(model, 1)], batches={model: 3})
+    the_plan = Plan(waves=[wave], budgets={}, peak_bytes={}, cores=2,
+                    streaming={"on": True, "wave": 1})
+    report = execute_plan(cfg, graph, [{"role": "user", "content": LONG}], the_plan,
+                          {model: smollm2_path})
+    assert report.ok and report.answer.strip()
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    threads = [e for e in events if e["event"] == "threads"]
+    assert threads == [dict(threads[0], instance=f"{model}#0", threads=2)]
+    at = events.index(threads[0])  # (logged before the agent_done that caused it)
+    ended = [e["agent"] for e in events[:at] if e["event"] == "agent_done"]
+    ended.append(next(e["agent"] for e in events[at:] if e["event"] == "agent_done"))
+    assert ended == [alone]

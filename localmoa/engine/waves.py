@@ -106,6 +106,7 @@ class _WaveRun:
                 return
             self.results[task.agent] = run
         ex.proposer_ended(agent, run)
+        self.rebalance()
         ex.log("agent_done", agent=agent.id, ok=run.ok, error=run.error)
         ex.emit("on_agent_done", agent, run)
 
@@ -141,6 +142,20 @@ class _WaveRun:
                 model.leave()
             elif ex.host.release(entry):
                 ex.log("released", instance=str(Instance(task.model, task.slot)))
+
+    def rebalance(self) -> None:
+        """Once one batch is all that is left of the wave, it decodes with every core (the
+        plan split them between instances; the others are done with theirs)."""
+        with self.ex.control.lock:
+            busy = {Instance(t.model, t.slot) for t in self.wave.tasks
+                    if t.agent not in self.results}
+        inst = next(iter(busy)) if len(busy) == 1 else None
+        batch = self.batches.get(inst) if inst is not None else None
+        if inst is None or batch is None:
+            return
+        if (batch.threads or self.groups[inst][0].threads) < self.ex.plan.cores:
+            self.ex.log("threads", instance=str(inst), threads=self.ex.plan.cores)
+            batch.set_threads(self.ex.plan.cores)
 
     def drive(self, inst: Instance, batch: Batch, threads: int) -> None:
         """Decode for the agents of one batch, holding its instance meanwhile."""
