@@ -10,7 +10,8 @@ started), ``event`` and its fields:
 - ``first_text`` (agent): its first piece of text arrived;
 - ``agent_done`` (agent, ok, error), ``abandoned`` (agent, instance), ``released``
   (instance: an abandoned agent returned and its instance was freed);
-- ``batch`` (a batch starts decoding), ``worker_restarted`` (instance, pid, reason,
+- ``batch`` (a batch starts decoding), ``threads`` (instance, threads: the last batch
+  left in a wave decodes with every core from here), ``worker_restarted`` (instance, pid, reason,
   sequences: a batch's worker died on its own and a fresh one resumes them);
 - ``layer_done`` (layer), ``interrupted`` (signal).
 """

@@ -59,6 +59,7 @@ class _WaveRun:
         for agent_id, run in list(results.items()):  # an earlier wave's proposers
             ex.proposer_ended(agents[agent_id], run)
         self.workers: dict[str, Any] = {}  # agent id -> the thread running its job
+        self.rebalanced = False  # the last batch left got every core
         self.drivers: dict[Instance, Any] = {}  # batch -> the thread decoding it
         self.started = time.monotonic()
 
@@ -145,17 +146,21 @@ class _WaveRun:
 
     def rebalance(self) -> None:
         """Once one batch is all that is left of the wave, it decodes with every core (the
-        plan split them between instances; the others are done with theirs)."""
-        with self.ex.control.lock:
+        plan split them between instances; the others are done with theirs). An abandoned
+        agent may still be decoding: its instance counts as busy."""
+        ex = self.ex
+        with ex.control.lock:
             busy = {Instance(t.model, t.slot) for t in self.wave.tasks
-                    if t.agent not in self.results}
-        inst = next(iter(busy)) if len(busy) == 1 else None
-        batch = self.batches.get(inst) if inst is not None else None
-        if inst is None or batch is None:
-            return
-        if (batch.threads or self.groups[inst][0].threads) < self.ex.plan.cores:
-            self.ex.log("threads", instance=str(inst), threads=self.ex.plan.cores)
-            batch.set_threads(self.ex.plan.cores)
+                    if t.agent not in self.results or t.agent in ex.abandoned_ids}
+            inst = next(iter(busy)) if len(busy) == 1 else None
+            batch = self.batches.get(inst) if inst is not None else None
+            if inst is None or batch is None or self.rebalanced:
+                return
+            if (batch.threads or self.groups[inst][0].threads) >= ex.plan.cores:
+                return
+            self.rebalanced = True  # (once: agents end on several threads at once)
+        ex.log("threads", instance=str(inst), threads=ex.plan.cores)
+        batch.set_threads(ex.plan.cores)
 
     def drive(self, inst: Instance, batch: Batch, threads: int) -> None:
         """Decode for the agents of one batch, holding its instance meanwhile."""
