@@ -59,7 +59,7 @@ Examples:
   localmoa run --self smollm2-135m:6 "Which is larger, 9.11 or 9.9?"
 
   localmoa run --staircase "Explain mmap"          # the answer starts while proposers write
-  localmoa run --staircase-chunk 8 "Explain mmap"  # ... after their first 8 tokens
+  localmoa run --staircase-chunk 4 "Explain mmap"  # ... after their first 4 tokens
 
   localmoa run --no-stream-references --json "..."  # the aggregator reads the whole layer
 """
