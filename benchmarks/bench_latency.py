@@ -18,7 +18,8 @@ the median of the paired ratios (mode / off):
 - ``early``: reference tokens the aggregator evaluated before its last reference ended.
 Sampled answers differ in length between modes (a batch's composition changes the
 logits), which blurs the wall times; ``wall_per_token_s`` (the wall time over the
-tokens all agents wrote) compares the modes per unit of work.
+tokens all agents wrote) is given too, though the load's fixed cost skews it toward the
+mode that wrote fewer.
 
 Targets are ratios in one run of this script; absolute times are this machine's.
 
@@ -114,15 +115,14 @@ def main() -> None:
         SAMPLING.extend(["--temperature", str(args.temperature)])
     for chunk in filter(None, args.staircase_chunks.split(",")):
         MODES[f"staircase-{chunk}"] = ["--staircase-chunk", chunk]
-    prompts = PROMPTS
-    results: dict[str, Any] = {"prompts": prompts, "seeds": SEEDS, "profiles": {},
+    results: dict[str, Any] = {"prompts": PROMPTS, "seeds": SEEDS, "profiles": {},
                                "temperature": args.temperature}
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "duo.yaml"
         config.write_text(DUO, encoding="utf-8")
         for profile in args.profiles.split(","):
             raw = []
-            for prompt in prompts:
+            for prompt in PROMPTS:
                 for seed in SEEDS:
                     row = {m: run(profile, config, prompt, seed, m) for m in turn(len(raw))}
                     raw.append({"prompt": prompt, "seed": seed, **row})

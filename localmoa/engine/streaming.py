@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 from ..backends.batch import PromptFeed, Turn, Write
 from ..cancel import Cancel
@@ -39,8 +38,6 @@ class References:
         #: When the last reference came (time.monotonic): the follower's timeout counts
         #: from here, as it would from the start of its own wave.
         self.closed_at: float | None = None
-        #: Called once the last reference came (the cores the proposers used are free).
-        self.on_closed: Callable[[], None] | None = None
 
     def text(self, agent: Agent, piece: str) -> None:
         """Proposer ``agent`` wrote ``piece``."""
@@ -79,8 +76,6 @@ class References:
             if not self.order:  # nothing to read: its request ends with the layer's error
                 self.cancel.set(f"every agent of layer {self._layer} failed")
             self.feed.close(last)
-        if self.on_closed is not None:
-            self.on_closed()
 
 
 class _Live:
@@ -157,7 +152,6 @@ class Staircase:
         self._first_sent = False  # the first user turn has parts already
         self.order: list[str] = []  # local ids of the answers read, as they first came
         self.closed_at: float | None = None
-        self.on_closed: Callable[[], None] | None = None
 
     def text(self, agent: Agent, piece: str) -> None:
         with self._lock:
@@ -182,8 +176,6 @@ class Staircase:
             if not self.order:
                 self.cancel.set(f"every agent of layer {self._layer} failed")
             self.feed.close()
-        if self.on_closed is not None:
-            self.on_closed()
 
     def chunk_tokens(self) -> int:
         return self.first_chunk << self.round

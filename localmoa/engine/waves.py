@@ -53,9 +53,6 @@ class _WaveRun:
         self.batches = {inst: Batch(len(tasks), str(inst), on_restart=functools.partial(
                             ex.worker_restarted, _loaded_name(ex, inst)))
                         for inst, tasks in self.groups.items()}
-        for task in (t for t in wave.tasks if t.follows and not t.warm):  # once they end,
-            batch = self.batches[Instance(task.model, task.slot)]  # it gets every core
-            self.refs[task.agent].on_closed = functools.partial(batch.set_threads, ex.plan.cores)
         for agent_id, run in list(results.items()):  # an earlier wave's proposers
             ex.proposer_ended(agents[agent_id], run)
         self.workers: dict[str, Any] = {}  # agent id -> the thread running its job
@@ -146,8 +143,9 @@ class _WaveRun:
 
     def rebalance(self) -> None:
         """Once one batch is all that is left of the wave, it decodes with every core (the
-        plan split them between instances; the others are done with theirs). An abandoned
-        agent may still be decoding: its instance counts as busy."""
+        plan split them between instances; the others are done with theirs): a following
+        aggregator once its last reference came, or the slowest model's proposers with it.
+        An abandoned agent may still be decoding: its instance counts as busy."""
         ex = self.ex
         with ex.control.lock:
             busy = {Instance(t.model, t.slot) for t in self.wave.tasks

@@ -364,9 +364,8 @@ class _Loop:
         """Its answer's turn begins (the template's start of it, unless it is in it) and
         it samples from the end of what it has read (read again when all of it is)."""
         if not state.in_answer:
-            again = state.resumes()  # a later turn goes on from its last words
-            room = state.n_ctx - len(state.tokens) - len(state.tail) - 1
-            again = again[len(again) - max(0, min(len(again), room)):]
+            room = max(0, state.n_ctx - len(state.tokens) - len(state.tail) - 1)
+            again = state.resumes()[-room:] if room else []  # it goes on from its last words
             state.tokens += state.tail + again
             state.own += len(again)
             # (its earlier turn ended after these very words; a grammar keeps its own ends)
