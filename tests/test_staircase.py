@@ -146,6 +146,38 @@ def test_a_resumed_turn_may_not_end_at_once() -> None:
     assert loop.ends == [2, 5]
 
 
+def test_an_answer_that_ends_before_the_feed_closes_counts_what_it_read(
+        smollm2_path: Path) -> None:
+    """A staircase's answer can end (here its max_tokens) while the proposers still
+    write: its prompt and the reference tokens it read early are still reported."""
+    model = load_llama(LoadParams(name="smollm2", path=str(smollm2_path), n_ctx=1024,
+                                  n_threads=2))
+    batch = Batch(1, "smollm2#0")
+    feed = PromptFeed()
+    feed.append("1. The sky is blue because of Rayleigh scattering of sunlight, which "
+                "sends the short blue wavelengths across the whole sky.")
+    feed.append(Write(8))
+    result: dict[str, object] = {}
+
+    def aggregator() -> None:
+        with batch.chat(streamed_messages([{"role": "user", "content": LONG}], None,
+                                          FEED_MARK, STAIRCASE_PROMPT),
+                        GenerateOptions(temperature=0.0, max_tokens=8), feed=feed) as stream:
+            result["text"], result["stats"] = "".join(stream), stream.stats
+        feed.append(Turn("1 (continued): More text that nobody reads."))  # too late
+        feed.close()
+
+    thread = threading.Thread(target=aggregator)
+    thread.start()
+    model.run_batch(batch, 2)
+    thread.join(SAFETY_S)
+    model.unload()
+    stats = result["stats"]
+    assert stats.finish_reason == "length" and stats.completion_tokens == 8
+    assert stats.early_prompt_tokens > 20  # the first part, read before the feed closed
+    assert stats.prompt_tokens > stats.early_prompt_tokens
+
+
 def test_tiny_staircase_answers_before_the_last_proposer_ends() -> None:
     proc = cli("run", LONG, "--staircase", "--seed", "2", "--json")
     assert proc.returncode == 0, proc.stderr

@@ -399,6 +399,9 @@ class _Loop:
         state.close(self.lib)
 
     def _leave(self, state: Live, reason: str | None) -> None:
+        if state.open:  # it ended before its feed closed (a staircase's answer can):
+            state.open = False  # what it has read is its prompt, all of it read early
+            self._whole(state, self._early(state))
         tail = state.text.flush() if reason != "cancelled" else ""
         state.write(tail)
         try:
