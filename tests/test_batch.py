@@ -238,3 +238,16 @@ def test_a_batch_whose_model_failed_to_load(scripted: ScriptedBackend) -> None:
     errors = [r.error for r in report.agents if r.model == "m"]
     assert errors == ["model 'm': out of memory"] * 2
     assert report.ok
+
+
+def test_a_batch_starts_its_sequences_in_their_agents_order_not_as_they_joined() -> None:
+    """Agent threads join in any order on a busy machine; a row's place in a step can
+    change a near tie, so the loop starts the sequences in the agents' order."""
+    batch = Batch(3, "m#0")
+    options = GenerateOptions(max_tokens=4)
+    for place in (2, 0, 1):  # joined last to first
+        batch.member(None, None, None, place).chat([{"role": "user", "content": str(place)}],
+                                                   options)
+    seqs = batch.sequences()
+    assert [s.messages[0]["content"] for s in seqs] == ["0", "1", "2"]
+    assert [s.index for s in seqs] == [1, 2, 0]  # (each keeps its join index for replies)

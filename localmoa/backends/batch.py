@@ -128,6 +128,10 @@ class Sequence:
     def __init__(self, index: int, messages: Seq[Message], options: GenerateOptions,
                  cancelled: Callable[[], bool] | None, feed: PromptFeed | None = None) -> None:
         self.index = index
+        #: Its place among the batch's sequences as the loop starts them (its agent's
+        #: place in the wave, not when its thread joined: a row's place in a step can
+        #: change a near tie, so a greedy batch is reproducible only in a fixed order).
+        self.place = index
         self.messages = list(messages)
         self.options = options
         self.feed = feed  # the rest of its prompt, still coming (FEED_MARK in messages)
@@ -285,9 +289,10 @@ class Batch:
     # --- the agents' side -------------------------------------------------------------
     def chat(self, messages: Seq[Message], options: GenerateOptions,
              cancelled: Callable[[], bool] | None = None,
-             feed: PromptFeed | None = None) -> ChatStream:
+             feed: PromptFeed | None = None, place: int | None = None) -> ChatStream:
         """Join: the answer streams once every member has joined or withdrawn (a
-        joinable batch that already started takes it at its next step)."""
+        joinable batch that already started takes it at its next step). ``place``
+        orders the sequences as the loop starts them (default: as they joined)."""
         with self._cond:
             if self._error is not None:
                 raise GenerationError(self._error)
@@ -295,6 +300,8 @@ class Batch:
             if late and not (self.joinable and self._started):
                 raise GenerationError(f"{self.name}: the batch already started")
             seq = Sequence(len(self._seqs), messages, options, cancelled, feed)
+            if place is not None:
+                seq.place = place
             self._seqs.append(seq)
             if late:
                 self._late.append(seq)
@@ -311,10 +318,10 @@ class Batch:
             self._cond.notify_all()
 
     def member(self, model: Any, cancelled: Callable[[], bool] | None = None,
-               feed: PromptFeed | None = None) -> Member:
+               feed: PromptFeed | None = None, place: int | None = None) -> Member:
         """What one agent uses as its model: chats join this batch (with ``feed``, its
-        prompt's streamed rest)."""
-        return Member(self, model, cancelled, feed)
+        prompt's streamed rest; ``place``: its sequence's place, see ``chat``)."""
+        return Member(self, model, cancelled, feed, place)
 
     # --- the driver's side ------------------------------------------------------------
     def sequences(self) -> list[Sequence]:
@@ -324,7 +331,7 @@ class Batch:
             self._cond.wait_for(lambda: self._started or self._error is not None
                                 or len(self._seqs) + self._withdrawn >= self.size)
             self._started = True
-            return [] if self._error is not None else list(self._seqs)
+            return [] if self._error is not None else sorted(self._seqs, key=lambda s: s.place)
 
     def late(self) -> list[Sequence]:
         """Members that joined since the decoding started (each is handed out once)."""
@@ -391,17 +398,18 @@ class Member:
     """One agent's view of a batch: ``chat`` joins it; the tokenizer is the model's."""
 
     def __init__(self, batch: Batch, model: Any, cancelled: Callable[[], bool] | None,
-                 feed: PromptFeed | None = None) -> None:
+                 feed: PromptFeed | None = None, place: int | None = None) -> None:
         self.batch = batch
         self.model = model
         self.cancelled = cancelled
         self.feed = feed
+        self.place = place
         self.joined = False
         self.left = False
 
     def chat(self, messages: Seq[Message], options: GenerateOptions) -> ChatStream:
         self.joined = True
-        return self.batch.chat(messages, options, self.cancelled, self.feed)
+        return self.batch.chat(messages, options, self.cancelled, self.feed, self.place)
 
     def __getattr__(self, name: str) -> Any:
         if name in ("count_tokens", "cut_tokens"):  # the model's tokenizer, where it has one

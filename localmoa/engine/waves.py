@@ -116,7 +116,8 @@ class _WaveRun:
         refs = self.refs.get(agent.id)
         if batch is not None:  # a sequence of the batch: it joins with its chat
             model = batch.member(entry.model, functools.partial(ex.stopping, agent),
-                                 refs.feed if refs is not None else None)
+                                 refs.feed if refs is not None else None,
+                                 self.wave.tasks.index(task))
         elif refs is not None:  # on a server: its head now, the references at the end
             kind = ServerStaircase if isinstance(refs, Staircase) else WarmedFollower
             model = kind(entry.model, refs.feed, ex.control.agent(agent))
