@@ -276,6 +276,27 @@ def test_help_teaches() -> None:
         assert option in sub.stdout, option
 
 
+@pytest.mark.parametrize("command", ["run", "bench", "eval", "plan", "doctor", "serve"])
+def test_help_examples_keep_their_lines(command: str) -> None:
+    """Each example in an epilog prints on one line, as written: click rewraps a
+    paragraph to 80 columns unless it opens with \\b, which once glued two examples."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from localmoa.cli import app
+
+    module = importlib.import_module(f"localmoa.cli.{command}")
+    examples = [line.strip() for line in module.EPILOG.splitlines()
+                if line.lstrip().startswith(("localmoa ", "curl "))]
+    assert examples, command
+    shown = CliRunner().invoke(app, [command, "--help"], terminal_width=80)
+    assert shown.exit_code == 0, shown.output
+    lines = {line.strip() for line in shown.output.splitlines()}
+    for example in examples:
+        assert example in lines, example
+
+
 def test_profiles_lists_the_shipped_profiles() -> None:
     proc = cli("profiles", "--json")
     assert proc.returncode == 0

@@ -27,14 +27,19 @@ from ._prepare import load_command_config
 EPILOG = """\
 Examples:
 
+\b
   localmoa bench                                  # tiny, 6 built-in prompts, 1 round
 
+\b
   localmoa bench --repeat 3 --baseline single     # the MoA's cost against its aggregator alone
 
+\b
   localmoa bench -p tiny -p mine --prompts my.jsonl --out results/   # two profiles, side by side
 
+\b
   localmoa bench -p tiny --self smollm2-135m:3    # tiny's personas against Self-MoA
 
+\b
   localmoa bench --no-batch --out unbatched/      # then compare with a batched run
 """
 

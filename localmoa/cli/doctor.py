@@ -16,10 +16,13 @@ from ._output import Output
 EPILOG = """\
 Examples:
 
+\b
   localmoa doctor                 # read it, or paste it into a bug report
 
+\b
   localmoa doctor --json > doctor.json
 
+\b
   localmoa doctor --recheck       # run the CPU fast-path check again (after a rebuild)
 """
 

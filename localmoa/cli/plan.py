@@ -31,12 +31,16 @@ from ._prepare import command_runtime, load_command_config
 EPILOG = """\
 Examples:
 
+\b
   localmoa plan                               # the tiny profile on this machine
 
+\b
   localmoa plan --memory-budget 300MiB        # what happens when only one model fits
 
+\b
   localmoa plan --profile workstation --json  # needs the profile's GGUFs on disk
 
+\b
   localmoa plan --self smollm2-135m:6         # Self-MoA: 6 samples of one model
 """
 

@@ -50,18 +50,26 @@ from ._progress import RunDisplay
 EPILOG = """\
 Examples:
 
+\b
   localmoa run "Which is larger, 9.11 or 9.9?"
 
+\b
   echo "Write a haiku about RAM" | localmoa run - --layers 2 --show-layers
 
+\b
   localmoa run "Explain mmap" --temperature 0 --seed 7 --json > run.json
 
+\b
   localmoa run --self smollm2-135m:6 "Which is larger, 9.11 or 9.9?"
 
-  localmoa run --staircase "Explain mmap"          # the answer starts while proposers write
-  localmoa run --staircase-chunk 4 "Explain mmap"  # ... after their first 4 tokens
+\b
+  localmoa run --staircase "Explain mmap"    # starts while proposers write
 
-  localmoa run --no-stream-references --json "..."  # the aggregator reads the whole layer
+\b
+  localmoa run --staircase-chunk 4 "Explain mmap"    # after 4 of their tokens
+
+\b
+  localmoa run --no-stream-references --json "..."    # wait for the layer
 """
 
 

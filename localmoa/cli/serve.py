@@ -16,15 +16,20 @@ from ._prepare import check_cpu_once, load_command_config
 EPILOG = """\
 Examples:
 
+\b
   localmoa serve                                   # http://127.0.0.1:11500, the page at /
 
+\b
   curl http://127.0.0.1:11500/v1/chat/completions -H 'content-type: application/json' \\
     -d '{"model": "moa:tiny", "messages": [{"role": "user", "content": "Hi"}]}'
 
+\b
   OLLAMA_HOST=127.0.0.1:11500 ollama run moa:tiny  # an Ollama client
 
+\b
   LOCALMOA_API_KEY=secret localmoa serve --host 0.0.0.0   # other machines: a key is required
 
+\b
   localmoa serve --allow-host moa.lan --cors https://moa.lan   # behind a proxy named moa.lan
 
 Who may call, with no key: requests whose Host is this machine's loopback (localhost,
