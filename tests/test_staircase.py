@@ -264,3 +264,64 @@ def test_a_proposer_that_ends_before_the_first_round_is_read_at_once() -> None:
     items, _ = stairs.feed.since(1)
     assert items == [f"\n1. {'a' * 16}\n3. {'c' * 16}", Write(4)]
     assert stairs.order == ["L1.2", "L1.1", "L1.3"]
+
+
+def test_a_followers_head_rides_along_the_proposers_steps(smollm2_path: Path,
+                                                         monkeypatch) -> None:
+    """The aggregator's head (its long prompt, known from the start) is read at most
+    HEAD_STEP_TOKENS a step, after the proposer's prompt: the proposer writes its first
+    token in the first step instead of waiting for the whole head, and writes on while
+    the head is read."""
+    steps: list[dict[int, int]] = []
+    add, decode = batch_loop._Batch.add, batch_loop._Batch.decode
+    rows: dict[int, int] = {}
+
+    def counting_add(self: Any, token: int, pos: int, seq_ids: list[int], logits: bool) -> int:
+        if len(seq_ids) == 1:  # (a shared prefix's row belongs to every sequence)
+            rows[seq_ids[0]] = rows.get(seq_ids[0], 0) + 1
+        return add(self, token, pos, seq_ids, logits)
+
+    def counting_decode(self: Any, ctx: Any) -> None:
+        steps.append(dict(rows))
+        rows.clear()
+        decode(self, ctx)
+
+    monkeypatch.setattr(batch_loop._Batch, "add", counting_add)
+    monkeypatch.setattr(batch_loop._Batch, "decode", counting_decode)
+    model = load_llama(LoadParams(name="smollm2", path=str(smollm2_path), n_ctx=1024,
+                                  n_seq=2, n_threads=2))
+    batch = Batch(2, "smollm2#0")
+    feed = PromptFeed()
+    result: dict[str, Any] = {}
+
+    def proposer() -> None:
+        with batch.chat([{"role": "user", "content": "Why is the sky blue?"}],
+                        GenerateOptions(temperature=0.0, max_tokens=24), place=0) as stream:
+            answer = "".join(stream)
+        feed.append("1. " + answer)
+        feed.close()
+
+    def aggregator() -> None:
+        with batch.chat(streamed_messages([{"role": "user", "content": LONG}], None,
+                                          FEED_MARK, STAIRCASE_PROMPT),
+                        GenerateOptions(temperature=0.0, max_tokens=4), feed=feed,
+                        place=1) as stream:
+            result["text"], result["stats"] = "".join(stream), stream.stats
+
+    threads = [threading.Thread(target=f) for f in (proposer, aggregator)]
+    for thread in threads:
+        thread.start()
+    model.run_batch(batch, 2)
+    for thread in threads:
+        thread.join(SAFETY_S)
+    model.unload()
+    assert result["text"] and result["stats"].prompt_tokens > 150
+    first = steps[1] if len(steps[0]) == 0 else steps[0]  # after a shared prefix's step
+    proposer_id, follower_id = 0, 1
+    assert first[proposer_id] > 5  # the proposer's prompt, whole, in the first step
+    assert 0 < first.get(follower_id, 0) <= batch_loop.HEAD_STEP_TOKENS
+    # then the proposer writes a token a step while the head goes on in pieces
+    riding = [s for s in steps[steps.index(first) + 1:]
+              if s.get(proposer_id) == 1 and s.get(follower_id, 0) > 0]
+    assert len(riding) >= 3
+    assert all(s[follower_id] <= batch_loop.HEAD_STEP_TOKENS for s in riding)

@@ -128,6 +128,12 @@ IDLE_WAIT_S = 0.05
 #: while its feed is open (one token at a time, each a row of every step, costs several
 #: times more per token on a CPU than a chunk does); what is left goes once it closes.
 FEED_CHUNK_TOKENS = 32
+#: A fed sequence (the next stage, reading the proposers as they write) reads the head
+#: of its prompt, known from the start, at most this many tokens a step while other
+#: sequences of the batch have tokens in it, and after their prompts: the proposers it
+#: waits for read theirs and write their first tokens first, and its head rides along
+#: their steps instead of delaying them (llama-server's and vLLM's chunked prefill).
+HEAD_STEP_TOKENS = 32
 #: Marks a streamed piece cut to fit the context (as prompts.TRIM_MARK).
 _TRIM = " [...]"
 
@@ -144,10 +150,11 @@ class _Loop:
     """Continuous batching of a batch's sequences in one context, as llama-server's slots:
     each step is one ``llama_decode`` of at most ``n_batch`` tokens that holds the next
     token of every sequence that writes, then prompt tokens of those still reading
-    (chunked prefill: a long prompt spreads over steps), in the order they came. A fed
-    sequence reads its prompt as its feed brings it; a sequence may join (a joinable
-    batch) and starts from the longest prefix another one has evaluated; one that ends
-    leaves and frees its cells."""
+    (chunked prefill: a long prompt spreads over steps), in the order they came, fed
+    ones last. A fed sequence reads its prompt as its feed brings it, and its head in
+    pieces while others decode; a sequence may join (a joinable batch) and starts from
+    the longest prefix another one has evaluated; one that ends leaves and frees its
+    cells."""
 
     def __init__(self, lib: Any, llm: Any, memory: Any, n_ctx: int, model: str,
                  n_seq_max: int, join: Any) -> None:
@@ -262,7 +269,8 @@ class _Loop:
 
     def _fill(self, running: list[Live]) -> list[tuple[Live, int]]:
         """This step's tokens: every writer's next one, then prompt tokens up to the
-        budget; the sequences that sample after it, with their rows."""
+        budget (a fed sequence's after the others', its head in HEAD_STEP_TOKENS
+        pieces); the sequences that sample after it, with their rows."""
         budget = self.n_batch
         sampling = []
         for state in running:
@@ -273,11 +281,13 @@ class _Loop:
                 sampling.append((state, self.batch.add(state.last, state.pos, [state.id], True)))
                 state.pos += 1
                 budget -= 1
-        for state in running:
+        for state in sorted(running, key=lambda s: s.seq.feed is not None):
             pending = state.pending()
             if state.open and not state.read_now and pending < FEED_CHUNK_TOKENS:
                 continue  # a whole chunk, or its end, is worth a place in a step
             n = min(budget, pending)
+            if state.seq.feed is not None and state.pos < state.head and self.batch.n:
+                n = min(n, HEAD_STEP_TOKENS)  # others' tokens come first: see its doc
             if n <= 0:
                 continue
             for pos in range(state.pos, state.pos + n):
