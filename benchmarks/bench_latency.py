@@ -15,7 +15,11 @@ the median of the paired ratios (mode / off):
 - ``first_s``: the final answer's first text from the run's start, target <= 0.3x for
   the staircase;
 - ``wall_s``: the whole run, target <= 1.02x;
-- ``early``: reference tokens the aggregator evaluated before its last reference ended.
+- ``early``: reference tokens the aggregator evaluated before its last reference ended;
+- ``proposers_first_s``: the proposers' first text from the run's start (their median):
+  what reading the aggregator's prompt beside them costs them;
+- ``worst after``: the slowest ``after_s`` of the mode (proposers that end at the same
+  step, e.g. all at max_tokens, leave the aggregator their whole answers to read).
 Sampled answers differ in length between modes (a batch's composition changes the
 logits), which blurs the wall times; ``wall_per_token_s`` (the wall time over the
 tokens all agents wrote) is given too, though the load's fixed cost skews it toward the
@@ -76,20 +80,28 @@ def run(profile: str, config: Path, prompt: str, seed: int, mode: str) -> dict[s
             "streamed": latency["references_streamed"],
             "order": latency["reference_order"],
             "tokens": doc["totals"]["completion_tokens"],
+            "proposers_first_s": statistics.median([
+                a["first_text_s"] for a in doc["agents"]
+                if a["role"] == "proposer" and a["first_text_s"] is not None] or [float("nan")]),
             "wall_per_token_s": doc["totals"]["wall_s"] / max(1, doc["totals"][
                 "completion_tokens"])}
+
+
+#: What each run reports, summarized per mode.
+KEYS = ("after_s", "first_s", "proposers_first_s", "wall_s", "tokens", "wall_per_token_s")
 
 
 def summary(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
     """(mode, off) pairs: medians of each, and the median of the paired ratios."""
     out: dict[str, Any] = {"pairs": len(pairs)}
-    for key in ("after_s", "first_s", "wall_s", "tokens", "wall_per_token_s"):
+    for key in KEYS:
         on = [p[0][key] for p in pairs]
         off = [p[1][key] for p in pairs]
         out[key] = {"on": round(statistics.median(on), 3), "off": round(statistics.median(off), 3),
                     "ratio_of_medians": round(statistics.median(on) / statistics.median(off), 3),
                     "median_paired_ratio": round(statistics.median(
                         a / b for a, b in zip(on, off, strict=True) if b), 3)}
+    out["after_s"]["worst_on"] = max(p[0]["after_s"] for p in pairs)
     out["early_tokens_median"] = statistics.median(p[0]["early"] for p in pairs)
     out["streamed"] = all(p[0]["streamed"] and not p[1]["streamed"] for p in pairs)
     return out
@@ -132,15 +144,15 @@ def main() -> None:
             results["profiles"][profile] = {
                 "summary": {m: summary([(r[m], r["off"]) for r in raw])
                             for m in MODES if m != "off"}, "runs": raw}
-    print("| profile | mode | after last reference s | first text s | wall s | tokens "
-          "| wall per token s | early tokens |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| profile | mode | after last reference s | first text s | proposers' first text s "
+          "| wall s | tokens | wall per token s | early tokens | worst after s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for profile, data in results["profiles"].items():
         for mode, s in data["summary"].items():
             print(f"| {profile} | {mode} | " + " | ".join(
                 f"{s[k]['on']} / {s[k]['off']} ({s[k]['median_paired_ratio']}x)"
-                for k in ("after_s", "first_s", "wall_s", "tokens", "wall_per_token_s"))
-                + f" | {s['early_tokens_median']} |")
+                for k in KEYS)
+                + f" | {s['early_tokens_median']} | {s['after_s']['worst_on']} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

@@ -129,10 +129,10 @@ IDLE_WAIT_S = 0.05
 #: times more per token on a CPU than a chunk does); what is left goes once it closes.
 FEED_CHUNK_TOKENS = 32
 #: A fed sequence (the next stage, reading the proposers as they write) reads the head
-#: of its prompt, known from the start, at most this many tokens a step while other
-#: sequences of the batch have tokens in it, and after their prompts: the proposers it
-#: waits for read theirs and write their first tokens first, and its head rides along
-#: their steps instead of delaying them (llama-server's and vLLM's chunked prefill).
+#: of its prompt, known from the start, once the others have read their prompts, and
+#: then at most this many tokens a step while they write: the proposers it waits for
+#: write their first tokens first, and its head rides along their steps instead of
+#: delaying them (chunked prefill, as llama-server's and vLLM's schedulers do).
 HEAD_STEP_TOKENS = 32
 #: Marks a streamed piece cut to fit the context (as prompts.TRIM_MARK).
 _TRIM = " [...]"
@@ -269,8 +269,8 @@ class _Loop:
 
     def _fill(self, running: list[Live]) -> list[tuple[Live, int]]:
         """This step's tokens: every writer's next one, then prompt tokens up to the
-        budget (a fed sequence's after the others', its head in HEAD_STEP_TOKENS
-        pieces); the sequences that sample after it, with their rows."""
+        budget (a fed sequence's after the others': see ``_head_room``); the sequences
+        that sample after it, with their rows."""
         budget = self.n_batch
         sampling = []
         for state in running:
@@ -281,15 +281,15 @@ class _Loop:
                 sampling.append((state, self.batch.add(state.last, state.pos, [state.id], True)))
                 state.pos += 1
                 budget -= 1
+        reading = False  # a sequence that is not fed reads its prompt in this step
         for state in sorted(running, key=lambda s: s.seq.feed is not None):
             pending = state.pending()
             if state.open and not state.read_now and pending < FEED_CHUNK_TOKENS:
                 continue  # a whole chunk, or its end, is worth a place in a step
-            n = min(budget, pending)
-            if state.seq.feed is not None and state.pos < state.head and self.batch.n:
-                n = min(n, HEAD_STEP_TOKENS)  # others' tokens come first: see its doc
+            n = min(budget, pending, self._head_room(state, reading))
             if n <= 0:
                 continue
+            reading = reading or state.seq.feed is None
             for pos in range(state.pos, state.pos + n):
                 last = pos == len(state.tokens) - 1 and (not state.open or state.read_now)
                 index = self.batch.add(state.tokens[pos], pos, [state.id], last)
@@ -298,6 +298,16 @@ class _Loop:
             state.pos += n
             budget -= n
         return sampling
+
+    def _head_room(self, state: Live, reading: bool) -> int:
+        """How much of its prompt a sequence may read in this step: a fed one's head
+        waits while the others read their prompts, then rides along their steps in
+        HEAD_STEP_TOKENS pieces; alone in the step, or past its head, all of it."""
+        if state.seq.feed is None or state.pos >= state.head:
+            return self.n_batch
+        if reading:
+            return 0
+        return HEAD_STEP_TOKENS if self.batch.n else self.n_batch
 
     def _take_feed(self, state: Live) -> None:
         """The items its feed brought since the last step (text to read; a staircase's
