@@ -2,9 +2,9 @@
 prints its "localmoa serve on" line (its socket is bound before).
 
 ``Served(..., hold=True)`` runs it with ``backend: hold`` registered (``python -m
-tests.serve_process``): a model that answers "held" and then holds its answer open
-until its ``release`` file exists, or until its run is stopped. A test decides when a
-request ends, whatever the machine's speed."""
+tests.serve_process``): a model that answers "held" (or its ``text``) and then holds its
+answer open until its ``release`` file exists, or until its run is stopped. A test
+decides when a request ends, whatever the machine's speed."""
 
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ class HoldSpec(ModelSpec):
     """A ``backend: hold`` entry."""
 
     release: str  # the file whose appearance lets the answer end
+    text: str = "held"  # what it says before it holds
 
     def where(self) -> str:
         return f"hold:{self.release}"
@@ -107,13 +108,14 @@ class HoldBackend(BackendBase):
     def load(self, name: str, spec: ModelSpec, path: Path | None, n_threads: int,
              n_seq: int = 1) -> HoldModel:
         assert isinstance(spec, HoldSpec)
-        return HoldModel(name, Path(spec.release))
+        return HoldModel(name, Path(spec.release), spec.text)
 
 
 class HoldModel(LoadedModel):
-    def __init__(self, name: str, release: Path) -> None:
+    def __init__(self, name: str, release: Path, text: str = "held") -> None:
         self.name = name
         self.release = release
+        self.text = text
         self.load_s = 0.0
         self.runtime_facts: dict[str, Any] = {}
 
@@ -121,7 +123,7 @@ class HoldModel(LoadedModel):
         return ChatStream(self._pieces)
 
     def _pieces(self, stream: ChatStream) -> Iterator[str]:
-        yield "held"
+        yield self.text
         while not self.release.exists():
             time.sleep(POLL_S)
             yield ""  # nothing to say: the engine looks whether the run must stop

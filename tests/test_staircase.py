@@ -5,11 +5,14 @@ with real runs of the tiny profile (SmolLM2 from PyPI)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
+import pytest
 
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.batch import FEED_MARK, Batch, PromptFeed, Turn, Write
@@ -21,6 +24,7 @@ from localmoa.engine.streaming import FIRST_CHUNK_TOKENS, Staircase
 from localmoa.prompts import STAIRCASE_MORE, STAIRCASE_PROMPT, streamed_messages
 
 from .conftest import SAFETY_S, cli, run_json
+from .serve_process import Served
 from .test_run import SCHEMA, write_config
 from .test_streaming import agents_of, run_of
 
@@ -325,3 +329,57 @@ def test_a_followers_head_rides_along_the_proposers_steps(smollm2_path: Path,
               if s.get(proposer_id) == 1 and s.get(follower_id, 0) > 0]
     assert len(riding) >= 3
     assert all(s[follower_id] <= batch_loop.HEAD_STEP_TOKENS for s in riding)
+
+
+HELD = ("The sky looks blue because the air scatters the short blue wavelengths of "
+        "sunlight much more than the long red ones.")
+
+
+def _content(line: str, path: str) -> str | None:
+    """A streamed line's answer text ("" for none), or None at the stream's end."""
+    if path == "/api/chat":
+        doc = json.loads(line)
+        return None if doc.get("done") else doc["message"]["content"]
+    if not line.startswith("data: "):
+        return ""
+    if line == "data: [DONE]":
+        return None
+    choices = json.loads(line[6:])["choices"]
+    return (choices[0]["delta"].get("content") or "") if choices else ""
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+def test_serve_streams_the_staircase_answer_while_its_proposer_still_writes(
+        tmp_path: Path, path: str) -> None:
+    """`serve`'s OpenAI and Ollama streams carry the staircase's first words while its
+    proposer (the hold backend: it writes HELD, then holds its answer open until the
+    test releases it) has not ended: without them, the test would wait forever (its
+    safety net fails it)."""
+    release = tmp_path / "release"
+    config = tmp_path / "stair.yaml"
+    config.write_text(
+        "models:\n"
+        f"  held: {{backend: hold, release: {str(release)!r}, text: {HELD!r}}}\n"
+        "profiles:\n"
+        "  stair:\n"
+        "    aggregate: staircase\n"
+        "    layers:\n"
+        "      - - {model: held}\n"
+        "    aggregator: {model: smollm2-135m, temperature: 0, max_tokens: 24}\n",
+        encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALMOA_")}
+    with Served("--config", str(config), env=env, hold=True) as served:
+        body = {"model": "moa:stair", "stream": True,
+                "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
+        with httpx.stream("POST", served.url + path, json=body, timeout=SAFETY_S) as response:
+            assert response.status_code == 200, response.read()
+            lines = response.iter_lines()
+            early = ""
+            for line in lines:
+                early += _content(line, path) or ""
+                if early.strip():
+                    break  # words of the answer, and the proposer is still held
+            assert early.strip()
+            release.touch()
+            rest = [_content(line, path) for line in lines if line]
+    assert rest[-1] is None  # then it wrote to its end
