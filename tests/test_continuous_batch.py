@@ -186,3 +186,37 @@ def test_a_fed_sequence_whose_template_fails_fails_alone(
     model.unload()
     assert isinstance(results[0], str) and results[0]  # the other sequence answered
     assert "its chat template failed on this prompt: the template raised" in str(results[1])
+
+
+def test_streamed_text_reads_as_the_same_tokens_however_it_is_cut(smollm2_path: Path,
+                                                                 monkeypatch) -> None:
+    """Streamed text comes in pieces that depend on timing (a worker's replies, held-back
+    stop strings); tokenized piece by piece, "9" + ".9" would read otherwise than
+    "9.9". The prompt's tokens are the same for any cut."""
+    from localmoa.backends.llamacpp import batch_loop
+
+    prompts: list[list[int]] = []
+    close_feed = batch_loop._Loop._close_feed
+
+    def recording(self: batch_loop._Loop, state: object) -> None:
+        close_feed(self, state)
+        prompts.append(list(state.tokens))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(batch_loop._Loop, "_close_feed", recording)
+    model = load_llama(LoadParams(name="smollm2", path=str(smollm2_path), n_ctx=1024,
+                                  n_threads=2))
+    text = streamed_reference(1, "Nine point nine: 9.9 is larger than 9.11, as 0.90 > 0.11.")
+    for pieces in ([text], [text[i:i + 3] for i in range(0, len(text), 3)]):
+        batch = Batch(1, "smollm2#0")
+        feed = PromptFeed()
+        for piece in pieces:
+            feed.append(piece)
+        feed.close()
+        with batch.chat(streamed_messages(QUESTION, None, FEED_MARK),
+                        GenerateOptions(temperature=0.0, max_tokens=2), feed=feed) as stream:
+            thread = threading.Thread(target=model.run_batch, args=(batch, 2))
+            thread.start()
+            read(stream)
+            thread.join(SAFETY_S)
+    model.unload()
+    assert len(prompts) == 2 and prompts[0] == prompts[1]

@@ -19,7 +19,7 @@ from localmoa.engine import RunEvents, execute_plan
 from localmoa.errors import AggregatorFailedError, RunInterrupted
 from localmoa.host import ModelHost
 from localmoa.memory.planner import plan
-from localmoa.metrics import AgentRun
+from localmoa.metrics import AgentRun, RunReport
 from localmoa.recipe import Overrides, build_graph
 
 from .conftest import SAFETY_S
@@ -255,6 +255,37 @@ def test_the_grace_period_is_shared_by_every_worker() -> None:
     workers = [type("Worker", (), {"idle": NeverIdle()})() for _ in range(4)]
     engine.waves.wait_for_all(workers, 2.0, clock=lambda: now[0])
     assert waits == [2.0, 0.0, 0.0, 0.0]
+
+
+def test_an_agent_starts_once_its_model_is_loaded_while_the_next_one_loads(
+        scripted: ScriptedBackend) -> None:
+    """A wave's loads go one after another; the agents of the first model loaded start
+    then, instead of waiting for the wave's last load."""
+    gates = {m: threading.Event() for m in ("a", "b")}
+    for name, gate in gates.items():
+        scripted.scripts[name] = Script(load_hold=gate)
+    cfg = config({"a": {}, "b": {}}, [[{"model": "a"}, {"model": "b"}]], {"model": "a"})
+    result: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("report", run(cfg)))
+    thread.start()
+    try:
+        loading = {m: scripted.event(scripted.loading, m) for m in gates}
+        while not any(e.is_set() for e in loading.values()):
+            loading["a"].wait(0.01)
+        first = next(m for m, e in loading.items() if e.is_set())
+        other = next(m for m in gates if m != first)
+        gates[first].set()
+        assert scripted.event(scripted.started, first).wait(WAIT_S)  # its agent runs
+        assert other not in scripted.loads  # while the other model still loads
+        assert loading[other].wait(WAIT_S)
+    finally:
+        for gate in gates.values():
+            gate.set()
+        thread.join(WAIT_S)
+    report = result["report"]
+    assert isinstance(report, RunReport) and report.ok, report
+    starts = {a.model: a.start_s for a in report.agents if a.layer == 1}
+    assert starts[first] < starts[other]
 
 
 def test_ctrl_c_while_a_model_loads(scripted: ScriptedBackend) -> None:

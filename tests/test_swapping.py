@@ -79,8 +79,7 @@ def test_ample_budget_runs_the_layer_together(two_model_config: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     layer1 = [a for a in report["agents"] if a["layer"] == 1]
-    assert len({a["wave"] for a in layer1}) == 1
-    assert max(a["start_s"] for a in layer1) < min(a["end_s"] for a in layer1)
+    assert len({a["wave"] for a in layer1}) == 1  # together (each starts once it is loaded)
     # small's two proposers are one batch of one instance; gemma's one
     assert report["plan"]["loads"] == report["actual"]["loads"] == 2
     assert {a["batch"] for a in layer1 if a["model"] == "small"} == {2}

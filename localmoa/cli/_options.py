@@ -121,7 +121,9 @@ MaxTokensOpt = Annotated[
 SeedOpt = Annotated[
     int | None,
     typer.Option("--seed", help="Random seed; agent k gets seed+k, so a run is reproducible "
-                 "while agents on one model still differ.", show_default=False),
+                 "while agents on one model still differ (with --temperature 0 exactly so "
+                 "with --no-stream-references; streamed, up to near ties).",
+                 show_default=False),
 ]
 AgentTimeoutOpt = Annotated[
     float | None,

@@ -12,6 +12,7 @@ says so.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from ..errors import (
     Terminated,
 )
 from ..host import ModelHost
-from ..memory.planner import Plan
+from ..memory.planner import Instance, Plan, Wave
 from ..memory.probe import MemorySampler
 from ..metrics import AgentRun, RunReport
 from ..prompt_fit import check_fits, longest_token_bytes
@@ -155,14 +156,21 @@ def _run_layer(ex: Execution, number: int, agents: dict[str, Agent], ending: set
         live = dataclasses.replace(wave, tasks=[t for t in wave.tasks
                                                 if agents[t.agent].job not in ending])
         if live.tasks:
-            load_wave(ex, live, agents)
-            prestart_next(ex, wave)
-            memory.sample()
-            run_wave(ex, live, agents, references, runs)
+            run_wave(ex, live, agents, references, runs,
+                     functools.partial(_load, ex, wave, live, agents, memory))
             memory.sample()  # the wave's peak: its contexts are filled now
             clear_dead(ex)
         for inst in wave.unloads:
             ex.host.unload(inst)
+
+
+def _load(ex: Execution, wave: Wave, live: Wave, agents: dict[str, Agent],
+          memory: MemorySampler, loaded: Callable[[Instance], None]) -> None:
+    """The wave's loads (``live``: its tasks still run), ``loaded`` told of each as it
+    ends; then the next wave's workers start early, and memory is sampled."""
+    load_wave(ex, live, agents, loaded)
+    prestart_next(ex, wave)
+    memory.sample()
 
 
 def _actual(ex: Execution, memory: MemorySampler, start: tuple[int, int, float],

@@ -5,6 +5,7 @@ processes started early."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from ..backends import get_backend
 from ..memory.planner import Instance, Wave
@@ -14,11 +15,14 @@ from . import state
 from .state import Execution
 
 
-def load_wave(ex: Execution, wave: Wave, agents: dict[str, Agent]) -> None:
+def load_wave(ex: Execution, wave: Wave, agents: dict[str, Agent],
+              loaded: Callable[[Instance], None] = lambda inst: None) -> None:
     """Load what the wave needs: the plan's loads, and a fresh instance for each one an
     abandoned agent still holds or whose worker died, if the budget allows it (else
     its agents fail), or that a skipped wave was to load (early exit, a request of a
-    merged run that ended: their waves' unloads ran, their loads did not)."""
+    merged run that ended: their waves' unloads ran, their loads did not). ``loaded``
+    hears of each of the wave's instances once it is ready (or failed): first those
+    already loaded, then each as its load ends."""
     host = ex.host
     tasks = {Instance(t.model, t.slot): t for t in wave.tasks}
     clear_dead(ex)  # a worker that died: its memory went with it
@@ -51,6 +55,9 @@ def load_wave(ex: Execution, wave: Wave, agents: dict[str, Agent]) -> None:
                 "when they return")
     if len(loads) > 1:
         host.prestart(loads)  # their worker processes start side by side
+    for inst in tasks:
+        if inst not in loads:
+            loaded(inst)  # resident, or not to be loaded: its agents see which
     for inst in loads:
         task = tasks.get(inst)
         if task and inst not in host.loaded:
@@ -65,6 +72,7 @@ def load_wave(ex: Execution, wave: Wave, agents: dict[str, Agent]) -> None:
         else:
             ex.log("load_failed", model=inst.model, instance=str(inst),
                    error=host.load_errors.get(inst))
+        loaded(inst)
         ex.check()  # a Ctrl-C during a load may have been swallowed
 
 

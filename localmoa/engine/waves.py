@@ -1,9 +1,11 @@
-"""Running one wave: its agents on the host's threads, a driver per batch, per-agent
+"""Running one wave: its agents on the host's threads, a driver per batch, each starting
+as soon as its own instance is loaded (the wave's other loads go on meanwhile), per-agent
 deadlines (each agent's Cancel), abandonment after the grace period, and Ctrl-C."""
 
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -23,14 +25,21 @@ from .state import Execution, role
 from .streaming import Staircase, follower_references
 from .warmed import ServerStaircase, WarmedFollower
 
+#: Loads a wave's instances, calling its argument with each one as its load ends
+#: (loaded or failed), in the caller's thread.
+Loader = Callable[[Callable[[Instance], None]], None]
+
 
 def run_wave(ex: Execution, wave: Wave, agents: dict[str, Agent],
-              references: dict[int, list[str]], results: dict[str, AgentRun]) -> None:
+             references: dict[int, list[str]], results: dict[str, AgentRun],
+             load: Loader | None = None) -> None:
     """Run the wave's agents on worker threads, recording each into ``results`` as it ends;
     enforce timeouts; on Ctrl-C stop them all (what they made is kept). Agents that share
     an instance as a batch each read their own stream; one more thread decodes for them.
-    ``references``: each request's (``Agent.job``) answers of the previous layer."""
-    _WaveRun(ex, wave, agents, references, results).run()
+    ``references``: each request's (``Agent.job``) answers of the previous layer. ``load``
+    loads the wave's instances while its agents wait, each for its own: those of the
+    first model loaded decode while the next one loads."""
+    _WaveRun(ex, wave, agents, references, results).run(load)
 
 
 class _WaveRun:
@@ -50,8 +59,8 @@ class _WaveRun:
                         if any(a.layer == f.layer - 1 for f in followers)],
             {f.id: ex.control.agent(f) for f in followers}, ex.staircase)
         ex.followers = list(self.refs.values())
-        self.batches = {inst: Batch(len(tasks), str(inst), on_restart=functools.partial(
-                            ex.worker_restarted, _loaded_name(ex, inst)))
+        self.batches = {inst: Batch(len(tasks), str(inst),
+                                    on_restart=functools.partial(self.restarted, inst))
                         for inst, tasks in self.groups.items()}
         for agent_id, run in list(results.items()):  # an earlier wave's proposers
             ex.proposer_ended(agents[agent_id], run)
@@ -59,10 +68,26 @@ class _WaveRun:
         self.rebalanced = False  # the last batch left got every core
         self.drivers: dict[Instance, Any] = {}  # batch -> the thread decoding it
         self.started = time.monotonic()
+        #: Each instance's load has ended (loaded or failed), and when.
+        self.ready = {Instance(t.model, t.slot): threading.Event() for t in wave.tasks}
+        self.ready_at: dict[Instance, float] = {}
 
-    def run(self) -> None:
+    def restarted(self, inst: Instance, pid: int, reason: str, resumed: int) -> None:
+        """A batch's worker was restarted (named as its load named it, once loaded)."""
+        self.ex.worker_restarted(_loaded_name(self.ex, inst), pid, reason, resumed)
+
+    def loaded(self, inst: Instance) -> None:
+        """``inst``'s load has ended: its agents and its batch's driver may start."""
+        self.ready_at.setdefault(inst, time.monotonic())
+        if inst in self.ready:
+            self.ready[inst].set()
+
+    def run(self, load: Loader | None = None) -> None:
         ex, wave = self.ex, self.wave
         self.started = time.monotonic()  # per-agent timeouts count from here
+        if load is None:
+            for inst in self.ready:
+                self.loaded(inst)
         try:
             for index, task in enumerate(wave.tasks):
                 worker = ex.host.threads.get(index)
@@ -73,6 +98,12 @@ class _WaveRun:
                 worker.submit(functools.partial(self.drive, inst, batch,
                                                 self.groups[inst][0].threads))
                 self.drivers[inst] = worker
+            if load is not None:
+                try:
+                    load(self.loaded)
+                finally:  # (a load that raised: its agents find it not loaded)
+                    for inst in self.ready:
+                        self.loaded(inst)
             self.watch()
         except KeyboardInterrupt:
             self.interrupted()
@@ -86,6 +117,7 @@ class _WaveRun:
         run = AgentRun(agent=agent.id, model=agent.model, layer=agent.layer, role=role(agent),
                        ok=False, threads=task.threads, wave=self.wave.index, batch=task.batch)
         try:
+            self.ready[inst].wait()  # (set by the load, or at once on Ctrl-C)
             entry = (ex.host.acquire(inst, ex.control.agent(agent)) if batch is None
                      else ex.host.loaded.get(inst))
             if entry is None:
@@ -122,8 +154,11 @@ class _WaveRun:
             kind = ServerStaircase if isinstance(refs, Staircase) else WarmedFollower
             model = kind(entry.model, refs.feed, ex.control.agent(agent))
         try:
-            with ex.control.lock:
-                charge, entry.charged = not entry.charged, True
+            with ex.control.lock:  # its load is the first agent's on it, in the wave's order
+                first = next(t for t in self.wave.tasks if t.model == task.model
+                             and t.slot == task.slot)
+                charge = first is task and not entry.charged
+                entry.charged = entry.charged or charge
             if charge:
                 run.load_s = round(entry.model.load_s, 4)
                 if entry.started_at >= ex.t0:  # loaded during this run
@@ -164,6 +199,7 @@ class _WaveRun:
     def drive(self, inst: Instance, batch: Batch, threads: int) -> None:
         """Decode for the agents of one batch, holding its instance meanwhile."""
         ex = self.ex
+        self.ready[inst].wait()
         entry = ex.host.acquire(inst)
         if entry is None:
             batch.fail(ex.host.load_errors.get(inst) or f"{inst} is not loaded")
@@ -210,7 +246,8 @@ class _WaveRun:
         set for the grace period."""
         ex, timeout = self.ex, agent.timeout_s
         cancel = ex.control.agent(agent)
-        start = self.started
+        task = next(t for t in self.wave.tasks if t.agent == agent.id)
+        start = max(self.started, self.ready_at.get(Instance(task.model, task.slot), now))
         refs = self.refs.get(agent.id)
         if refs is not None:  # a follower's time counts once its last reference came
             start = refs.closed_at if refs.closed_at is not None else float("inf")
@@ -230,6 +267,8 @@ class _WaveRun:
         grace are abandoned, and those that never started are reported."""
         ex = self.ex
         ex.control.stop.set(INTERRUPTED)  # every agent's Cancel sees it
+        for inst in self.ready:  # an agent still waiting for its load finds it not loaded
+            self.loaded(inst)
         for batch in self.batches.values():
             batch.abort(INTERRUPTED)  # members that never joined are not waited for
         wait_for_all([*self.workers.values(), *self.drivers.values()], state.GRACE_S)

@@ -10,7 +10,9 @@ The context was created with room for several sequences in one unified KV cache
 2. the tokens all prompts start with are decoded once, as positions of every
    sequence at the same time, so their KV cells are shared;
 3. each prompt's own rest is decoded, all sequences in one batch, and each
-   sequence samples its first token from its last prompt position;
+   sequence samples its first token from its last prompt position (a fed sequence's
+   head, the part of its prompt known from the start, follows the others' prompts and
+   rides along their steps: ``_head_room``);
 4. then one ``llama_decode`` per step serves every live sequence, each with its
    own sampler chain (temperature, top_p, seed, and the grammar of its JSON schema
    when it has one), max_tokens and stop strings;
@@ -284,7 +286,8 @@ class _Loop:
         reading = False  # a sequence that is not fed reads its prompt in this step
         for state in sorted(running, key=lambda s: s.seq.feed is not None):
             pending = state.pending()
-            if state.open and not state.read_now and pending < FEED_CHUNK_TOKENS:
+            if (state.open and not state.read_now and pending < FEED_CHUNK_TOKENS
+                    and state.pos >= state.head):
                 continue  # a whole chunk, or its end, is worth a place in a step
             n = min(budget, pending, self._head_room(state, reading))
             if n <= 0:
@@ -302,8 +305,11 @@ class _Loop:
     def _head_room(self, state: Live, reading: bool) -> int:
         """How much of its prompt a sequence may read in this step: a fed one's head
         waits while the others read their prompts, then rides along their steps in
-        HEAD_STEP_TOKENS pieces; alone in the step, or past its head, all of it."""
-        if state.seq.feed is None or state.pos >= state.head:
+        HEAD_STEP_TOKENS pieces; alone in the step, past its head, or once it must write
+        (a staircase's Write, its feed closed: its head is then what it waits for), all
+        of it."""
+        if (state.seq.feed is None or state.pos >= state.head or state.read_now
+                or not state.open):
             return self.n_batch
         if reading:
             return 0
@@ -321,18 +327,22 @@ class _Loop:
                 break  # it writes: what comes next waits until it stops to read
             state.taken += 1
             if isinstance(item, Write):
+                self._read_held(state, everything=True)
                 self._write_now(state, item.tokens)
             elif state.deferred:
                 continue  # the whole prompt is read at the close
             elif isinstance(item, Turn):
+                self._read_held(state, everything=True)
                 if state.in_answer:  # its answer so far ends its turn
                     state.tokens += self._between(state)
                     state.in_answer = False
                 state.tokens += self._fitted(state, item.text)
             else:
-                state.tokens += self._fitted(state, item)
+                state.held += item
+                self._read_held(state, everything=False)
         if not closed or feed.since(state.taken)[0]:
             return  # open, or items wait for its writing to stop
+        self._read_held(state, everything=True)
         if state.sampling or state.read_now:
             state.pause_at = None  # nothing more will come: it writes to its end
             state.open = False
@@ -340,6 +350,19 @@ class _Loop:
             self._whole(state, self._early(state))
             return
         self._close_feed(state)
+
+    def _read_held(self, state: Live, everything: bool) -> None:
+        """Tokenize the streamed text it holds: up to where its last word starts (a space
+        after a non-space: where the tokenizer splits anyway), or all of it. Text comes in
+        pieces that depend on timing (a worker's replies, a proposer's stop strings held
+        back); cut only there, its tokens are the same however it came."""
+        text = state.held
+        cut = len(text) if everything else next(
+            (i for i in range(len(text) - 1, 0, -1)
+             if text[i] == " " and not text[i - 1].isspace()), 0)
+        if cut:
+            state.tokens += self._fitted(state, text[:cut])
+            state.held = text[cut:]
 
     @staticmethod
     def _early(state: Live) -> int:

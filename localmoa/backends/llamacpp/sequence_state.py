@@ -44,6 +44,7 @@ class Live:
         self.head = len(prompt.tokens)  # a fed prompt: the tokens before its first piece
         self.open = seq.feed is not None  # its feed may still bring text
         self.taken = 0  # feed pieces taken so far
+        self.held = ""  # streamed text taken, not yet tokenized (its last word may go on)
         self.prompt_tokens = len(prompt.tokens)
         self.shared = 0  # positions evaluated once with other sequences
         self.pos = 0  # positions decoded so far
