@@ -220,3 +220,35 @@ def test_streamed_text_reads_as_the_same_tokens_however_it_is_cut(smollm2_path: 
             thread.join(SAFETY_S)
     model.unload()
     assert len(prompts) == 2 and prompts[0] == prompts[1]
+
+
+class _Vocab:
+    """Stands in for a tokenizer: pieces of ``pattern`` (each its own id), after a space
+    put before every text (``prefix``: SentencePiece's) and spaces written as "▁"."""
+
+    def __init__(self, pattern: str, prefix: bool) -> None:
+        self.pattern, self.prefix, self.ids = pattern, prefix, {}
+
+    def tokenize(self, data: bytes, add_bos: bool = False, special: bool = False) -> list[int]:
+        import re
+
+        text = data.decode("utf-8")
+        text = ("▁" + text.replace(" ", "▁")) if self.prefix else text
+        return [self.ids.setdefault(p, len(self.ids)) for p in re.findall(self.pattern, text)]
+
+
+@pytest.mark.parametrize(("pattern", "prefix", "text"), [
+    ("▁*[^▁]+|▁+$", True, "one two three four"),  # SentencePiece with its space prefix
+    (r" [^\w\s] |\w+| \w+|\s+|[^\w\s]", False, "9.90 > 0.11 so x > y"),  # " > " one piece
+    (r"\w+| \w+|\s+|[^\w\s]", False, "天空是蓝色的。因为空气散射"),  # no spaces
+])
+def test_held_text_is_cut_only_where_the_tokenizer_agrees(pattern: str, prefix: bool,
+                                                          text: str) -> None:
+    from localmoa.backends.llamacpp import batch_loop
+
+    loop = batch_loop._Loop.__new__(batch_loop._Loop)
+    loop.llm, loop.space_prefix = _Vocab(pattern, prefix), None
+    cut = loop._cut(text)
+    assert 0 < cut < len(text)
+    assert loop._tokens(text[:cut]) + loop._tokens(text[cut:]) == loop._tokens(text)
+    assert loop.space_prefix is prefix

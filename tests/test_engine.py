@@ -299,6 +299,9 @@ def test_ctrl_c_while_a_model_loads(scripted: ScriptedBackend) -> None:
         assert exc.value.exit_code == 130
         assert exc.value.report.error == "interrupted"
         assert scripted.loads == []  # interrupted inside the load
+        # its agents waited for it: they were interrupted, not failed by a missing model
+        errors = [a.error for a in exc.value.report.agents]
+        assert errors and set(errors) == {"interrupted"}, errors
     finally:
         gate.set()
 

@@ -99,15 +99,25 @@ class _WaveRun:
                                                 self.groups[inst][0].threads))
                 self.drivers[inst] = worker
             if load is not None:
-                try:
-                    load(self.loaded)
-                finally:  # (a load that raised: its agents find it not loaded)
-                    for inst in self.ready:
-                        self.loaded(inst)
+                load(self.loaded)
+                self.release()
             self.watch()
         except KeyboardInterrupt:
             self.interrupted()
             raise
+        except BaseException:  # a load's bug: the agents already running stop first
+            ex.control.stop.set(INTERRUPTED)
+            self.release()
+            wait_for_all([*self.workers.values(), *self.drivers.values()], state.GRACE_S)
+            raise
+        finally:
+            self.release()  # (none waits for ever, whatever happened)
+
+    def release(self) -> None:
+        """Every agent still waiting for its instance goes on (those whose load has not
+        ended find it not loaded; after a stop, their Cancel says why)."""
+        for inst in self.ready:
+            self.loaded(inst)
 
     def work(self, task: Task) -> None:
         """One agent's job: its call on its instance (or its batch), then its report."""
@@ -122,7 +132,9 @@ class _WaveRun:
                      else ex.host.loaded.get(inst))
             if entry is None:
                 run.start_s = run.end_s = round(ex.now(), 4)
-                run.error = ex.host.load_errors.get(inst) or f"{inst} is not loaded"
+                cancel = ex.control.agent(agent)
+                run.error = (cancel.reason if cancel.is_set() else
+                             ex.host.load_errors.get(inst) or f"{inst} is not loaded")
                 if batch is not None:
                     batch.withdraw()
             else:
@@ -250,7 +262,7 @@ class _WaveRun:
         start = max(self.started, self.ready_at.get(Instance(task.model, task.slot), now))
         refs = self.refs.get(agent.id)
         if refs is not None:  # a follower's time counts once its last reference came
-            start = refs.closed_at if refs.closed_at is not None else float("inf")
+            start = max(start, refs.closed_at if refs.closed_at is not None else float("inf"))
         if not cancel.is_set():
             if timeout is None or now < start + timeout:
                 return
@@ -267,8 +279,7 @@ class _WaveRun:
         grace are abandoned, and those that never started are reported."""
         ex = self.ex
         ex.control.stop.set(INTERRUPTED)  # every agent's Cancel sees it
-        for inst in self.ready:  # an agent still waiting for its load finds it not loaded
-            self.loaded(inst)
+        self.release()  # (after the stop: an agent that waited for its load sees it)
         for batch in self.batches.values():
             batch.abort(INTERRUPTED)  # members that never joined are not waited for
         wait_for_all([*self.workers.values(), *self.drivers.values()], state.GRACE_S)

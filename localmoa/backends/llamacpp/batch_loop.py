@@ -138,6 +138,13 @@ FEED_CHUNK_TOKENS = 32
 HEAD_STEP_TOKENS = 32
 #: Marks a streamed piece cut to fit the context (as prompts.TRIM_MARK).
 _TRIM = " [...]"
+#: Streamed text a fed sequence holds (waiting for a place to cut it that the tokenizer
+#: agrees with) is read whole past this many characters.
+HELD_MAX_CHARS = 512
+#: How many places to cut held text are checked with the tokenizer before it waits for
+#: more text; and what a line may end with for a cut after it (CJK text has no spaces).
+_CUTS_TRIED = 3
+_LINE_ENDS = "\n。！？；"
 
 
 def end_tokens(lib: Any, vocab: Any) -> list[int]:
@@ -170,6 +177,9 @@ class _Loop:
         self.wake = threading.Event()
         self.began = False  # the first sequences' shared prefix is evaluated
         self.ends: list[int] | None = None  # the vocabulary's end-of-generation tokens
+        #: Its tokenizer puts a space before every text (SentencePiece's prefix): None
+        #: until a streamed piece is tokenized.
+        self.space_prefix: bool | None = None
         #: The threads set now, and what says how many to use (None: they never change).
         self.threads: tuple[int, Callable[[], int] | None] = (0, None)
         if join is not None:
@@ -352,17 +362,47 @@ class _Loop:
         self._close_feed(state)
 
     def _read_held(self, state: Live, everything: bool) -> None:
-        """Tokenize the streamed text it holds: up to where its last word starts (a space
-        after a non-space: where the tokenizer splits anyway), or all of it. Text comes in
-        pieces that depend on timing (a worker's replies, a proposer's stop strings held
-        back); cut only there, its tokens are the same however it came."""
+        """Tokenize the streamed text it holds: all of it, or up to a cut where the text
+        read in two parts is the same tokens as read whole (a word's start, a line's end,
+        checked by the tokenizer itself): text comes in pieces that depend on timing (a
+        worker's replies, a proposer's stop strings held back), and cut only there, it
+        reads the same however it came. Text with no such cut is read once it is long."""
         text = state.held
-        cut = len(text) if everything else next(
-            (i for i in range(len(text) - 1, 0, -1)
-             if text[i] == " " and not text[i - 1].isspace()), 0)
+        cut = len(text) if everything or len(text) > HELD_MAX_CHARS else self._cut(text)
         if cut:
             state.tokens += self._fitted(state, text[:cut])
             state.held = text[cut:]
+
+    def _cut(self, text: str) -> int:
+        """The last of a few places before ``text``'s last word where it may be cut (0:
+        none). The tokenizer must read both parts as it reads the whole: so it is for
+        GPT-2-like vocabularies at a space after a non-space, not for all of them."""
+        tried = 0
+        for i in range(len(text) - 1, 0, -1):
+            if not (text[i].isspace() and not text[i - 1].isspace()
+                    or text[i - 1] in _LINE_ENDS and not text[i].isspace()):
+                continue
+            if self._tokens(text[:i]) + self._tokens(text[i:]) == self._tokens(text):
+                return i
+            tried += 1
+            if tried == _CUTS_TRIED:
+                break
+        return 0
+
+    def _tokens(self, piece: str) -> list[int]:
+        """A streamed piece's tokens, as they follow the text before it: a vocabulary
+        that puts a space before every text it tokenizes (SentencePiece's prefix) reads
+        a piece's own leading space as that one."""
+        if self.space_prefix is None:
+            a, b, ab = (self._raw(t) for t in ("a", "b", "a b"))
+            self.space_prefix = a + b == ab != a + self._raw(" b")
+        if self.space_prefix and piece.startswith(" "):
+            piece = piece[1:]
+        return self._raw(piece)
+
+    def _raw(self, piece: str) -> list[int]:
+        return [int(t) for t in self.llm.tokenize(piece.encode("utf-8"), add_bos=False,
+                                                  special=False)]
 
     @staticmethod
     def _early(state: Live) -> int:
@@ -428,8 +468,7 @@ class _Loop:
 
     def _fitted(self, state: Live, piece: str) -> list[int]:
         """A streamed piece's tokens, cut (and marked) where the context has no room."""
-        tokens = [int(t) for t in self.llm.tokenize(piece.encode("utf-8"), add_bos=False,
-                                                     special=False)]
+        tokens = self._tokens(piece)
         room = state.room_for_feed()
         if len(tokens) <= room:
             return tokens
