@@ -31,6 +31,18 @@ from .test_streaming import agents_of, run_of
 LONG = ("Explain in detail, in at least 200 words, why the sky is blue, with examples.")
 
 
+def decode_beside(model: Any, batch: Batch, *agents: Any) -> None:
+    """Decode ``batch`` on ``model`` while ``agents`` (functions that read its streams, or
+    feed them) run on their own threads; then unload the model."""
+    threads = [threading.Thread(target=f) for f in agents]
+    for thread in threads:
+        thread.start()
+    model.run_batch(batch, 2)
+    for thread in threads:
+        thread.join(SAFETY_S)
+    model.unload()
+
+
 def test_rounds_read_every_live_proposers_next_chunk_then_write_as_much() -> None:
     proposers, agg = agents_of(2)
     stairs = Staircase(agg, proposers, Cancel())
@@ -93,13 +105,7 @@ def _staircase_on_smollm2(smollm2_path: Path, monkeypatch) -> tuple[dict[str, ob
         feed.append(Turn("1 (continued, its end): Shorter wavelengths scatter more."))
         feed.close()
 
-    threads = [threading.Thread(target=f) for f in (aggregator, proposers)]
-    for thread in threads:
-        thread.start()
-    model.run_batch(batch, 2)
-    for thread in threads:
-        thread.join(SAFETY_S)
-    model.unload()
+    decode_beside(model, batch, aggregator, proposers)
     return result, opened
 
 
@@ -312,13 +318,7 @@ def test_a_followers_head_rides_along_the_proposers_steps(smollm2_path: Path,
                         place=1) as stream:
             result["text"], result["stats"] = "".join(stream), stream.stats
 
-    threads = [threading.Thread(target=f) for f in (proposer, aggregator)]
-    for thread in threads:
-        thread.start()
-    model.run_batch(batch, 2)
-    for thread in threads:
-        thread.join(SAFETY_S)
-    model.unload()
+    decode_beside(model, batch, proposer, aggregator)
     assert result["text"] and result["stats"].prompt_tokens > 150
     first = steps[1] if len(steps[0]) == 0 else steps[0]  # after a shared prefix's step
     proposer_id, follower_id = 0, 1
