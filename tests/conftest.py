@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -245,3 +246,17 @@ def real_server(smollm2_path: Path, repack_verdicts: bytes,
     env.pop("LOCALMOA_CPU_REPACK", None)
     with OpenAIServer(smollm2_path, "smollm2", env=env) as server:
         yield server
+
+
+def decode_beside(model: Any, batch: Any, *agents: Any, unload: bool = True) -> None:
+    """Decode ``batch`` on ``model`` while ``agents`` (functions that read its streams, or
+    feed them) run on their own threads; then unload the model (unless ``unload`` is
+    False: a fixture's)."""
+    threads = [threading.Thread(target=f) for f in agents]
+    for thread in threads:
+        thread.start()
+    model.run_batch(batch, 2)
+    for thread in threads:
+        thread.join(SAFETY_S)
+    if unload:
+        model.unload()

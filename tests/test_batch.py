@@ -11,8 +11,8 @@ import pytest
 from localmoa import engine
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.batch import Batch
-from localmoa.backends.llamacpp.batch_loop import common_prefix
 from localmoa.backends.llamacpp.sampling import Text
+from localmoa.backends.llamacpp.token_batch import common_prefix
 from localmoa.engine import RunEvents, execute_plan
 from localmoa.errors import GenerationError
 from localmoa.memory import speed

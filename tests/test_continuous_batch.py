@@ -18,7 +18,7 @@ from localmoa.backends.llamacpp.model import LoadParams, load_llama
 from localmoa.backends.llamacpp.spec import LlamaCppSpec, Source
 from localmoa.prompts import AGGREGATE_PROMPT, agent_messages, streamed_messages, streamed_reference
 
-from .conftest import SAFETY_S
+from .conftest import SAFETY_S, decode_beside
 
 QUESTION = [{"role": "user", "content": "Which is larger, 9.11 or 9.9?"}]
 REFERENCES = ["9.9 is larger: 0.9 is more than 0.11.", "9.11 is larger, it has more digits.",
@@ -91,12 +91,7 @@ def test_a_fed_sequence_reads_its_references_as_they_come_and_then_writes(model)
         assert writer_done.wait(SAFETY_S)
         feed.close(streamed_reference(2, REFERENCES[1]) + streamed_reference(3, REFERENCES[2]))
 
-    threads = [threading.Thread(target=f) for f in (writer, aggregator, proposers)]
-    for thread in threads:
-        thread.start()
-    model.run_batch(batch, 2)
-    for thread in threads:
-        thread.join(SAFETY_S)
+    decode_beside(model, batch, writer, aggregator, proposers, unload=False)
     text, stats = results[1]
     assert text and stats.finish_reason in ("stop", "length")
     # the first reference was evaluated while the writer wrote; the rest after
@@ -138,13 +133,7 @@ def test_a_sequence_joins_a_running_batch_and_reuses_its_prefix(smollm2_path: Pa
         with stream:
             results[1] = read(stream)
 
-    threads = [threading.Thread(target=f) for f in (first, late)]
-    for thread in threads:
-        thread.start()
-    model.run_batch(batch, 2)
-    for thread in threads:
-        thread.join(SAFETY_S)
-    model.unload()
+    decode_beside(model, batch, first, late)
     text, stats = results[1]
     assert text and stats.completion_tokens > 0
     assert stats.shared_tokens == stats.prompt_tokens - 1  # all but its last position
@@ -244,11 +233,10 @@ class _Vocab:
 ])
 def test_held_text_is_cut_only_where_the_tokenizer_agrees(pattern: str, prefix: bool,
                                                           text: str) -> None:
-    from localmoa.backends.llamacpp import batch_loop
+    from localmoa.backends.llamacpp.feed_text import FeedText
 
-    loop = batch_loop._Loop.__new__(batch_loop._Loop)
-    loop.llm, loop.space_prefix = _Vocab(pattern, prefix), None
-    cut = loop._cut(text)
+    feed = FeedText(_Vocab(pattern, prefix))
+    cut = feed.cut(text)
     assert 0 < cut < len(text)
-    assert loop._tokens(text[:cut]) + loop._tokens(text[cut:]) == loop._tokens(text)
-    assert loop.space_prefix is prefix
+    assert feed.tokens(text[:cut]) + feed.tokens(text[cut:]) == feed.tokens(text)
+    assert feed.space_prefix is prefix

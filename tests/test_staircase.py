@@ -16,31 +16,19 @@ import pytest
 
 from localmoa.backends.base import GenerateOptions
 from localmoa.backends.batch import FEED_MARK, Batch, PromptFeed, Turn, Write
-from localmoa.backends.llamacpp import batch_loop
+from localmoa.backends.llamacpp import batch_loop, token_batch
 from localmoa.backends.llamacpp.model import LoadParams, load_llama
 from localmoa.backends.llamacpp.sequence_state import RESUME_TOKENS
 from localmoa.cancel import Cancel
 from localmoa.engine.streaming import FIRST_CHUNK_TOKENS, Staircase
 from localmoa.prompts import STAIRCASE_MORE, STAIRCASE_PROMPT, streamed_messages
 
-from .conftest import SAFETY_S, cli, run_json
+from .conftest import SAFETY_S, cli, decode_beside, run_json
 from .serve_process import Served
 from .test_run import SCHEMA, write_config
 from .test_streaming import agents_of, run_of
 
 LONG = ("Explain in detail, in at least 200 words, why the sky is blue, with examples.")
-
-
-def decode_beside(model: Any, batch: Batch, *agents: Any) -> None:
-    """Decode ``batch`` on ``model`` while ``agents`` (functions that read its streams, or
-    feed them) run on their own threads; then unload the model."""
-    threads = [threading.Thread(target=f) for f in agents]
-    for thread in threads:
-        thread.start()
-    model.run_batch(batch, 2)
-    for thread in threads:
-        thread.join(SAFETY_S)
-    model.unload()
 
 
 def test_rounds_read_every_live_proposers_next_chunk_then_write_as_much() -> None:
@@ -283,7 +271,7 @@ def test_a_followers_head_rides_along_the_proposers_steps(smollm2_path: Path,
     its first token after a step of its own prompt, instead of waiting for the whole
     head, and writes on while the head is read."""
     steps: list[dict[int, int]] = []
-    add, decode = batch_loop._Batch.add, batch_loop._Batch.decode
+    add, decode = token_batch.TokenBatch.add, token_batch.TokenBatch.decode
     rows: dict[int, int] = {}
 
     def counting_add(self: Any, token: int, pos: int, seq_ids: list[int], logits: bool) -> int:
@@ -296,8 +284,8 @@ def test_a_followers_head_rides_along_the_proposers_steps(smollm2_path: Path,
         rows.clear()
         decode(self, ctx)
 
-    monkeypatch.setattr(batch_loop._Batch, "add", counting_add)
-    monkeypatch.setattr(batch_loop._Batch, "decode", counting_decode)
+    monkeypatch.setattr(token_batch.TokenBatch, "add", counting_add)
+    monkeypatch.setattr(token_batch.TokenBatch, "decode", counting_decode)
     model = load_llama(LoadParams(name="smollm2", path=str(smollm2_path), n_ctx=1024,
                                   n_seq=2, n_threads=2))
     batch = Batch(2, "smollm2#0")

@@ -41,21 +41,10 @@ from ...errors import GenerationError
 from ..batch import Sequence, Turn, Write, fed_messages
 from ..structured import check_json_answer
 from .chat_prompt import chat_prompt, turn_boundary
+from .feed_text import FeedText
 from .sampling import token_bytes
 from .sequence_state import Live, start_sequence
-
-
-def common_prefix(prompts: list[list[int]]) -> int:
-    """Tokens all prompts start with, leaving each at least one of its own (its last
-    position must be decoded for it, to sample its first token)."""
-    if len(prompts) < 2:
-        return 0
-    n = 0
-    for column in zip(*prompts, strict=False):
-        if any(t != column[0] for t in column):
-            break
-        n += 1
-    return min(n, min(len(p) for p in prompts) - 1)
+from .token_batch import TokenBatch, common_prefix, end_tokens
 
 
 def decode_batch(llm: Any, seqs: list[Sequence], n_threads: int, n_ctx_seq: int,
@@ -90,39 +79,6 @@ def decode_batch(llm: Any, seqs: list[Sequence], n_threads: int, n_ctx_seq: int,
         lib.llama_memory_clear(memory, True)
 
 
-class _Batch:
-    """A llama_batch we fill token by token."""
-
-    def __init__(self, lib: Any, capacity: int, n_seq: int) -> None:
-        self.lib = lib
-        self.capacity = capacity
-        self.raw = lib.llama_batch_init(capacity, 0, max(1, n_seq))
-        self.n = 0
-
-    def add(self, token: int, pos: int, seq_ids: list[int], logits: bool) -> int:
-        raw, i = self.raw, self.n
-        raw.token[i] = token
-        raw.pos[i] = pos
-        raw.n_seq_id[i] = len(seq_ids)
-        for k, seq_id in enumerate(seq_ids):
-            raw.seq_id[i][k] = seq_id
-        raw.logits[i] = logits
-        self.n += 1
-        return i
-
-    def decode(self, ctx: Any) -> None:
-        self.raw.n_tokens = self.n
-        code = self.lib.llama_decode(ctx, self.raw)
-        self.n = 0
-        if code != 0:
-            reason = ("no room left in the KV cache" if code == 1 else
-                      "aborted" if code == 2 else f"error {code}")
-            raise GenerationError(f"llama_decode failed: {reason}")
-
-    def free(self) -> None:
-        self.lib.llama_batch_free(self.raw)
-
-
 #: How long an idle loop (every sequence waiting for its feed) sleeps between looks
 #: at its agents' stops; a feed's text or a join wakes it at once.
 IDLE_WAIT_S = 0.05
@@ -136,25 +92,6 @@ FEED_CHUNK_TOKENS = 32
 #: write their first tokens first, and its head rides along their steps instead of
 #: delaying them (chunked prefill, as llama-server's and vLLM's schedulers do).
 HEAD_STEP_TOKENS = 32
-#: Marks a streamed piece cut to fit the context (as prompts.TRIM_MARK).
-_TRIM = " [...]"
-#: Streamed text a fed sequence holds (waiting for a place to cut it that the tokenizer
-#: agrees with) is read whole past this many characters.
-HELD_MAX_CHARS = 512
-#: How many places to cut held text are checked with the tokenizer before it waits for
-#: more text; and what a line may end with for a cut after it (CJK text has no spaces).
-_CUTS_TRIED = 3
-_LINE_ENDS = "\n。！？；"
-
-
-def end_tokens(lib: Any, vocab: Any) -> list[int]:
-    """Every token llama.cpp takes as an end of generation (eos, eot, ``<|im_end|>``,
-    ``<|endoftext|>``, FIM ends ...): the control tokens it says are."""
-    n = int(lib.llama_vocab_n_tokens(vocab))
-    return [t for t in range(n) if lib.llama_vocab_is_control(vocab, t)
-            and lib.llama_vocab_is_eog(vocab, t)]
-
-
 class _Loop:
     """Continuous batching of a batch's sequences in one context, as llama-server's slots:
     each step is one ``llama_decode`` of at most ``n_batch`` tokens that holds the next
@@ -172,14 +109,12 @@ class _Loop:
         self.n_ctx, self.model, self.n_seq_max, self.join = n_ctx, model, n_seq_max, join
         self.n_batch = int(lib.llama_n_batch(self.ctx))
         self.live: list[Live] = []
-        self.batch = _Batch(lib, self.n_batch, n_seq_max)
+        self.batch = TokenBatch(lib, self.n_batch, n_seq_max)
         self.piece = ctypes.create_string_buffer(256)
         self.wake = threading.Event()
         self.began = False  # the first sequences' shared prefix is evaluated
         self.ends: list[int] | None = None  # the vocabulary's end-of-generation tokens
-        #: Its tokenizer puts a space before every text (SentencePiece's prefix): None
-        #: until a streamed piece is tokenized.
-        self.space_prefix: bool | None = None
+        self.text = FeedText(llm)  # its streamed text, as tokens
         #: The threads set now, and what says how many to use (None: they never change).
         self.threads: tuple[int, Callable[[], int] | None] = (0, None)
         if join is not None:
@@ -368,41 +303,10 @@ class _Loop:
         worker's replies, a proposer's stop strings held back), and cut only there, it
         reads the same however it came. Text with no such cut is read once it is long."""
         text = state.held
-        cut = len(text) if everything or len(text) > HELD_MAX_CHARS else self._cut(text)
+        cut = self.text.held_cut(text, everything)
         if cut:
             state.tokens += self._fitted(state, text[:cut])
             state.held = text[cut:]
-
-    def _cut(self, text: str) -> int:
-        """The last of a few places before ``text``'s last word where it may be cut (0:
-        none). The tokenizer must read both parts as it reads the whole: so it is for
-        GPT-2-like vocabularies at a space after a non-space, not for all of them."""
-        tried = 0
-        for i in range(len(text) - 1, 0, -1):
-            if not (text[i].isspace() and not text[i - 1].isspace()
-                    or text[i - 1] in _LINE_ENDS and not text[i].isspace()):
-                continue
-            if self._tokens(text[:i]) + self._tokens(text[i:]) == self._tokens(text):
-                return i
-            tried += 1
-            if tried == _CUTS_TRIED:
-                break
-        return 0
-
-    def _tokens(self, piece: str) -> list[int]:
-        """A streamed piece's tokens, as they follow the text before it: a vocabulary
-        that puts a space before every text it tokenizes (SentencePiece's prefix) reads
-        a piece's own leading space as that one."""
-        if self.space_prefix is None:
-            a, b, ab = (self._raw(t) for t in ("a", "b", "a b"))
-            self.space_prefix = a + b == ab != a + self._raw(" b")
-        if self.space_prefix and piece.startswith(" "):
-            piece = piece[1:]
-        return self._raw(piece)
-
-    def _raw(self, piece: str) -> list[int]:
-        return [int(t) for t in self.llm.tokenize(piece.encode("utf-8"), add_bos=False,
-                                                  special=False)]
 
     @staticmethod
     def _early(state: Live) -> int:
@@ -467,14 +371,8 @@ class _Loop:
         return state.between
 
     def _fitted(self, state: Live, piece: str) -> list[int]:
-        """A streamed piece's tokens, cut (and marked) where the context has no room."""
-        tokens = self._tokens(piece)
-        room = state.room_for_feed()
-        if len(tokens) <= room:
-            return tokens
-        mark = [int(t) for t in self.llm.tokenize(_TRIM.encode("utf-8"), add_bos=False,
-                                                   special=False)]
-        return tokens[:max(0, room - len(mark))] + mark if room > len(mark) else []
+        """A streamed piece's tokens, within the room its context has for its feed."""
+        return self.text.fitted(piece, state.room_for_feed())
 
     def _free(self, state: Live) -> None:
         self.lib.llama_memory_seq_rm(self.memory, state.id, -1, -1)  # its cells are free
