@@ -86,8 +86,7 @@ class _WaveRun:
         ex, wave = self.ex, self.wave
         self.started = time.monotonic()  # per-agent timeouts count from here
         if load is None:
-            for inst in self.ready:
-                self.loaded(inst)
+            self.release()
         try:
             for index, task in enumerate(wave.tasks):
                 worker = ex.host.threads.get(index)

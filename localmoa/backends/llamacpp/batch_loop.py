@@ -92,6 +92,8 @@ FEED_CHUNK_TOKENS = 32
 #: write their first tokens first, and its head rides along their steps instead of
 #: delaying them (chunked prefill, as llama-server's and vLLM's schedulers do).
 HEAD_STEP_TOKENS = 32
+
+
 class _Loop:
     """Continuous batching of a batch's sequences in one context, as llama-server's slots:
     each step is one ``llama_decode`` of at most ``n_batch`` tokens that holds the next
@@ -297,16 +299,12 @@ class _Loop:
         self._close_feed(state)
 
     def _read_held(self, state: Live, everything: bool) -> None:
-        """Tokenize the streamed text it holds: all of it, or up to a cut where the text
-        read in two parts is the same tokens as read whole (a word's start, a line's end,
-        checked by the tokenizer itself): text comes in pieces that depend on timing (a
-        worker's replies, a proposer's stop strings held back), and cut only there, it
-        reads the same however it came. Text with no such cut is read once it is long."""
-        text = state.held
-        cut = self.text.held_cut(text, everything)
+        """Tokenize the streamed text it holds, all of it or up to where FeedText says
+        it reads the same however its pieces came."""
+        cut = self.text.held_cut(state.held, everything)
         if cut:
-            state.tokens += self._fitted(state, text[:cut])
-            state.held = text[cut:]
+            state.tokens += self._fitted(state, state.held[:cut])
+            state.held = state.held[cut:]
 
     @staticmethod
     def _early(state: Live) -> int:
